@@ -1,0 +1,32 @@
+//! The agent's configuration, as `keelson agent` and `keelson up` fill it in.
+
+use std::{net::Ipv4Addr, net::SocketAddr, path::PathBuf};
+
+/// Everything `keelson agent` is configured with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Name of the Node this agent registers and serves.
+    pub node_name: String,
+    /// kubeconfig to reach the API server; `None` means in-cluster config or `$KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
+    /// The node's network namespace (`/run/netns/<name>`). `None`: the agent's own namespace.
+    /// The agent process stays in its own namespace (so it keeps `/sys/fs/cgroup` and the
+    /// bpffs, and reaches the API server on loopback) and enters this one per operation.
+    pub node_netns: Option<PathBuf>,
+    /// The node's InternalIP, reported in Node.status.addresses and used by other nodes as the
+    /// next hop to this node's podCIDR.
+    pub node_ip: Ipv4Addr,
+    /// cgroup v2 directory the socket-level load balancer attaches to; Pods run below it.
+    pub cgroup_root: PathBuf,
+    /// bpffs directory the maps and links are pinned in (`<bpffs>/keelson/<node>`).
+    pub pin_dir: PathBuf,
+    /// Pod logs, the CNI socket and local state live here.
+    pub data_dir: PathBuf,
+    /// Where the agent serves its own API (container logs) for the server to proxy.
+    pub api_listen: SocketAddr,
+    /// Path of the `keelson` binary, invoked as the CNI plugin.
+    pub cni_bin: PathBuf,
+    /// Whether this agent is also the Node's kubelet (standalone clusters) or only its
+    /// dataplane (a DaemonSet on an existing cluster).
+    pub kubelet: bool,
+}

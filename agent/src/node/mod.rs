@@ -1,0 +1,2 @@
+//! The Node side of the agent in a standalone cluster: registration, Lease, Pods (the
+//! kubelet-lite), routes to other nodes' podCIDRs, and the agent API the server proxies logs to.

@@ -1,0 +1,9 @@
+//! The keelson control plane: a revisioned store, the Kubernetes API over it, a scheduler and
+//! the controllers that reconcile Deployments, ReplicaSets, Services, EndpointSlices and Nodes.
+//!
+//! The control plane never links the agent: the Kubernetes API is the only contract between them.
+
+pub mod controllers;
+pub mod store;
+pub mod scheduler;
+pub mod server;
