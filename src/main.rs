@@ -1,1 +1,205 @@
-fn main() {}
+//! The `keelson` binary: command-line parsing only. Each subcommand hands over to a library:
+//! the control plane (`keelson-control`), the agent (`keelson-agent`) or local clusters
+//! (`keelson-localcluster`).
+
+use std::{net::Ipv4Addr, net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "keelson", version, about = "eBPF-first Kubernetes dataplane and control plane")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the control plane: Kubernetes API, store, scheduler, controllers.
+    Server {
+        #[arg(long, default_value = "/var/lib/keelson/server")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "10.96.0.0/16")]
+        service_cidr: String,
+        #[arg(long, default_value = "10.244.0.0/16")]
+        cluster_cidr: String,
+        #[arg(long, default_value_t = 24)]
+        node_cidr_mask: u8,
+    },
+    /// Run the node agent: eBPF datapath, Service load balancing, CNI and (standalone) kubelet.
+    Agent {
+        #[arg(long, env = "NODE_NAME")]
+        node_name: String,
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// The node's network namespace (e.g. /run/netns/kls-keelson-n1); default: the agent's own.
+        #[arg(long)]
+        node_netns: Option<PathBuf>,
+        #[arg(long)]
+        node_ip: Ipv4Addr,
+        /// cgroup v2 directory the socket-level load balancer attaches to.
+        #[arg(long, default_value = "/sys/fs/cgroup/unified")]
+        cgroup_root: PathBuf,
+        /// bpffs directory for pinned maps and links (default /sys/fs/bpf/keelson/<node>).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        #[arg(long, default_value = "/var/lib/keelson/agent")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:10250")]
+        api_listen: SocketAddr,
+        /// Only the dataplane (a DaemonSet on an existing cluster): no Node registration, no Pods.
+        #[arg(long)]
+        no_kubelet: bool,
+    },
+    /// The CNI plugin (CNI 1.1): reads CNI_* variables and the network config on stdin.
+    Cni,
+    /// Start a local cluster: a server and N agents, each node in its own network namespace.
+    Up {
+        #[arg(long, default_value_t = 1)]
+        nodes: u8,
+        #[arg(long, default_value = "keelson")]
+        name: String,
+        /// Default: /var/lib/keelson/<name>.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Remove a local cluster: processes, namespaces, links, cgroups, pins and data.
+    Down {
+        #[arg(long, default_value = "keelson")]
+        name: String,
+    },
+    /// Inspect the eBPF datapath of a node.
+    Bpf {
+        #[command(subcommand)]
+        cmd: BpfCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BpfCmd {
+    /// Print a map decoded: services, backends, endpoints.
+    Dump {
+        what: String,
+        /// Node whose pins to read (/sys/fs/bpf/keelson/<node>).
+        #[arg(long, conflicts_with = "pin_dir")]
+        node: Option<String>,
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn default_pin_dir(node: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/keelson").join(node)
+}
+
+fn main() -> ExitCode {
+    // A container runtime executes a CNI plugin by its type name with no arguments and the
+    // request in CNI_* variables (CNI spec, section "Parameters").
+    if std::env::args_os().len() == 1 && std::env::var_os("CNI_COMMAND").is_some() {
+        return exit_code(keelson_agent::cni::plugin_main());
+    }
+    let cli = Cli::parse();
+    if let Cmd::Cni = cli.cmd {
+        return exit_code(keelson_agent::cni::plugin_main());
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keelson: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Server { data_dir, listen, service_cidr, cluster_cidr, node_cidr_mask } => {
+            init_tracing();
+            let cfg = keelson_control::server::ServerConfig {
+                data_dir,
+                listen,
+                service_cidr,
+                cluster_cidr,
+                node_cidr_mask,
+            };
+            runtime()?.block_on(keelson_control::server::run(cfg))?;
+        }
+        Cmd::Agent {
+            node_name,
+            kubeconfig,
+            node_netns,
+            node_ip,
+            cgroup_root,
+            pin_dir,
+            data_dir,
+            api_listen,
+            no_kubelet,
+        } => {
+            init_tracing();
+            let pin_dir = pin_dir.unwrap_or_else(|| default_pin_dir(&node_name));
+            let cfg = keelson_agent::AgentConfig {
+                node_name,
+                kubeconfig,
+                node_netns,
+                node_ip,
+                cgroup_root,
+                pin_dir,
+                data_dir,
+                api_listen,
+                cni_bin: std::env::current_exe().context("locating the keelson binary")?,
+                kubelet: !no_kubelet,
+            };
+            runtime()?.block_on(keelson_agent::run(cfg))?;
+        }
+        Cmd::Cni => unreachable!("handled before"),
+        Cmd::Up { nodes, name, data_dir } => {
+            let opts = keelson_localcluster::UpOptions {
+                name,
+                nodes,
+                data_dir,
+                keelson_bin: std::env::current_exe().context("locating the keelson binary")?,
+            };
+            let cluster = runtime()?.block_on(keelson_localcluster::up(&opts))?;
+            println!("KUBECONFIG={}", cluster.kubeconfig.display());
+        }
+        Cmd::Down { name } => {
+            let report = keelson_localcluster::down(&name)?;
+            eprintln!("{report}");
+        }
+        Cmd::Bpf { cmd: BpfCmd::Dump { what, node, pin_dir, json } } => {
+            let pin_dir = match (pin_dir, node) {
+                (Some(dir), _) => dir,
+                (None, Some(node)) => default_pin_dir(&node),
+                (None, None) => anyhow::bail!("name the node (--node) or its pin directory (--pin-dir)"),
+            };
+            print!("{}", keelson_agent::bpf::dump(&pin_dir, &what, json)?);
+        }
+    }
+    Ok(())
+}

