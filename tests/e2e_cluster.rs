@@ -1,0 +1,322 @@
+//! A standalone cluster end to end: `keelson up --nodes 2`, the real kubectl applying a
+//! Deployment and Services, Service traffic over TCP and UDP through the eBPF socket load
+//! balancer from a Pod, scaling, deletion, refused bad input, and `keelson down` leaving
+//! nothing behind.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use support::{LocalCluster, output_text, processes_with};
+
+/// Asks a Service `count` times, each time on a new socket, and prints which Pod answered.
+const PROBE: &str = r#"
+import json, socket, sys
+proto, host, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+answers, errors = {}, []
+for i in range(count):
+    try:
+        if proto == "tcp":
+            s = socket.create_connection((host, port), timeout=2)
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            name = data.split(b"\r\n\r\n", 1)[1].decode().strip()
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(2)
+            s.sendto(b"ping", (host, port))
+            data, peer = s.recvfrom(4096)
+            if peer != (host, port):
+                raise Exception("reply from %s, not from the Service address" % (peer,))
+            name = data.decode().strip()
+        s.close()
+        answers[name] = answers.get(name, 0) + 1
+    except Exception as e:
+        errors.append(str(e))
+print(json.dumps({"answers": answers, "errors": errors}))
+"#;
+
+fn manifest(marker: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+        - name: web
+          image: example.invalid/web:1
+          command: ["/usr/bin/python3", "-c"]
+          args:
+            - |
+              # {marker}
+              import http.server, os
+              class H(http.server.BaseHTTPRequestHandler):
+                  def do_GET(self):
+                      body = (os.environ["HOSTNAME"] + "\n").encode()
+                      self.send_response(200)
+                      self.send_header("Content-Length", str(len(body)))
+                      self.end_headers()
+                      self.wfile.write(body)
+                  def log_message(self, *a):
+                      pass
+              http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+          ports: [{{name: http, containerPort: 8080}}]
+          readinessProbe:
+            tcpSocket: {{port: 8080}}
+            periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http, protocol: TCP}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: echo
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {{app: echo}}
+  template:
+    metadata:
+      labels: {{app: echo}}
+    spec:
+      containers:
+        - name: echo
+          image: example.invalid/echo:1
+          command: ["/usr/bin/python3", "-c"]
+          args:
+            - |
+              # {marker}
+              import os, socket
+              s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+              s.bind(("0.0.0.0", 9000))
+              while True:
+                  data, peer = s.recvfrom(4096)
+                  s.sendto((os.environ["HOSTNAME"] + "\n").encode(), peer)
+          ports: [{{containerPort: 9000, protocol: UDP}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+spec:
+  selector: {{app: echo}}
+  ports: [{{port: 53, targetPort: 9000, protocol: UDP}}]
+"#
+    )
+}
+
+fn client_pod(node: &str, web: &str, echo: &str) -> String {
+    let probe = escape_yaml_double(PROBE);
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  containers:
+    - name: tcp
+      image: example.invalid/client:1
+      command: ["/usr/bin/python3", "-c", "{probe}", "tcp", "{web}", "80", "100"]
+    - name: udp
+      image: example.invalid/client:1
+      command: ["/usr/bin/python3", "-c", "{probe}", "udp", "{echo}", "53", "100"]
+"#
+    )
+}
+
+/// The probe as one YAML double-quoted scalar.
+fn escape_yaml_double(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ProbeResult {
+    answers: BTreeMap<String, u32>,
+    errors: Vec<String>,
+}
+
+fn parse_probe(text: &str) -> ProbeResult {
+    let line = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no probe output in {text:?}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad probe output {line:?}: {e}"))
+}
+
+/// Pod name → node name of the Pods with label app=<app>.
+fn pods_by_node(c: &LocalCluster, app: &str) -> BTreeMap<String, String> {
+    let json = c.kubectl_ok(&["get", "pods", "-l", &format!("app={app}"), "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("pod list json");
+    v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            (
+                p["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                p["spec"]["nodeName"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("writing a test file");
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn standalone_cluster_end_to_end() {
+    let name = format!("e2e{}", std::process::id());
+    let marker = format!("keelson-e2e-marker-{name}");
+    let c = LocalCluster::up(&name, 2);
+    let dir = c.data_dir.path();
+
+    // Apply with kubectl's default (strict) validation.
+    let m = write(dir, "app.yaml", &manifest(&marker));
+    c.kubectl_ok(&["apply", "-f", &m]);
+    for app in ["web", "echo"] {
+        c.kubectl_ok(&["wait", "--for=condition=Ready", "pod", "-l", &format!("app={app}"), "--timeout=120s"]);
+    }
+    let table = c.kubectl_ok(&["get", "nodes,pods,svc,endpointslices", "-A", "-o", "wide"]);
+    println!("{table}");
+    for i in 1..=2 {
+        let node = c.node(i);
+        assert!(
+            table.lines().any(|l| l.starts_with(&format!("node/{node} ")) && l.contains(" Ready ")),
+            "node {node} not Ready in:\n{table}"
+        );
+    }
+    assert_eq!(table.lines().filter(|l| l.starts_with("pod/web-") && l.contains("Running")).count(), 3, "{table}");
+
+    let web_vip = c.kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let echo_vip = c.kubectl_ok(&["get", "svc", "echo", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert!(web_vip.starts_with("10.96."), "web ClusterIP {web_vip:?}");
+
+    // From a Pod on node 1: 100 TCP requests and 100 UDP datagrams, each on a new socket.
+    let client = write(dir, "client.yaml", &client_pod(&c.node(1), &web_vip, &echo_vip));
+    c.kubectl_ok(&["apply", "-f", &client]);
+    c.kubectl_ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/client", "--timeout=120s"]);
+    for (container, app) in [("tcp", "web"), ("udp", "echo")] {
+        let result = parse_probe(&c.kubectl_ok(&["logs", "client", "-c", container]));
+        let pods = pods_by_node(&c, app);
+        assert!(result.errors.is_empty(), "{container}: errors {:?}", result.errors);
+        assert_eq!(result.answers.values().sum::<u32>(), 100, "{container}: {result:?}");
+        let answered: BTreeSet<&String> = result.answers.keys().collect();
+        assert_eq!(answered, pods.keys().collect(), "{container}: not every backend answered");
+        let nodes: BTreeSet<&String> = pods.values().collect();
+        assert_eq!(nodes.len(), 2, "{app} backends should run on both nodes: {pods:?}");
+    }
+
+    // Scale to one replica: within 2 s only that one answers.
+    let probe = write(dir, "probe.py", PROBE);
+    c.kubectl_ok(&["scale", "deployment/web", "--replicas=1"]);
+    let scaled = Instant::now();
+    let python = Path::new("/usr/bin/python3");
+    loop {
+        let out = c.run_on_node(1, python, &[&probe, "tcp", &web_vip, "80", "20"]);
+        assert!(out.status.success(), "probe failed:\n{}", output_text(&out));
+        let r = parse_probe(&String::from_utf8_lossy(&out.stdout));
+        if r.answers.len() == 1 && r.errors.is_empty() {
+            break;
+        }
+        assert!(scaled.elapsed() < Duration::from_secs(2), "still {r:?} 2 s after scaling to 1");
+    }
+    println!("one backend answering {:?} after the scale", scaled.elapsed());
+    let remaining = pods_by_node(&c, "web");
+    let out = c.run_on_node(1, python, &[&probe, "tcp", &web_vip, "80", "20"]);
+    let r = parse_probe(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(r.answers.keys().collect::<BTreeSet<_>>(), remaining.keys().collect(), "{r:?}");
+
+    // Delete: the Pods, their processes and their map entries go.
+    c.kubectl_ok(&["delete", "-f", &m]);
+    c.kubectl_ok(&["delete", "pod", "client"]);
+    let deleted = Instant::now();
+    loop {
+        let pods = c.kubectl_ok(&["get", "pods", "-o", "name"]);
+        if pods.trim().is_empty() && processes_with(&marker).is_empty() {
+            break;
+        }
+        assert!(deleted.elapsed() < Duration::from_secs(60), "left after delete: {pods} {:?}", processes_with(&marker));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for i in 1..=2 {
+        let out = std::process::Command::new(support::keelson())
+            .args(["bpf", "dump", "services", "--json", "--pin-dir"])
+            .arg(c.pin_dir(i))
+            .output()
+            .expect("keelson bpf dump");
+        assert!(out.status.success(), "{}", output_text(&out));
+        let dump = String::from_utf8_lossy(&out.stdout);
+        for vip in [&web_vip, &echo_vip] {
+            assert!(!dump.contains(vip.as_str()), "{vip} still in the services map of node {i}: {dump}");
+        }
+    }
+
+    // Bad input is refused with the field named, and changes nothing.
+    let bad_port = write(
+        dir,
+        "bad-port.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: badport}\nspec:\n  selector: {app: x}\n  ports: [{port: 70000}]\n",
+    );
+    let out = c.kubectl(&["apply", "-f", &bad_port]);
+    assert!(!out.status.success(), "port 70000 accepted: {}", output_text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.ports[0].port"), "{}", output_text(&out));
+    let bad_selector = write(
+        dir,
+        "bad-selector.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: badsel}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec: {containers: [{name: c, image: x}]}\n",
+    );
+    let out = c.kubectl(&["apply", "-f", &bad_selector]);
+    assert!(!out.status.success(), "mismatched selector accepted: {}", output_text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.template.metadata.labels"), "{}", output_text(&out));
+    let malformed = write(dir, "malformed.json", "{\"apiVersion\": \"v1\", \"kind\": ");
+    let out = c.kubectl(&["create", "--raw", "/api/v1/namespaces/default/services", "-f", &malformed]);
+    assert!(!out.status.success(), "malformed JSON accepted: {}", output_text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BadRequest"), "{}", output_text(&out));
+    let svcs = c.kubectl_ok(&["get", "svc", "-o", "name"]);
+    assert!(!svcs.contains("badport"), "{svcs}");
+    assert!(c.kubectl(&["get", "deployment", "badsel"]).status.code() != Some(0));
+
+    // `keelson down` leaves nothing behind.
+    let out = c.down();
+    assert!(out.status.success(), "keelson down failed: {}", output_text(&out));
+    let netns = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("kls-{name}-")))
+        .collect::<Vec<_>>();
+    assert!(netns.is_empty(), "network namespaces left: {netns:?}");
+    assert!(!Path::new("/sys/fs/cgroup/unified/keelson").join(&name).exists(), "cgroup left");
+    for i in 1..=2 {
+        assert!(!c.pin_dir(i).exists(), "pins left in {}", c.pin_dir(i).display());
+    }
+    assert!(processes_with(&marker).is_empty(), "processes left");
+    assert!(processes_with(&format!("--node-name {name}-n")).is_empty(), "agents left");
+}

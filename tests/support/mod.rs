@@ -1,0 +1,138 @@
+//! What the end-to-end tests share: the binaries under test, a local cluster that removes
+//! itself even when a test fails, and a probe that asks a Service from inside a node.
+
+#![allow(dead_code, reason = "each test binary uses a different part of this module")]
+
+use std::{
+    ffi::CString,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+pub fn keelson() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_keelson"))
+}
+
+/// The real kubectl that `cargo xtask setup` installs.
+pub fn kubectl() -> PathBuf {
+    std::env::var_os("KEELSON_KUBECTL").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+            .join(".local/share/keelson/venv/bin/kubectl")
+    })
+}
+
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A local cluster started by `keelson up`, removed by `keelson down` on drop.
+pub struct LocalCluster {
+    pub name: String,
+    pub kubeconfig: PathBuf,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl LocalCluster {
+    pub fn up(name: &str, nodes: u8) -> Self {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        // Whatever a crashed earlier run of this test left behind goes first.
+        let _ = Command::new(keelson()).args(["down", "--name", name]).output();
+        let out = Command::new(keelson())
+            .args(["up", "--nodes", &nodes.to_string(), "--name", name, "--data-dir"])
+            .arg(data_dir.path())
+            .output()
+            .expect("running keelson up");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let kubeconfig = text.lines().find_map(|l| l.strip_prefix("KUBECONFIG=")).map(PathBuf::from);
+        let cluster = LocalCluster {
+            name: name.to_string(),
+            kubeconfig: kubeconfig.clone().unwrap_or_default(),
+            data_dir,
+        };
+        assert!(out.status.success() && kubeconfig.is_some(), "keelson up failed:\n{}", output_text(&out));
+        cluster
+    }
+
+    pub fn node(&self, i: u8) -> String {
+        format!("{}-n{i}", self.name)
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(kubectl())
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .expect("running kubectl")
+    }
+
+    /// Runs kubectl and fails the test, with its output, if it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(out.status.success(), "kubectl {args:?} failed:\n{}", output_text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn pin_dir(&self, i: u8) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/keelson").join(self.node(i))
+    }
+
+    pub fn node_cgroup(&self, i: u8) -> PathBuf {
+        PathBuf::from("/sys/fs/cgroup/unified/keelson").join(&self.name).join(self.node(i))
+    }
+
+    /// Runs `program args` as a host process of node `i`: in the node's network namespace and
+    /// under its cgroup root, so the node's socket-level load balancer applies to it.
+    pub fn run_on_node(&self, i: u8, program: &Path, args: &[&str]) -> Output {
+        let cg = self.node_cgroup(i).join("e2e-probe");
+        std::fs::create_dir_all(&cg).expect("probe cgroup");
+        let procs = CString::new(cg.join("cgroup.procs").to_string_lossy().into_owned()).expect("path");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/kls-{}", self.node(i))).arg(program).args(args);
+        // SAFETY: only async-signal-safe calls (open, write, close) on memory prepared before
+        // the fork; writing "0" to cgroup.procs moves the calling process (cgroup v2).
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n == 1 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            });
+        }
+        cmd.output().expect("running a probe on the node")
+    }
+
+    pub fn down(&self) -> Output {
+        Command::new(keelson()).args(["down", "--name", &self.name]).output().expect("keelson down")
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = self.down();
+    }
+}
+
+/// Every process whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
+        })
+        .collect()
+}
