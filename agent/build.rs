@@ -26,6 +26,9 @@ fn main() -> anyhow::Result<()> {
     unsafe { env::set_var("PATH", path) };
     let ebpf = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../ebpf");
     let root_dir = ebpf.to_str().context("non-UTF-8 path")?;
+    // aya-build runs `cargo build --package keelson-ebpf` in the current directory; ebpf/ is a
+    // workspace of its own (excluded from the host workspace), so run it from there.
+    env::set_current_dir(&ebpf).context("cannot enter ebpf/")?;
     aya_build::build_ebpf(
         [aya_build::Package { name: "keelson-ebpf", root_dir, ..Default::default() }],
         aya_build::Toolchain::Nightly,

@@ -1,2 +1,301 @@
 //! Map keys, values, events and names shared by the eBPF programs and userspace.
+//!
+//! Everything here is plain data: `#[repr(C)]`, `Copy`, explicit padding, a size assertion per
+//! type so the kernel object and the agent can never disagree on a layout. Addresses and ports
+//! are stored in network byte order, exactly as the kernel hands them to the programs
+//! (`bpf_sock_addr.user_ip4`, IPv4 headers), so the datapath never swaps bytes.
 #![no_std]
+
+use core::mem::size_of;
+
+/// Names of the pinned maps (the ELF symbol names in the eBPF object and the file names under
+/// the node's pin directory). The kernel keeps at most 15 characters of a map name.
+pub mod names {
+    pub const SERVICES: &str = "kls_services";
+    pub const BACKENDS: &str = "kls_backends";
+    pub const REVNAT: &str = "kls_revnat";
+    pub const SOCK_REVNAT: &str = "kls_sock_revnat";
+    pub const ENDPOINTS: &str = "kls_endpoints";
+    pub const METRICS: &str = "kls_metrics";
+    /// Every map the datapath pins, for loaders and dump tools that walk them all.
+    pub const ALL: [&str; 6] = [SERVICES, BACKENDS, REVNAT, SOCK_REVNAT, ENDPOINTS, METRICS];
+
+    /// Program names (the function names in the eBPF object).
+    pub const PROG_CONNECT4: &str = "sock_connect4";
+    pub const PROG_SENDMSG4: &str = "sock_sendmsg4";
+    pub const PROG_RECVMSG4: &str = "sock_recvmsg4";
+    pub const PROG_GETPEERNAME4: &str = "sock_getpeername4";
+    pub const PROG_FROM_CONTAINER: &str = "tc_from_container";
+}
+
+/// Where things live on bpffs.
+pub mod paths {
+    /// Mount point of the BPF filesystem.
+    pub const BPFFS: &str = "/sys/fs/bpf";
+    /// Per-node pin directories live under `<BPFFS>/<PIN_ROOT>/<node>`.
+    pub const PIN_ROOT: &str = "keelson";
+    /// Sub-directory of a node's pin directory holding pinned links.
+    pub const LINKS_DIR: &str = "links";
+}
+
+/// Map sizes. A full map is an error reported to the agent, never a silent drop.
+pub mod limits {
+    /// Service entries: one master plus one per backend slot, summed over all frontends.
+    pub const MAX_SERVICE_ENTRIES: u32 = 65_536;
+    pub const MAX_BACKENDS: u32 = 65_536;
+    pub const MAX_REVNAT: u32 = 65_536;
+    /// LRU: entries of closed sockets age out.
+    pub const MAX_SOCK_REVNAT: u32 = 262_144;
+    pub const MAX_ENDPOINTS: u32 = 65_536;
+    /// Size of the metrics array: drop reasons and counters share one index space.
+    pub const METRICS_SLOTS: u32 = 128;
+    /// Highest number of backends one frontend may have (slots are `u16`).
+    pub const MAX_BACKENDS_PER_SERVICE: u16 = u16::MAX - 1;
+}
+
+/// IP protocol numbers as found in `bpf_sock_addr.protocol` and IPv4 headers.
+pub mod proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const SCTP: u8 = 132;
+}
+
+/// Key of the `services` map: one frontend (ClusterIP, port, protocol) and a slot.
+///
+/// Slot 0 is the master entry carrying the backend count; slots `1..=count` point at backend
+/// ids. A lookup costs two hash lookups (master, then a random slot) whatever the number of
+/// backends, the scheme of Cilium's `lb4_key`/`lb4_service`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// IPv4 address, network byte order.
+    pub address: u32,
+    /// Port, network byte order.
+    pub dport: u16,
+    pub backend_slot: u16,
+    pub proto: u8,
+    /// Reserved for traffic-policy scopes (external/internal); 0 today.
+    pub scope: u8,
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<ServiceKey>() == 12);
+
+impl ServiceKey {
+    pub const fn new(address: u32, dport: u16, proto: u8, backend_slot: u16) -> Self {
+        Self {
+            address,
+            dport,
+            backend_slot,
+            proto,
+            scope: 0,
+            pad: [0; 2],
+        }
+    }
+}
+
+/// Value of the `services` map. For the master slot: `count` backends and the frontend's
+/// reverse-NAT index; for slot `n`: `backend_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    pub backend_id: u32,
+    pub count: u16,
+    pub rev_nat_index: u16,
+    pub flags: u8,
+    pub pad: [u8; 3],
+}
+const _: () = assert!(size_of::<ServiceValue>() == 12);
+
+/// Key of the `backends` map: a backend id, allocated by the agent (never 0).
+pub type BackendKey = u32;
+
+/// Value of the `backends` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    /// IPv4 address, network byte order.
+    pub address: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+const _: () = assert!(size_of::<Backend>() == 8);
+
+/// Key of the `revnat` map: the frontend's reverse-NAT index (never 0).
+pub type RevNatKey = u16;
+
+/// Value of the `revnat` map: the frontend a reverse-NAT index stands for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNatValue {
+    /// IPv4 address, network byte order.
+    pub address: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<RevNatValue>() == 8);
+
+/// Key of the `sock_revnat` LRU map: which socket talked to which backend. recvmsg4 and
+/// getpeername4 look it up to show the application the ClusterIP it addressed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNatKey {
+    pub cookie: u64,
+    /// Backend IPv4 address, network byte order.
+    pub address: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<SockRevNatKey>() == 16);
+
+/// Value of the `sock_revnat` map: the frontend the socket addressed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNatValue {
+    /// ClusterIP, network byte order.
+    pub address: u32,
+    /// Service port, network byte order.
+    pub port: u16,
+    pub rev_nat_index: u16,
+}
+const _: () = assert!(size_of::<SockRevNatValue>() == 8);
+
+/// Key of the `endpoints` map: a local Pod's IPv4 address (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    pub address: u32,
+}
+const _: () = assert!(size_of::<EndpointKey>() == 4);
+
+/// Value of the `endpoints` map: how to reach a local Pod.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointInfo {
+    /// ifindex of the host-side veth, in the node's network namespace.
+    pub ifindex: u32,
+    pub flags: u32,
+    /// Security identity (0 until policy assigns one).
+    pub identity: u32,
+    pub pod_mac: [u8; 6],
+    pub host_mac: [u8; 6],
+}
+const _: () = assert!(size_of::<EndpointInfo>() == 24);
+
+/// One per-CPU counter cell of the `metrics` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MetricValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<MetricValue>() == 16);
+
+/// Why the datapath refused a packet or a socket operation. The discriminant is also the
+/// packet's index in the `metrics` map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// A packet left a Pod with a source address that is not that Pod's.
+    InvalidSource = 1,
+    /// A connect()/sendmsg() to a Service that has no backend (refused like kube-proxy's
+    /// REJECT rule).
+    NoBackend = 2,
+    /// A backend slot or backend id the master entry promised was missing (the agent was
+    /// shrinking the service at that moment).
+    MissingBackend = 3,
+    /// A packet too short for the headers it claims.
+    Malformed = 4,
+    /// The socket reverse-NAT map refused an entry.
+    SockRevNatFull = 5,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 5] = [
+        DropReason::InvalidSource,
+        DropReason::NoBackend,
+        DropReason::MissingBackend,
+        DropReason::Malformed,
+        DropReason::SockRevNatFull,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::InvalidSource => "invalid_source",
+            DropReason::NoBackend => "no_backend",
+            DropReason::MissingBackend => "missing_backend",
+            DropReason::Malformed => "malformed",
+            DropReason::SockRevNatFull => "sock_revnat_full",
+        }
+    }
+}
+
+/// What the datapath did, besides drops. Indexes of the `metrics` map above the drop reasons.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Counter {
+    /// A connect() was translated from a ClusterIP to a backend.
+    SockConnectXlated = 64,
+    /// An unconnected sendmsg() was translated.
+    SockSendmsgXlated = 65,
+    /// A received datagram's source was translated back to the ClusterIP.
+    SockRecvmsgRevXlated = 66,
+    /// getpeername() showed the ClusterIP instead of the backend.
+    SockPeernameRevXlated = 67,
+    /// A Pod's packet was delivered straight to a local Pod (`bpf_redirect_peer`).
+    FromContainerLocal = 68,
+    /// A Pod's packet was handed to the node's routing.
+    FromContainerStack = 69,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 6] = [
+        Counter::SockConnectXlated,
+        Counter::SockSendmsgXlated,
+        Counter::SockRecvmsgRevXlated,
+        Counter::SockPeernameRevXlated,
+        Counter::FromContainerLocal,
+        Counter::FromContainerStack,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::SockConnectXlated => "sock_connect_xlated",
+            Counter::SockSendmsgXlated => "sock_sendmsg_xlated",
+            Counter::SockRecvmsgRevXlated => "sock_recvmsg_revxlated",
+            Counter::SockPeernameRevXlated => "sock_getpeername_revxlated",
+            Counter::FromContainerLocal => "from_container_local",
+            Counter::FromContainerStack => "from_container_stack",
+        }
+    }
+}
+
+const _: () = assert!((Counter::FromContainerStack as u32) < limits::METRICS_SLOTS);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+
+    // SAFETY: every type below is #[repr(C)], Copy, has no implicit padding (the size
+    // assertions above match the sum of the fields) and is valid for any bit pattern.
+    unsafe impl aya::Pod for ServiceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServiceValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RevNatValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockRevNatKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockRevNatValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for EndpointKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for EndpointInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for MetricValue {}
+}

@@ -1,7 +1,44 @@
 //! Loads the eBPF object, pins its maps under the node's bpffs directory and attaches the
 //! programs: socket hooks to the node's cgroup root, tc programs to each endpoint's host veth.
+//!
+//! Everything the kernel needs to keep serving lives in bpffs: the maps (reused on the next
+//! load, so an agent restart keeps every translation) and the links (so the programs stay
+//! attached while the agent is down; the next load swaps the new programs into them).
 
-use std::{net::Ipv4Addr, path::PathBuf};
+pub mod maps;
+pub mod sys;
+
+use std::{
+    fs, io,
+    net::Ipv4Addr,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, links::FdLink,
+        tc::TcAttachOptions,
+    },
+};
+use keelson_common::{EndpointInfo, names, paths};
+
+pub use maps::{Maps, MapsError};
+
+use crate::services::model::{LbState, MapOp};
+
+/// The eBPF object built from `ebpf/` by the build script.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keelson"));
+
+/// The socket-level load balancer's programs, in attach order.
+pub const SOCK_PROGRAMS: [&str; 4] = [
+    names::PROG_CONNECT4,
+    names::PROG_SENDMSG4,
+    names::PROG_RECVMSG4,
+    names::PROG_GETPEERNAME4,
+];
 
 /// Where the datapath of one node lives.
 #[derive(Debug, Clone)]
@@ -30,25 +67,267 @@ pub struct Endpoint {
 pub enum LoaderError {
     #[error("datapath: {0}")]
     Other(String),
+    #[error("cannot mount bpffs at {path}")]
+    Bpffs {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot load the eBPF object")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("link of program {name}")]
+    Link {
+        name: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("cannot pin link {path}")]
+    Pin {
+        path: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("maps")]
+    Maps(#[source] MapsError),
 }
 
-/// The loaded datapath of one node.
+/// The loaded datapath of one node. Shared between tasks (`Arc<Datapath>`); the object and
+/// its maps sit behind one mutex, the kernel does the rest.
 #[derive(Debug)]
 pub struct Datapath {
-    _cfg: DatapathConfig,
+    cfg: DatapathConfig,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Holds the loaded programs; their links are pinned, so dropping it detaches nothing.
+    ebpf: Ebpf,
+    maps: Maps,
 }
 
 impl Datapath {
     /// Mounts bpffs if needed, loads the object, reuses or pins maps, attaches socket hooks.
     pub fn load(cfg: DatapathConfig) -> Result<Self, LoaderError> {
-        Err(LoaderError::Other(format!("not built yet: {cfg:?}")))
+        let bpffs = Path::new(paths::BPFFS);
+        if cfg.pin_dir.starts_with(bpffs) {
+            sys::ensure_bpffs(bpffs).map_err(|source| LoaderError::Bpffs {
+                path: bpffs.display().to_string(),
+                source,
+            })?;
+        }
+        let links_dir = cfg.pin_dir.join(paths::LINKS_DIR);
+        fs::create_dir_all(&links_dir).map_err(|source| LoaderError::Io {
+            what: "cannot create pin directory",
+            path: links_dir.display().to_string(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&cfg.pin_dir)
+            .load(EBPF_OBJECT)
+            .map_err(LoaderError::Load)?;
+
+        let cgroup = fs::File::open(&cfg.cgroup_root).map_err(|source| LoaderError::Io {
+            what: "cannot open cgroup",
+            path: cfg.cgroup_root.display().to_string(),
+            source,
+        })?;
+        for name in SOCK_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
+            prog.load()
+                .map_err(|source| LoaderError::Program { name, source })?;
+            let link_path = links_dir.join(format!("{name}_link"));
+            attach_sock(prog, name, &cgroup, &link_path)?;
+        }
+        let tc: &mut SchedClassifier = program_mut(&mut ebpf, names::PROG_FROM_CONTAINER)?;
+        tc.load().map_err(|source| LoaderError::Program {
+            name: names::PROG_FROM_CONTAINER,
+            source,
+        })?;
+
+        let maps = Maps::take_from(&mut ebpf).map_err(LoaderError::Maps)?;
+        Ok(Self {
+            cfg,
+            inner: Mutex::new(Inner { ebpf, maps }),
+        })
     }
+
+    /// The configuration this datapath was loaded with.
+    pub fn config(&self) -> &DatapathConfig {
+        &self.cfg
+    }
+
     /// Attaches the tc programs to the endpoint's host veth and records it in `endpoints`.
+    ///
+    /// The map entry is written first, so the Pod's first packet already passes the
+    /// anti-spoofing check. Calling it again for the same endpoint replaces the link
+    /// (idempotent; used after an agent restart).
     pub fn add_endpoint(&self, ep: &Endpoint) -> Result<(), LoaderError> {
-        Err(LoaderError::Other(format!("not built yet: {ep:?}")))
+        let mut inner = self.lock();
+        let info = EndpointInfo {
+            ifindex: ep.host_ifindex,
+            flags: 0,
+            identity: 0,
+            pod_mac: ep.pod_mac,
+            host_mac: ep.host_mac,
+        };
+        inner
+            .maps
+            .put_endpoint(ep.ip, info)
+            .map_err(LoaderError::Maps)?;
+        let link_path = self.tc_link_path(ep.ip);
+        let tmp_path = link_path.with_extension("new");
+        let _ = fs::remove_file(&tmp_path);
+        let name = names::PROG_FROM_CONTAINER;
+        let prog: &mut SchedClassifier = program_mut(&mut inner.ebpf, name)?;
+        let ifname = ep.host_ifname.as_str();
+        // tcx resolves the interface in the calling thread's network namespace.
+        let link = sys::in_netns(self.cfg.node_netns.as_deref(), || {
+            let id = prog
+                .attach_with_options(
+                    ifname,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|source| LoaderError::Program { name, source })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| LoaderError::Program { name, source })?;
+            FdLink::try_from(link).map_err(|source| LoaderError::Link { name, source })
+        })
+        .map_err(|source| LoaderError::Io {
+            what: "cannot enter network namespace",
+            path: format!("{:?}", self.cfg.node_netns),
+            source,
+        })??;
+        // Pin under a temporary name, then rename over the previous pin: the old link (if any)
+        // is released only once the new one is attached, so the veth is never unprotected.
+        let pinned = link.pin(&tmp_path).map_err(|source| LoaderError::Pin {
+            path: tmp_path.display().to_string(),
+            source,
+        })?;
+        fs::rename(&tmp_path, &link_path).map_err(|source| LoaderError::Io {
+            what: "cannot replace pinned link",
+            path: link_path.display().to_string(),
+            source,
+        })?;
+        drop(pinned);
+        Ok(())
     }
+
     /// Forgets an endpoint (its veth, and so its tc links, are gone with the Pod's netns).
     pub fn remove_endpoint(&self, ip: Ipv4Addr) -> Result<(), LoaderError> {
-        Err(LoaderError::Other(format!("not built yet: {ip}")))
+        let mut inner = self.lock();
+        inner.maps.delete_endpoint(ip).map_err(LoaderError::Maps)?;
+        let link_path = self.tc_link_path(ip);
+        match fs::remove_file(&link_path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(LoaderError::Io {
+                what: "cannot unpin link",
+                path: link_path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Reads the load-balancer maps back.
+    pub fn read_lb(&self) -> Result<LbState, MapsError> {
+        self.lock().maps.read_lb()
+    }
+
+    /// Applies planned map operations, in order.
+    pub fn apply(&self, ops: &[MapOp]) -> Result<(), MapsError> {
+        self.lock().maps.apply(ops)
+    }
+
+    /// Runs `f` with the maps (tests, metrics).
+    pub fn with_maps<T>(&self, f: impl FnOnce(&mut Maps) -> T) -> T {
+        f(&mut self.lock().maps)
+    }
+
+    fn tc_link_path(&self, ip: Ipv4Addr) -> PathBuf {
+        self.cfg
+            .pin_dir
+            .join(paths::LINKS_DIR)
+            .join(format!("{}_{ip}", names::PROG_FROM_CONTAINER))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the maps as the kernel has them: still usable.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoaderError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| LoaderError::Other(format!("program {name} is missing from the object")))?;
+    prog.try_into()
+        .map_err(|source| LoaderError::Program { name, source })
+}
+
+/// Attaches a socket hook to the cgroup through a pinned link. If a link is pinned already
+/// (an earlier agent), the new program is swapped into it atomically: no second attachment,
+/// no moment without a program.
+fn attach_sock(
+    prog: &mut CgroupSockAddr,
+    name: &'static str,
+    cgroup: &fs::File,
+    link_path: &Path,
+) -> Result<(), LoaderError> {
+    if link_path.exists() {
+        let prog_fd = prog
+            .fd()
+            .map_err(|source| LoaderError::Program { name, source })?;
+        let updated = sys::obj_get(link_path)
+            .and_then(|link| sys::link_update(link.as_fd(), prog_fd.as_fd()));
+        match updated {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                // A link whose cgroup is gone cannot be updated; start over with a new one.
+                tracing::warn!(path = %link_path.display(), error = %e, "replacing stale link");
+                let _ = fs::remove_file(link_path);
+            }
+        }
+    }
+    // BPF links take no attach flags: a link-based attachment always coexists with other
+    // links on the cgroup and below it (kernel 5.7, af6eea57437a), so Pods' own cgroups may
+    // carry programs of their own.
+    let id = prog
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(|source| LoaderError::Program { name, source })?;
+    let link = prog
+        .take_link(id)
+        .map_err(|source| LoaderError::Program { name, source })?;
+    let link = FdLink::try_from(link).map_err(|source| LoaderError::Link { name, source })?;
+    link.pin(link_path).map_err(|source| LoaderError::Pin {
+        path: link_path.display().to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+#[cfg(test)]
+mod tests;

@@ -1,19 +1,138 @@
 //! Service load balancing: watches Services and EndpointSlices, computes the desired
 //! frontend/backend set and writes the difference into the datapath's maps.
+//!
+//! [`plan`] is pure (desired state, diff); this module is the thin loop around it: two
+//! reflectors, and on every change (or every [`RESYNC`]) read the maps, diff, apply. Reading
+//! the maps rather than remembering what was written makes a restarted agent converge from
+//! what the kernel still holds, without flushing anything.
 
-use std::sync::Arc;
+pub mod model;
+pub mod plan;
 
-use crate::loader::Datapath;
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::{
+    Api,
+    runtime::{WatchStreamExt as _, reflector, watcher},
+};
+use tokio::sync::Notify;
+
+use crate::loader::{Datapath, MapsError};
+
+/// How often the maps are compared with the API even without a change (repairs a failed
+/// write, e.g. after a full map was drained).
+pub const RESYNC: Duration = Duration::from_secs(30);
+/// Changes arriving this close together are applied in one pass.
+const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Errors of the Service programming loop.
 #[derive(Debug, thiserror::Error)]
 pub enum ServicesError {
     #[error("kubernetes API: {0}")]
     Kube(#[source] kube::Error),
+    #[error("a watch of {0} ended")]
+    WatchEnded(&'static str),
+    #[error("service maps")]
+    Maps(#[source] MapsError),
 }
 
 /// Keeps the datapath's service maps equal to the API's Services and EndpointSlices.
 pub async fn run(client: kube::Client, dp: Arc<Datapath>) -> Result<(), ServicesError> {
-    let _ = (client, dp);
-    std::future::pending().await
+    let notify = Arc::new(Notify::new());
+    let (services, svc_writer) = reflector::store::<Service>();
+    let (slices, eps_writer) = reflector::store::<EndpointSlice>();
+
+    let svc_watch = reflector(
+        svc_writer,
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    );
+    let eps_watch = reflector(
+        eps_writer,
+        watcher(
+            Api::<EndpointSlice>::all(client),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    );
+    let svc_task = tokio::spawn(drive(svc_watch, notify.clone(), "services"));
+    let eps_task = tokio::spawn(drive(eps_watch, notify.clone(), "endpointslices"));
+
+    let ready = async {
+        services
+            .wait_until_ready()
+            .await
+            .map_err(|_| ServicesError::WatchEnded("services"))?;
+        slices
+            .wait_until_ready()
+            .await
+            .map_err(|_| ServicesError::WatchEnded("endpointslices"))
+    };
+    tokio::select! {
+        r = ready => r?,
+        _ = svc_task_done(&svc_task) => return Err(ServicesError::WatchEnded("services")),
+    }
+
+    loop {
+        if svc_task.is_finished() {
+            return Err(ServicesError::WatchEnded("services"));
+        }
+        if eps_task.is_finished() {
+            return Err(ServicesError::WatchEnded("endpointslices"));
+        }
+        let svcs: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
+        let eps: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
+        if let Err(e) = reconcile(&dp, &svcs, &eps) {
+            tracing::error!(error = %e, source = ?std::error::Error::source(&e), "programming services failed; retrying");
+        }
+        let _ = tokio::time::timeout(RESYNC, notify.notified()).await;
+        tokio::time::sleep(DEBOUNCE).await;
+    }
 }
+
+/// One pass: read the maps, plan, apply.
+pub fn reconcile(
+    dp: &Datapath,
+    services: &[Service],
+    slices: &[EndpointSlice],
+) -> Result<usize, ServicesError> {
+    let desired = plan::desired(services, slices);
+    let current = dp.read_lb().map_err(ServicesError::Maps)?;
+    let ops = plan::diff(&current, &desired);
+    if !ops.is_empty() {
+        tracing::debug!(
+            ops = ops.len(),
+            frontends = desired.services.len(),
+            "programming services"
+        );
+        dp.apply(&ops).map_err(ServicesError::Maps)?;
+    }
+    Ok(ops.len())
+}
+
+async fn drive<S, T>(stream: S, notify: Arc<Notify>, what: &'static str)
+where
+    S: futures::Stream<Item = Result<T, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(_) => notify.notify_one(),
+            Err(e) => tracing::warn!(watch = what, error = %e, "watch error; retrying"),
+        }
+    }
+}
+
+async fn svc_task_done(task: &tokio::task::JoinHandle<()>) {
+    while !task.is_finished() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,363 @@
+//! Typed access to the datapath's maps, from a freshly loaded object or from the pins of a
+//! running node: reading the load-balancer state back and applying [`MapOp`]s.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use keelson_common::{
+    Backend, BackendKey, EndpointInfo, EndpointKey, MetricValue, RevNatKey, RevNatValue,
+    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, names,
+};
+
+use crate::services::model::{BackendAddr, Frontend, LbState, MapOp, Proto, ServiceEntry};
+
+/// Errors of map access.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map {0} is missing from the eBPF object")]
+    Missing(&'static str),
+    #[error("cannot open pinned map {path}")]
+    OpenPin {
+        path: String,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {map} has an unexpected type or layout")]
+    Type {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {map} is full ({op})")]
+    Full { map: &'static str, op: String },
+    #[error("{op} on map {map}")]
+    Op {
+        map: &'static str,
+        op: String,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// The datapath's maps, owned.
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub backends: HashMap<MapData, BackendKey, Backend>,
+    pub revnat: HashMap<MapData, RevNatKey, RevNatValue>,
+    pub sock_revnat: HashMap<MapData, SockRevNatKey, SockRevNatValue>,
+    pub endpoints: HashMap<MapData, EndpointKey, EndpointInfo>,
+    pub metrics: PerCpuArray<MapData, MetricValue>,
+}
+
+impl std::fmt::Debug for Maps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Maps").finish_non_exhaustive()
+    }
+}
+
+fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(|source| MapsError::Type { map: name, source })
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object (the programs keep their own references).
+    pub fn take_from(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
+        Ok(Self {
+            services: typed(names::SERVICES, take(names::SERVICES)?)?,
+            backends: typed(names::BACKENDS, take(names::BACKENDS)?)?,
+            revnat: typed(names::REVNAT, take(names::REVNAT)?)?,
+            sock_revnat: typed(names::SOCK_REVNAT, take(names::SOCK_REVNAT)?)?,
+            endpoints: typed(names::ENDPOINTS, take(names::ENDPOINTS)?)?,
+            metrics: typed(names::METRICS, take(names::METRICS)?)?,
+        })
+    }
+
+    /// Opens the maps pinned under `pin_dir` by a running agent.
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self, MapsError> {
+        let open = |name: &'static str| -> Result<Map, MapsError> {
+            let path = pin_dir.join(name);
+            let data = MapData::from_pin(&path).map_err(|source| MapsError::OpenPin {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Map::from_map_data(data).map_err(|source| MapsError::Type { map: name, source })
+        };
+        Ok(Self {
+            services: typed(names::SERVICES, open(names::SERVICES)?)?,
+            backends: typed(names::BACKENDS, open(names::BACKENDS)?)?,
+            revnat: typed(names::REVNAT, open(names::REVNAT)?)?,
+            sock_revnat: typed(names::SOCK_REVNAT, open(names::SOCK_REVNAT)?)?,
+            endpoints: typed(names::ENDPOINTS, open(names::ENDPOINTS)?)?,
+            metrics: typed(names::METRICS, open(names::METRICS)?)?,
+        })
+    }
+
+    /// Reads the services, backends and revnat maps back into an [`LbState`]. Entries the
+    /// agent cannot interpret (an unknown protocol number) are skipped; the diff then removes
+    /// nothing it does not understand.
+    pub fn read_lb(&self) -> Result<LbState, MapsError> {
+        let mut state = LbState::default();
+        for item in self.backends.iter() {
+            let (id, b) = item.map_err(|source| op_err(names::BACKENDS, "iterate", source))?;
+            if let Some(addr) = backend_from_map(&b) {
+                state.backends.insert(id, addr);
+            }
+        }
+        for item in self.revnat.iter() {
+            let (index, v) = item.map_err(|source| op_err(names::REVNAT, "iterate", source))?;
+            // The protocol is not part of a revnat entry; the services map supplies it below.
+            state.revnat.insert(
+                index,
+                Frontend {
+                    address: ip_from_net(v.address),
+                    port: u16::from_be(v.port),
+                    proto: Proto::Tcp,
+                },
+            );
+        }
+        for item in self.services.iter() {
+            let (k, v) = item.map_err(|source| op_err(names::SERVICES, "iterate", source))?;
+            let Some(frontend) = frontend_from_key(&k) else {
+                continue;
+            };
+            let entry: &mut ServiceEntry = state.services.entry(frontend).or_default();
+            if k.backend_slot == 0 {
+                entry.master = Some((v.count, v.rev_nat_index));
+            } else {
+                entry.slots.insert(k.backend_slot, v.backend_id);
+            }
+        }
+        // Give revnat entries the protocol of the frontend that uses them.
+        for (frontend, entry) in &state.services {
+            if let Some((_, index)) = entry.master
+                && let Some(rn) = state.revnat.get_mut(&index)
+                && rn.address == frontend.address
+                && rn.port == frontend.port
+            {
+                rn.proto = frontend.proto;
+            }
+        }
+        Ok(state)
+    }
+
+    /// Applies `ops` in order. Stops at the first failure: the next reconcile reads the maps
+    /// back and continues from what was written.
+    pub fn apply(&mut self, ops: &[MapOp]) -> Result<(), MapsError> {
+        for op in ops {
+            self.apply_one(op)?;
+        }
+        Ok(())
+    }
+
+    fn apply_one(&mut self, op: &MapOp) -> Result<(), MapsError> {
+        match *op {
+            MapOp::PutBackend { id, backend } => {
+                let value = Backend {
+                    address: ip_to_net(backend.address),
+                    port: backend.port.to_be(),
+                    proto: backend.proto.number(),
+                    flags: 0,
+                };
+                insert(&mut self.backends, names::BACKENDS, id, value, op)
+            }
+            MapOp::PutRevNat { index, frontend } => {
+                let value = RevNatValue {
+                    address: ip_to_net(frontend.address),
+                    port: frontend.port.to_be(),
+                    pad: [0; 2],
+                };
+                insert(&mut self.revnat, names::REVNAT, index, value, op)
+            }
+            MapOp::PutSlot {
+                frontend,
+                slot,
+                backend_id,
+            } => {
+                let value = ServiceValue {
+                    backend_id,
+                    count: 0,
+                    rev_nat_index: 0,
+                    flags: 0,
+                    pad: [0; 3],
+                };
+                insert(
+                    &mut self.services,
+                    names::SERVICES,
+                    service_key(&frontend, slot),
+                    value,
+                    op,
+                )
+            }
+            MapOp::PutMaster {
+                frontend,
+                count,
+                rev_nat_index,
+            } => {
+                let value = ServiceValue {
+                    backend_id: 0,
+                    count,
+                    rev_nat_index,
+                    flags: 0,
+                    pad: [0; 3],
+                };
+                insert(
+                    &mut self.services,
+                    names::SERVICES,
+                    service_key(&frontend, 0),
+                    value,
+                    op,
+                )
+            }
+            MapOp::DeleteSlot { frontend, slot } => remove(
+                &mut self.services,
+                names::SERVICES,
+                &service_key(&frontend, slot),
+                op,
+            ),
+            MapOp::DeleteRevNat { index } => remove(&mut self.revnat, names::REVNAT, &index, op),
+            MapOp::DeleteBackend { id } => remove(&mut self.backends, names::BACKENDS, &id, op),
+        }
+    }
+
+    /// Records a local endpoint.
+    pub fn put_endpoint(&mut self, ip: Ipv4Addr, info: EndpointInfo) -> Result<(), MapsError> {
+        let key = EndpointKey {
+            address: ip_to_net(ip),
+        };
+        let what = format!("put endpoint {ip}");
+        self.endpoints
+            .insert(key, info, 0)
+            .map_err(|source| classify(names::ENDPOINTS, what, source))
+    }
+
+    /// Forgets a local endpoint; forgetting an unknown one is not an error.
+    pub fn delete_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
+        let key = EndpointKey {
+            address: ip_to_net(ip),
+        };
+        match self.endpoints.remove(&key) {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(source) => Err(op_err(
+                names::ENDPOINTS,
+                &format!("delete endpoint {ip}"),
+                source,
+            )),
+        }
+    }
+
+    /// All local endpoints, sorted by address.
+    pub fn read_endpoints(&self) -> Result<Vec<(Ipv4Addr, EndpointInfo)>, MapsError> {
+        let mut out = Vec::new();
+        for item in self.endpoints.iter() {
+            let (k, v) = item.map_err(|source| op_err(names::ENDPOINTS, "iterate", source))?;
+            out.push((ip_from_net(k.address), v));
+        }
+        out.sort_by_key(|(ip, _)| *ip);
+        Ok(out)
+    }
+
+    /// The sum over CPUs of metrics slot `index`.
+    pub fn metric(&self, index: u32) -> Result<MetricValue, MapsError> {
+        let values = self
+            .metrics
+            .get(&index, 0)
+            .map_err(|source| op_err(names::METRICS, &format!("read slot {index}"), source))?;
+        Ok(values
+            .iter()
+            .fold(MetricValue::default(), |acc, v| MetricValue {
+                packets: acc.packets + v.packets,
+                bytes: acc.bytes + v.bytes,
+            }))
+    }
+}
+
+fn insert<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    key: K,
+    value: V,
+    op: &MapOp,
+) -> Result<(), MapsError> {
+    map.insert(key, value, 0)
+        .map_err(|source| classify(name, format!("{op:?}"), source))
+}
+
+fn remove<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    key: &K,
+    op: &MapOp,
+) -> Result<(), MapsError> {
+    match map.remove(key) {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(source) => Err(op_err(name, &format!("{op:?}"), source)),
+    }
+}
+
+fn errno(e: &MapError) -> Option<i32> {
+    match e {
+        MapError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => None,
+    }
+}
+
+fn is_not_found(e: &MapError) -> bool {
+    matches!(e, MapError::KeyNotFound | MapError::ElementNotFound) || errno(e) == Some(libc::ENOENT)
+}
+
+/// A hash map refuses a new key with E2BIG when it holds max_entries already.
+fn classify(map: &'static str, op: String, source: MapError) -> MapsError {
+    if errno(&source) == Some(libc::E2BIG) {
+        MapsError::Full { map, op }
+    } else {
+        MapsError::Op { map, op, source }
+    }
+}
+
+fn op_err(map: &'static str, op: &str, source: MapError) -> MapsError {
+    MapsError::Op {
+        map,
+        op: op.to_owned(),
+        source,
+    }
+}
+
+/// An IPv4 address as the datapath stores it: the four wire bytes read as a native u32.
+pub fn ip_to_net(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+pub fn ip_from_net(v: u32) -> Ipv4Addr {
+    Ipv4Addr::from(v.to_ne_bytes())
+}
+
+fn service_key(frontend: &Frontend, slot: u16) -> ServiceKey {
+    ServiceKey::new(
+        ip_to_net(frontend.address),
+        frontend.port.to_be(),
+        frontend.proto.number(),
+        slot,
+    )
+}
+
+fn frontend_from_key(k: &ServiceKey) -> Option<Frontend> {
+    Some(Frontend {
+        address: ip_from_net(k.address),
+        port: u16::from_be(k.dport),
+        proto: Proto::from_number(k.proto)?,
+    })
+}
+
+fn backend_from_map(b: &Backend) -> Option<BackendAddr> {
+    Some(BackendAddr {
+        address: ip_from_net(b.address),
+        port: u16::from_be(b.port),
+        proto: Proto::from_number(b.proto)?,
+    })
+}

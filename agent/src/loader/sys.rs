@@ -1,0 +1,129 @@
+//! The few system calls aya 0.14 does not wrap: mounting bpffs, opening a pinned object,
+//! replacing a link's program (BPF_LINK_UPDATE, kernel 5.7, 0c991ebc8c69) and running a
+//! closure inside another network namespace.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    os::{
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    pad: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+/// Whether a bpffs is mounted exactly at `mount_point` (per `/proc/mounts`).
+pub fn bpffs_mounted(mount_point: &Path) -> io::Result<bool> {
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    Ok(mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let (_src, target, fstype) = (fields.next(), fields.next(), fields.next());
+        fstype == Some("bpf") && target.map(Path::new) == Some(mount_point)
+    }))
+}
+
+/// Mounts a bpffs at `mount_point` unless one is there already.
+pub fn ensure_bpffs(mount_point: &Path) -> io::Result<()> {
+    if bpffs_mounted(mount_point)? {
+        return Ok(());
+    }
+    std::fs::create_dir_all(mount_point)?;
+    nix::mount::mount(
+        Some("bpf"),
+        mount_point,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Opens a pinned BPF object (map, program or link).
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let attr = ObjGetAttr {
+        pathname: path.as_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is a valid BPF_OBJ_GET attribute whose `pathname` points at a
+    // NUL-terminated string that outlives the call; the size passed is the struct's size.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjGetAttr,
+            size_of::<ObjGetAttr>() as u32,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: on success BPF_OBJ_GET returns a new file descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
+}
+
+/// Atomically makes `link` run `new_prog` instead of its current program.
+pub fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result<()> {
+    let attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: new_prog.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is a valid BPF_LINK_UPDATE attribute of the size passed; both fds are
+    // borrowed for the duration of the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_UPDATE,
+            &attr as *const LinkUpdateAttr,
+            size_of::<LinkUpdateAttr>() as u32,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `f` on a thread that first enters the network namespace at `netns` (when given).
+/// Netlink and tcx attachment resolve interface names and indexes in the caller's namespace;
+/// a dedicated thread keeps the rest of the process in its own.
+pub fn in_netns<T: Send>(netns: Option<&Path>, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    let Some(netns) = netns else {
+        return Ok(f());
+    };
+    let file = File::open(netns)?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(io::Error::from)?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| io::Error::other("network namespace worker panicked"))?
+    })
+}

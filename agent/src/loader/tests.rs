@@ -1,0 +1,105 @@
+//! Loader tests against the real kernel: pinning, reuse across loads, idempotent attach.
+
+use std::{net::Ipv4Addr, process::Command};
+
+use keelson_common::names;
+
+use super::{Datapath, DatapathConfig, SOCK_PROGRAMS, testutil::TestDatapath};
+use crate::services::model::{BackendAddr, Frontend, MapOp, Proto};
+
+fn attached_programs(cgroup: &std::path::Path) -> usize {
+    let out = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().filter(|l| l.contains("sock_")).count()
+}
+
+#[test]
+fn object_declares_every_common_map_and_program() {
+    let obj = aya_obj_names();
+    for name in names::ALL {
+        assert!(
+            obj.0.iter().any(|m| m == name),
+            "map {name} missing from the object"
+        );
+    }
+    for name in SOCK_PROGRAMS.iter().chain([&names::PROG_FROM_CONTAINER]) {
+        assert!(
+            obj.1.iter().any(|p| p == name),
+            "program {name} missing from the object"
+        );
+    }
+}
+
+/// Names of the maps and links a load pins.
+fn aya_obj_names() -> (Vec<String>, Vec<String>) {
+    let t = super::testutil::TestDatapath::load("names", None);
+    let maps = names::ALL
+        .iter()
+        .filter(|n| t.pins.0.join(n).exists())
+        .map(|n| n.to_string())
+        .collect();
+    let links = SOCK_PROGRAMS
+        .iter()
+        .filter(|n| t.pins.0.join("links").join(format!("{n}_link")).exists())
+        .map(|n| n.to_string())
+        .chain(std::iter::once(names::PROG_FROM_CONTAINER.to_string()))
+        .collect();
+    (maps, links)
+}
+
+#[test]
+fn reload_reuses_pinned_maps_and_links() {
+    let t = TestDatapath::load("reload", None);
+    assert_eq!(attached_programs(&t.cgroup.0), 4);
+    let frontend = Frontend {
+        address: Ipv4Addr::new(10, 96, 0, 10),
+        port: 53,
+        proto: Proto::Udp,
+    };
+    let backend = BackendAddr {
+        address: Ipv4Addr::new(10, 244, 1, 3),
+        port: 5353,
+        proto: Proto::Udp,
+    };
+    t.dp.apply(&[
+        MapOp::PutBackend { id: 7, backend },
+        MapOp::PutRevNat { index: 1, frontend },
+        MapOp::PutSlot {
+            frontend,
+            slot: 1,
+            backend_id: 7,
+        },
+        MapOp::PutMaster {
+            frontend,
+            count: 1,
+            rev_nat_index: 1,
+        },
+    ])
+    .expect("apply");
+    let before = t.dp.read_lb().expect("read");
+
+    // A second agent on the same pins and cgroup: same maps, programs swapped in place.
+    let again = Datapath::load(DatapathConfig {
+        pin_dir: t.pins.0.clone(),
+        cgroup_root: t.cgroup.0.clone(),
+        node_netns: None,
+    })
+    .expect("reload");
+    assert_eq!(again.read_lb().expect("read"), before);
+    assert_eq!(
+        again.read_lb().expect("read").backends_of(&frontend),
+        vec![Some(backend)]
+    );
+    assert_eq!(
+        attached_programs(&t.cgroup.0),
+        4,
+        "reload must not attach twice"
+    );
+    drop(again);
+    // Dropping both loaders leaves the pinned links attached.
+    assert_eq!(attached_programs(&t.cgroup.0), 4);
+}

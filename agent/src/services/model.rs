@@ -1,0 +1,163 @@
+//! The load-balancer state in the agent's terms (frontends, backends, reverse-NAT indexes) and
+//! the map operations that move the datapath from one state to another. Pure data: the
+//! planner produces it, the map layer reads and writes it.
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+
+use keelson_common::proto;
+
+/// A transport protocol a Service port can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Proto {
+    /// Parses a Kubernetes protocol name (`None` means the API default, TCP).
+    pub fn from_k8s(name: Option<&str>) -> Option<Self> {
+        match name.unwrap_or("TCP") {
+            "TCP" => Some(Proto::Tcp),
+            "UDP" => Some(Proto::Udp),
+            "SCTP" => Some(Proto::Sctp),
+            _ => None,
+        }
+    }
+
+    /// The IP protocol number the datapath matches on.
+    pub const fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => proto::TCP,
+            Proto::Udp => proto::UDP,
+            Proto::Sctp => proto::SCTP,
+        }
+    }
+
+    pub const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            proto::TCP => Some(Proto::Tcp),
+            proto::UDP => Some(Proto::Udp),
+            proto::SCTP => Some(Proto::Sctp),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+            Proto::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A Service frontend: ClusterIP, port and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.address, self.port, self.proto)
+    }
+}
+
+/// A backend: a Pod (or any endpoint) address, port and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendAddr {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.address, self.port, self.proto)
+    }
+}
+
+/// What the API says the datapath should do: each frontend's backends, in slot order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub services: BTreeMap<Frontend, Vec<BackendAddr>>,
+}
+
+/// One frontend as found in the `services` map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// The master slot: backend count and reverse-NAT index, if present.
+    pub master: Option<(u16, u16)>,
+    /// Backend slots `1..`: slot → backend id.
+    pub slots: BTreeMap<u16, u32>,
+}
+
+/// What the maps hold now (read back after an agent restart, so nothing is flushed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LbState {
+    pub services: BTreeMap<Frontend, ServiceEntry>,
+    pub backends: BTreeMap<u32, BackendAddr>,
+    pub revnat: BTreeMap<u16, Frontend>,
+}
+
+impl LbState {
+    /// The backends of `frontend` in slot order, as the datapath would choose among them.
+    pub fn backends_of(&self, frontend: &Frontend) -> Vec<Option<BackendAddr>> {
+        let Some(entry) = self.services.get(frontend) else {
+            return Vec::new();
+        };
+        let count = entry.master.map_or(0, |(count, _)| count);
+        (1..=count)
+            .map(|slot| {
+                entry
+                    .slots
+                    .get(&slot)
+                    .and_then(|id| self.backends.get(id))
+                    .copied()
+            })
+            .collect()
+    }
+}
+
+/// One change to the maps. [`crate::services::plan::diff`] orders them so that the datapath
+/// never follows a reference to an entry not written yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    PutBackend {
+        id: u32,
+        backend: BackendAddr,
+    },
+    PutRevNat {
+        index: u16,
+        frontend: Frontend,
+    },
+    PutSlot {
+        frontend: Frontend,
+        slot: u16,
+        backend_id: u32,
+    },
+    PutMaster {
+        frontend: Frontend,
+        count: u16,
+        rev_nat_index: u16,
+    },
+    DeleteSlot {
+        frontend: Frontend,
+        slot: u16,
+    },
+    DeleteRevNat {
+        index: u16,
+    },
+    DeleteBackend {
+        id: u32,
+    },
+}

@@ -1,0 +1,350 @@
+//! The pure half of Service programming: what the API asks for ([`desired`]) and the map
+//! operations that get the datapath there from what it holds ([`diff`]). No I/O.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use keelson_common::limits;
+
+use super::model::{BackendAddr, DesiredState, Frontend, LbState, MapOp, Proto};
+
+/// The label an EndpointSlice names its Service with.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// One endpoint address of a Service port, with the conditions that decide whether traffic
+/// may go to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    backend: BackendAddr,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+}
+
+/// Computes each ClusterIP frontend's backends from Services and their EndpointSlices.
+///
+/// - Only ClusterIP-bearing Services: headless (`clusterIP: None`) and ExternalName Services
+///   have nothing to balance. IPv4 addresses only for now.
+/// - The backend port of a Service port is the port of the same name (and protocol) in each
+///   EndpointSlice — slices carry the resolved targetPort, which may differ per Pod.
+/// - Ready endpoints are used; only when none is ready, endpoints that are serving and
+///   terminating are (KEP-1669, as kube-proxy does). Unset `ready`/`serving` count as true,
+///   unset `terminating` as false (EndpointConditions API docs).
+/// - A frontend without any usable endpoint is still programmed, with no backends, so that
+///   connecting to it is refused rather than sent to an address nobody serves.
+pub fn desired(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
+    let mut state = DesiredState::default();
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
+        let namespace = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let Some(name) = svc.metadata.name.as_deref() else {
+            continue;
+        };
+        let cluster_ips: Vec<Ipv4Addr> = match &spec.cluster_ips {
+            Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
+            _ => spec
+                .cluster_ip
+                .iter()
+                .filter_map(|ip| ip.parse().ok())
+                .collect(),
+        };
+        if cluster_ips.is_empty() {
+            continue;
+        }
+        let own_slices: Vec<&EndpointSlice> = slices
+            .iter()
+            .filter(|s| {
+                s.address_type == "IPv4"
+                    && s.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                        .map(String::as_str)
+                        == Some(name)
+            })
+            .collect();
+        for sp in spec.ports.iter().flatten() {
+            let Some(proto) = Proto::from_k8s(sp.protocol.as_deref()) else {
+                continue;
+            };
+            let Ok(port) = u16::try_from(sp.port) else {
+                continue;
+            };
+            let port_name = sp.name.as_deref().unwrap_or("");
+            let backends = select(candidates(&own_slices, port_name, proto));
+            for &address in &cluster_ips {
+                state.services.insert(
+                    Frontend {
+                        address,
+                        port,
+                        proto,
+                    },
+                    backends.clone(),
+                );
+            }
+        }
+    }
+    state
+}
+
+fn candidates(slices: &[&EndpointSlice], port_name: &str, proto: Proto) -> BTreeSet<Candidate> {
+    let mut out = BTreeSet::new();
+    for slice in slices {
+        let Some(port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| {
+                p.name.as_deref().unwrap_or("") == port_name
+                    && Proto::from_k8s(p.protocol.as_deref()) == Some(proto)
+            })
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for ep in slice.endpoints.iter().flatten() {
+            let cond = ep.conditions.as_ref();
+            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+            let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+            // Like kube-proxy, the first address stands for the endpoint (the API requires
+            // exactly one for IPv4 slices, the rest is reserved).
+            let Some(address) = ep.addresses.first().and_then(|a| a.parse().ok()) else {
+                continue;
+            };
+            out.insert(Candidate {
+                backend: BackendAddr {
+                    address,
+                    port,
+                    proto,
+                },
+                ready,
+                serving,
+                terminating,
+            });
+        }
+    }
+    out
+}
+
+fn select(candidates: BTreeSet<Candidate>) -> Vec<BackendAddr> {
+    let ready: BTreeSet<BackendAddr> = candidates
+        .iter()
+        .filter(|c| c.ready)
+        .map(|c| c.backend)
+        .collect();
+    let chosen = if ready.is_empty() {
+        candidates
+            .iter()
+            .filter(|c| c.serving && c.terminating)
+            .map(|c| c.backend)
+            .collect()
+    } else {
+        ready
+    };
+    chosen.into_iter().collect()
+}
+
+/// The operations that turn `current` into `desired`, ordered so the datapath never follows a
+/// reference to something missing:
+///
+/// 1. new backends and reverse-NAT entries;
+/// 2. per frontend: backend slots, then the master entry (a growing service publishes its new
+///    count only after the new slots exist), then the slots past a shrunk count;
+/// 3. frontends that are gone: master first (no new lookups), then their slots;
+/// 4. reverse-NAT entries and backends nothing refers to any more.
+///
+/// Backend ids and reverse-NAT indexes already in the maps are kept, so an unchanged Service
+/// produces no operation at all (after an agent restart, too).
+pub fn diff(current: &LbState, desired: &DesiredState) -> Vec<MapOp> {
+    let mut ops = Vec::new();
+
+    // Backend ids: reuse the id already holding an address, allocate the lowest free ones.
+    let mut id_of: BTreeMap<BackendAddr, u32> = BTreeMap::new();
+    for (&id, &addr) in &current.backends {
+        id_of.entry(addr).or_insert(id);
+    }
+    let mut used_ids: BTreeSet<u32> = current.backends.keys().copied().collect();
+    let mut next_id = 1u32;
+    for addr in desired.services.values().flatten() {
+        if id_of.contains_key(addr) {
+            continue;
+        }
+        while used_ids.contains(&next_id) {
+            next_id += 1;
+        }
+        if next_id > limits::MAX_BACKENDS {
+            tracing::warn!(backend = %addr, "no backend id left");
+            continue;
+        }
+        used_ids.insert(next_id);
+        id_of.insert(*addr, next_id);
+        ops.push(MapOp::PutBackend {
+            id: next_id,
+            backend: *addr,
+        });
+    }
+
+    // Reverse-NAT indexes are per (address, port): TCP and UDP frontends of a port share one.
+    let mut revnat_of: BTreeMap<(Ipv4Addr, u16), u16> = BTreeMap::new();
+    for (&index, f) in &current.revnat {
+        revnat_of.entry((f.address, f.port)).or_insert(index);
+    }
+    let mut used_revnat: BTreeSet<u16> = current.revnat.keys().copied().collect();
+    let mut next_revnat = 1u16;
+    let mut wanted_revnat: BTreeSet<u16> = BTreeSet::new();
+    let mut frontend_ops = Vec::new();
+    for (frontend, backends) in &desired.services {
+        let key = (frontend.address, frontend.port);
+        let rev_nat_index = match revnat_of.get(&key) {
+            Some(&index) => index,
+            None => {
+                while used_revnat.contains(&next_revnat) && next_revnat < u16::MAX {
+                    next_revnat += 1;
+                }
+                if used_revnat.contains(&next_revnat) {
+                    tracing::warn!(%frontend, "no reverse-NAT index left");
+                    continue;
+                }
+                used_revnat.insert(next_revnat);
+                revnat_of.insert(key, next_revnat);
+                ops.push(MapOp::PutRevNat {
+                    index: next_revnat,
+                    frontend: *frontend,
+                });
+                next_revnat
+            }
+        };
+        wanted_revnat.insert(rev_nat_index);
+
+        let ids: Vec<u32> = backends
+            .iter()
+            .filter_map(|b| id_of.get(b).copied())
+            .take(usize::from(limits::MAX_BACKENDS_PER_SERVICE))
+            .collect();
+        let count = ids.len() as u16;
+        let cur = current.services.get(frontend);
+        for (i, &backend_id) in ids.iter().enumerate() {
+            let slot = i as u16 + 1;
+            if cur.and_then(|c| c.slots.get(&slot)) != Some(&backend_id) {
+                frontend_ops.push(MapOp::PutSlot {
+                    frontend: *frontend,
+                    slot,
+                    backend_id,
+                });
+            }
+        }
+        if cur.and_then(|c| c.master) != Some((count, rev_nat_index)) {
+            frontend_ops.push(MapOp::PutMaster {
+                frontend: *frontend,
+                count,
+                rev_nat_index,
+            });
+        }
+        for &slot in cur.iter().flat_map(|c| c.slots.keys()) {
+            if slot > count {
+                frontend_ops.push(MapOp::DeleteSlot {
+                    frontend: *frontend,
+                    slot,
+                });
+            }
+        }
+    }
+    ops.extend(frontend_ops);
+
+    for (frontend, entry) in &current.services {
+        if desired.services.contains_key(frontend) {
+            continue;
+        }
+        if entry.master.is_some() {
+            ops.push(MapOp::DeleteSlot {
+                frontend: *frontend,
+                slot: 0,
+            });
+        }
+        for &slot in entry.slots.keys() {
+            ops.push(MapOp::DeleteSlot {
+                frontend: *frontend,
+                slot,
+            });
+        }
+    }
+
+    for &index in current.revnat.keys() {
+        if !wanted_revnat.contains(&index) {
+            ops.push(MapOp::DeleteRevNat { index });
+        }
+    }
+    let wanted_ids: BTreeSet<u32> = desired
+        .services
+        .values()
+        .flatten()
+        .filter_map(|b| id_of.get(b).copied())
+        .collect();
+    for &id in current.backends.keys() {
+        if !wanted_ids.contains(&id) {
+            ops.push(MapOp::DeleteBackend { id });
+        }
+    }
+    ops
+}
+
+/// Applies `ops` to an in-memory [`LbState`] the way the maps would take them; lets tests
+/// (and the agent's own consistency checks) see the outcome of a plan without a kernel.
+pub fn apply_to_state(state: &mut LbState, ops: &[MapOp]) {
+    for op in ops {
+        match *op {
+            MapOp::PutBackend { id, backend } => {
+                state.backends.insert(id, backend);
+            }
+            MapOp::PutRevNat { index, frontend } => {
+                state.revnat.insert(index, frontend);
+            }
+            MapOp::PutSlot {
+                frontend,
+                slot,
+                backend_id,
+            } => {
+                state
+                    .services
+                    .entry(frontend)
+                    .or_default()
+                    .slots
+                    .insert(slot, backend_id);
+            }
+            MapOp::PutMaster {
+                frontend,
+                count,
+                rev_nat_index,
+            } => {
+                state.services.entry(frontend).or_default().master = Some((count, rev_nat_index));
+            }
+            MapOp::DeleteSlot { frontend, slot } => {
+                if let Some(entry) = state.services.get_mut(&frontend) {
+                    if slot == 0 {
+                        entry.master = None;
+                    } else {
+                        entry.slots.remove(&slot);
+                    }
+                    if entry.master.is_none() && entry.slots.is_empty() {
+                        state.services.remove(&frontend);
+                    }
+                }
+            }
+            MapOp::DeleteRevNat { index } => {
+                state.revnat.remove(&index);
+            }
+            MapOp::DeleteBackend { id } => {
+                state.backends.remove(&id);
+            }
+        }
+    }
+}

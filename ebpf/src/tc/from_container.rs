@@ -1,0 +1,86 @@
+//! tcx ingress of a Pod's host-side veth, i.e. every packet leaving the Pod: anti-spoofing
+//! (the source must be the address of the endpoint behind this very veth), then delivery
+//! straight into a local destination Pod with `bpf_redirect_peer` (kernel 5.10, 9aa1206e8f48),
+//! or the node's routing for everything else.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_redirect_peer,
+    macros::classifier,
+    programs::TcContext,
+};
+use keelson_common::{Counter, DropReason, EndpointKey};
+
+use crate::{maps::ENDPOINTS, metrics};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IP_TTL_OFF: usize = ETH_HLEN + 8;
+const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+const IP_SADDR_OFF: usize = ETH_HLEN + 12;
+const IP_DADDR_OFF: usize = ETH_HLEN + 16;
+const BPF_F_RECOMPUTE_CSUM_NONE: u64 = 0;
+
+#[classifier]
+pub fn tc_from_container(ctx: TcContext) -> i32 {
+    match try_from_container(&ctx) {
+        Ok(v) => v,
+        Err(reason) => {
+            metrics::drop(reason, u64::from(ctx.len()));
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+#[inline(always)]
+fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12).map_err(|_| DropReason::Malformed)?);
+    if ethertype != ETH_P_IP {
+        // ARP and IPv6 are left to the kernel until the datapath handles them.
+        return Ok(TC_ACT_OK as i32);
+    }
+    let version_ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| DropReason::Malformed)?;
+    if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
+        return Err(DropReason::Malformed);
+    }
+    let saddr: u32 = ctx.load(IP_SADDR_OFF).map_err(|_| DropReason::Malformed)?;
+    let daddr: u32 = ctx.load(IP_DADDR_OFF).map_err(|_| DropReason::Malformed)?;
+
+    // SAFETY: `ctx.skb.skb` is the valid __sk_buff of this invocation; ifindex is readable.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the value is copied out at once.
+    match unsafe { ENDPOINTS.get(&EndpointKey { address: saddr }) } {
+        Some(ep) if ep.ifindex == ifindex => {}
+        _ => return Err(DropReason::InvalidSource),
+    }
+
+    let len = u64::from(ctx.len());
+    // SAFETY: copied out at once.
+    let Some(dst) = (unsafe { ENDPOINTS.get(&EndpointKey { address: daddr }) }).copied() else {
+        metrics::count(Counter::FromContainerStack, len);
+        return Ok(TC_ACT_OK as i32);
+    };
+
+    // Local delivery bypasses the node's IP forwarding, so do what it would do: decrement the
+    // TTL (and let the kernel answer with ICMP time-exceeded when it would reach 0), and make
+    // the frame look as if the host veth of the destination sent it.
+    let ttl_word: u16 = ctx.load(IP_TTL_OFF).map_err(|_| DropReason::Malformed)?;
+    // The TTL is the first byte on the wire, the low byte of this little-endian load.
+    if ttl_word & 0x00ff <= 1 {
+        metrics::count(Counter::FromContainerStack, len);
+        return Ok(TC_ACT_OK as i32);
+    }
+    let new_ttl_word = ttl_word - 1;
+    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(ttl_word), u64::from(new_ttl_word), 2)
+        .map_err(|_| DropReason::Malformed)?;
+    ctx.store(IP_TTL_OFF, &new_ttl_word, BPF_F_RECOMPUTE_CSUM_NONE)
+        .map_err(|_| DropReason::Malformed)?;
+    ctx.store(0, &dst.pod_mac, 0)
+        .map_err(|_| DropReason::Malformed)?;
+    ctx.store(6, &dst.host_mac, 0)
+        .map_err(|_| DropReason::Malformed)?;
+    metrics::count(Counter::FromContainerLocal, len);
+    // SAFETY: bpf_redirect_peer has no memory preconditions; it returns TC_ACT_REDIRECT or
+    // TC_ACT_SHOT for invalid flags.
+    Ok(unsafe { bpf_redirect_peer(dst.ifindex, 0) } as i32)
+}
