@@ -2,9 +2,15 @@
 //! create/mod revisions, watch from a revision, compaction) behind one trait, so the embedded
 //! SQLite store and real etcd are interchangeable. resourceVersion is the store revision.
 
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
 use std::pin::Pin;
 
 use futures::Stream;
+
+pub use sqlite::{SqliteStore, WriterStats};
 
 /// One stored key at one revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
