@@ -7,7 +7,10 @@
 pub mod bpf;
 pub mod cni;
 pub mod config;
+pub mod ipam;
+pub mod links;
 pub mod loader;
+pub mod netns;
 pub mod node;
 pub mod services;
 

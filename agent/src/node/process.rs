@@ -1,0 +1,368 @@
+//! The `process` runtime: a container is a host process started inside the Pod's network
+//! namespace and cgroup, in its own session, with its output appended to
+//! `<data_dir>/pods/<uid>/<container>.log`. Pids are recorded in `state.json` next to the logs
+//! so a restarted agent re-adopts running containers instead of starting them twice.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File, OpenOptions},
+    io::Write as _,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use nix::{
+    sys::signal::{Signal, kill, killpg},
+    unistd::Pid,
+};
+use serde::{Deserialize, Serialize};
+
+/// Errors of starting and tracking container processes.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(
+        "container has neither command nor args: the process runtime has no image entrypoint to fall back on"
+    )]
+    NoCommand,
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("decoding {path}")]
+    Decode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Everything needed to start one container process.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub log: PathBuf,
+    pub netns: PathBuf,
+    pub cgroup: PathBuf,
+}
+
+/// The argv of a container: `command` then `args`; with no command, `args` alone (there is no
+/// image ENTRYPOINT to prepend).
+pub fn container_argv(command: &[String], args: &[String]) -> Result<Vec<String>, ProcessError> {
+    let argv: Vec<String> = command.iter().chain(args).cloned().collect();
+    if argv.is_empty() {
+        Err(ProcessError::NoCommand)
+    } else {
+        Ok(argv)
+    }
+}
+
+/// Starts the process. It enters the network namespace and the cgroup between fork and exec,
+/// so not a single instruction of the container runs outside them.
+pub fn spawn(spec: &ProcessSpec) -> Result<tokio::process::Child, ProcessError> {
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| ProcessError::Io { what, path, source }
+    };
+    if let Some(dir) = spec.log.parent() {
+        fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+        .map_err(io("opening", &spec.log))?;
+    let log_err = log.try_clone().map_err(io("duplicating", &spec.log))?;
+    let netns = File::open(&spec.netns).map_err(io("opening", &spec.netns))?;
+    let procs_path = spec.cgroup.join("cgroup.procs");
+    let procs = OpenOptions::new()
+        .write(true)
+        .open(&procs_path)
+        .map_err(io("opening", &procs_path))?;
+    let mut cmd = tokio::process::Command::new(&spec.argv[0]);
+    cmd.args(&spec.argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        // Containers outlive the agent: a restarted agent re-adopts them.
+        .kill_on_drop(false);
+    let (netns_fd, procs_fd) = (netns.as_raw_fd(), procs.as_raw_fd());
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (setns, write, setsid) on descriptors opened before the fork; it allocates
+    // nothing. `netns` and `procs` outlive `spawn` below, so the descriptors are valid.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // "0" moves the writing process itself (cgroup v2, cgroup.procs).
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Own session and process group: signals reach the container's whole tree, and
+            // the agent's terminal or process group never does.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(io("starting", Path::new(&spec.argv[0])))?;
+    drop((netns, procs));
+    Ok(child)
+}
+
+/// The start time of a process in clock ticks since boot (field 22 of /proc/<pid>/stat): with
+/// the pid it identifies a process across pid reuse.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; fields after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the recorded process is still the one that was started.
+pub fn is_alive(pid: i32, ticks: u64) -> bool {
+    start_ticks(pid) == Some(ticks) && !is_zombie(pid)
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next().map(|st| st == "Z"))
+        })
+        .unwrap_or(false)
+}
+
+/// A running container process: one this agent started, or one re-adopted after a restart.
+#[derive(Debug)]
+pub enum Running {
+    Child(tokio::process::Child),
+    Adopted { pid: i32, ticks: u64 },
+}
+
+impl Running {
+    pub fn pid(&self) -> Option<i32> {
+        match self {
+            Self::Child(c) => c.id().and_then(|p| i32::try_from(p).ok()),
+            Self::Adopted { pid, .. } => Some(*pid),
+        }
+    }
+
+    /// Waits for the process to end and returns its exit code (128+signal when killed, as
+    /// shells and the kubelet report it). An adopted process is not our child, so its code is
+    /// unknown; it is reported as 255 ("unknown") after it disappears.
+    pub async fn wait(&mut self) -> i32 {
+        match self {
+            Self::Child(c) => match c.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt as _;
+                    status
+                        .code()
+                        .or_else(|| status.signal().map(|s| 128 + s))
+                        .unwrap_or(255)
+                }
+                Err(_) => 255,
+            },
+            Self::Adopted { pid, ticks } => {
+                while is_alive(*pid, *ticks) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                255
+            }
+        }
+    }
+}
+
+/// Sends `sig` to the process group of `pid` (containers lead their own session), falling back
+/// to the process alone.
+pub fn signal(pid: i32, sig: Signal) {
+    if killpg(Pid::from_raw(pid), sig).is_err() {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+}
+
+/// Pids in a cgroup (cgroup.procs).
+pub fn cgroup_pids(cgroup: &Path) -> Vec<i32> {
+    fs::read_to_string(cgroup.join("cgroup.procs"))
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Kills whatever is left in a cgroup and removes it. A missing cgroup is not an error.
+pub fn remove_cgroup(cgroup: &Path) -> Result<(), ProcessError> {
+    if !cgroup.exists() {
+        return Ok(());
+    }
+    for _ in 0..50 {
+        let pids = cgroup_pids(cgroup);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::remove_dir(cgroup).map_err(|source| ProcessError::Io {
+        what: "removing cgroup",
+        path: cgroup.to_owned(),
+        source,
+    })
+}
+
+/// Restart delay after `restarts` restarts: 10 s doubling up to 5 min, the kubelet's
+/// CrashLoopBackOff (pkg/kubelet/kubelet.go: backOffPeriod, MaxContainerBackOff).
+pub fn restart_backoff(restarts: u32) -> Duration {
+    const BASE: Duration = Duration::from_secs(10);
+    const MAX: Duration = Duration::from_secs(300);
+    BASE.checked_mul(
+        1u32.checked_shl(restarts.saturating_sub(1))
+            .unwrap_or(u32::MAX),
+    )
+    .map_or(MAX, |d| d.min(MAX))
+}
+
+/// A container that ran at least this long before exiting restarts without delay and resets
+/// its backoff (the kubelet resets after twice the maximum backoff).
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// A recorded container process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRecord {
+    pub pid: i32,
+    pub start_ticks: u64,
+    pub started_at: jiff::Timestamp,
+    pub restart_count: u32,
+}
+
+/// `<data_dir>/pods/<uid>/state.json`: what the agent set up for a Pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRecord {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub netns: String,
+    pub container_id: String,
+    pub pod_ip: Option<std::net::Ipv4Addr>,
+    pub containers: BTreeMap<String, ContainerRecord>,
+}
+
+impl PodRecord {
+    pub fn path(pod_dir: &Path) -> PathBuf {
+        pod_dir.join("state.json")
+    }
+
+    /// Reads the record; `None` if there is none.
+    pub fn load(pod_dir: &Path) -> Result<Option<Self>, ProcessError> {
+        let path = Self::path(pod_dir);
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|source| ProcessError::Decode { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ProcessError::Io {
+                what: "reading",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Writes the record atomically.
+    pub fn save(&self, pod_dir: &Path) -> Result<(), ProcessError> {
+        let path = Self::path(pod_dir);
+        let io = |what| {
+            let path = path.clone();
+            move |source| ProcessError::Io { what, path, source }
+        };
+        fs::create_dir_all(pod_dir).map_err(io("creating the directory of"))?;
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).map_err(|source| ProcessError::Decode {
+            path: path.clone(),
+            source,
+        })?;
+        let mut f = File::create(&tmp).map_err(io("writing"))?;
+        f.write_all(&bytes).map_err(io("writing"))?;
+        fs::rename(&tmp, &path).map_err(io("renaming"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_ten_seconds_and_caps_at_five_minutes() {
+        assert_eq!(restart_backoff(0), Duration::from_secs(10));
+        assert_eq!(restart_backoff(1), Duration::from_secs(10));
+        assert_eq!(restart_backoff(2), Duration::from_secs(20));
+        assert_eq!(restart_backoff(3), Duration::from_secs(40));
+        assert_eq!(restart_backoff(5), Duration::from_secs(160));
+        assert_eq!(restart_backoff(6), Duration::from_secs(300));
+        assert_eq!(restart_backoff(40), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn argv_from_command_and_args() {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            container_argv(&s(&["sh", "-c"]), &s(&["echo hi"])).expect("argv"),
+            s(&["sh", "-c", "echo hi"])
+        );
+        assert_eq!(
+            container_argv(&[], &s(&["sleep", "1"])).expect("argv"),
+            s(&["sleep", "1"])
+        );
+        assert!(matches!(
+            container_argv(&[], &[]),
+            Err(ProcessError::NoCommand)
+        ));
+    }
+
+    #[test]
+    fn start_ticks_identify_this_process() {
+        let me = std::process::id() as i32;
+        let ticks = start_ticks(me).expect("own stat");
+        assert!(is_alive(me, ticks));
+        assert!(!is_alive(me, ticks + 1));
+    }
+
+    #[test]
+    fn record_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(PodRecord::load(dir.path()).expect("load"), None);
+        let mut rec = PodRecord {
+            namespace: "default".into(),
+            name: "p".into(),
+            uid: "u".into(),
+            ..Default::default()
+        };
+        rec.containers.insert(
+            "c".into(),
+            ContainerRecord {
+                pid: 42,
+                start_ticks: 7,
+                started_at: jiff::Timestamp::UNIX_EPOCH,
+                restart_count: 1,
+            },
+        );
+        rec.save(dir.path()).expect("save");
+        assert_eq!(PodRecord::load(dir.path()).expect("load"), Some(rec));
+    }
+}
