@@ -1,1 +1,298 @@
+//! Tests of the pure Service planner: desired state from API objects, diffs against maps.
 
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+use super::{
+    model::{BackendAddr, DesiredState, Frontend, LbState, MapOp, Proto},
+    plan::{SERVICE_NAME_LABEL, apply_to_state, desired, diff},
+};
+
+fn svc(name: &str, cluster_ip: &str, ports: &[(Option<&str>, i32, &str)]) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(cluster_ip.into()),
+            cluster_ips: Some(vec![cluster_ip.into()]),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p, proto)| ServicePort {
+                        name: n.map(Into::into),
+                        port: *p,
+                        protocol: Some((*proto).into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// (address, ready, serving, terminating)
+type Ep<'a> = (&'a str, Option<bool>, Option<bool>, Option<bool>);
+
+fn slice(
+    name: &str,
+    service: &str,
+    ports: &[(Option<&str>, i32, &str)],
+    endpoints: &[Ep<'_>],
+) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            labels: Some(BTreeMap::from([(SERVICE_NAME_LABEL.into(), service.into())])),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: Some(
+            endpoints
+                .iter()
+                .map(|(ip, ready, serving, terminating)| Endpoint {
+                    addresses: vec![(*ip).into()],
+                    conditions: Some(EndpointConditions {
+                        ready: *ready,
+                        serving: *serving,
+                        terminating: *terminating,
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ports: Some(
+            ports
+                .iter()
+                .map(|(n, p, proto)| EndpointPort {
+                    name: n.map(Into::into),
+                    port: Some(*p),
+                    protocol: Some((*proto).into()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn fe(ip: [u8; 4], port: u16, proto: Proto) -> Frontend {
+    Frontend { address: Ipv4Addr::from(ip), port, proto }
+}
+
+fn be(ip: [u8; 4], port: u16, proto: Proto) -> BackendAddr {
+    BackendAddr { address: Ipv4Addr::from(ip), port, proto }
+}
+
+const READY: (Option<bool>, Option<bool>, Option<bool>) = (Some(true), Some(true), Some(false));
+
+#[test]
+fn desired_resolves_ports_by_name_across_slices() {
+    let s = svc("web", "10.96.0.10", &[(Some("http"), 80, "TCP"), (Some("dns"), 53, "UDP")]);
+    let a = slice(
+        "web-a",
+        "web",
+        &[(Some("http"), 8080, "TCP"), (Some("dns"), 5353, "UDP")],
+        &[("10.244.2.4", READY.0, READY.1, READY.2), ("10.244.1.3", None, None, None)],
+    );
+    // A second slice whose Pods serve http on another target port.
+    let b = slice("web-b", "web", &[(Some("http"), 9090, "TCP")], &[("10.244.3.5", Some(true), None, None)]);
+    let d = desired(&[s], &[a, b]);
+    assert_eq!(
+        d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)],
+        vec![
+            be([10, 244, 1, 3], 8080, Proto::Tcp),
+            be([10, 244, 2, 4], 8080, Proto::Tcp),
+            be([10, 244, 3, 5], 9090, Proto::Tcp)
+        ]
+    );
+    assert_eq!(
+        d.services[&fe([10, 96, 0, 10], 53, Proto::Udp)],
+        vec![be([10, 244, 1, 3], 5353, Proto::Udp), be([10, 244, 2, 4], 5353, Proto::Udp)]
+    );
+}
+
+#[test]
+fn desired_skips_headless_external_name_and_other_services_slices() {
+    let headless = svc("h", "None", &[(None, 80, "TCP")]);
+    let mut ext = svc("e", "10.96.0.11", &[(None, 80, "TCP")]);
+    if let Some(spec) = ext.spec.as_mut() {
+        spec.type_ = Some("ExternalName".into());
+    }
+    let plain = svc("p", "10.96.0.12", &[(None, 80, "TCP")]);
+    let other = slice("o", "other", &[(None, 80, "TCP")], &[("10.244.1.9", None, None, None)]);
+    let d = desired(&[headless, ext, plain], &[other]);
+    assert_eq!(d.services.len(), 1);
+    // No endpoints: programmed with no backends, so connecting is refused.
+    assert_eq!(d.services[&fe([10, 96, 0, 12], 80, Proto::Tcp)], vec![]);
+}
+
+#[test]
+fn desired_falls_back_to_serving_terminating_only_without_ready_endpoints() {
+    let s = svc("web", "10.96.0.10", &[(None, 80, "TCP")]);
+    let ports = [(None, 8080, "TCP")];
+    let mixed = slice(
+        "m",
+        "web",
+        &ports,
+        &[
+            ("10.244.1.1", Some(true), Some(true), Some(false)),
+            ("10.244.1.2", Some(false), Some(true), Some(true)),
+            ("10.244.1.3", Some(false), Some(false), Some(false)),
+        ],
+    );
+    let d = desired(std::slice::from_ref(&s), &[mixed]);
+    assert_eq!(d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)], vec![be([10, 244, 1, 1], 8080, Proto::Tcp)]);
+
+    let terminating = slice(
+        "t",
+        "web",
+        &ports,
+        &[
+            ("10.244.1.2", Some(false), Some(true), Some(true)),
+            ("10.244.1.4", Some(false), Some(false), Some(true)),
+            ("10.244.1.3", Some(false), Some(false), Some(false)),
+        ],
+    );
+    let d = desired(&[s], &[terminating]);
+    assert_eq!(d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)], vec![be([10, 244, 1, 2], 8080, Proto::Tcp)]);
+}
+
+fn state_after(current: &LbState, desired: &DesiredState) -> (Vec<MapOp>, LbState) {
+    let ops = diff(current, desired);
+    let mut next = current.clone();
+    apply_to_state(&mut next, &ops);
+    (ops, next)
+}
+
+fn resolved(state: &LbState) -> BTreeMap<Frontend, Vec<BackendAddr>> {
+    state
+        .services
+        .keys()
+        .map(|f| (*f, state.backends_of(f).into_iter().map(|b| b.expect("dangling slot")).collect()))
+        .collect()
+}
+
+#[test]
+fn diff_from_empty_writes_backends_before_services_and_converges() {
+    let f = fe([10, 96, 0, 10], 80, Proto::Tcp);
+    let backends = vec![be([10, 244, 1, 3], 8080, Proto::Tcp), be([10, 244, 2, 4], 8080, Proto::Tcp)];
+    let desired = DesiredState { services: BTreeMap::from([(f, backends.clone())]) };
+    let (ops, next) = state_after(&LbState::default(), &desired);
+    assert_eq!(
+        ops,
+        vec![
+            MapOp::PutBackend { id: 1, backend: backends[0] },
+            MapOp::PutBackend { id: 2, backend: backends[1] },
+            MapOp::PutRevNat { index: 1, frontend: f },
+            MapOp::PutSlot { frontend: f, slot: 1, backend_id: 1 },
+            MapOp::PutSlot { frontend: f, slot: 2, backend_id: 2 },
+            MapOp::PutMaster { frontend: f, count: 2, rev_nat_index: 1 },
+        ]
+    );
+    assert_eq!(resolved(&next), desired.services);
+    // Converged: nothing more to do (also what an agent restart sees).
+    assert_eq!(diff(&next, &desired), vec![]);
+}
+
+#[test]
+fn diff_shrinks_master_first_and_removes_unused_backends_last() {
+    let f = fe([10, 96, 0, 10], 80, Proto::Tcp);
+    let (b1, b2, b3) = (
+        be([10, 244, 1, 1], 80, Proto::Tcp),
+        be([10, 244, 1, 2], 80, Proto::Tcp),
+        be([10, 244, 1, 3], 80, Proto::Tcp),
+    );
+    let (_, three) = state_after(
+        &LbState::default(),
+        &DesiredState { services: BTreeMap::from([(f, vec![b1, b2, b3])]) },
+    );
+    let desired = DesiredState { services: BTreeMap::from([(f, vec![b1, b3])]) };
+    let (ops, next) = state_after(&three, &desired);
+    assert_eq!(
+        ops,
+        vec![
+            MapOp::PutSlot { frontend: f, slot: 2, backend_id: 3 },
+            MapOp::PutMaster { frontend: f, count: 2, rev_nat_index: 1 },
+            MapOp::DeleteSlot { frontend: f, slot: 3 },
+            MapOp::DeleteBackend { id: 2 },
+        ]
+    );
+    assert_eq!(resolved(&next), desired.services);
+}
+
+#[test]
+fn diff_removes_gone_frontends_master_first_and_reuses_freed_ids() {
+    let f1 = fe([10, 96, 0, 10], 80, Proto::Tcp);
+    let f2 = fe([10, 96, 0, 11], 53, Proto::Udp);
+    let b1 = be([10, 244, 1, 1], 80, Proto::Tcp);
+    let b2 = be([10, 244, 1, 2], 53, Proto::Udp);
+    let (_, both) = state_after(
+        &LbState::default(),
+        &DesiredState { services: BTreeMap::from([(f1, vec![b1]), (f2, vec![b2])]) },
+    );
+    let only_f2 = DesiredState { services: BTreeMap::from([(f2, vec![b2])]) };
+    let (ops, next) = state_after(&both, &only_f2);
+    assert_eq!(
+        ops,
+        vec![
+            MapOp::DeleteSlot { frontend: f1, slot: 0 },
+            MapOp::DeleteSlot { frontend: f1, slot: 1 },
+            MapOp::DeleteRevNat { index: 1 },
+            MapOp::DeleteBackend { id: 1 },
+        ]
+    );
+    assert_eq!(resolved(&next), only_f2.services);
+    // A new frontend gets the lowest free ids again.
+    let b3 = be([10, 244, 1, 3], 80, Proto::Tcp);
+    let f3 = fe([10, 96, 0, 12], 80, Proto::Tcp);
+    let again = DesiredState { services: BTreeMap::from([(f2, vec![b2]), (f3, vec![b3])]) };
+    let (ops, next) = state_after(&next, &again);
+    assert!(ops.contains(&MapOp::PutBackend { id: 1, backend: b3 }), "{ops:?}");
+    assert!(ops.contains(&MapOp::PutRevNat { index: 1, frontend: f3 }), "{ops:?}");
+    assert_eq!(resolved(&next), again.services);
+}
+
+#[test]
+fn diff_shares_reverse_nat_between_protocols_of_one_port() {
+    let tcp = fe([10, 96, 0, 10], 53, Proto::Tcp);
+    let udp = fe([10, 96, 0, 10], 53, Proto::Udp);
+    let desired = DesiredState {
+        services: BTreeMap::from([
+            (tcp, vec![be([10, 244, 1, 1], 53, Proto::Tcp)]),
+            (udp, vec![be([10, 244, 1, 1], 53, Proto::Udp)]),
+        ]),
+    };
+    let (ops, next) = state_after(&LbState::default(), &desired);
+    assert_eq!(ops.iter().filter(|op| matches!(op, MapOp::PutRevNat { .. })).count(), 1);
+    assert_eq!(next.services[&tcp].master.map(|m| m.1), next.services[&udp].master.map(|m| m.1));
+}
+
+#[test]
+fn diff_repairs_a_partially_written_state() {
+    // What an agent killed between writes may leave behind: a slot without master, a
+    // backend nothing uses.
+    let f = fe([10, 96, 0, 10], 80, Proto::Tcp);
+    let b = be([10, 244, 1, 1], 80, Proto::Tcp);
+    let mut partial = LbState::default();
+    partial.backends.insert(4, b);
+    partial.backends.insert(9, be([10, 244, 9, 9], 80, Proto::Tcp));
+    partial.services.entry(f).or_default().slots.insert(1, 4);
+    let desired = DesiredState { services: BTreeMap::from([(f, vec![b])]) };
+    let (ops, next) = state_after(&partial, &desired);
+    assert!(!ops.iter().any(|op| matches!(op, MapOp::PutBackend { .. } | MapOp::PutSlot { .. })), "{ops:?}");
+    assert!(ops.contains(&MapOp::DeleteBackend { id: 9 }));
+    assert_eq!(resolved(&next), desired.services);
+    assert_eq!(diff(&next, &desired), vec![]);
+}
