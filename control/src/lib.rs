@@ -3,7 +3,9 @@
 //!
 //! The control plane never links the agent: the Kubernetes API is the only contract between them.
 
+pub mod api;
 pub mod controllers;
+pub mod registry;
 pub mod store;
 pub mod scheduler;
 pub mod server;

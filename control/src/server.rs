@@ -1,6 +1,14 @@
 //! `keelson server`: wires the store, the API, the scheduler and the controllers together.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use ipnetwork::Ipv4Network;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+
+use crate::{
+    api::{self, ApiConfig, ApiState, pki},
+    store::{SqliteStore, Store, StoreError},
+};
 
 /// Everything `keelson server` is configured with.
 #[derive(Debug, Clone)]
@@ -22,10 +30,213 @@ pub struct ServerConfig {
 pub enum ServerError {
     #[error("server failed: {0}")]
     Other(String),
+    #[error("invalid service CIDR {cidr:?}: {source}")]
+    ServiceCidr {
+        cidr: String,
+        #[source]
+        source: ipnetwork::IpNetworkError,
+    },
+    #[error("credentials: {0}")]
+    Pki(#[source] pki::PkiError),
+    #[error("store: {0}")]
+    Store(#[source] StoreError),
+    #[error("TLS setup: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("serving HTTPS on {addr}: {source}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building the in-process Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("reading the admin kubeconfig: {0}")]
+    Kubeconfig(#[source] kube::config::KubeconfigError),
+}
+
+/// Namespaces every cluster has.
+const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// History kept by compaction: at least this many revisions and at least this long.
+const KEEP_REVISIONS: i64 = 10_000;
+const KEEP_FOR: Duration = Duration::from_secs(300);
+
+fn tls_config(creds: &pki::Credentials) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(creds.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| ServerError::Other(format!("serving certificate: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes())
+        .map_err(|e| ServerError::Other(format!("serving key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(ServerError::Tls)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(ServerError::Tls)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Creates the system namespaces that are missing.
+pub async fn ensure_system_namespaces<S: Store>(
+    state: &Arc<ApiState<S>>,
+) -> Result<(), ServerError> {
+    for ns in SYSTEM_NAMESPACES {
+        let obj =
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        match api::handlers::create_internal(state, "", "v1", "namespaces", None, &obj).await {
+            Ok(_) | Err(api::error::ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(ServerError::Other(format!("creating namespace {ns}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Compacts the store's history now and then, keeping the last [`KEEP_REVISIONS`] revisions
+/// and everything younger than [`KEEP_FOR`].
+async fn compaction_loop<S: Store>(store: Arc<S>) {
+    let mut seen: std::collections::VecDeque<(tokio::time::Instant, i64)> =
+        std::collections::VecDeque::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let Ok(current) = store.current_revision().await else {
+            continue;
+        };
+        let now = tokio::time::Instant::now();
+        seen.push_back((now, current));
+        // The newest revision observed at least KEEP_FOR ago bounds what may go.
+        let mut old_enough = None;
+        while let Some(&(at, rev)) = seen.front() {
+            if now.duration_since(at) >= KEEP_FOR {
+                old_enough = Some(rev);
+                seen.pop_front();
+            } else {
+                break;
+            }
+        }
+        if let Some(rev) = old_enough {
+            seen.push_front((now - KEEP_FOR, rev));
+            let target = rev.min(current - KEEP_REVISIONS);
+            if target > 0
+                && let Err(e) = store.compact(target).await
+            {
+                tracing::warn!(error = %e, "compaction failed");
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Builds a client of this server from the admin kubeconfig it wrote.
+pub async fn admin_client(kubeconfig: &std::path::Path) -> Result<kube::Client, ServerError> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(ServerError::Kubeconfig)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(ServerError::Kubeconfig)?;
+    kube::Client::try_from(config).map_err(ServerError::Client)
 }
 
 /// Runs the control plane until the process is told to stop.
 pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
-    let _ = cfg;
-    Err(ServerError::Other("not built yet".into()))
+    // kube-rs' TLS (the in-process client) uses the process default provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let service_cidr: Ipv4Network =
+        cfg.service_cidr
+            .parse()
+            .map_err(|source| ServerError::ServiceCidr {
+                cidr: cfg.service_cidr.clone(),
+                source,
+            })?;
+    let creds = pki::ensure(&cfg.data_dir, cfg.listen).map_err(ServerError::Pki)?;
+    let store =
+        Arc::new(SqliteStore::open(&cfg.data_dir.join("state.db")).map_err(ServerError::Store)?);
+    let state = ApiState::new(
+        store.clone(),
+        ApiConfig::with_admin_token(service_cidr, creds.token.clone()),
+    );
+    ensure_system_namespaces(&state).await?;
+    let compaction = tokio::spawn(compaction_loop(store));
+
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(tls_config(&creds)?);
+    let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
+    let app = api::router(state);
+    let listen = cfg.listen;
+    let mut server = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            axum_server::bind_rustls(listen, tls)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+        }
+    });
+    let Some(bound) = handle.listening().await else {
+        let err = match server.await {
+            Ok(Err(source)) => ServerError::Serve {
+                addr: listen,
+                source,
+            },
+            _ => ServerError::Other(format!("HTTPS server on {listen} did not start")),
+        };
+        compaction.abort();
+        return Err(err);
+    };
+    tracing::info!(addr = %bound, kubeconfig = %creds.kubeconfig_path.display(), "API server listening");
+
+    let client = admin_client(&creds.kubeconfig_path).await?;
+    let controllers_cfg = crate::controllers::ControllersConfig {
+        cluster_cidr: cfg.cluster_cidr.clone(),
+        node_cidr_mask: cfg.node_cidr_mask,
+    };
+    let controllers = tokio::spawn({
+        let client = client.clone();
+        async move {
+            if let Err(e) = crate::controllers::run_all(client, controllers_cfg).await {
+                tracing::error!(error = %e, "controllers stopped");
+            }
+        }
+    });
+    let scheduler = tokio::spawn(async move {
+        if let Err(e) = crate::scheduler::run(client).await {
+            tracing::error!(error = %e, "scheduler stopped");
+        }
+    });
+
+    let result = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            handle.graceful_shutdown(Some(Duration::from_secs(5)));
+            match tokio::time::timeout(Duration::from_secs(10), &mut server).await {
+                Ok(Ok(Err(source))) => Err(ServerError::Serve { addr: listen, source }),
+                _ => Ok(()),
+            }
+        }
+        res = &mut server => match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(ServerError::Serve { addr: listen, source }),
+            Err(e) => Err(ServerError::Other(format!("HTTPS server task: {e}"))),
+        },
+    };
+    controllers.abort();
+    scheduler.abort();
+    compaction.abort();
+    result
 }

@@ -1,0 +1,259 @@
+//! The one error type of the API: every failure of a request becomes a `meta.k8s.io/v1` Status
+//! object through the single `IntoResponse` impl below, as clients (kubectl, kube-rs) expect.
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+/// One field-level problem of an invalid object (`details.causes[]` of a Status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    /// Kubernetes cause type: FieldValueInvalid, FieldValueRequired, FieldValueDuplicate, ...
+    pub reason: &'static str,
+    /// The path of the field at fault, e.g. `spec.ports[0].port`.
+    pub field: String,
+    /// The message as kube-apiserver words it, e.g. `Invalid value: 70000: must be ...`.
+    pub message: String,
+}
+
+impl Cause {
+    /// `field: Invalid value: <value>: <detail>`.
+    pub fn invalid(field: impl Into<String>, value: &serde_json::Value, detail: &str) -> Self {
+        Self {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: format!("Invalid value: {}: {detail}", render_value(value)),
+        }
+    }
+
+    /// `field: Required value`.
+    pub fn required(field: impl Into<String>, detail: &str) -> Self {
+        let message = if detail.is_empty() {
+            "Required value".to_string()
+        } else {
+            format!("Required value: {detail}")
+        };
+        Self {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message,
+        }
+    }
+
+    /// `field: Duplicate value: <value>`.
+    pub fn duplicate(field: impl Into<String>, value: &serde_json::Value) -> Self {
+        Self {
+            reason: "FieldValueDuplicate",
+            field: field.into(),
+            message: format!("Duplicate value: {}", render_value(value)),
+        }
+    }
+
+    /// `field: Unsupported value: "x": supported values: "A", "B"`.
+    pub fn not_supported(
+        field: impl Into<String>,
+        value: &serde_json::Value,
+        supported: &[&str],
+    ) -> Self {
+        let list = supported
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            reason: "FieldValueNotSupported",
+            field: field.into(),
+            message: format!(
+                "Unsupported value: {}: supported values: {list}",
+                render_value(value)
+            ),
+        }
+    }
+
+    /// `field: Forbidden: <detail>`.
+    pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
+        Self {
+            reason: "FieldValueForbidden",
+            field: field.into(),
+            message: format!("Forbidden: {detail}"),
+        }
+    }
+}
+
+/// Renders a value the way Go's `%#v`-ish formatting in field errors shows it: strings quoted,
+/// numbers bare, maps as `map[k:v]`.
+pub fn render_value(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => format!("\"{s}\""),
+        serde_json::Value::Object(map) => {
+            let inner = map
+                .iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => format!("{k}:{s}"),
+                    other => format!("{k}:{}", render_value(other)),
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            format!("map[{inner}]")
+        }
+        serde_json::Value::Null => "null".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Every way a request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{resource} \"{name}\" not found")]
+    NotFound { resource: String, name: String },
+    #[error("the server could not find the requested resource")]
+    NoSuchResource,
+    #[error("{resource} \"{name}\" already exists")]
+    AlreadyExists { resource: String, name: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{}{} \"{name}\" is invalid: {}", kind, if group.is_empty() { String::new() } else { format!(".{group}") }, render_causes(.causes))]
+    Invalid {
+        kind: String,
+        group: String,
+        name: String,
+        causes: Vec<Cause>,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("{0}")]
+    Gone(String),
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    ServiceUnavailable(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error("storage: {0}")]
+    Store(#[source] StoreError),
+}
+
+fn render_causes(causes: &[Cause]) -> String {
+    let parts: Vec<String> = causes
+        .iter()
+        .map(|c| format!("{}: {}", c.field, c.message))
+        .collect();
+    if parts.len() == 1 {
+        parts[0].clone()
+    } else {
+        format!("[{}]", parts.join(", "))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => ApiError::Gone(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
+            other => ApiError::Store(other),
+        }
+    }
+}
+
+impl ApiError {
+    fn code_reason(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::NotFound { .. } | ApiError::NoSuchResource => {
+                (StatusCode::NOT_FOUND, "NotFound")
+            }
+            ApiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::Gone(_) => (StatusCode::GONE, "Expired"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
+            }
+            ApiError::ServiceUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            }
+            ApiError::Store(StoreError::Conflict { .. }) => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "NotFound"),
+            ApiError::Store(StoreError::AlreadyExists(_)) => {
+                (StatusCode::CONFLICT, "AlreadyExists")
+            }
+            ApiError::Store(StoreError::Compacted { .. }) => (StatusCode::GONE, "Expired"),
+            ApiError::Internal(_) | ApiError::Store(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
+            }
+        }
+    }
+
+    /// The Status object this error is reported as.
+    pub fn to_status(&self) -> serde_json::Value {
+        let (code, reason) = self.code_reason();
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": reason,
+            "code": code.as_u16(),
+        });
+        let details = match self {
+            ApiError::NotFound { resource, name } | ApiError::AlreadyExists { resource, name } => {
+                let (kind, group) = match resource.split_once('.') {
+                    Some((k, g)) => (k.to_string(), g.to_string()),
+                    None => (resource.clone(), String::new()),
+                };
+                Some(json!({ "name": name, "group": group, "kind": kind }))
+            }
+            ApiError::Invalid {
+                kind,
+                group,
+                name,
+                causes,
+            } => Some(json!({
+                "name": name,
+                "group": group,
+                "kind": kind,
+                "causes": causes.iter().map(|c| json!({
+                    "reason": c.reason,
+                    "message": c.message,
+                    "field": c.field,
+                })).collect::<Vec<_>>(),
+            })),
+            _ => None,
+        };
+        if let Some(d) = details {
+            status["details"] = d;
+        }
+        status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, _) = self.code_reason();
+        if code.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        let body = self.to_status().to_string();
+        let mut resp = (code, body).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}

@@ -1,0 +1,158 @@
+//! `pods/log`: proxies to the agent of the Pod's node (Node annotation `keelson.io/agent-api`),
+//! `GET http://<agent>/containerLogs/<ns>/<pod>/<container>?follow=..&tailLines=..`, streaming the
+//! body through as text/plain, like kube-apiserver does to the kubelet.
+
+use axum::{
+    body::{Body, Bytes},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use http_body_util::Empty;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use serde_json::Value;
+
+use super::{
+    ApiState,
+    error::ApiError,
+    handlers::{Params, Target, load},
+};
+use crate::{registry, store::Store};
+
+/// The Node annotation where an agent publishes its HTTP API address.
+pub const AGENT_API_ANNOTATION: &str = "keelson.io/agent-api";
+
+/// Query parameters passed through to the agent.
+const PASSED: &[&str] = &[
+    "follow",
+    "tailLines",
+    "previous",
+    "timestamps",
+    "sinceSeconds",
+    "limitBytes",
+];
+
+pub async fn proxy<S: Store>(
+    state: &ApiState<S>,
+    t: &Target,
+    params: &Params,
+) -> Result<Response, ApiError> {
+    let name = t.name.clone().unwrap_or_default();
+    let kv = state
+        .store
+        .get(&t.key())
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            resource: "pods".into(),
+            name: name.clone(),
+        })?;
+    let pod = load(&kv)?;
+    let names: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let container = match params.get("container").filter(|c| !c.is_empty()) {
+        Some(c) => {
+            let known = names.contains(&c.as_str())
+                || pod["spec"]["initContainers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|ic| ic["name"] == c.as_str());
+            if !known {
+                return Err(ApiError::BadRequest(format!(
+                    "container {c} is not valid for pod {name}"
+                )));
+            }
+            c.clone()
+        }
+        None if names.len() == 1 => names[0].to_string(),
+        None => {
+            return Err(ApiError::BadRequest(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                names.join(" ")
+            )));
+        }
+    };
+    let node = pod["spec"]["nodeName"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::BadRequest(format!("pod {name} does not have a host assigned")))?;
+    let node_info = registry::lookup("", "v1", "nodes").ok_or(ApiError::NoSuchResource)?;
+    let node_obj = match state.store.get(&node_info.key(None, node)).await? {
+        Some(kv) => load(&kv)?,
+        None => {
+            return Err(ApiError::NotFound {
+                resource: "nodes".into(),
+                name: node.to_string(),
+            });
+        }
+    };
+    let agent = node_obj["metadata"]["annotations"][AGENT_API_ANNOTATION]
+        .as_str()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "node {node} does not publish its agent API ({AGENT_API_ANNOTATION})"
+            ))
+        })?;
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let query: Vec<String> = PASSED
+        .iter()
+        .filter_map(|k| params.get(*k).map(|v| format!("{k}={}", urlencode(v))))
+        .collect();
+    let mut url = format!("http://{agent}/containerLogs/{ns}/{name}/{container}");
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(&query.join("&"));
+    }
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| ApiError::Internal(format!("bad agent URL {url}: {e}")))?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let resp = client.get(uri).await.map_err(|e| {
+        ApiError::ServiceUnavailable(format!("error talking to the agent of node {node}: {e}"))
+    })?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        return Err(if status == StatusCode::NOT_FOUND {
+            ApiError::BadRequest(format!(
+                "container \"{container}\" in pod \"{name}\" has no logs: {}",
+                body.trim()
+            ))
+        } else {
+            ApiError::ServiceUnavailable(format!(
+                "agent of node {node} answered {status}: {}",
+                body.trim()
+            ))
+        });
+    }
+    let mut out = (StatusCode::OK, Body::new(resp.into_body())).into_response();
+    out.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(out)
+}
+
+fn urlencode(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Whether a Value is a non-empty string (helper for callers inspecting annotations).
+pub fn has_agent_api(node: &Value) -> bool {
+    node["metadata"]["annotations"][AGENT_API_ANNOTATION]
+        .as_str()
+        .is_some_and(|s| !s.is_empty())
+}

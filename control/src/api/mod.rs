@@ -1,0 +1,178 @@
+//! The Kubernetes REST API over the store: routing, authentication, and the request handlers
+//! (discovery, OpenAPI, CRUD, list/watch, patch, subresources, Table output, admission).
+
+pub mod alloc;
+pub mod discovery;
+pub mod error;
+pub mod handlers;
+pub mod logs;
+pub mod openapi;
+pub mod patch;
+pub mod pki;
+pub mod selectors;
+pub mod table;
+#[cfg(test)]
+mod tests;
+pub mod watch;
+
+use std::{net::Ipv4Addr, sync::Arc};
+
+use axum::{
+    Router,
+    extract::{Request, State},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{any, get},
+};
+use ipnetwork::Ipv4Network;
+
+use crate::store::Store;
+use error::ApiError;
+
+/// Who made a request, as authentication established it (RBAC decides on this later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+/// One accepted bearer token and the user it authenticates.
+#[derive(Debug, Clone)]
+pub struct TokenEntry {
+    pub token: String,
+    pub user: UserInfo,
+}
+
+/// What the API is configured with.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// ClusterIPs are allocated from here; the first address (.1) is reserved.
+    pub service_cidr: Ipv4Network,
+    /// NodePorts are allocated from this inclusive range.
+    pub node_port_range: (u16, u16),
+    /// Bearer tokens accepted by authentication.
+    pub tokens: Vec<TokenEntry>,
+}
+
+impl ApiConfig {
+    /// A config with one admin token (`system:masters`).
+    pub fn with_admin_token(service_cidr: Ipv4Network, token: String) -> Self {
+        Self {
+            service_cidr,
+            node_port_range: (30000, 32767),
+            tokens: vec![TokenEntry {
+                token,
+                user: UserInfo {
+                    name: "keelson-admin".into(),
+                    groups: vec!["system:masters".into(), "system:authenticated".into()],
+                },
+            }],
+        }
+    }
+
+    /// The reserved first address of the Service CIDR (the `kubernetes` Service's IP in
+    /// kube-apiserver).
+    pub fn reserved_ip(&self) -> Ipv4Addr {
+        let base = u32::from(self.service_cidr.network());
+        Ipv4Addr::from(base + 1)
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Debug)]
+pub struct ApiState<S> {
+    pub store: Arc<S>,
+    pub config: ApiConfig,
+    /// Serialises Service admission so two creates cannot take the same ClusterIP or NodePort.
+    pub alloc_lock: tokio::sync::Mutex<()>,
+}
+
+impl<S: Store> ApiState<S> {
+    pub fn new(store: Arc<S>, config: ApiConfig) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            config,
+            alloc_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+/// Authentication: a request must carry `Authorization: Bearer <token>` with a known token,
+/// except the health and version endpoints kube-apiserver also serves anonymously. The
+/// authenticated user travels on as a request extension.
+async fn authenticate<S: Store>(
+    State(state): State<Arc<ApiState<S>>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path();
+    if matches!(path, "/healthz" | "/livez" | "/readyz" | "/version") {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let user = presented
+        .and_then(|t| state.config.tokens.iter().find(|e| e.token == t))
+        .map(|e| e.user.clone());
+    match user {
+        Some(user) => {
+            req.extensions_mut().insert(user);
+            next.run(req).await
+        }
+        None => ApiError::Unauthorized.into_response(),
+    }
+}
+
+/// The whole API as an axum router.
+pub fn router<S: Store>(state: Arc<ApiState<S>>) -> Router {
+    Router::new()
+        .route("/healthz", get(discovery::healthz))
+        .route("/livez", get(discovery::healthz))
+        .route("/readyz", get(discovery::healthz))
+        .route("/version", get(discovery::version))
+        .route("/api", get(discovery::api_versions))
+        .route("/api/v1", get(discovery::core_resources))
+        .route("/apis", get(discovery::api_groups))
+        .route("/apis/{group}", get(discovery::api_group))
+        .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/openapi/v3", get(openapi::index))
+        .route("/openapi/v3/{*path}", get(openapi::document))
+        .route("/api/v1/{*rest}", any(handlers::core_entry::<S>))
+        .route(
+            "/apis/{group}/{version}/{*rest}",
+            any(handlers::group_entry::<S>),
+        )
+        .fallback(|| async { ApiError::NoSuchResource })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            authenticate::<S>,
+        ))
+        .with_state(state)
+}
+
+/// Current time as Kubernetes writes timestamps (RFC 3339, seconds, UTC).
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// A random RFC 4122 version 4 UID.
+pub fn new_uid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

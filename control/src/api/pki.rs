@@ -1,0 +1,211 @@
+//! The server's credentials in its data dir: a CA and a serving certificate (rcgen; SANs
+//! 127.0.0.1, localhost, kubernetes, kubernetes.default.svc and the listen address), the admin
+//! bearer token, and `admin.kubeconfig` pointing clients at all of it. Generated on first start,
+//! reused afterwards.
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use base64::Engine as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// Errors while preparing credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("generating certificates: {0}")]
+    Cert(#[source] rcgen::Error),
+}
+
+/// Paths and contents of the credentials.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub token: String,
+    pub kubeconfig_path: PathBuf,
+}
+
+fn read(path: &Path) -> Result<Option<String>, PkiError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PkiError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Writes a file readable by its owner only.
+fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let io = |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+fn generate(listen: SocketAddr) -> Result<(String, String, String), PkiError> {
+    let ca_key = KeyPair::generate().map_err(PkiError::Cert)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(PkiError::Cert)?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "keelson-ca");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    ca_params.not_after = rcgen::date_time_ymd(2125, 1, 1);
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(PkiError::Cert)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut sans = vec![
+        "127.0.0.1".to_string(),
+        "localhost".to_string(),
+        "kubernetes".to_string(),
+        "kubernetes.default".to_string(),
+        "kubernetes.default.svc".to_string(),
+        "kubernetes.default.svc.cluster.local".to_string(),
+    ];
+    let ip = listen.ip().to_string();
+    if !listen.ip().is_unspecified() && !sans.contains(&ip) {
+        sans.push(ip);
+    }
+    let key = KeyPair::generate().map_err(PkiError::Cert)?;
+    let mut params = CertificateParams::new(sans).map_err(PkiError::Cert)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2125, 1, 1);
+    let cert = params.signed_by(&key, &issuer).map_err(PkiError::Cert)?;
+    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+}
+
+/// Loads the credentials from `data_dir`, creating whatever is missing, and (re)writes
+/// `admin.kubeconfig` for `listen`.
+pub fn ensure(data_dir: &Path, listen: SocketAddr) -> Result<Credentials, PkiError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| PkiError::Io {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let (ca_path, cert_path, key_path, token_path) = (
+        data_dir.join("ca.crt"),
+        data_dir.join("apiserver.crt"),
+        data_dir.join("apiserver.key"),
+        data_dir.join("admin.token"),
+    );
+    let (ca_pem, cert_pem, key_pem) = match (read(&ca_path)?, read(&cert_path)?, read(&key_path)?) {
+        (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+        _ => {
+            let (ca, cert, key) = generate(listen)?;
+            write_private(&ca_path, &ca)?;
+            write_private(&cert_path, &cert)?;
+            write_private(&key_path, &key)?;
+            (ca, cert, key)
+        }
+    };
+    let token = match read(&token_path)?
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+    {
+        Some(t) => t,
+        None => {
+            let bytes: [u8; 32] = rand::random();
+            let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            write_private(&token_path, &t)?;
+            t
+        }
+    };
+    let kubeconfig_path = data_dir.join("admin.kubeconfig");
+    write_private(&kubeconfig_path, &kubeconfig(&ca_pem, listen, &token))?;
+    Ok(Credentials {
+        ca_pem,
+        cert_pem,
+        key_pem,
+        token,
+        kubeconfig_path,
+    })
+}
+
+/// The admin kubeconfig (JSON, which kubectl and kube-rs read as YAML).
+pub fn kubeconfig(ca_pem: &str, listen: SocketAddr, token: &str) -> String {
+    let host = if listen.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        listen.ip().to_string()
+    };
+    let server = match listen {
+        SocketAddr::V6(_) if !listen.ip().is_unspecified() => {
+            format!("https://[{host}]:{}", listen.port())
+        }
+        _ => format!("https://{host}:{}", listen.port()),
+    };
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "keelson", "cluster": {"server": server, "certificate-authority-data": ca}}],
+        "users": [{"name": "keelson-admin", "user": {"token": token}}],
+        "contexts": [{"name": "keelson", "context": {"cluster": "keelson", "user": "keelson-admin"}}],
+        "current-context": "keelson",
+        "preferences": {},
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_pki_is_generated_once_and_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listen: SocketAddr = "127.0.0.1:6443".parse().expect("addr");
+        let first = ensure(dir.path(), listen).expect("generates");
+        let second = ensure(dir.path(), listen).expect("reuses");
+        assert_eq!(first.ca_pem, second.ca_pem);
+        assert_eq!(first.token, second.token);
+        let kc: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&first.kubeconfig_path).expect("kubeconfig"),
+        )
+        .expect("json");
+        assert_eq!(
+            kc["clusters"][0]["cluster"]["server"],
+            "https://127.0.0.1:6443"
+        );
+        assert_eq!(kc["users"][0]["user"]["token"], first.token.as_str());
+    }
+}

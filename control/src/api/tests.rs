@@ -1,0 +1,1133 @@
+//! Handler-level tests of the API: the router driven with `tower::ServiceExt::oneshot` over a
+//! SQLite store in a temp dir, and an end-to-end test of the real server with the real kubectl.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    body::Body,
+    http::{Request, StatusCode, header},
+};
+use futures::StreamExt as _;
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+use super::{ApiConfig, ApiState, router};
+use crate::store::{SqliteStore, Store};
+
+const TOKEN: &str = "test-token";
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    app: Router,
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(&dir.path().join("state.db")).expect("store opens"));
+    let cfg = ApiConfig::with_admin_token("10.96.0.0/16".parse().expect("cidr"), TOKEN.into());
+    let state = ApiState::new(store.clone(), cfg);
+    crate::server::ensure_system_namespaces(&state)
+        .await
+        .expect("namespaces");
+    Harness {
+        _dir: dir,
+        store,
+        app: router(state),
+    }
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+impl Harness {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        content_type: &str,
+        body: impl Into<Body>,
+    ) -> Resp {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body.into())
+            .expect("request");
+        let resp = self.app.clone().oneshot(req).await.expect("router answers");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn post(&self, uri: &str, v: Value) -> Resp {
+        self.call("POST", uri, "application/json", v.to_string())
+            .await
+    }
+
+    async fn get(&self, uri: &str) -> Resp {
+        self.call("GET", uri, "application/json", Body::empty())
+            .await
+    }
+
+    async fn with_accept(&self, uri: &str, accept: &str) -> Resp {
+        let req = Request::builder()
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header(header::ACCEPT, accept)
+            .body(Body::empty())
+            .expect("request");
+        let resp = self.app.clone().oneshot(req).await.expect("router answers");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        Resp {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    /// Opens a watch and returns a receiver of its event lines.
+    async fn watch(&self, uri: &str) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+        let req = Request::builder()
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .expect("request");
+        let resp = self.app.clone().oneshot(req).await.expect("router answers");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut stream = resp.into_body().into_data_stream();
+            let mut buf = Vec::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    if let Ok(v) = serde_json::from_slice::<Value>(&line)
+                        && tx.send(v).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        rx
+    }
+}
+
+async fn next_event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Value {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("event in time")
+        .expect("stream open")
+}
+
+fn configmap(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "v"}})
+}
+
+fn pod(name: &str, labels: Value, node: Option<&str>) -> Value {
+    let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    if let Some(n) = node {
+        p["spec"]["nodeName"] = json!(n);
+    }
+    p
+}
+
+fn deployment(name: &str, selector: &str, template: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"selector": {"matchLabels": {"app": selector}},
+                 "template": {"metadata": {"labels": {"app": template}},
+                              "spec": {"containers": [{"name": "web", "image": "nginx:1.27", "ports": [{"containerPort": 80}]}]}}}})
+}
+
+#[tokio::test]
+async fn api_crud_and_optimistic_concurrency() {
+    let h = harness().await;
+    let base = "/api/v1/namespaces/default/configmaps";
+    let created = h.post(base, configmap("cm1")).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let rv = created.body["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    assert!(
+        created.body["metadata"]["uid"]
+            .as_str()
+            .is_some_and(|u| u.len() == 36)
+    );
+    assert!(created.body["metadata"]["creationTimestamp"].is_string());
+
+    let dup = h.post(base, configmap("cm1")).await;
+    assert_eq!(dup.status, StatusCode::CONFLICT);
+    assert_eq!(dup.body["reason"], "AlreadyExists");
+
+    let got = h.get(&format!("{base}/cm1")).await;
+    assert_eq!(got.body["data"]["k"], "v");
+    assert_eq!(got.body["metadata"]["resourceVersion"], rv.as_str());
+
+    let mut upd = got.body.clone();
+    upd["data"]["k"] = json!("v2");
+    let ok = h
+        .call(
+            "PUT",
+            &format!("{base}/cm1"),
+            "application/json",
+            upd.to_string(),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    assert_ne!(ok.body["metadata"]["resourceVersion"], rv.as_str());
+    assert_eq!(ok.body["metadata"]["uid"], created.body["metadata"]["uid"]);
+
+    // The same stale resourceVersion again: 409 Conflict.
+    let stale = h
+        .call(
+            "PUT",
+            &format!("{base}/cm1"),
+            "application/json",
+            upd.to_string(),
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::CONFLICT);
+    assert_eq!(stale.body["reason"], "Conflict");
+    assert!(
+        stale.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the object has been modified"))
+    );
+
+    let del = h
+        .call(
+            "DELETE",
+            &format!("{base}/cm1"),
+            "application/json",
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(del.status, StatusCode::OK);
+    let gone = h.get(&format!("{base}/cm1")).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert_eq!(gone.body["kind"], "Status");
+    assert_eq!(gone.body["message"], "configmaps \"cm1\" not found");
+
+    let missing_ns = h
+        .post("/api/v1/namespaces/nope/configmaps", configmap("x"))
+        .await;
+    assert_eq!(missing_ns.status, StatusCode::NOT_FOUND);
+
+    let generated = h
+        .post(
+            base,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "gen-"}}),
+        )
+        .await;
+    assert_eq!(generated.status, StatusCode::CREATED);
+    assert!(
+        generated.body["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("gen-") && n.len() == 9)
+    );
+}
+
+#[tokio::test]
+async fn api_authentication_is_required() {
+    let h = harness().await;
+    let req = Request::builder()
+        .uri("/api/v1/namespaces")
+        .body(Body::empty())
+        .expect("request");
+    let resp = h.app.clone().oneshot(req).await.expect("answers");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes())
+            .expect("json");
+    assert_eq!(body["kind"], "Status");
+    assert_eq!(body["reason"], "Unauthorized");
+    let req = Request::builder()
+        .uri("/healthz")
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(
+        h.app.clone().oneshot(req).await.expect("answers").status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn api_validation_messages_and_bad_json() {
+    let h = harness().await;
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
+        "spec": {"selector": {"app": "x"}, "ports": [{"port": 70000}]}});
+    let r = h.post("/api/v1/namespaces/default/services", svc).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["reason"], "Invalid");
+    assert_eq!(
+        r.body["message"],
+        "Service \"x\" is invalid: spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive"
+    );
+    assert_eq!(
+        r.body["details"]["causes"][0]["field"],
+        "spec.ports[0].port"
+    );
+
+    let r = h
+        .post(
+            "/apis/apps/v1/namespaces/default/deployments",
+            deployment("d", "a", "b"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        r.body["message"],
+        "Deployment.apps \"d\" is invalid: spec.template.metadata.labels: Invalid value: map[app:b]: `selector` does not match template `labels`"
+    );
+
+    let r = h
+        .call(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            "{\"metadata\": ",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["reason"], "BadRequest");
+
+    let r = h
+        .post(
+            "/api/v1/namespaces/default/pods",
+            pod("Bad_Name", json!({}), None),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["details"]["causes"][0]["field"], "metadata.name");
+}
+
+#[tokio::test]
+async fn api_field_validation_modes() {
+    let h = harness().await;
+    let mut cm = configmap("strict");
+    cm["spec"] = json!({"x": 1});
+    cm["metadata"]["bogus"] = json!(true);
+    let r = h
+        .post(
+            "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
+            cm.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let msg = r.body["message"].as_str().expect("message");
+    assert!(
+        msg.contains("strict decoding error")
+            && msg.contains("unknown field \"spec\"")
+            && msg.contains("metadata.bogus"),
+        "{msg}"
+    );
+
+    let r = h
+        .post(
+            "/api/v1/namespaces/default/configmaps?fieldValidation=Warn",
+            cm.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let warnings: Vec<&str> = r
+        .headers
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("unknown field \\\"spec\\\"")),
+        "{warnings:?}"
+    );
+    assert!(r.body.get("spec").is_none(), "unknown fields are dropped");
+
+    cm["metadata"]["name"] = json!("ignored");
+    let r = h
+        .post(
+            "/api/v1/namespaces/default/configmaps?fieldValidation=Ignore",
+            cm,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert!(r.headers.get("warning").is_none());
+}
+
+#[tokio::test]
+async fn api_defaulting_and_cluster_ip_allocation() {
+    let h = harness().await;
+    let svc = |name: &str, ip: Option<&str>| {
+        let mut s = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"selector": {"app": "x"}, "ports": [{"port": 80}]}});
+        if let Some(ip) = ip {
+            s["spec"]["clusterIP"] = json!(ip);
+        }
+        s
+    };
+    let a = h
+        .post("/api/v1/namespaces/default/services", svc("a", None))
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let ip = a.body["spec"]["clusterIP"]
+        .as_str()
+        .expect("allocated")
+        .to_string();
+    assert!(ip.starts_with("10.96.") && ip != "10.96.0.1", "{ip}");
+    assert_eq!(a.body["spec"]["clusterIPs"], json!([ip]));
+    assert_eq!(a.body["spec"]["type"], "ClusterIP");
+    assert_eq!(a.body["spec"]["sessionAffinity"], "None");
+    assert_eq!(a.body["spec"]["ports"][0]["targetPort"], 80);
+    assert_eq!(a.body["spec"]["ports"][0]["protocol"], "TCP");
+    assert_eq!(a.body["spec"]["ipFamilyPolicy"], "SingleStack");
+
+    let clash = h
+        .post("/api/v1/namespaces/default/services", svc("b", Some(&ip)))
+        .await;
+    assert_eq!(clash.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        clash.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("provided IP is already allocated"))
+    );
+    let out = h
+        .post(
+            "/api/v1/namespaces/default/services",
+            svc("c", Some("192.168.0.1")),
+        )
+        .await;
+    assert_eq!(out.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let chosen = h
+        .post(
+            "/api/v1/namespaces/default/services",
+            svc("d", Some("10.96.5.5")),
+        )
+        .await;
+    assert_eq!(chosen.body["spec"]["clusterIP"], "10.96.5.5");
+    let headless = h
+        .post(
+            "/api/v1/namespaces/default/services",
+            svc("e", Some("None")),
+        )
+        .await;
+    assert_eq!(headless.body["spec"]["clusterIP"], "None");
+
+    // An update that leaves clusterIP out keeps it; NodePort type allocates a node port.
+    let mut upd = a.body.clone();
+    upd["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("clusterIP");
+    upd["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("clusterIPs");
+    upd["spec"]["type"] = json!("NodePort");
+    let r = h
+        .call(
+            "PUT",
+            "/api/v1/namespaces/default/services/a",
+            "application/json",
+            upd.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["spec"]["clusterIP"], ip.as_str());
+    let np = r.body["spec"]["ports"][0]["nodePort"]
+        .as_i64()
+        .expect("nodePort");
+    assert!((30000..=32767).contains(&np));
+
+    let p = h
+        .post("/api/v1/namespaces/default/pods", pod("p", json!({}), None))
+        .await;
+    assert_eq!(p.body["spec"]["restartPolicy"], "Always");
+    assert_eq!(p.body["spec"]["schedulerName"], "default-scheduler");
+    assert_eq!(
+        p.body["spec"]["containers"][0]["terminationMessagePath"],
+        "/dev/termination-log"
+    );
+    assert_eq!(p.body["status"]["phase"], "Pending");
+}
+
+#[tokio::test]
+async fn api_list_selectors_and_paging() {
+    let h = harness().await;
+    for (name, tier, node) in [("p1", "fe", "n1"), ("p2", "be", "n1"), ("p3", "fe", "n2")] {
+        let r = h
+            .post(
+                "/api/v1/namespaces/default/pods",
+                pod(name, json!({"tier": tier}), Some(node)),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let names = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| {
+                i["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    };
+    let r = h
+        .get("/api/v1/namespaces/default/pods?labelSelector=tier%3Dfe")
+        .await;
+    assert_eq!(names(&r.body), ["p1", "p3"]);
+    assert_eq!(r.body["kind"], "PodList");
+    let r = h
+        .get("/api/v1/pods?labelSelector=tier%20notin%20(fe)")
+        .await;
+    assert_eq!(names(&r.body), ["p2"]);
+    let r = h
+        .get("/api/v1/pods?fieldSelector=spec.nodeName%3Dn1,metadata.name!%3Dp1")
+        .await;
+    assert_eq!(names(&r.body), ["p2"]);
+    let r = h
+        .get("/api/v1/pods?fieldSelector=status.phase%3DPending")
+        .await;
+    assert_eq!(names(&r.body).len(), 3);
+
+    let page1 = h.get("/api/v1/namespaces/default/pods?limit=2").await;
+    assert_eq!(names(&page1.body), ["p1", "p2"]);
+    let token = page1.body["metadata"]["continue"]
+        .as_str()
+        .expect("continue")
+        .to_string();
+    let page2 = h
+        .get(&format!(
+            "/api/v1/namespaces/default/pods?limit=2&continue={token}"
+        ))
+        .await;
+    assert_eq!(names(&page2.body), ["p3"]);
+    assert!(page2.body["metadata"].get("continue").is_none());
+}
+
+#[tokio::test]
+async fn api_watch_events_and_gone() {
+    let h = harness().await;
+    let base = "/api/v1/namespaces/default/configmaps";
+    let first = h.post(base, configmap("w0")).await;
+    let rv = first.body["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    let mut rx = h
+        .watch(&format!(
+            "{base}?watch=true&resourceVersion={rv}&labelSelector=watched%3Dyes"
+        ))
+        .await;
+    let mut all = h
+        .watch(&format!("{base}?watch=1&resourceVersion={rv}"))
+        .await;
+
+    let mut cm = configmap("w1");
+    cm["metadata"]["labels"] = json!({"watched": "yes"});
+    let created = h.post(base, cm).await;
+    h.post(base, configmap("w2")).await;
+    let ev = next_event(&mut rx).await;
+    assert_eq!(
+        (
+            ev["type"].as_str(),
+            ev["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("ADDED"), Some("w1"))
+    );
+
+    let mut upd = created.body.clone();
+    upd["data"]["k"] = json!("changed");
+    h.call(
+        "PUT",
+        &format!("{base}/w1"),
+        "application/json",
+        upd.to_string(),
+    )
+    .await;
+    let ev = next_event(&mut rx).await;
+    assert_eq!(ev["type"], "MODIFIED");
+    assert_eq!(ev["object"]["data"]["k"], "changed");
+
+    // Dropping the label takes the object out of the selected set: DELETED for this watcher.
+    let r = h
+        .call(
+            "PATCH",
+            &format!("{base}/w1"),
+            "application/merge-patch+json",
+            r#"{"metadata":{"labels":{"watched":null}}}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let ev = next_event(&mut rx).await;
+    assert_eq!(ev["type"], "DELETED");
+
+    h.call(
+        "DELETE",
+        &format!("{base}/w2"),
+        "application/json",
+        Body::empty(),
+    )
+    .await;
+    let types: Vec<String> = {
+        let mut t = Vec::new();
+        for _ in 0..5 {
+            let ev = next_event(&mut all).await;
+            t.push(format!(
+                "{}:{}",
+                ev["type"].as_str().unwrap_or_default(),
+                ev["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+            ));
+        }
+        t
+    };
+    assert_eq!(
+        types,
+        [
+            "ADDED:w1",
+            "ADDED:w2",
+            "MODIFIED:w1",
+            "MODIFIED:w1",
+            "DELETED:w2"
+        ]
+    );
+
+    // History below the compacted revision is gone: 410 Expired.
+    let current = h.store.current_revision().await.expect("revision");
+    h.store.compact(current).await.expect("compacts");
+    let r = h
+        .get(&format!("{base}?watch=true&resourceVersion={rv}"))
+        .await;
+    assert_eq!(r.status, StatusCode::GONE);
+    assert_eq!(r.body["reason"], "Expired");
+    assert_eq!(r.body["code"], 410);
+
+    // resourceVersion=0 starts with the current objects as ADDED, and bookmarks are sent.
+    let mut fresh = h
+        .watch(&format!(
+            "{base}?watch=true&resourceVersion=0&allowWatchBookmarks=true&sendInitialEvents=true"
+        ))
+        .await;
+    let ev = next_event(&mut fresh).await;
+    assert_eq!(ev["type"], "ADDED");
+    let mut saw_bookmark = false;
+    for _ in 0..3 {
+        let ev = next_event(&mut fresh).await;
+        if ev["type"] == "BOOKMARK" {
+            assert_eq!(
+                ev["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+                "true"
+            );
+            saw_bookmark = true;
+            break;
+        }
+    }
+    assert!(saw_bookmark);
+}
+
+#[tokio::test]
+async fn api_patch_types_on_deployments() {
+    let h = harness().await;
+    let base = "/apis/apps/v1/namespaces/default/deployments";
+    let created = h.post(base, deployment("web", "web", "web")).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["metadata"]["generation"], 1);
+    assert_eq!(created.body["spec"]["replicas"], 1);
+    assert_eq!(created.body["spec"]["strategy"]["type"], "RollingUpdate");
+
+    let smp = json!({"spec": {"template": {"spec": {
+        "$setElementOrder/containers": [{"name": "web"}, {"name": "side"}],
+        "containers": [{"name": "web", "image": "nginx:1.28"}, {"name": "side", "image": "busybox"}]}}}});
+    let r = h
+        .call(
+            "PATCH",
+            &format!("{base}/web"),
+            "application/strategic-merge-patch+json",
+            smp.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let cs = &r.body["spec"]["template"]["spec"]["containers"];
+    assert_eq!(cs[0]["image"], "nginx:1.28");
+    assert_eq!(
+        cs[0]["ports"][0]["containerPort"], 80,
+        "merged by name, ports kept"
+    );
+    assert_eq!(cs[1]["name"], "side");
+    assert_eq!(
+        cs[1]["imagePullPolicy"], "Always",
+        "defaults applied to patched containers"
+    );
+    assert_eq!(r.body["metadata"]["generation"], 2);
+
+    let r = h
+        .call(
+            "PATCH",
+            &format!("{base}/web"),
+            "application/merge-patch+json",
+            r#"{"spec":{"replicas":3}}"#,
+        )
+        .await;
+    assert_eq!(r.body["spec"]["replicas"], 3);
+    let r = h
+        .call(
+            "PATCH",
+            &format!("{base}/web"),
+            "application/json-patch+json",
+            r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#,
+        )
+        .await;
+    assert_eq!(r.body["spec"]["replicas"], 4);
+
+    // Status is only written through the status subresource.
+    let r = h
+        .call(
+            "PATCH",
+            &format!("{base}/web"),
+            "application/merge-patch+json",
+            r#"{"status":{"replicas":9}}"#,
+        )
+        .await;
+    assert!(r.body["status"].get("replicas").is_none());
+    let r = h
+        .call(
+            "PATCH",
+            &format!("{base}/web/status"),
+            "application/merge-patch+json",
+            r#"{"status":{"replicas":9},"spec":{"replicas":1}}"#,
+        )
+        .await;
+    assert_eq!(r.body["status"]["replicas"], 9);
+    assert_eq!(r.body["spec"]["replicas"], 4);
+
+    let scale = h.get(&format!("{base}/web/scale")).await;
+    assert_eq!(scale.body["kind"], "Scale");
+    assert_eq!(scale.body["spec"]["replicas"], 4);
+    assert_eq!(scale.body["status"]["selector"], "app=web");
+    let r = h
+        .call(
+            "PATCH",
+            &format!("{base}/web/scale"),
+            "application/merge-patch+json",
+            r#"{"spec":{"replicas":2}}"#,
+        )
+        .await;
+    assert_eq!(r.body["spec"]["replicas"], 2);
+    assert_eq!(
+        h.get(&format!("{base}/web")).await.body["spec"]["replicas"],
+        2
+    );
+
+    let r = h
+        .call(
+            "PATCH",
+            &format!("{base}/web"),
+            "application/apply-patch+yaml",
+            "{}",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+#[tokio::test]
+async fn api_pod_binding_and_graceful_delete() {
+    let h = harness().await;
+    let base = "/api/v1/namespaces/default/pods";
+    h.post(base, pod("p", json!({}), None)).await;
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "n1"}});
+    let r = h.post(&format!("{base}/p/binding"), binding.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = h.post(&format!("{base}/p/binding"), binding).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let got = h.get(&format!("{base}/p")).await;
+    assert_eq!(got.body["spec"]["nodeName"], "n1");
+
+    // A bound Pod is marked for deletion and waits for its node to finish it.
+    let r = h
+        .call(
+            "DELETE",
+            &format!("{base}/p"),
+            "application/json",
+            Body::empty(),
+        )
+        .await;
+    assert!(r.status.is_success());
+    let got = h.get(&format!("{base}/p")).await;
+    assert!(got.body["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(got.body["metadata"]["deletionGracePeriodSeconds"], 30);
+    let r = h
+        .call(
+            "DELETE",
+            &format!("{base}/p?gracePeriodSeconds=0"),
+            "application/json",
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        h.get(&format!("{base}/p")).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // An unbound Pod goes at once.
+    h.post(base, pod("q", json!({}), None)).await;
+    h.call(
+        "DELETE",
+        &format!("{base}/q"),
+        "application/json",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        h.get(&format!("{base}/q")).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Foreground propagation leaves the object for the garbage collector with a finalizer.
+    let base = "/apis/apps/v1/namespaces/default/deployments";
+    h.post(base, deployment("fg", "fg", "fg")).await;
+    let r = h
+        .call(
+            "DELETE",
+            &format!("{base}/fg"),
+            "application/json",
+            r#"{"propagationPolicy":"Foreground"}"#,
+        )
+        .await;
+    assert!(r.status.is_success());
+    let got = h.get(&format!("{base}/fg")).await;
+    assert_eq!(
+        got.body["metadata"]["finalizers"],
+        json!(["foregroundDeletion"])
+    );
+    let r = h
+        .call(
+            "PATCH",
+            &format!("{base}/fg"),
+            "application/merge-patch+json",
+            r#"{"metadata":{"finalizers":null}}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        h.get(&format!("{base}/fg")).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn api_tables_discovery_and_openapi() {
+    let h = harness().await;
+    h.post(
+        "/api/v1/namespaces/default/pods",
+        pod("p", json!({}), Some("n1")),
+    )
+    .await;
+    let t = h
+        .with_accept(
+            "/api/v1/namespaces/default/pods",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        )
+        .await;
+    assert_eq!(t.body["kind"], "Table");
+    let cols: Vec<&str> = t.body["columnDefinitions"]
+        .as_array()
+        .expect("cols")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(cols[..5], ["Name", "Ready", "Status", "Restarts", "Age"]);
+    assert_eq!(t.body["rows"][0]["cells"][6], "n1");
+    let t = h
+        .with_accept(
+            "/api/v1/namespaces?includeObject=Object",
+            "application/json;as=Table;v=v1;g=meta.k8s.io",
+        )
+        .await;
+    assert_eq!(t.body["rows"].as_array().map(Vec::len), Some(4));
+    assert_eq!(t.body["rows"][0]["object"]["kind"], "Namespace");
+
+    let v = h.get("/version").await;
+    assert_eq!(v.body["gitVersion"], "v1.36.0+keelson");
+    let apis = h.get("/apis").await;
+    assert!(
+        apis.body["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .any(|g| g["name"] == "apps")
+    );
+    let core = h.get("/api/v1").await;
+    assert!(
+        core.body["resources"]
+            .as_array()
+            .expect("res")
+            .iter()
+            .any(|r| r["name"] == "pods/binding")
+    );
+    let agg = h
+        .with_accept(
+            "/apis",
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json",
+        )
+        .await;
+    assert_eq!(agg.body["kind"], "APIGroupDiscoveryList");
+    assert!(
+        agg.headers[header::CONTENT_TYPE]
+            .to_str()
+            .is_ok_and(|c| c.contains("apidiscovery.k8s.io"))
+    );
+    let idx = h.get("/openapi/v3").await;
+    let url = idx.body["paths"]["apis/apps/v1"]["serverRelativeURL"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    let doc = h.get(&url).await;
+    assert!(doc.body["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"].is_object());
+}
+
+/// Finds a free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+const KUBECTL: &str = "/root/.local/share/keelson/venv/bin/kubectl";
+
+fn kubectl(
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String, String) {
+    use std::io::Write as _;
+    let mut cmd = std::process::Command::new(KUBECTL);
+    cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+    cmd.env("KUBECACHEDIR", kubeconfig.with_file_name("kubecache"));
+    cmd.env(
+        "HOME",
+        kubeconfig.parent().unwrap_or(std::path::Path::new("/tmp")),
+    );
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl runs");
+    if let Some(input) = stdin
+        && let Some(mut pipe) = child.stdin.take()
+    {
+        pipe.write_all(input.as_bytes()).expect("stdin");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("kubectl finishes");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    println!("$ kubectl {}\n{stdout}{stderr}", args.join(" "));
+    (out.status.success(), stdout, stderr)
+}
+
+const MANIFEST: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 80
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_real_kubectl_against_real_server() {
+    if !std::path::Path::new(KUBECTL).exists() {
+        println!("skipping: kubectl not found at {KUBECTL}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = crate::server::ServerConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen: format!("127.0.0.1:{port}").parse().expect("addr"),
+        service_cidr: "10.96.0.0/16".into(),
+        cluster_cidr: "10.244.0.0/16".into(),
+        node_cidr_mask: 24,
+    };
+    let server = tokio::spawn(crate::server::run(cfg));
+    let kc = dir.path().join("admin.kubeconfig");
+    let mut ready = false;
+    for _ in 0..100 {
+        if kc.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "server did not come up");
+
+    let kc2 = kc.clone();
+    let run = move |args: Vec<&'static str>, stdin: Option<&'static str>| {
+        let kc = kc2.clone();
+        tokio::task::spawn_blocking(move || kubectl(&kc, &args, stdin))
+    };
+
+    let (ok, out, _) = run(vec!["apply", "-f", "-"], Some(MANIFEST))
+        .await
+        .expect("join");
+    assert!(ok, "apply failed");
+    assert!(
+        out.contains("deployment.apps/web created") && out.contains("service/web created"),
+        "{out}"
+    );
+    // A second apply computes a strategic merge patch against last-applied.
+    let changed: &'static str = Box::leak(
+        MANIFEST
+            .replace("nginx:1.27", "nginx:1.28")
+            .into_boxed_str(),
+    );
+    let (ok, out, _) = run(vec!["apply", "-f", "-"], Some(changed))
+        .await
+        .expect("join");
+    assert!(
+        ok && out.contains("deployment.apps/web configured"),
+        "{out}"
+    );
+    let (ok, out, _) = run(
+        vec![
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(ok && out == "nginx:1.28", "{out}");
+
+    let (ok, out, _) = run(vec!["get", "deployments,services", "-o", "wide"], None)
+        .await
+        .expect("join");
+    assert!(ok, "get failed");
+    assert!(
+        out.contains("UP-TO-DATE") && out.contains("CLUSTER-IP") && out.contains("80/TCP"),
+        "{out}"
+    );
+    let (ok, out, _) = run(vec!["get", "ns"], None).await.expect("join");
+    assert!(
+        ok && out.contains("kube-system") && out.contains("Active"),
+        "{out}"
+    );
+
+    let (ok, out, _) = run(vec!["scale", "deployment/web", "--replicas=5"], None)
+        .await
+        .expect("join");
+    assert!(ok && out.contains("scaled"), "{out}");
+    let (_, out, _) = run(
+        vec!["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"],
+        None,
+    )
+    .await
+    .expect("join");
+    assert_eq!(out, "5");
+
+    let bad_port: &'static str =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec:\n  ports:\n  - port: 70000\n";
+    let (ok, _, err) = run(vec!["apply", "-f", "-"], Some(bad_port))
+        .await
+        .expect("join");
+    assert!(!ok && err.contains("spec.ports[0].port"), "{err}");
+
+    let bad_sel: &'static str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: bad}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: i}]\n";
+    let (ok, _, err) = run(vec!["apply", "-f", "-"], Some(bad_sel))
+        .await
+        .expect("join");
+    assert!(
+        !ok && err.contains("spec.template.metadata.labels"),
+        "{err}"
+    );
+
+    let unknown: &'static str =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: unk}\ndata: {a: b}\nbogus: 1\n";
+    let (ok, _, err) = run(vec!["apply", "-f", "-"], Some(unknown))
+        .await
+        .expect("join");
+    assert!(!ok && err.contains("unknown field \"bogus\""), "{err}");
+
+    let (ok, _, err) = run(
+        vec![
+            "create",
+            "--raw",
+            "/api/v1/namespaces/default/configmaps",
+            "-f",
+            "-",
+        ],
+        Some("{not json"),
+    )
+    .await
+    .expect("join");
+    assert!(
+        !ok && (err.contains("BadRequest")
+            || err.contains("json parse error")
+            || err.contains("400")),
+        "{err}"
+    );
+
+    let (ok, out, _) = run(vec!["delete", "-f", "-"], Some(MANIFEST))
+        .await
+        .expect("join");
+    assert!(ok && out.contains("deleted"), "{out}");
+    let (_, out, err) = run(vec!["get", "deploy", "web"], None).await.expect("join");
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{out}{err}"
+    );
+
+    server.abort();
+}

@@ -1,0 +1,421 @@
+//! Validation: the checks kube-apiserver makes (pkg/apis/*/validation), worded as it words them so
+//! kubectl users see familiar messages. Each function returns the causes it found; none means valid.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use super::ResourceInfo;
+use crate::api::error::Cause;
+
+const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+
+/// RFC 1123 label: at most 63 of [a-z0-9-], alphanumeric at both ends.
+pub fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// RFC 1035 label: an RFC 1123 label starting with a letter.
+pub fn is_dns1035_label(s: &str) -> bool {
+    is_dns1123_label(s) && s.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+}
+
+/// Validates `obj` as an object of `info`'s kind. `old` is the stored object on update.
+pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+    let mut causes = metadata(info, obj);
+    match (info.group, info.kind) {
+        ("", "Pod") => {
+            pod_spec(&obj["spec"], "spec", &mut causes);
+            if let Some(old) = old {
+                let (was, is) = (&old["spec"]["nodeName"], &obj["spec"]["nodeName"]);
+                if was.as_str().is_some_and(|s| !s.is_empty()) && was != is {
+                    causes.push(Cause::forbidden("spec.nodeName", "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"));
+                }
+            }
+        }
+        ("", "Service") => service(obj, old, &mut causes),
+        ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet") => {
+            workload(info, obj, &mut causes);
+        }
+        ("", "ConfigMap") | ("", "Secret") => {
+            for field in ["data", "binaryData", "stringData"] {
+                if let Some(map) = obj[field].as_object() {
+                    for key in map.keys() {
+                        let ok = !key.is_empty()
+                            && key.len() <= 253
+                            && key
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                        if !ok {
+                            causes.push(Cause::invalid(
+                                format!("{field}[{key}]"),
+                                &json!(key),
+                                "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+fn metadata(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let meta = &obj["metadata"];
+    match meta["name"].as_str() {
+        None | Some("") => causes.push(Cause::required(
+            "metadata.name",
+            "name or generateName is required",
+        )),
+        Some(name) => {
+            let (ok, msg) = match info.kind {
+                "Namespace" => (is_dns1123_label(name), DNS1123_LABEL_MSG),
+                "Service" => (is_dns1035_label(name), DNS1035_LABEL_MSG),
+                // Events and Leases are named after other objects (node names, `x.17a...`).
+                "Event" | "Lease" | "Node" => (
+                    !name.contains('/') && !name.contains('%') && name != "." && name != "..",
+                    "may not contain '/' or '%'",
+                ),
+                _ => (is_dns1123_subdomain(name), DNS1123_SUBDOMAIN_MSG),
+            };
+            if !ok {
+                causes.push(Cause::invalid("metadata.name", &json!(name), msg));
+            }
+        }
+    }
+    if info.namespaced && meta["namespace"].as_str().is_none_or(str::is_empty) {
+        causes.push(Cause::required("metadata.namespace", ""));
+    }
+    for field in ["labels", "annotations"] {
+        if let Some(map) = meta[field].as_object() {
+            for (k, v) in map {
+                if !v.is_string() {
+                    causes.push(Cause::invalid(
+                        format!("metadata.{field}"),
+                        v,
+                        "must be a string",
+                    ));
+                } else if field == "labels" && !label_value_ok(v.as_str().unwrap_or_default()) {
+                    causes.push(Cause::invalid(
+                        "metadata.labels",
+                        v,
+                        "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')",
+                    ));
+                }
+                let _ = k;
+            }
+        }
+    }
+    causes
+}
+
+fn label_value_ok(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && v.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
+            && v.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric))
+}
+
+/// Pod spec checks: containers present and named uniquely, images set, container ports valid.
+fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let containers = spec["containers"].as_array();
+    if containers.is_none_or(Vec::is_empty) {
+        causes.push(Cause::required(format!("{path}.containers"), ""));
+    }
+    let mut names = BTreeSet::new();
+    for list in ["initContainers", "containers"] {
+        for (i, c) in spec[list].as_array().into_iter().flatten().enumerate() {
+            let cpath = format!("{path}.{list}[{i}]");
+            match c["name"].as_str() {
+                None | Some("") => causes.push(Cause::required(format!("{cpath}.name"), "")),
+                Some(name) if !is_dns1123_label(name) => {
+                    causes.push(Cause::invalid(
+                        format!("{cpath}.name"),
+                        &c["name"],
+                        DNS1123_LABEL_MSG,
+                    ));
+                }
+                Some(name) => {
+                    if !names.insert(name.to_string()) {
+                        causes.push(Cause::duplicate(format!("{cpath}.name"), &c["name"]));
+                    }
+                }
+            }
+            if c["image"].as_str().is_none_or(|s| s.trim().is_empty()) {
+                causes.push(Cause::required(format!("{cpath}.image"), ""));
+            }
+            for (j, p) in c["ports"].as_array().into_iter().flatten().enumerate() {
+                port_number(
+                    &p["containerPort"],
+                    &format!("{cpath}.ports[{j}].containerPort"),
+                    true,
+                    causes,
+                );
+                protocol(
+                    &p["protocol"],
+                    &format!("{cpath}.ports[{j}].protocol"),
+                    causes,
+                );
+            }
+        }
+    }
+    if let Some(rp) = spec["restartPolicy"].as_str()
+        && !["Always", "OnFailure", "Never"].contains(&rp)
+    {
+        causes.push(Cause::not_supported(
+            format!("{path}.restartPolicy"),
+            &spec["restartPolicy"],
+            &["Always", "Never", "OnFailure"],
+        ));
+    }
+}
+
+fn port_number(v: &Value, path: &str, required: bool, causes: &mut Vec<Cause>) {
+    match v.as_i64() {
+        None if v.is_null() && required => causes.push(Cause::required(path, "")),
+        None if v.is_null() => {}
+        Some(n) if (1..=65535).contains(&n) => {}
+        _ => causes.push(Cause::invalid(
+            path,
+            v,
+            "must be between 1 and 65535, inclusive",
+        )),
+    }
+}
+
+fn protocol(v: &Value, path: &str, causes: &mut Vec<Cause>) {
+    if let Some(p) = v.as_str()
+        && !["TCP", "UDP", "SCTP"].contains(&p)
+    {
+        causes.push(Cause::not_supported(path, v, &["SCTP", "TCP", "UDP"]));
+    } else if !v.is_null() && !v.is_string() {
+        causes.push(Cause::not_supported(path, v, &["SCTP", "TCP", "UDP"]));
+    }
+}
+
+fn service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    let ty = spec["type"].as_str().unwrap_or("ClusterIP");
+    if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
+        causes.push(Cause::not_supported(
+            "spec.type",
+            &spec["type"],
+            &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+        ));
+    }
+    let ports = spec["ports"].as_array();
+    if ty != "ExternalName" && ports.is_none_or(Vec::is_empty) && spec["clusterIP"] != json!("None")
+    {
+        causes.push(Cause::required("spec.ports", ""));
+    }
+    let many = ports.is_some_and(|p| p.len() > 1);
+    let mut seen = BTreeSet::new();
+    let mut names = BTreeSet::new();
+    for (i, p) in ports.into_iter().flatten().enumerate() {
+        let path = format!("spec.ports[{i}]");
+        port_number(&p["port"], &format!("{path}.port"), true, causes);
+        protocol(&p["protocol"], &format!("{path}.protocol"), causes);
+        let name = p["name"].as_str().unwrap_or_default();
+        if many && name.is_empty() {
+            causes.push(Cause::required(format!("{path}.name"), ""));
+        } else if !name.is_empty() && !names.insert(name.to_string()) {
+            causes.push(Cause::duplicate(format!("{path}.name"), &p["name"]));
+        }
+        match &p["targetPort"] {
+            // A targetPort defaulted from an invalid port is reported once, at the port.
+            Value::Number(_) if p["targetPort"] == p["port"] => {}
+            Value::Number(_) => port_number(
+                &p["targetPort"],
+                &format!("{path}.targetPort"),
+                false,
+                causes,
+            ),
+            Value::String(s) if s.is_empty() || s.len() > 15 => causes.push(Cause::invalid(
+                format!("{path}.targetPort"),
+                &p["targetPort"],
+                "must contain at least one letter (a-z) and be no more than 15 characters",
+            )),
+            _ => {}
+        }
+        if let Some(np) = p["nodePort"].as_i64()
+            && np != 0
+        {
+            if ty == "ClusterIP" {
+                causes.push(Cause::forbidden(
+                    format!("{path}.nodePort"),
+                    "may not be used when `type` is 'ClusterIP'",
+                ));
+            } else if !(1..=65535).contains(&np) {
+                causes.push(Cause::invalid(
+                    format!("{path}.nodePort"),
+                    &p["nodePort"],
+                    "must be between 1 and 65535, inclusive",
+                ));
+            }
+        }
+        let key = (
+            p["port"].as_i64(),
+            p["protocol"].as_str().unwrap_or("TCP").to_string(),
+        );
+        if !seen.insert(key) {
+            causes.push(Cause::duplicate(
+                format!("{path}"),
+                &json!({"port": p["port"], "protocol": p["protocol"].as_str().unwrap_or("TCP")}),
+            ));
+        }
+    }
+    if let Some(old) = old {
+        let (was, is) = (&old["spec"]["clusterIP"], &spec["clusterIP"]);
+        if was.as_str().is_some_and(|s| !s.is_empty())
+            && !is.is_null()
+            && was != is
+            && ty != "ExternalName"
+        {
+            causes.push(Cause::invalid(
+                "spec.clusterIPs[0]",
+                is,
+                "may not change once set",
+            ));
+        }
+    }
+}
+
+/// Deployment/ReplicaSet/DaemonSet: selector required, non-empty and matching template labels;
+/// template a valid Pod spec; replicas non-negative.
+fn workload(info: &ResourceInfo, obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    if let Some(r) = spec["replicas"].as_i64()
+        && r < 0
+    {
+        causes.push(Cause::invalid(
+            "spec.replicas",
+            &spec["replicas"],
+            "must be greater than or equal to 0",
+        ));
+    }
+    let selector = &spec["selector"];
+    let labels = &spec["template"]["metadata"]["labels"];
+    let empty_selector = selector.is_null()
+        || (selector["matchLabels"]
+            .as_object()
+            .is_none_or(|m| m.is_empty())
+            && selector["matchExpressions"]
+                .as_array()
+                .is_none_or(Vec::is_empty));
+    if empty_selector {
+        if selector.is_null() {
+            causes.push(Cause::required("spec.selector", ""));
+        } else {
+            causes.push(Cause::invalid(
+                "spec.selector",
+                selector,
+                "empty selector is invalid for deployment",
+            ));
+        }
+    } else if !crate::api::selectors::label_selector_matches(selector, labels) {
+        let shown = if labels.is_null() {
+            json!({})
+        } else {
+            labels.clone()
+        };
+        causes.push(Cause::invalid(
+            "spec.template.metadata.labels",
+            &shown,
+            "`selector` does not match template `labels`",
+        ));
+    }
+    pod_spec(&spec["template"]["spec"], "spec.template.spec", causes);
+    if info.kind != "DaemonSet"
+        && let Some(rp) = spec["template"]["spec"]["restartPolicy"].as_str()
+        && rp != "Always"
+    {
+        causes.push(Cause::not_supported(
+            "spec.template.spec.restartPolicy",
+            &json!(rp),
+            &["Always"],
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::lookup;
+
+    #[test]
+    fn registry_validation_service_port_range() {
+        let info = lookup("", "v1", "services").expect("services");
+        let svc = json!({"metadata": {"name": "x", "namespace": "default"},
+            "spec": {"type": "ClusterIP", "ports": [{"port": 70000, "protocol": "TCP"}]}});
+        let causes = validate(info, &svc, None);
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].field, "spec.ports[0].port");
+        assert_eq!(
+            causes[0].message,
+            "Invalid value: 70000: must be between 1 and 65535, inclusive"
+        );
+    }
+
+    #[test]
+    fn registry_validation_service_duplicates_and_protocol() {
+        let info = lookup("", "v1", "services").expect("services");
+        let svc = json!({"metadata": {"name": "x", "namespace": "default"},
+            "spec": {"ports": [{"name": "a", "port": 80, "protocol": "TCP"}, {"name": "b", "port": 80, "protocol": "TCP"},
+                               {"name": "c", "port": 81, "protocol": "ICMP"}]}});
+        let fields: Vec<String> = validate(info, &svc, None)
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
+        assert_eq!(fields, vec!["spec.ports[1]", "spec.ports[2].protocol"]);
+    }
+
+    #[test]
+    fn registry_validation_selector_mismatch() {
+        let info = lookup("apps", "v1", "deployments").expect("deployments");
+        let d = json!({"metadata": {"name": "d", "namespace": "default"}, "spec": {
+            "selector": {"matchLabels": {"app": "a"}},
+            "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let causes = validate(info, &d, None);
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].field, "spec.template.metadata.labels");
+        assert_eq!(
+            causes[0].message,
+            "Invalid value: map[app:b]: `selector` does not match template `labels`"
+        );
+    }
+
+    #[test]
+    fn registry_validation_names_and_containers() {
+        let info = lookup("", "v1", "pods").expect("pods");
+        let p = json!({"metadata": {"name": "Bad_Name", "namespace": "default"}, "spec": {"containers": [{"name": "c"}]}});
+        let fields: Vec<String> = validate(info, &p, None)
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
+        assert_eq!(fields, vec!["metadata.name", "spec.containers[0].image"]);
+        let p =
+            json!({"metadata": {"name": "ok", "namespace": "default"}, "spec": {"containers": []}});
+        let fields: Vec<String> = validate(info, &p, None)
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
+        assert_eq!(fields, vec!["spec.containers"]);
+    }
+}
