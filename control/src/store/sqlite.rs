@@ -26,6 +26,7 @@
 
 use std::collections::VecDeque;
 use std::fmt::Display;
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
@@ -70,6 +71,9 @@ CREATE INDEX log_key_revision ON log (key, revision);
 
 /// Most operations the writer commits in one transaction.
 const MAX_BATCH: usize = 1024;
+/// Key and value bytes after which a batch takes no more operations, so one transaction (and the
+/// events it publishes) stays small even when large objects are written.
+const MAX_BATCH_BYTES: usize = 16 << 20;
 /// Committed batches the broadcast channel buffers for slow watchers before they catch up
 /// from the log instead.
 const DEFAULT_EVENT_BUFFER: usize = 1024;
@@ -136,6 +140,7 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
         }
+        let lock = lock_store(path)?;
         let conn = open_writer(path)?;
         let revision = read_meta(&conn, "revision").map_err(backend)?;
         let compacted = read_meta(&conn, "compacted").map_err(backend)?;
@@ -148,6 +153,7 @@ impl SqliteStore {
         let (ops, queue) = mpsc::channel();
         let writer = Writer {
             conn,
+            _lock: lock,
             revision,
             compacted,
             state: Arc::clone(&state),
@@ -304,6 +310,8 @@ impl Store for SqliteStore {
     }
 
     async fn watch(&self, prefix: &str, after: i64) -> Result<WatchStream, StoreError> {
+        // Revision 0 is before the first write: watching from any earlier one means the same.
+        let after = after.max(0);
         // Subscribe before reading the log: every batch committed after the read below is then
         // in the channel, and the ones committed before it are in the log.
         let rx = self.inner.events.subscribe();
@@ -342,6 +350,32 @@ impl Store for SqliteStore {
 
 fn backend(e: impl Display) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+/// Takes the lock file next to the database (`<file>.lock`) for the life of the writer: two
+/// writers on one file would each count revisions on their own. A separate file, because closing
+/// any descriptor of the database would drop SQLite's own POSIX locks on it.
+fn lock_store(path: &Path) -> Result<File, StoreError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Backend(format!("opening {}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
+            "store {} is already open in another store or process",
+            path.display()
+        ))),
+        Err(TryLockError::Error(e)) => Err(StoreError::Backend(format!(
+            "locking {}: {e}",
+            lock_path.display()
+        ))),
+    }
 }
 
 fn open_writer(path: &Path) -> Result<Connection, StoreError> {
@@ -661,9 +695,7 @@ impl ReadPool {
         {
             return Ok(conn);
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&self.path, flags).map_err(|e| {
             StoreError::Backend(format!("opening {} for reading: {e}", self.path.display()))
         })?;
@@ -800,6 +832,19 @@ enum Op {
     },
 }
 
+impl Op {
+    /// Key and value bytes the operation writes.
+    fn payload_len(&self) -> usize {
+        match self {
+            Self::Create { key, value, .. } | Self::Update { key, value, .. } => {
+                key.len() + value.len()
+            }
+            Self::Delete { key, .. } => key.len(),
+            Self::Compact { .. } => 0,
+        }
+    }
+}
+
 /// An applied operation's answer, sent once its batch commits (or fails).
 #[derive(Debug)]
 enum Answer {
@@ -850,6 +895,8 @@ struct Pending {
 #[derive(Debug)]
 struct Writer {
     conn: Connection,
+    /// Held while the writer runs: no other writer on the same file.
+    _lock: File,
     /// Committed revision.
     revision: i64,
     compacted: i64,
@@ -861,10 +908,14 @@ impl Writer {
     fn run(mut self, queue: &mpsc::Receiver<Op>) {
         while let Ok(first) = queue.recv() {
             // Everything queued while the previous batch was being committed goes into this one.
+            let mut bytes = first.payload_len();
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match queue.try_recv() {
-                    Ok(op) => batch.push(op),
+                    Ok(op) => {
+                        bytes += op.payload_len();
+                        batch.push(op);
+                    }
                     Err(_) => break,
                 }
             }

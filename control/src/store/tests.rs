@@ -369,22 +369,31 @@ async fn watch_has_no_gaps_or_duplicates_under_concurrent_writers() {
         })
         .collect();
 
-    // Watches opened while the writers run: part of what they see is replayed, part live.
+    let total = (WRITERS * KEYS * 3 + WRITERS * KEYS.div_ceil(4)) as i64;
+
+    // Watches opened while the writers run, from a revision a little behind the current one:
+    // part of what they see is replayed from the log, part arrives live.
     let mut watches = Vec::new();
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let after = store.current_revision().await.expect("revision");
+    for quarter in 1..=3 {
+        let now = tokio::time::timeout(EVENT_WAIT, async {
+            loop {
+                let now = store.current_revision().await.expect("revision");
+                if now >= total * quarter / 4 {
+                    return now;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("writers progress");
+        let after = now - 10;
         watches.push((after, store.watch("/w/", after).await.expect("watch")));
     }
     let mut written = BTreeSet::new();
     for writer in writers {
         written.extend(writer.await.expect("writer"));
     }
-    let last = store.current_revision().await.expect("revision");
-    assert_eq!(
-        last as usize,
-        WRITERS * KEYS * 3 + WRITERS * KEYS.div_ceil(4)
-    );
+    assert_eq!(store.current_revision().await.expect("revision"), total);
 
     // A watch opened after the fact replays everything from the log: the reference.
     let mut full = store.watch("/w/", 0).await.expect("watch");
@@ -428,6 +437,35 @@ async fn lagging_watcher_catches_up_from_the_log() {
     // And it goes on live afterwards.
     store.create("/k/last", Vec::new()).await.expect("create");
     assert_eq!(revisions(&events_until(&mut watch, 51).await), [51]);
+}
+
+#[tokio::test]
+async fn lagging_watcher_overtaken_by_compaction_ends_with_compacted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open_with_event_buffer(&dir.path().join("store.db"), 1).expect("open");
+    let mut watch = store.watch("/", 0).await.expect("watch");
+    for i in 0..50 {
+        store
+            .create(&format!("/k/{i:02}"), Vec::new())
+            .await
+            .expect("create");
+    }
+    store.compact(40).await.expect("compact");
+    // The watcher missed batches and the log no longer holds them.
+    let first = tokio::time::timeout(EVENT_WAIT, watch.next())
+        .await
+        .expect("in time");
+    assert!(matches!(
+        first,
+        Some(Err(StoreError::Compacted {
+            requested: 0,
+            compacted: 40
+        }))
+    ));
+    let end = tokio::time::timeout(EVENT_WAIT, watch.next())
+        .await
+        .expect("in time");
+    assert!(end.is_none());
 }
 
 #[tokio::test]
@@ -536,6 +574,21 @@ async fn state_survives_reopen() {
     // The revision goes on from where it was.
     assert_eq!(store.create("/d", Vec::new()).await.expect("create"), 6);
     assert_eq!(revisions(&events_until(&mut watch, 6).await), [6]);
+}
+
+#[tokio::test]
+async fn a_store_file_has_one_writer_at_a_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open(&path).expect("open");
+    assert!(matches!(
+        SqliteStore::open(&path),
+        Err(StoreError::Backend(_))
+    ));
+    store.create("/k", Vec::new()).await.expect("create");
+    drop(store);
+    let store = SqliteStore::open(&path).expect("open after close");
+    assert_eq!(store.current_revision().await.expect("revision"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
