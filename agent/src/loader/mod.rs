@@ -259,6 +259,12 @@ impl Datapath {
         f(&mut self.lock().maps)
     }
 
+    /// Runs `f` with the loaded object (tests drive programs through BPF_PROG_TEST_RUN).
+    #[cfg(test)]
+    pub(crate) fn with_ebpf<T>(&self, f: impl FnOnce(&mut Ebpf) -> T) -> T {
+        f(&mut self.lock().ebpf)
+    }
+
     fn tc_link_path(&self, ip: Ipv4Addr) -> PathBuf {
         self.cfg
             .pin_dir
@@ -331,3 +337,6 @@ pub(crate) mod testutil;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod from_container_tests;
