@@ -98,9 +98,9 @@ pub struct WriterStats {
     pub largest_batch: u64,
 }
 
-/// The embedded SQLite implementation of [`Store`]. Cloning is cheap and shares the store; the
-/// writer thread stops (after finishing its batch) when the last clone is dropped, which also ends
-/// every open watch stream.
+/// The embedded SQLite implementation of [`Store`]. Cloning is cheap and shares the store.
+/// Dropping the last clone waits for the writer thread to commit the batch it holds and close the
+/// database (so the file can be opened again at once), and ends every open watch stream.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
