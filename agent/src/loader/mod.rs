@@ -340,3 +340,6 @@ mod tests;
 
 #[cfg(test)]
 mod from_container_tests;
+
+#[cfg(test)]
+mod sock_lb_tests;

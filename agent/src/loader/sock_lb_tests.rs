@@ -1,0 +1,230 @@
+//! The socket-level load balancer for real: the kernel has no BPF_PROG_TEST_RUN for cgroup
+//! sock_addr programs, so these tests load the datapath on a cgroup of their own, program a
+//! ClusterIP through the planner, start backends on loopback inside a network namespace of
+//! their own, and run a client process placed in that namespace and cgroup.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, TcpListener, UdpSocket},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    process::{Command, Stdio},
+    thread,
+};
+
+use super::{
+    sys,
+    testutil::{Netns, TestDatapath},
+};
+use crate::services::{
+    model::{BackendAddr, DesiredState, Frontend, Proto},
+    plan,
+};
+
+/// Programs `desired` into the datapath the way the services loop does.
+fn program(t: &TestDatapath, desired: &DesiredState) {
+    let current = t.dp.read_lb().expect("read maps");
+    let ops = plan::diff(&current, desired);
+    t.dp.apply(&ops).expect("apply");
+}
+
+/// TCP backends on 127.0.0.1 inside `ns`: each answers every connection with its own name.
+fn tcp_backends(ns: &Netns, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|i| {
+            let listener = sys::in_netns(Some(&ns.path()), || TcpListener::bind("127.0.0.1:0"))
+                .expect("enter netns")
+                .expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            thread::spawn(move || {
+                for mut conn in listener.incoming().flatten() {
+                    let _ = conn.write_all(format!("backend-{i}\n").as_bytes());
+                }
+            });
+            port
+        })
+        .collect()
+}
+
+/// A UDP echo backend on 127.0.0.1 inside `ns`: answers each datagram with its name.
+fn udp_backend(ns: &Netns, name: &'static str) -> u16 {
+    let sock = sys::in_netns(Some(&ns.path()), || UdpSocket::bind("127.0.0.1:0"))
+        .expect("enter netns")
+        .expect("bind");
+    let port = sock.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, peer)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(name.as_bytes(), peer);
+        }
+    });
+    port
+}
+
+/// Runs `script` with python3 in the test's network namespace and cgroup; returns stdout.
+fn client(t: &TestDatapath, ns: &Netns, script: &str) -> String {
+    let netns = fs::File::open(ns.path()).expect("open netns");
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(t.cgroup.0.join("cgroup.procs"))
+        .expect("open cgroup.procs");
+    let (netns_fd, procs_fd) = (netns.as_raw_fd(), procs.as_raw_fd());
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", script]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: between fork and exec the closure only makes raw system calls (setns, write)
+    // on descriptors opened before the fork; no allocation, no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // "0" moves the writing process itself into the cgroup.
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = super::testutil::ChildGuard(cmd.spawn().expect("spawn client"));
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut s) = child.0.stdout.take() {
+        s.read_to_string(&mut out).expect("read stdout");
+    }
+    if let Some(mut s) = child.0.stderr.take() {
+        s.read_to_string(&mut err).expect("read stderr");
+    }
+    let status = child.0.wait().expect("wait client");
+    assert!(status.success(), "client failed: {status}\n{out}\n{err}");
+    out
+}
+
+fn frontend(vip: Ipv4Addr, port: u16, proto: Proto) -> Frontend {
+    Frontend { address: vip, port, proto }
+}
+
+fn loopback(port: u16, proto: Proto) -> BackendAddr {
+    BackendAddr { address: Ipv4Addr::LOCALHOST, port, proto }
+}
+
+#[test]
+fn tcp_connect_to_cluster_ip_reaches_every_backend() {
+    let ns = Netns::new(&super::testutil::unique("socktcp"));
+    let t = TestDatapath::load("socktcp", None);
+    let ports = tcp_backends(&ns, 3);
+    let vip = Ipv4Addr::new(10, 96, 7, 1);
+    let desired = DesiredState {
+        services: BTreeMap::from([(
+            frontend(vip, 80, Proto::Tcp),
+            ports.iter().map(|&p| loopback(p, Proto::Tcp)).collect(),
+        )]),
+    };
+    program(&t, &desired);
+
+    let out = client(
+        &t,
+        &ns,
+        &format!(
+            r#"
+import socket
+for _ in range(60):
+    s = socket.create_connection(("{vip}", 80), timeout=5)
+    peer = s.getpeername()
+    print(s.makefile().readline().strip(), peer[0], peer[1])
+    s.close()
+"#
+        ),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 60, "{out}");
+    let reached: BTreeSet<&str> = lines.iter().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(reached, BTreeSet::from(["backend-0", "backend-1", "backend-2"]), "{out}");
+    // getpeername4 shows the ClusterIP the application connected to.
+    assert!(lines.iter().all(|l| l.ends_with(&format!(" {vip} 80"))), "{out}");
+    let xlated = t
+        .dp
+        .with_maps(|m| m.metric(keelson_common::Counter::SockConnectXlated as u32))
+        .expect("metric");
+    assert_eq!(xlated.packets, 60);
+}
+
+#[test]
+fn service_without_backends_refuses_connect_and_others_pass_untouched() {
+    let ns = Netns::new(&super::testutil::unique("sockrej"));
+    let t = TestDatapath::load("sockrej", None);
+    let ports = tcp_backends(&ns, 1);
+    let vip = Ipv4Addr::new(10, 96, 7, 2);
+    let desired = DesiredState {
+        services: BTreeMap::from([(frontend(vip, 80, Proto::Tcp), vec![])]),
+    };
+    program(&t, &desired);
+    let out = client(
+        &t,
+        &ns,
+        &format!(
+            r#"
+import socket, errno
+try:
+    socket.create_connection(("{vip}", 80), timeout=5)
+    print("connected")
+except OSError as e:
+    print("refused", errno.errorcode.get(e.errno))
+# A destination that is no Service is not touched.
+s = socket.create_connection(("127.0.0.1", {port}), timeout=5)
+print(s.makefile().readline().strip())
+"#,
+            port = ports[0]
+        ),
+    );
+    assert_eq!(out, "refused EPERM\nbackend-0\n");
+    let refused = t
+        .dp
+        .with_maps(|m| m.metric(keelson_common::DropReason::NoBackend as u32))
+        .expect("metric");
+    assert_eq!(refused.packets, 1);
+}
+
+#[test]
+fn udp_replies_come_from_the_cluster_ip() {
+    let ns = Netns::new(&super::testutil::unique("sockudp"));
+    let t = TestDatapath::load("sockudp", None);
+    let a = udp_backend(&ns, "udp-a");
+    let b = udp_backend(&ns, "udp-b");
+    let vip = Ipv4Addr::new(10, 96, 7, 3);
+    let desired = DesiredState {
+        services: BTreeMap::from([(
+            frontend(vip, 53, Proto::Udp),
+            vec![loopback(a, Proto::Udp), loopback(b, Proto::Udp)],
+        )]),
+    };
+    program(&t, &desired);
+    let out = client(
+        &t,
+        &ns,
+        &format!(
+            r#"
+import socket
+seen = set()
+for _ in range(40):
+    # Unconnected: sendmsg4 translates, recvmsg4 translates the reply's source back.
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(b"ping", ("{vip}", 53))
+    data, addr = s.recvfrom(512)
+    seen.add(data.decode())
+    assert addr == ("{vip}", 53), addr
+    s.close()
+# Connected: connect4 translates, getpeername4 and recvmsg4 show the ClusterIP.
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(5)
+c.connect(("{vip}", 53))
+c.send(b"ping")
+data, addr = c.recvfrom(512)
+print("connected", data.decode() in ("udp-a", "udp-b"), addr[0], addr[1], c.getpeername()[0])
+print(" ".join(sorted(seen)))
+"#
+        ),
+    );
+    assert_eq!(out, format!("connected True {vip} 53 {vip}\nudp-a udp-b\n"));
+}
