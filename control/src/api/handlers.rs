@@ -797,18 +797,15 @@ impl<S: Store> Req<'_, S> {
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            match propagation.as_str() {
-                "Foreground" => {
-                    if !finalizers.contains(&json!("foregroundDeletion")) {
-                        finalizers.push(json!("foregroundDeletion"));
-                    }
-                }
-                "Orphan" => {
-                    if !finalizers.contains(&json!("orphan")) {
-                        finalizers.push(json!("orphan"));
-                    }
-                }
-                _ => {}
+            let propagation_finalizer = match propagation.as_str() {
+                "Foreground" => Some("foregroundDeletion"),
+                "Orphan" => Some("orphan"),
+                _ => None,
+            };
+            if let Some(f) = propagation_finalizer
+                && !finalizers.contains(&json!(f))
+            {
+                finalizers.push(json!(f));
             }
             // Graceful deletion of a Pod bound to a node: the node's agent stops it and deletes
             // it finally with gracePeriodSeconds=0 (pkg/registry/core/pod/strategy.go CheckGracefulDelete).
@@ -999,7 +996,7 @@ impl<S: Store> Req<'_, S> {
                 }
             }
             let replicas = &scale["spec"]["replicas"];
-            if !replicas.as_i64().is_some_and(|r| r >= 0) && !replicas.is_null() {
+            if replicas.as_i64().is_none_or(|r| r < 0) && !replicas.is_null() {
                 return Err(ApiError::Invalid {
                     kind: "Scale".into(),
                     group: "autoscaling".into(),

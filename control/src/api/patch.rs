@@ -130,14 +130,14 @@ fn merge_map(
     let mut deletions = Vec::new();
     let keys: Vec<String> = patch.keys().cloned().collect();
     for k in keys {
-        if let Some(field) = k.strip_prefix("$setElementOrder/") {
-            if let Some(v) = patch.remove(&k) {
-                orders.push((field.to_string(), v));
-            }
-        } else if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
-            if let Some(v) = patch.remove(&k) {
-                deletions.push((field.to_string(), v));
-            }
+        if let Some(field) = k.strip_prefix("$setElementOrder/")
+            && let Some(v) = patch.remove(&k)
+        {
+            orders.push((field.to_string(), v));
+        } else if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/")
+            && let Some(v) = patch.remove(&k)
+        {
+            deletions.push((field.to_string(), v));
         }
     }
     for (field, value) in patch {
@@ -212,7 +212,7 @@ fn strip_directives(m: &mut Map<String, Value>) {
 
 /// Orders `list` like `order` (the full list of merge keys, or values for primitive lists); items
 /// not named in `order` keep their relative order after the named ones.
-fn reorder(list: &mut Vec<Value>, order: &[Value], key: Option<&str>) {
+fn reorder(list: &mut [Value], order: &[Value], key: Option<&str>) {
     let pos = |item: &Value| -> usize {
         let probe = match key {
             Some(k) => order

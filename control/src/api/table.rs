@@ -519,7 +519,7 @@ pub fn to_table(info: &ResourceInfo, obj: &Value, include: &str, _headers: &Head
             d
         })
         .collect();
-    let mut meta = json!({"resourceVersion": if is_list { obj["metadata"]["resourceVersion"].clone() } else { obj["metadata"]["resourceVersion"].clone() }});
+    let mut meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"].clone()});
     if let Some(c) = obj["metadata"]["continue"].as_str() {
         meta["continue"] = json!(c);
     }

@@ -990,25 +990,7 @@ async fn api_real_kubectl_against_real_server() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let cfg = crate::server::ServerConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: format!("127.0.0.1:{port}").parse().expect("addr"),
-        service_cidr: "10.96.0.0/16".into(),
-        cluster_cidr: "10.244.0.0/16".into(),
-        node_cidr_mask: 24,
-    };
-    let server = tokio::spawn(crate::server::run(cfg));
-    let kc = dir.path().join("admin.kubeconfig");
-    let mut ready = false;
-    for _ in 0..100 {
-        if kc.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "server did not come up");
+    let (server, kc) = start_server(dir.path()).await;
 
     let kc2 = kc.clone();
     let run = move |args: Vec<&'static str>, stdin: Option<&'static str>| {
@@ -1119,6 +1101,81 @@ async fn api_real_kubectl_against_real_server() {
         "{err}"
     );
 
+    // pods/log goes to the agent named by the node's annotation.
+    let agent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("agent port");
+    let agent_addr = agent.local_addr().expect("addr");
+    let agent_app = Router::new().route(
+        "/containerLogs/{ns}/{pod}/{container}",
+        axum::routing::get(
+            |axum::extract::Path((ns, pod, c)): axum::extract::Path<(String, String, String)>,
+             axum::extract::Query(q): axum::extract::Query<
+                std::collections::HashMap<String, String>,
+            >| async move {
+                format!(
+                    "log of {ns}/{pod}/{c} tail={}\n",
+                    q.get("tailLines").cloned().unwrap_or_default()
+                )
+            },
+        ),
+    );
+    let agent_task = tokio::spawn(async move { axum::serve(agent, agent_app).await });
+    let node: &'static str = Box::leak(
+        format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  annotations: {{keelson.io/agent-api: \"{agent_addr}\"}}\n")
+            .into_boxed_str(),
+    );
+    let (ok, _, _) = run(vec!["apply", "-f", "-"], Some(node))
+        .await
+        .expect("join");
+    assert!(ok);
+    let pod_yaml: &'static str = "apiVersion: v1\nkind: Pod\nmetadata: {name: lp}\nspec:\n  nodeName: n1\n  containers: [{name: main, image: busybox}]\n";
+    let (ok, _, _) = run(vec!["apply", "-f", "-"], Some(pod_yaml))
+        .await
+        .expect("join");
+    assert!(ok);
+    let (ok, out, _) = run(vec!["logs", "lp", "--tail=5"], None)
+        .await
+        .expect("join");
+    assert!(ok && out == "log of default/lp/main tail=5\n", "{out}");
+    let (ok, out, _) = run(vec!["get", "pods", "-o", "wide"], None)
+        .await
+        .expect("join");
+    assert!(
+        ok && out.contains("NOMINATED NODE") && out.contains("n1") && out.contains("Pending"),
+        "{out}"
+    );
+    let (ok, out, _) = run(vec!["get", "nodes"], None).await.expect("join");
+    assert!(ok && out.contains("n1") && out.contains("Unknown"), "{out}");
+    let (ok, out, _) = run(
+        vec![
+            "get",
+            "pods",
+            "--watch",
+            "--request-timeout=2s",
+            "--output-watch-events",
+        ],
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(out.contains("ADDED") && out.contains("lp"), "{ok} {out}");
+    // A bound Pod terminates gracefully; the agent's final delete (grace 0) removes it.
+    let (ok, _, _) = run(vec!["delete", "pod", "lp", "--wait=false"], None)
+        .await
+        .expect("join");
+    assert!(ok);
+    let (_, out, _) = run(vec!["get", "pod", "lp"], None).await.expect("join");
+    assert!(out.contains("Terminating"), "{out}");
+    let (ok, _, _) = run(
+        vec!["delete", "pod", "lp", "--grace-period=0", "--force"],
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(ok);
+    agent_task.abort();
+
     let (ok, out, _) = run(vec!["delete", "-f", "-"], Some(MANIFEST))
         .await
         .expect("join");
@@ -1129,5 +1186,121 @@ async fn api_real_kubectl_against_real_server() {
         "{out}{err}"
     );
 
+    server.abort();
+}
+
+/// Starts the real server on a free loopback port in `dir`; returns the task and the kubeconfig.
+async fn start_server(
+    dir: &std::path::Path,
+) -> (
+    tokio::task::JoinHandle<Result<(), crate::server::ServerError>>,
+    std::path::PathBuf,
+) {
+    let port = free_port();
+    let cfg = crate::server::ServerConfig {
+        data_dir: dir.to_path_buf(),
+        listen: format!("127.0.0.1:{port}").parse().expect("addr"),
+        service_cidr: "10.96.0.0/16".into(),
+        cluster_cidr: "10.244.0.0/16".into(),
+        node_cidr_mask: 24,
+    };
+    let server = tokio::spawn(crate::server::run(cfg));
+    let kc = dir.join("admin.kubeconfig");
+    for _ in 0..100 {
+        if kc.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (server, kc);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("server did not come up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_kube_rs_client_round_trip() {
+    use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+    use kube::{
+        Api,
+        api::{Patch, PatchParams, PostParams},
+        runtime::{WatchStreamExt as _, watcher},
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, kc) = start_server(dir.path()).await;
+    let client = crate::server::admin_client(&kc).await.expect("client");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+
+    // A watcher (list then watch) and a streaming-list watcher both see the Pod appear.
+    let mut plain = watcher(pods.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let mut streaming = watcher(pods.clone(), watcher::Config::default().streaming_lists())
+        .applied_objects()
+        .boxed();
+    let p: Pod = serde_json::from_value(pod("kr", json!({"app": "kr"}), None)).expect("pod");
+    let created = pods
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("create");
+    assert_eq!(
+        created
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref()),
+        Some("Always")
+    );
+    for w in [&mut plain, &mut streaming] {
+        let seen = tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("ok");
+        assert_eq!(seen.metadata.name.as_deref(), Some("kr"));
+    }
+
+    // Binding, then a status update as an agent would write it.
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "kr"}, "target": {"kind": "Node", "name": "n1"}});
+    let _: serde_json::Value = pods
+        .create_subresource("binding", "kr", &PostParams::default(), &binding)
+        .await
+        .expect("bind");
+    let status = json!({"status": {"phase": "Running", "podIP": "10.244.0.9"}});
+    let updated = pods
+        .patch_status("kr", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("status");
+    assert_eq!(
+        updated.status.and_then(|s| s.phase).as_deref(),
+        Some("Running")
+    );
+    assert_eq!(
+        updated.spec.and_then(|s| s.node_name).as_deref(),
+        Some("n1")
+    );
+
+    let deps: Api<Deployment> = Api::namespaced(client, "default");
+    let d: Deployment = serde_json::from_value(deployment("kd", "kd", "kd")).expect("deployment");
+    deps.create(&PostParams::default(), &d)
+        .await
+        .expect("create deployment");
+    let smp = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:2"}]}}}});
+    let patched = deps
+        .patch("kd", &PatchParams::default(), &Patch::Strategic(&smp))
+        .await
+        .expect("smp");
+    let c = &patched
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod spec")
+        .containers[0];
+    assert_eq!(
+        (c.image.as_deref(), c.ports.as_ref().map(Vec::len)),
+        (Some("nginx:2"), Some(1))
+    );
+    let err = deps.get("missing").await.expect_err("404");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404),
+        "{err:?}"
+    );
     server.abort();
 }

@@ -58,11 +58,11 @@ pub fn apply(info: &ResourceInfo, obj: &mut Value) {
                 );
                 if let Some(strategy) = spec.get_mut("strategy").and_then(Value::as_object_mut) {
                     set_default(strategy, "type", json!("RollingUpdate"));
-                    if strategy.get("type") == Some(&json!("RollingUpdate")) {
-                        if let Some(ru) = child(strategy, "rollingUpdate") {
-                            set_default(ru, "maxUnavailable", json!("25%"));
-                            set_default(ru, "maxSurge", json!("25%"));
-                        }
+                    if strategy.get("type") == Some(&json!("RollingUpdate"))
+                        && let Some(ru) = child(strategy, "rollingUpdate")
+                    {
+                        set_default(ru, "maxUnavailable", json!("25%"));
+                        set_default(ru, "maxSurge", json!("25%"));
                     }
                 }
                 set_default(spec, "revisionHistoryLimit", json!(10));

@@ -95,6 +95,10 @@ impl ResourceInfo {
     }
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one row of the RESOURCES table, positional for readability"
+)]
 const fn kind(
     group: &'static str,
     version: &'static str,

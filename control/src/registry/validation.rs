@@ -276,7 +276,7 @@ fn service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         );
         if !seen.insert(key) {
             causes.push(Cause::duplicate(
-                format!("{path}"),
+                path.clone(),
                 &json!({"port": p["port"], "protocol": p["protocol"].as_str().unwrap_or("TCP")}),
             ));
         }
