@@ -12,19 +12,231 @@ pub mod links;
 pub mod loader;
 pub mod netns;
 pub mod node;
+pub mod privileges;
+pub mod routing;
 pub mod services;
 
 pub use config::AgentConfig;
 
+use std::{path::Path, sync::Arc};
+
+use crate::{
+    cni::server::{CniServer, CniServerError, EndpointSink},
+    links::IpRoute,
+    loader::{Datapath, DatapathConfig, LoaderError},
+    node::{
+        api::ApiError,
+        pods::{self, PodRuntimeConfig},
+        registration::{self, MachineInfo, NodeFacts, RegistrationError},
+    },
+    privileges::PrivilegeError,
+    routing::RoutingError,
+    services::ServicesError,
+};
+
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("agent failed: {0}")]
-    Other(String),
+    #[error("insufficient privileges")]
+    Privileges(#[source] PrivilegeError),
+    #[error("reading kubeconfig {path}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("finding a kubeconfig (none given, no in-cluster config, no $KUBECONFIG)")]
+    InferConfig(#[source] kube::config::InferConfigError),
+    #[error("building the Kubernetes client")]
+    Client(#[source] kube::Error),
+    #[error("creating the data directory {path}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF datapath")]
+    Datapath(#[source] LoaderError),
+    #[error("registering the Node")]
+    Registration(#[source] RegistrationError),
+    #[error("CNI server")]
+    Cni(#[source] CniServerError),
+    #[error("agent API")]
+    Api(#[source] ApiError),
+    #[error("routing")]
+    Routing(#[source] RoutingError),
+    #[error("service load balancing")]
+    Services(#[source] ServicesError),
+    #[error("the {0} task ended unexpectedly")]
+    TaskEnded(&'static str),
 }
 
-/// Runs the agent until the process is told to stop.
+async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, AgentError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc_err = |source| AgentError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(kc_err)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(kc_err)?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(AgentError::InferConfig)?,
+    };
+    kube::Client::try_from(config).map_err(AgentError::Client)
+}
+
+/// Runs the agent until the process is told to stop (SIGINT or SIGTERM) or a part of it fails.
+///
+/// Order matters: privileges first (fail fast with the missing capability), then the datapath
+/// and Service programming, then (as kubelet) the Node registration, then — once the control
+/// plane assigned `spec.podCIDR` — the CNI server, inter-node routes and the Pods.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
-    let _ = cfg;
-    Err(AgentError::Other("not built yet".into()))
+    privileges::check().map_err(AgentError::Privileges)?;
+    let client = kube_client(cfg.kubeconfig.as_deref()).await?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::DataDir {
+        path: cfg.data_dir.display().to_string(),
+        source,
+    })?;
+    let dp = Arc::new(
+        Datapath::load(DatapathConfig {
+            pin_dir: cfg.pin_dir.clone(),
+            cgroup_root: cfg.cgroup_root.clone(),
+            node_netns: cfg.node_netns.clone(),
+        })
+        .map_err(AgentError::Datapath)?,
+    );
+    let mut tasks: tokio::task::JoinSet<(&'static str, Result<(), AgentError>)> =
+        tokio::task::JoinSet::new();
+    {
+        let (client, dp) = (client.clone(), Arc::clone(&dp));
+        tasks.spawn(async move {
+            (
+                "services",
+                services::run(client, dp)
+                    .await
+                    .map_err(AgentError::Services),
+            )
+        });
+    }
+    {
+        let (addr, dir) = (cfg.api_listen, cfg.data_dir.clone());
+        tasks.spawn(async move {
+            (
+                "agent API",
+                node::api::serve(addr, dir).await.map_err(AgentError::Api),
+            )
+        });
+    }
+    if cfg.kubelet {
+        let facts = NodeFacts {
+            name: cfg.node_name.clone(),
+            ip: cfg.node_ip,
+            api_listen: cfg.api_listen,
+            machine: MachineInfo::probe(),
+        };
+        let uid = registration::register(&client, &facts)
+            .await
+            .map_err(AgentError::Registration)?;
+        tracing::info!(node = %cfg.node_name, "node registered");
+        let client = client.clone();
+        tasks.spawn(async move {
+            registration::heartbeat_loop(client, facts, uid).await;
+            ("heartbeat", Ok(()))
+        });
+    }
+
+    let setup = async {
+        let cidr = registration::wait_pod_cidr(&client, &cfg.node_name)
+            .await
+            .map_err(AgentError::Registration)?;
+        tracing::info!(%cidr, "node podCIDR assigned");
+        let sink: Arc<dyn EndpointSink> = dp.clone();
+        let server = CniServer::new(
+            cfg.node_netns.clone(),
+            cidr,
+            &cfg.data_dir.join("ipam.json"),
+            Arc::new(IpRoute),
+            sink,
+        )
+        .map_err(AgentError::Cni)?;
+        Ok::<_, AgentError>(Arc::new(server))
+    };
+    let server = tokio::select! {
+        r = setup => r?,
+        Some(done) = tasks.join_next() => return Err(task_ended(done)),
+        () = shutdown_signal() => return Ok(()),
+    };
+    let socket = cfg.data_dir.join("cni.sock");
+    tasks.spawn(async move {
+        (
+            "CNI server",
+            server.serve(&socket).await.map_err(AgentError::Cni),
+        )
+    });
+    {
+        let (client, name, ns) = (
+            client.clone(),
+            cfg.node_name.clone(),
+            cfg.node_netns.clone(),
+        );
+        tasks.spawn(async move {
+            (
+                "routing",
+                routing::run(client, name, ns, Arc::new(IpRoute))
+                    .await
+                    .map_err(AgentError::Routing),
+            )
+        });
+    }
+    if cfg.kubelet {
+        let pods_cfg = PodRuntimeConfig {
+            node_name: cfg.node_name.clone(),
+            node_ip: cfg.node_ip,
+            data_dir: cfg.data_dir.clone(),
+            cgroup_root: cfg.cgroup_root.clone(),
+            cni_bin: cfg.cni_bin.clone(),
+            cni_socket: cfg.data_dir.join("cni.sock"),
+        };
+        let client = client.clone();
+        tasks.spawn(async move {
+            pods::run(client, pods_cfg).await;
+            ("pods", Ok(()))
+        });
+    }
+    tokio::select! {
+        Some(done) = tasks.join_next() => Err(task_ended(done)),
+        () = shutdown_signal() => {
+            tracing::info!("agent stopping; pods keep running and are re-adopted on restart");
+            Ok(())
+        }
+    }
+}
+
+fn task_ended(
+    done: Result<(&'static str, Result<(), AgentError>), tokio::task::JoinError>,
+) -> AgentError {
+    match done {
+        Ok((_, Err(e))) => e,
+        Ok((name, Ok(()))) => AgentError::TaskEnded(name),
+        Err(_) => AgentError::TaskEnded("a panicked"),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

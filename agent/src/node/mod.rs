@@ -1,6 +1,9 @@
 //! The Node side of the agent in a standalone cluster: registration, Lease, Pods (the
 //! kubelet-lite), routes to other nodes' podCIDRs, and the agent API the server proxies logs to.
 
+pub mod api;
+pub mod pods;
+pub mod probe;
 pub mod process;
 pub mod registration;
 pub mod status;
