@@ -26,3 +26,6 @@ pub fn plugin_main() -> i32 {
     }
     outcome.exit_code
 }
+
+#[cfg(test)]
+mod tests;
