@@ -365,4 +365,72 @@ mod tests {
         rec.save(dir.path()).expect("save");
         assert_eq!(PodRecord::load(dir.path()).expect("load"), Some(rec));
     }
+
+    /// Removes the test's namespace and cgroup even when the test fails.
+    struct Sandbox {
+        netns: String,
+        cgroup: PathBuf,
+    }
+
+    impl Drop for Sandbox {
+        fn drop(&mut self) {
+            let _ = remove_cgroup(&self.cgroup);
+            let _ = crate::netns::delete_named(&self.netns);
+        }
+    }
+
+    #[tokio::test]
+    async fn container_runs_in_pod_netns_and_cgroup_with_output_in_its_log() {
+        use std::os::unix::fs::MetadataExt as _;
+        let unique = format!("proc-{}", std::process::id());
+        let sb = Sandbox {
+            netns: format!("kls-t-{unique}"),
+            cgroup: PathBuf::from("/sys/fs/cgroup/unified/keelson-test").join(&unique),
+        };
+        let ns = crate::netns::create_named(&sb.netns).expect("netns");
+        fs::create_dir_all(&sb.cgroup).expect("cgroup");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("c.log");
+        let spec = ProcessSpec {
+            argv: ["sh", "-c", "echo out-$GREETING; echo err >&2; cat /proc/self/cgroup; readlink /proc/self/ns/net; pwd; sleep 30"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into()), ("GREETING".into(), "hi".into())],
+            cwd: PathBuf::from("/tmp"),
+            log: log.clone(),
+            netns: ns.clone(),
+            cgroup: sb.cgroup.clone(),
+        };
+        let child = spawn(&spec).expect("spawn");
+        let pid = child.id().expect("pid") as i32;
+        let mut running = Running::Child(child);
+        assert!(cgroup_pids(&sb.cgroup).contains(&pid));
+        let want_ns = format!("net:[{}]", fs::metadata(&ns).expect("ns").ino());
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("/tmp") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(text.contains("out-hi\n"), "{text}");
+        assert!(text.contains("err\n"), "{text}");
+        assert!(
+            text.contains(&format!("0::/keelson-test/{unique}")),
+            "{text}"
+        );
+        assert!(text.contains(&want_ns), "{text}");
+        // Its own session: the process group is the pid.
+        assert_eq!(
+            nix::unistd::getpgid(Some(Pid::from_raw(pid))).expect("pgid"),
+            Pid::from_raw(pid)
+        );
+        let ticks = start_ticks(pid).expect("ticks");
+        assert!(is_alive(pid, ticks));
+        signal(pid, Signal::SIGTERM);
+        assert_eq!(running.wait().await, 128 + 15);
+        assert!(!is_alive(pid, ticks));
+    }
 }
