@@ -20,7 +20,9 @@ pub enum DumpError {
     Other(String),
     #[error("unknown map {0:?}; known: {known}", known = DUMPABLE.join(", "))]
     UnknownMap(String),
-    #[error("no datapath pinned under {0} (is the agent running, and is this the node's pin directory?)")]
+    #[error(
+        "no datapath pinned under {0} (is the agent running, and is this the node's pin directory?)"
+    )]
     NotPinned(String),
     #[error("reading the pinned maps under {pin_dir}")]
     Maps {
@@ -39,7 +41,10 @@ pub fn dump(pin_dir: &Path, what: &str, json: bool) -> Result<String, DumpError>
     if !pin_dir.join(keelson_common::names::SERVICES).exists() {
         return Err(DumpError::NotPinned(pin_dir.display().to_string()));
     }
-    let maps_err = |source| DumpError::Maps { pin_dir: pin_dir.display().to_string(), source };
+    let maps_err = |source| DumpError::Maps {
+        pin_dir: pin_dir.display().to_string(),
+        source,
+    };
     let maps = Maps::open_pinned(pin_dir).map_err(maps_err)?;
     let rows = match what {
         "services" => services(&maps.read_lb().map_err(maps_err)?),
@@ -79,10 +84,12 @@ fn services(state: &LbState) -> Vec<Row> {
                 .collect();
             let shown: Vec<String> = backends
                 .iter()
-                .map(|(slot, id)| match id.and_then(|id| state.backends.get(&id)) {
-                    Some(b) => format!("{}:{}", b.address, b.port),
-                    None => format!("<slot {slot}: missing>"),
-                })
+                .map(
+                    |(slot, id)| match id.and_then(|id| state.backends.get(&id)) {
+                        Some(b) => format!("{}:{}", b.address, b.port),
+                        None => format!("<slot {slot}: missing>"),
+                    },
+                )
                 .collect();
             let mut text = format!("{frontend} -> ");
             if entry.master.is_none() {
@@ -141,7 +148,10 @@ fn revnat(state: &LbState) -> Vec<Row> {
 }
 
 fn mac(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn endpoints(maps: &Maps) -> Result<Vec<Row>, MapsError> {
@@ -169,7 +179,9 @@ fn endpoints(maps: &Maps) -> Result<Vec<Row>, MapsError> {
 }
 
 fn metrics(maps: &Maps) -> Result<Vec<Row>, MapsError> {
-    let drops = DropReason::ALL.iter().map(|r| ("drop", r.name(), *r as u32));
+    let drops = DropReason::ALL
+        .iter()
+        .map(|r| ("drop", r.name(), *r as u32));
     let counters = Counter::ALL.iter().map(|c| ("count", c.name(), *c as u32));
     drops
         .chain(counters)

@@ -11,19 +11,57 @@ use crate::{
 #[test]
 fn dump_renders_services_backends_and_endpoints() {
     let t = TestDatapath::load("dump", None);
-    let f = Frontend { address: Ipv4Addr::new(10, 96, 0, 10), port: 80, proto: Proto::Tcp };
-    let empty = Frontend { address: Ipv4Addr::new(10, 96, 0, 11), port: 53, proto: Proto::Udp };
-    let b1 = BackendAddr { address: Ipv4Addr::new(10, 244, 1, 3), port: 8080, proto: Proto::Tcp };
-    let b2 = BackendAddr { address: Ipv4Addr::new(10, 244, 2, 4), port: 8080, proto: Proto::Tcp };
+    let f = Frontend {
+        address: Ipv4Addr::new(10, 96, 0, 10),
+        port: 80,
+        proto: Proto::Tcp,
+    };
+    let empty = Frontend {
+        address: Ipv4Addr::new(10, 96, 0, 11),
+        port: 53,
+        proto: Proto::Udp,
+    };
+    let b1 = BackendAddr {
+        address: Ipv4Addr::new(10, 244, 1, 3),
+        port: 8080,
+        proto: Proto::Tcp,
+    };
+    let b2 = BackendAddr {
+        address: Ipv4Addr::new(10, 244, 2, 4),
+        port: 8080,
+        proto: Proto::Tcp,
+    };
     t.dp.apply(&[
         MapOp::PutBackend { id: 3, backend: b1 },
         MapOp::PutBackend { id: 4, backend: b2 },
-        MapOp::PutRevNat { index: 1, frontend: f },
-        MapOp::PutRevNat { index: 2, frontend: empty },
-        MapOp::PutSlot { frontend: f, slot: 1, backend_id: 3 },
-        MapOp::PutSlot { frontend: f, slot: 2, backend_id: 4 },
-        MapOp::PutMaster { frontend: f, count: 2, rev_nat_index: 1 },
-        MapOp::PutMaster { frontend: empty, count: 0, rev_nat_index: 2 },
+        MapOp::PutRevNat {
+            index: 1,
+            frontend: f,
+        },
+        MapOp::PutRevNat {
+            index: 2,
+            frontend: empty,
+        },
+        MapOp::PutSlot {
+            frontend: f,
+            slot: 1,
+            backend_id: 3,
+        },
+        MapOp::PutSlot {
+            frontend: f,
+            slot: 2,
+            backend_id: 4,
+        },
+        MapOp::PutMaster {
+            frontend: f,
+            count: 2,
+            rev_nat_index: 1,
+        },
+        MapOp::PutMaster {
+            frontend: empty,
+            count: 0,
+            rev_nat_index: 2,
+        },
     ])
     .expect("apply");
     t.dp.with_maps(|m| {
@@ -61,9 +99,18 @@ fn dump_renders_services_backends_and_endpoints() {
     assert_eq!(json[0]["backends"][1]["id"], 4);
     assert_eq!(json[1]["backends"].as_array().map(Vec::len), Some(0));
     let metrics = dump(pins, "metrics", false).expect("metrics");
-    assert!(metrics.contains("drop invalid_source: 0 packets 0 bytes"), "{metrics}");
+    assert!(
+        metrics.contains("drop invalid_source: 0 packets 0 bytes"),
+        "{metrics}"
+    );
 
-    assert!(matches!(dump(pins, "conntrack", false), Err(DumpError::UnknownMap(_))));
+    assert!(matches!(
+        dump(pins, "conntrack", false),
+        Err(DumpError::UnknownMap(_))
+    ));
     let missing = pins.join("nope");
-    assert!(matches!(dump(&missing, "services", false), Err(DumpError::NotPinned(_))));
+    assert!(matches!(
+        dump(&missing, "services", false),
+        Err(DumpError::NotPinned(_))
+    ));
 }

@@ -28,7 +28,10 @@ const POD_B_HOST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 2];
 const POD_B_IFINDEX: u32 = 42;
 
 fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -58,7 +61,13 @@ fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
 }
 
 fn endpoint(ifindex: u32, pod_mac: [u8; 6], host_mac: [u8; 6]) -> EndpointInfo {
-    EndpointInfo { ifindex, flags: 0, identity: 0, pod_mac, host_mac }
+    EndpointInfo {
+        ifindex,
+        flags: 0,
+        identity: 0,
+        pod_mac,
+        host_mac,
+    }
 }
 
 /// Runs the program on `frame`; returns the verdict and the frame as the program left it.
@@ -89,7 +98,10 @@ fn metric(t: &TestDatapath, index: u32) -> u64 {
 fn seeded() -> TestDatapath {
     let t = TestDatapath::load("tc", None);
     t.dp.with_maps(|m| {
-        m.put_endpoint(POD_A, endpoint(LO_IFINDEX, [0x02, 0xaa, 0, 0, 0, 1], [0xee; 6]))?;
+        m.put_endpoint(
+            POD_A,
+            endpoint(LO_IFINDEX, [0x02, 0xaa, 0, 0, 0, 1], [0xee; 6]),
+        )?;
         m.put_endpoint(POD_B, endpoint(POD_B_IFINDEX, POD_B_MAC, POD_B_HOST_MAC))
     })
     .expect("seed endpoints");
@@ -106,7 +118,9 @@ fn spoofed_source_is_dropped_and_counted() {
     let frame = tcp_frame(Ipv4Addr::new(192, 0, 2, 1), REMOTE, 64);
     assert_eq!(run(&t, &frame).0, TC_ACT_SHOT);
     assert_eq!(metric(&t, DropReason::InvalidSource as u32), 2);
-    let bytes = t.dp.with_maps(|m| m.metric(DropReason::InvalidSource as u32)).expect("metric");
+    let bytes =
+        t.dp.with_maps(|m| m.metric(DropReason::InvalidSource as u32))
+            .expect("metric");
     assert_eq!(bytes.bytes, 2 * frame.len() as u64);
     assert_eq!(metric(&t, Counter::FromContainerStack as u32), 0);
 }

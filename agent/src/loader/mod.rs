@@ -173,8 +173,8 @@ impl Datapath {
     /// Attaches the tc programs to the endpoint's host veth and records it in `endpoints`.
     ///
     /// The map entry is written first, so the Pod's first packet already passes the
-    /// anti-spoofing check. Calling it again for the same endpoint replaces the link
-    /// (idempotent; used after an agent restart).
+    /// anti-spoofing check. Calling it again for the same endpoint swaps the current program
+    /// into the existing link (idempotent; what an agent restart does).
     pub fn add_endpoint(&self, ep: &Endpoint) -> Result<(), LoaderError> {
         let mut inner = self.lock();
         let info = EndpointInfo {
@@ -189,10 +189,29 @@ impl Datapath {
             .put_endpoint(ep.ip, info)
             .map_err(LoaderError::Maps)?;
         let link_path = self.tc_link_path(ep.ip);
-        let tmp_path = link_path.with_extension("new");
-        let _ = fs::remove_file(&tmp_path);
         let name = names::PROG_FROM_CONTAINER;
         let prog: &mut SchedClassifier = program_mut(&mut inner.ebpf, name)?;
+        // An earlier agent's link on this very veth: swap the program in place (tcx refuses
+        // the same program twice on one hook, and a swap leaves no unprotected moment).
+        if link_path.exists() {
+            let prog_fd = prog
+                .fd()
+                .map_err(|source| LoaderError::Program { name, source })?;
+            let reused = sys::obj_get(&link_path).and_then(|link| {
+                if sys::link_ifindex(link.as_fd())? != ep.host_ifindex {
+                    return Err(io::Error::other("link belongs to another interface"));
+                }
+                sys::link_update(link.as_fd(), prog_fd.as_fd())
+            });
+            match reused {
+                Ok(()) => return Ok(()),
+                // A link of a previous Pod with this address (its veth gone or going).
+                Err(e) => {
+                    tracing::debug!(path = %link_path.display(), error = %e, "replacing link");
+                    remove_pin(&link_path)?;
+                }
+            }
+        }
         let ifname = ep.host_ifname.as_str();
         // tcx resolves the interface in the calling thread's network namespace.
         let link = sys::in_netns(self.cfg.node_netns.as_deref(), || {
@@ -213,18 +232,10 @@ impl Datapath {
             path: format!("{:?}", self.cfg.node_netns),
             source,
         })??;
-        // Pin under a temporary name, then rename over the previous pin: the old link (if any)
-        // is released only once the new one is attached, so the veth is never unprotected.
-        let pinned = link.pin(&tmp_path).map_err(|source| LoaderError::Pin {
-            path: tmp_path.display().to_string(),
-            source,
-        })?;
-        fs::rename(&tmp_path, &link_path).map_err(|source| LoaderError::Io {
-            what: "cannot replace pinned link",
+        link.pin(&link_path).map_err(|source| LoaderError::Pin {
             path: link_path.display().to_string(),
             source,
         })?;
-        drop(pinned);
         Ok(())
     }
 
@@ -232,16 +243,8 @@ impl Datapath {
     pub fn remove_endpoint(&self, ip: Ipv4Addr) -> Result<(), LoaderError> {
         let mut inner = self.lock();
         inner.maps.delete_endpoint(ip).map_err(LoaderError::Maps)?;
-        let link_path = self.tc_link_path(ip);
-        match fs::remove_file(&link_path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(LoaderError::Io {
-                what: "cannot unpin link",
-                path: link_path.display().to_string(),
-                source,
-            }),
-        }
+        // Unpinning releases the link: the program leaves the veth if it still exists.
+        remove_pin(&self.tc_link_path(ip))
     }
 
     /// Reads the load-balancer maps back.
@@ -265,11 +268,14 @@ impl Datapath {
         f(&mut self.lock().ebpf)
     }
 
-    fn tc_link_path(&self, ip: Ipv4Addr) -> PathBuf {
+    /// The pin of an endpoint's tc link. bpffs refuses names with dots (kernel/bpf/inode.c
+    /// reserves them), hence the underscores.
+    pub fn tc_link_path(&self, ip: Ipv4Addr) -> PathBuf {
+        let [a, b, c, d] = ip.octets();
         self.cfg
             .pin_dir
             .join(paths::LINKS_DIR)
-            .join(format!("{}_{ip}", names::PROG_FROM_CONTAINER))
+            .join(format!("{}_{a}_{b}_{c}_{d}", names::PROG_FROM_CONTAINER))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -277,6 +283,18 @@ impl Datapath {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn remove_pin(path: &Path) -> Result<(), LoaderError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(LoaderError::Io {
+            what: "cannot unpin",
+            path: path.display().to_string(),
+            source,
+        }),
     }
 }
 
@@ -343,3 +361,6 @@ mod from_container_tests;
 
 #[cfg(test)]
 mod sock_lb_tests;
+
+#[cfg(test)]
+mod endpoint_tests;

@@ -71,7 +71,9 @@ fn client(t: &TestDatapath, ns: &Netns, script: &str) -> String {
         .expect("open cgroup.procs");
     let (netns_fd, procs_fd) = (netns.as_raw_fd(), procs.as_raw_fd());
     let mut cmd = Command::new("/usr/bin/python3");
-    cmd.args(["-c", script]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(["-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // SAFETY: between fork and exec the closure only makes raw system calls (setns, write)
     // on descriptors opened before the fork; no allocation, no locks.
     unsafe {
@@ -101,11 +103,19 @@ fn client(t: &TestDatapath, ns: &Netns, script: &str) -> String {
 }
 
 fn frontend(vip: Ipv4Addr, port: u16, proto: Proto) -> Frontend {
-    Frontend { address: vip, port, proto }
+    Frontend {
+        address: vip,
+        port,
+        proto,
+    }
 }
 
 fn loopback(port: u16, proto: Proto) -> BackendAddr {
-    BackendAddr { address: Ipv4Addr::LOCALHOST, port, proto }
+    BackendAddr {
+        address: Ipv4Addr::LOCALHOST,
+        port,
+        proto,
+    }
 }
 
 #[test]
@@ -139,13 +149,19 @@ for _ in range(60):
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 60, "{out}");
     let reached: BTreeSet<&str> = lines.iter().filter_map(|l| l.split(' ').next()).collect();
-    assert_eq!(reached, BTreeSet::from(["backend-0", "backend-1", "backend-2"]), "{out}");
+    assert_eq!(
+        reached,
+        BTreeSet::from(["backend-0", "backend-1", "backend-2"]),
+        "{out}"
+    );
     // getpeername4 shows the ClusterIP the application connected to.
-    assert!(lines.iter().all(|l| l.ends_with(&format!(" {vip} 80"))), "{out}");
-    let xlated = t
-        .dp
-        .with_maps(|m| m.metric(keelson_common::Counter::SockConnectXlated as u32))
-        .expect("metric");
+    assert!(
+        lines.iter().all(|l| l.ends_with(&format!(" {vip} 80"))),
+        "{out}"
+    );
+    let xlated =
+        t.dp.with_maps(|m| m.metric(keelson_common::Counter::SockConnectXlated as u32))
+            .expect("metric");
     assert_eq!(xlated.packets, 60);
 }
 
@@ -178,10 +194,9 @@ print(s.makefile().readline().strip())
         ),
     );
     assert_eq!(out, "refused EPERM\nbackend-0\n");
-    let refused = t
-        .dp
-        .with_maps(|m| m.metric(keelson_common::DropReason::NoBackend as u32))
-        .expect("metric");
+    let refused =
+        t.dp.with_maps(|m| m.metric(keelson_common::DropReason::NoBackend as u32))
+            .expect("metric");
     assert_eq!(refused.packets, 1);
 }
 

@@ -127,3 +127,42 @@ pub fn in_netns<T: Send>(netns: Option<&Path>, f: impl FnOnce() -> T + Send) -> 
         .map_err(|_| io::Error::other("network namespace worker panicked"))?
     })
 }
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+#[repr(C)]
+struct InfoByFdAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The ifindex a tcx (or other netdev) link is attached to, from `struct bpf_link_info`
+/// (`type`, `id`, `prog_id`, then the per-type union at offset 16 whose `tcx.ifindex` is
+/// first). Returns 0 once the device is gone.
+pub fn link_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
+    #[repr(C, align(8))]
+    struct Info([u8; 256]);
+    let mut info = Info([0; 256]);
+    let attr = InfoByFdAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: size_of::<Info>() as u32,
+        info: info.0.as_mut_ptr() as u64,
+    };
+    // SAFETY: `attr.info` points at a writable, 8-aligned buffer of `info_len` bytes that
+    // outlives the call; the kernel writes at most that many.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const InfoByFdAttr,
+            size_of::<InfoByFdAttr>() as u32,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u32::from_ne_bytes([
+        info.0[16], info.0[17], info.0[18], info.0[19],
+    ]))
+}

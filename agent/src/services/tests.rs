@@ -55,7 +55,10 @@ fn slice(
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some("default".into()),
-            labels: Some(BTreeMap::from([(SERVICE_NAME_LABEL.into(), service.into())])),
+            labels: Some(BTreeMap::from([(
+                SERVICE_NAME_LABEL.into(),
+                service.into(),
+            )])),
             ..Default::default()
         },
         address_type: "IPv4".into(),
@@ -88,26 +91,46 @@ fn slice(
 }
 
 fn fe(ip: [u8; 4], port: u16, proto: Proto) -> Frontend {
-    Frontend { address: Ipv4Addr::from(ip), port, proto }
+    Frontend {
+        address: Ipv4Addr::from(ip),
+        port,
+        proto,
+    }
 }
 
 fn be(ip: [u8; 4], port: u16, proto: Proto) -> BackendAddr {
-    BackendAddr { address: Ipv4Addr::from(ip), port, proto }
+    BackendAddr {
+        address: Ipv4Addr::from(ip),
+        port,
+        proto,
+    }
 }
 
 const READY: (Option<bool>, Option<bool>, Option<bool>) = (Some(true), Some(true), Some(false));
 
 #[test]
 fn desired_resolves_ports_by_name_across_slices() {
-    let s = svc("web", "10.96.0.10", &[(Some("http"), 80, "TCP"), (Some("dns"), 53, "UDP")]);
+    let s = svc(
+        "web",
+        "10.96.0.10",
+        &[(Some("http"), 80, "TCP"), (Some("dns"), 53, "UDP")],
+    );
     let a = slice(
         "web-a",
         "web",
         &[(Some("http"), 8080, "TCP"), (Some("dns"), 5353, "UDP")],
-        &[("10.244.2.4", READY.0, READY.1, READY.2), ("10.244.1.3", None, None, None)],
+        &[
+            ("10.244.2.4", READY.0, READY.1, READY.2),
+            ("10.244.1.3", None, None, None),
+        ],
     );
     // A second slice whose Pods serve http on another target port.
-    let b = slice("web-b", "web", &[(Some("http"), 9090, "TCP")], &[("10.244.3.5", Some(true), None, None)]);
+    let b = slice(
+        "web-b",
+        "web",
+        &[(Some("http"), 9090, "TCP")],
+        &[("10.244.3.5", Some(true), None, None)],
+    );
     let d = desired(&[s], &[a, b]);
     assert_eq!(
         d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)],
@@ -119,7 +142,10 @@ fn desired_resolves_ports_by_name_across_slices() {
     );
     assert_eq!(
         d.services[&fe([10, 96, 0, 10], 53, Proto::Udp)],
-        vec![be([10, 244, 1, 3], 5353, Proto::Udp), be([10, 244, 2, 4], 5353, Proto::Udp)]
+        vec![
+            be([10, 244, 1, 3], 5353, Proto::Udp),
+            be([10, 244, 2, 4], 5353, Proto::Udp)
+        ]
     );
 }
 
@@ -131,7 +157,12 @@ fn desired_skips_headless_external_name_and_other_services_slices() {
         spec.type_ = Some("ExternalName".into());
     }
     let plain = svc("p", "10.96.0.12", &[(None, 80, "TCP")]);
-    let other = slice("o", "other", &[(None, 80, "TCP")], &[("10.244.1.9", None, None, None)]);
+    let other = slice(
+        "o",
+        "other",
+        &[(None, 80, "TCP")],
+        &[("10.244.1.9", None, None, None)],
+    );
     let d = desired(&[headless, ext, plain], &[other]);
     assert_eq!(d.services.len(), 1);
     // No endpoints: programmed with no backends, so connecting is refused.
@@ -153,7 +184,10 @@ fn desired_falls_back_to_serving_terminating_only_without_ready_endpoints() {
         ],
     );
     let d = desired(std::slice::from_ref(&s), &[mixed]);
-    assert_eq!(d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)], vec![be([10, 244, 1, 1], 8080, Proto::Tcp)]);
+    assert_eq!(
+        d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)],
+        vec![be([10, 244, 1, 1], 8080, Proto::Tcp)]
+    );
 
     let terminating = slice(
         "t",
@@ -166,7 +200,10 @@ fn desired_falls_back_to_serving_terminating_only_without_ready_endpoints() {
         ],
     );
     let d = desired(&[s], &[terminating]);
-    assert_eq!(d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)], vec![be([10, 244, 1, 2], 8080, Proto::Tcp)]);
+    assert_eq!(
+        d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)],
+        vec![be([10, 244, 1, 2], 8080, Proto::Tcp)]
+    );
 }
 
 fn state_after(current: &LbState, desired: &DesiredState) -> (Vec<MapOp>, LbState) {
@@ -180,25 +217,60 @@ fn resolved(state: &LbState) -> BTreeMap<Frontend, Vec<BackendAddr>> {
     state
         .services
         .keys()
-        .map(|f| (*f, state.backends_of(f).into_iter().map(|b| b.expect("dangling slot")).collect()))
+        .map(|f| {
+            (
+                *f,
+                state
+                    .backends_of(f)
+                    .into_iter()
+                    .map(|b| b.expect("dangling slot"))
+                    .collect(),
+            )
+        })
         .collect()
 }
 
 #[test]
 fn diff_from_empty_writes_backends_before_services_and_converges() {
     let f = fe([10, 96, 0, 10], 80, Proto::Tcp);
-    let backends = vec![be([10, 244, 1, 3], 8080, Proto::Tcp), be([10, 244, 2, 4], 8080, Proto::Tcp)];
-    let desired = DesiredState { services: BTreeMap::from([(f, backends.clone())]) };
+    let backends = vec![
+        be([10, 244, 1, 3], 8080, Proto::Tcp),
+        be([10, 244, 2, 4], 8080, Proto::Tcp),
+    ];
+    let desired = DesiredState {
+        services: BTreeMap::from([(f, backends.clone())]),
+    };
     let (ops, next) = state_after(&LbState::default(), &desired);
     assert_eq!(
         ops,
         vec![
-            MapOp::PutBackend { id: 1, backend: backends[0] },
-            MapOp::PutBackend { id: 2, backend: backends[1] },
-            MapOp::PutRevNat { index: 1, frontend: f },
-            MapOp::PutSlot { frontend: f, slot: 1, backend_id: 1 },
-            MapOp::PutSlot { frontend: f, slot: 2, backend_id: 2 },
-            MapOp::PutMaster { frontend: f, count: 2, rev_nat_index: 1 },
+            MapOp::PutBackend {
+                id: 1,
+                backend: backends[0]
+            },
+            MapOp::PutBackend {
+                id: 2,
+                backend: backends[1]
+            },
+            MapOp::PutRevNat {
+                index: 1,
+                frontend: f
+            },
+            MapOp::PutSlot {
+                frontend: f,
+                slot: 1,
+                backend_id: 1
+            },
+            MapOp::PutSlot {
+                frontend: f,
+                slot: 2,
+                backend_id: 2
+            },
+            MapOp::PutMaster {
+                frontend: f,
+                count: 2,
+                rev_nat_index: 1
+            },
         ]
     );
     assert_eq!(resolved(&next), desired.services);
@@ -216,16 +288,31 @@ fn diff_shrinks_master_first_and_removes_unused_backends_last() {
     );
     let (_, three) = state_after(
         &LbState::default(),
-        &DesiredState { services: BTreeMap::from([(f, vec![b1, b2, b3])]) },
+        &DesiredState {
+            services: BTreeMap::from([(f, vec![b1, b2, b3])]),
+        },
     );
-    let desired = DesiredState { services: BTreeMap::from([(f, vec![b1, b3])]) };
+    let desired = DesiredState {
+        services: BTreeMap::from([(f, vec![b1, b3])]),
+    };
     let (ops, next) = state_after(&three, &desired);
     assert_eq!(
         ops,
         vec![
-            MapOp::PutSlot { frontend: f, slot: 2, backend_id: 3 },
-            MapOp::PutMaster { frontend: f, count: 2, rev_nat_index: 1 },
-            MapOp::DeleteSlot { frontend: f, slot: 3 },
+            MapOp::PutSlot {
+                frontend: f,
+                slot: 2,
+                backend_id: 3
+            },
+            MapOp::PutMaster {
+                frontend: f,
+                count: 2,
+                rev_nat_index: 1
+            },
+            MapOp::DeleteSlot {
+                frontend: f,
+                slot: 3
+            },
             MapOp::DeleteBackend { id: 2 },
         ]
     );
@@ -240,15 +327,25 @@ fn diff_removes_gone_frontends_master_first_and_reuses_freed_ids() {
     let b2 = be([10, 244, 1, 2], 53, Proto::Udp);
     let (_, both) = state_after(
         &LbState::default(),
-        &DesiredState { services: BTreeMap::from([(f1, vec![b1]), (f2, vec![b2])]) },
+        &DesiredState {
+            services: BTreeMap::from([(f1, vec![b1]), (f2, vec![b2])]),
+        },
     );
-    let only_f2 = DesiredState { services: BTreeMap::from([(f2, vec![b2])]) };
+    let only_f2 = DesiredState {
+        services: BTreeMap::from([(f2, vec![b2])]),
+    };
     let (ops, next) = state_after(&both, &only_f2);
     assert_eq!(
         ops,
         vec![
-            MapOp::DeleteSlot { frontend: f1, slot: 0 },
-            MapOp::DeleteSlot { frontend: f1, slot: 1 },
+            MapOp::DeleteSlot {
+                frontend: f1,
+                slot: 0
+            },
+            MapOp::DeleteSlot {
+                frontend: f1,
+                slot: 1
+            },
             MapOp::DeleteRevNat { index: 1 },
             MapOp::DeleteBackend { id: 1 },
         ]
@@ -257,10 +354,21 @@ fn diff_removes_gone_frontends_master_first_and_reuses_freed_ids() {
     // A new frontend gets the lowest free ids again.
     let b3 = be([10, 244, 1, 3], 80, Proto::Tcp);
     let f3 = fe([10, 96, 0, 12], 80, Proto::Tcp);
-    let again = DesiredState { services: BTreeMap::from([(f2, vec![b2]), (f3, vec![b3])]) };
+    let again = DesiredState {
+        services: BTreeMap::from([(f2, vec![b2]), (f3, vec![b3])]),
+    };
     let (ops, next) = state_after(&next, &again);
-    assert!(ops.contains(&MapOp::PutBackend { id: 1, backend: b3 }), "{ops:?}");
-    assert!(ops.contains(&MapOp::PutRevNat { index: 1, frontend: f3 }), "{ops:?}");
+    assert!(
+        ops.contains(&MapOp::PutBackend { id: 1, backend: b3 }),
+        "{ops:?}"
+    );
+    assert!(
+        ops.contains(&MapOp::PutRevNat {
+            index: 1,
+            frontend: f3
+        }),
+        "{ops:?}"
+    );
     assert_eq!(resolved(&next), again.services);
 }
 
@@ -275,8 +383,16 @@ fn diff_shares_reverse_nat_between_protocols_of_one_port() {
         ]),
     };
     let (ops, next) = state_after(&LbState::default(), &desired);
-    assert_eq!(ops.iter().filter(|op| matches!(op, MapOp::PutRevNat { .. })).count(), 1);
-    assert_eq!(next.services[&tcp].master.map(|m| m.1), next.services[&udp].master.map(|m| m.1));
+    assert_eq!(
+        ops.iter()
+            .filter(|op| matches!(op, MapOp::PutRevNat { .. }))
+            .count(),
+        1
+    );
+    assert_eq!(
+        next.services[&tcp].master.map(|m| m.1),
+        next.services[&udp].master.map(|m| m.1)
+    );
 }
 
 #[test]
@@ -287,11 +403,19 @@ fn diff_repairs_a_partially_written_state() {
     let b = be([10, 244, 1, 1], 80, Proto::Tcp);
     let mut partial = LbState::default();
     partial.backends.insert(4, b);
-    partial.backends.insert(9, be([10, 244, 9, 9], 80, Proto::Tcp));
+    partial
+        .backends
+        .insert(9, be([10, 244, 9, 9], 80, Proto::Tcp));
     partial.services.entry(f).or_default().slots.insert(1, 4);
-    let desired = DesiredState { services: BTreeMap::from([(f, vec![b])]) };
+    let desired = DesiredState {
+        services: BTreeMap::from([(f, vec![b])]),
+    };
     let (ops, next) = state_after(&partial, &desired);
-    assert!(!ops.iter().any(|op| matches!(op, MapOp::PutBackend { .. } | MapOp::PutSlot { .. })), "{ops:?}");
+    assert!(
+        !ops.iter()
+            .any(|op| matches!(op, MapOp::PutBackend { .. } | MapOp::PutSlot { .. })),
+        "{ops:?}"
+    );
     assert!(ops.contains(&MapOp::DeleteBackend { id: 9 }));
     assert_eq!(resolved(&next), desired.services);
     assert_eq!(diff(&next, &desired), vec![]);
