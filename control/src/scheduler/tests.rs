@@ -1,0 +1,391 @@
+//! Plan tests of the scheduler: filters, scores and whole decisions, without I/O.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, Node, NodeAffinity, NodeCondition, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, NodeSpec, NodeStatus, Pod, PodSpec, ResourceRequirements, Taint, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::filter::*;
+use super::score::*;
+use super::*;
+use crate::controllers::objects::testutil::{labels, pod as bare_pod, with_owner};
+
+fn node(name: &str, cpu: &str, mem: &str, pods: &str) -> Node {
+    let q = |v: &str| Quantity(v.to_string());
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels(&[("kubernetes.io/hostname", name)])),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec::default()),
+        status: Some(NodeStatus {
+            allocatable: Some(BTreeMap::from([
+                ("cpu".into(), q(cpu)),
+                ("memory".into(), q(mem)),
+                ("pods".into(), q(pods)),
+            ])),
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+fn pod_req(name: &str, cpu: &str, mem: &str) -> Pod {
+    let mut p = bare_pod(name, 0);
+    let q = |v: &str| Quantity(v.to_string());
+    p.spec = Some(PodSpec {
+        containers: vec![Container {
+            name: "c".into(),
+            resources: Some(ResourceRequirements {
+                requests: Some(BTreeMap::from([
+                    ("cpu".into(), q(cpu)),
+                    ("memory".into(), q(mem)),
+                ])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    p
+}
+
+fn on(mut p: Pod, node: &str) -> Pod {
+    p.spec.get_or_insert_with(Default::default).node_name = Some(node.into());
+    p
+}
+
+fn info<'a>(n: &'a Node, pods: Vec<&'a Pod>) -> NodeInfo<'a> {
+    NodeInfo::new(n, pods)
+}
+
+#[test]
+fn pending_means_unbound_ours_and_alive() {
+    let p = bare_pod("a", 0);
+    assert!(is_pending(&p));
+    assert!(!is_pending(&on(p.clone(), "n1")));
+    let mut other = p.clone();
+    other.spec.as_mut().expect("spec").scheduler_name = Some("my-scheduler".into());
+    assert!(!is_pending(&other));
+    let mut ours = p.clone();
+    ours.spec.as_mut().expect("spec").scheduler_name = Some(SCHEDULER_NAME.into());
+    assert!(is_pending(&ours));
+    let mut going = p;
+    going.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    ));
+    assert!(!is_pending(&going));
+}
+
+#[test]
+fn not_ready_and_cordoned_nodes_are_filtered() {
+    let p = bare_pod("a", 0);
+    let mut n = node("n1", "4", "8Gi", "110");
+    assert!(node_ready(&p, &info(&n, vec![])).is_ok());
+    n.status
+        .as_mut()
+        .expect("status")
+        .conditions
+        .as_mut()
+        .expect("c")[0]
+        .status = "Unknown".into();
+    assert_eq!(
+        node_ready(&p, &info(&n, vec![])),
+        Err("node(s) were not ready".into())
+    );
+
+    let mut c = node("n2", "4", "8Gi", "110");
+    c.spec.as_mut().expect("spec").unschedulable = Some(true);
+    assert!(node_unschedulable(&p, &info(&c, vec![])).is_err());
+    let mut tolerant = p.clone();
+    tolerant.spec.as_mut().expect("spec").tolerations = Some(vec![Toleration {
+        key: Some(UNSCHEDULABLE_TAINT.into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    }]);
+    assert!(node_unschedulable(&tolerant, &info(&c, vec![])).is_ok());
+}
+
+#[test]
+fn resources_count_existing_pods_against_allocatable() {
+    let n = node("n1", "1", "1Gi", "2");
+    let existing = on(pod_req("e", "600m", "512Mi"), "n1");
+    let ni = info(&n, vec![&existing]);
+    assert!(
+        resources_fit(&pod_req("a", "400m", "512Mi"), &ni).is_ok(),
+        "exactly full fits"
+    );
+    assert_eq!(
+        resources_fit(&pod_req("b", "500m", "100Mi"), &ni),
+        Err("Insufficient cpu".into())
+    );
+    assert_eq!(
+        resources_fit(&pod_req("c", "100m", "600Mi"), &ni),
+        Err("Insufficient memory".into())
+    );
+    let other = on(bare_pod("o", 0), "n1");
+    let full = info(&n, vec![&existing, &other]);
+    assert_eq!(
+        resources_fit(&bare_pod("d", 0), &full),
+        Err("Too many pods".into())
+    );
+    // A Node that reports no cpu/memory does not limit them.
+    let mut unknown = node("n2", "1", "1Gi", "10");
+    unknown.status.as_mut().expect("status").allocatable = None;
+    assert!(resources_fit(&pod_req("big", "64", "1Ti"), &info(&unknown, vec![])).is_ok());
+}
+
+#[test]
+fn node_selector_and_required_affinity() {
+    let mut n = node("n1", "4", "8Gi", "110");
+    n.metadata.labels = Some(labels(&[("disk", "ssd"), ("zone", "a"), ("gen", "5")]));
+    let ni = info(&n, vec![]);
+    let mut p = bare_pod("a", 0);
+    p.spec.as_mut().expect("spec").node_selector = Some(labels(&[("disk", "ssd")]));
+    assert!(node_affinity(&p, &ni).is_ok());
+    p.spec.as_mut().expect("spec").node_selector = Some(labels(&[("disk", "hdd")]));
+    assert!(node_affinity(&p, &ni).is_err());
+
+    let req = |op: &str, key: &str, values: &[&str]| NodeSelectorRequirement {
+        key: key.into(),
+        operator: op.into(),
+        values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
+    };
+    let with_terms = |terms: Vec<NodeSelectorTerm>| {
+        let mut p = bare_pod("b", 0);
+        p.spec.as_mut().expect("spec").affinity = Some(Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: terms,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        p
+    };
+    let term = |exprs: Vec<NodeSelectorRequirement>| NodeSelectorTerm {
+        match_expressions: Some(exprs),
+        match_fields: None,
+    };
+    let ok = |exprs| node_affinity(&with_terms(vec![term(exprs)]), &ni).is_ok();
+    assert!(ok(vec![req("In", "zone", &["a", "b"])]));
+    assert!(!ok(vec![req("In", "zone", &["b"])]));
+    assert!(ok(vec![req("NotIn", "zone", &["b"])]));
+    assert!(!ok(vec![req("NotIn", "zone", &["a"])]));
+    assert!(ok(vec![req("NotIn", "missing", &["a"])]));
+    assert!(ok(vec![req("Exists", "disk", &[])]));
+    assert!(!ok(vec![req("Exists", "gpu", &[])]));
+    assert!(ok(vec![req("DoesNotExist", "gpu", &[])]));
+    assert!(!ok(vec![req("DoesNotExist", "disk", &[])]));
+    assert!(ok(vec![req("Gt", "gen", &["4"])]) && !ok(vec![req("Lt", "gen", &["4"])]));
+    assert!(
+        !ok(vec![req("In", "zone", &["a"]), req("Exists", "gpu", &[])]),
+        "expressions are ANDed"
+    );
+    // Terms are ORed; an empty term or term list matches nothing.
+    let any = with_terms(vec![
+        term(vec![req("Exists", "gpu", &[])]),
+        term(vec![req("In", "zone", &["a"])]),
+    ]);
+    assert!(node_affinity(&any, &ni).is_ok());
+    assert!(node_affinity(&with_terms(vec![]), &ni).is_err());
+    assert!(node_affinity(&with_terms(vec![NodeSelectorTerm::default()]), &ni).is_err());
+    let by_name = with_terms(vec![NodeSelectorTerm {
+        match_expressions: None,
+        match_fields: Some(vec![req("In", "metadata.name", &["n1"])]),
+    }]);
+    assert!(node_affinity(&by_name, &ni).is_ok());
+}
+
+#[test]
+fn taints_need_tolerations_for_noschedule_and_noexecute() {
+    let mut n = node("n1", "4", "8Gi", "110");
+    let taint = |key: &str, value: Option<&str>, effect: &str| Taint {
+        key: key.into(),
+        value: value.map(Into::into),
+        effect: effect.into(),
+        time_added: None,
+    };
+    n.spec.as_mut().expect("spec").taints = Some(vec![
+        taint("dedicated", Some("db"), "NoSchedule"),
+        taint("soft", None, "PreferNoSchedule"),
+    ]);
+    let ni = info(&n, vec![]);
+    let p = bare_pod("a", 0);
+    assert_eq!(
+        taint_toleration(&p, &ni),
+        Err("node(s) had untolerated taint {dedicated: db}".into())
+    );
+    let tol = |key: Option<&str>, op: &str, value: Option<&str>, effect: Option<&str>| Toleration {
+        key: key.map(Into::into),
+        operator: Some(op.into()),
+        value: value.map(Into::into),
+        effect: effect.map(Into::into),
+        toleration_seconds: None,
+    };
+    let with = |t: Toleration| {
+        let mut p = bare_pod("b", 0);
+        p.spec.as_mut().expect("spec").tolerations = Some(vec![t]);
+        p
+    };
+    assert!(
+        taint_toleration(
+            &with(tol(
+                Some("dedicated"),
+                "Equal",
+                Some("db"),
+                Some("NoSchedule")
+            )),
+            &ni
+        )
+        .is_ok()
+    );
+    assert!(
+        taint_toleration(
+            &with(tol(Some("dedicated"), "Equal", Some("web"), None)),
+            &ni
+        )
+        .is_err()
+    );
+    assert!(taint_toleration(&with(tol(Some("dedicated"), "Exists", None, None)), &ni).is_ok());
+    assert!(
+        taint_toleration(&with(tol(None, "Exists", None, None)), &ni).is_ok(),
+        "empty key + Exists tolerates all"
+    );
+    assert!(
+        taint_toleration(
+            &with(tol(Some("dedicated"), "Exists", None, Some("NoExecute"))),
+            &ni
+        )
+        .is_err(),
+        "effect must match"
+    );
+
+    let mut ne = node("n2", "4", "8Gi", "110");
+    ne.spec.as_mut().expect("spec").taints = Some(vec![taint(
+        "node.kubernetes.io/unreachable",
+        None,
+        "NoExecute",
+    )]);
+    assert!(taint_toleration(&p, &info(&ne, vec![])).is_err());
+}
+
+#[test]
+fn least_allocated_prefers_emptier_nodes() {
+    let busy = node("busy", "2", "4Gi", "110");
+    let idle = node("idle", "2", "4Gi", "110");
+    let load = on(pod_req("l", "1", "2Gi"), "busy");
+    let b = info(&busy, vec![&load]);
+    let i = info(&idle, vec![]);
+    let p = pod_req("p", "500m", "512Mi");
+    assert!(least_allocated(&p, &i, &[&b, &i]) > least_allocated(&p, &b, &[&b, &i]));
+    // 2 cpu: (2000-500)*100/2000 = 75; 4Gi: (4096-512)*100/4096 = 87 -> 81.
+    assert_eq!(least_allocated(&p, &i, &[&i]), 81);
+}
+
+#[test]
+fn spread_prefers_nodes_without_siblings() {
+    let n1 = node("n1", "4", "8Gi", "110");
+    let n2 = node("n2", "4", "8Gi", "110");
+    let sib = on(
+        with_owner(bare_pod("s1", 0), "ReplicaSet", "rs", "rs-uid"),
+        "n1",
+    );
+    let stranger = on(
+        with_owner(bare_pod("x", 0), "ReplicaSet", "other", "other-uid"),
+        "n2",
+    );
+    let a = info(&n1, vec![&sib]);
+    let b = info(&n2, vec![&stranger]);
+    let p = with_owner(bare_pod("new", 0), "ReplicaSet", "rs", "rs-uid");
+    assert_eq!(siblings_on(&p, &a), 1);
+    assert_eq!(siblings_on(&p, &b), 0);
+    assert_eq!(owner_spread(&p, &a, &[&a, &b]), 0);
+    assert_eq!(owner_spread(&p, &b, &[&a, &b]), 100);
+    assert_eq!(owner_spread(&bare_pod("orphan", 0), &a, &[&a, &b]), 100);
+}
+
+#[test]
+fn schedule_spreads_replicas_and_uses_assumed_bindings() {
+    let n1 = node("n1", "4", "8Gi", "110");
+    let n2 = node("n2", "4", "8Gi", "110");
+    let first = with_owner(bare_pod("r-1", 0), "ReplicaSet", "r", "r-uid");
+    let second = with_owner(bare_pod("r-2", 0), "ReplicaSet", "r", "r-uid");
+    let nodes = [&n1, &n2];
+    let pods = [&first, &second];
+    let snap = Snapshot::build(&nodes, &pods, &HashMap::new());
+    let Decision::Bind(a) = schedule(&first, &snap) else {
+        panic!("should bind")
+    };
+    assert_eq!(a, "n1", "ties go to the first name");
+    // first is assumed on n1 (its binding not yet in the store): second goes to n2.
+    let assumed = HashMap::from([("uid-r-1".to_string(), "n1".to_string())]);
+    let snap = Snapshot::build(&nodes, &pods, &assumed);
+    assert_eq!(schedule(&second, &snap), Decision::Bind("n2".into()));
+}
+
+#[test]
+fn unschedulable_message_counts_reasons() {
+    let small = node("small", "1", "1Gi", "110");
+    let mut tainted = node("tainted", "8", "8Gi", "110");
+    tainted.spec.as_mut().expect("spec").taints = Some(vec![Taint {
+        key: "k".into(),
+        value: Some("v".into()),
+        effect: "NoSchedule".into(),
+        time_added: None,
+    }]);
+    let mut down = node("down", "8", "8Gi", "110");
+    down.status.as_mut().expect("status").conditions = None;
+    let p = pod_req("big", "2", "100Mi");
+    let snap = Snapshot::build(&[&small, &tainted, &down], &[&p], &HashMap::new());
+    assert_eq!(
+        schedule(&p, &snap),
+        Decision::Unschedulable(
+            "0/3 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {k: v}, 1 node(s) were not ready.".into()
+        )
+    );
+    assert_eq!(
+        schedule(&p, &Snapshot::build(&[], &[&p], &HashMap::new())),
+        Decision::Unschedulable("0/0 nodes are available.".into())
+    );
+}
+
+#[test]
+fn unschedulable_condition_is_written_once() {
+    let now = crate::controllers::objects::testutil::ts(5);
+    let mut p = bare_pod("a", 0);
+    let c = unschedulable_condition(&p, "0/1 nodes are available: 1 Insufficient cpu.", now)
+        .expect("new condition");
+    assert_eq!(
+        (c.type_.as_str(), c.status.as_str(), c.reason.as_deref()),
+        ("PodScheduled", "False", Some("Unschedulable"))
+    );
+    p.status.as_mut().expect("status").conditions = Some(vec![c]);
+    assert!(
+        unschedulable_condition(&p, "0/1 nodes are available: 1 Insufficient cpu.", now).is_none()
+    );
+    assert!(
+        unschedulable_condition(&p, "0/2 nodes are available: 2 Insufficient cpu.", now).is_some()
+    );
+}
+
+#[test]
+fn terminal_pods_free_their_node() {
+    let n = node("n1", "1", "1Gi", "110");
+    let mut done = on(pod_req("done", "1", "1Gi"), "n1");
+    done.status.as_mut().expect("status").phase = Some("Succeeded".into());
+    let p = pod_req("p", "1", "1Gi");
+    let snap = Snapshot::build(&[&n], &[&done, &p], &HashMap::new());
+    assert_eq!(schedule(&p, &snap), Decision::Bind("n1".into()));
+}
