@@ -197,6 +197,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         let pods_cfg = PodRuntimeConfig {
             node_name: cfg.node_name.clone(),
             node_ip: cfg.node_ip,
+            node_netns: cfg.node_netns.clone(),
             data_dir: cfg.data_dir.clone(),
             cgroup_root: cfg.cgroup_root.clone(),
             cni_bin: cfg.cni_bin.clone(),

@@ -50,6 +50,8 @@ const SANDBOX_RETRY: Duration = Duration::from_secs(5);
 pub struct PodRuntimeConfig {
     pub node_name: String,
     pub node_ip: Ipv4Addr,
+    /// The node's network namespace (`None`: the agent's own); hostNetwork Pods run in it.
+    pub node_netns: Option<PathBuf>,
     pub data_dir: PathBuf,
     /// The node's cgroup root; Pods run in `<root>/pods/<uid>`.
     pub cgroup_root: PathBuf,
@@ -272,13 +274,37 @@ async fn supervise(
     env: Vec<(String, String)>,
 ) {
     let name = container.name.clone();
-    let adopted = shared
+    let recorded = shared
         .record
         .lock()
         .ok()
-        .and_then(|r| r.containers.get(&name).cloned())
+        .and_then(|r| r.containers.get(&name).cloned());
+    // A container that already ran to its end before the agent restarted is not run again
+    // unless the restart policy says so; one that died unseen counts as killed (exit 137,
+    // the kubelet's ContainerStatusUnknown).
+    if let Some(c) = &recorded
+        && !process::is_alive(c.pid, c.start_ticks)
+    {
+        let code = c.exit_code.unwrap_or(137);
+        if !shared.policy.restarts(code) {
+            let finished = Terminated::from_exit(
+                code,
+                Some(c.started_at),
+                c.finished_at.unwrap_or_else(jiff::Timestamp::now),
+            );
+            shared.update_view(idx, |v| {
+                v.state = ContainerState::Terminated(finished);
+                v.restart_count = c.restart_count;
+            });
+            return;
+        }
+    }
+    let adopted = recorded
+        .clone()
         .filter(|c| process::is_alive(c.pid, c.start_ticks));
-    let mut restarts = adopted.as_ref().map_or(0, |c| c.restart_count);
+    let mut restarts = recorded
+        .as_ref()
+        .map_or(0, |c| c.restart_count + u32::from(adopted.is_none()));
     let mut running = adopted.map(|c| {
         tracing::info!(uid = %shared.uid, container = %name, pid = c.pid, "re-adopted running container");
         let started_at = c.started_at;
@@ -304,6 +330,8 @@ async fn supervise(
         netns: shared.netns.clone(),
         cgroup: shared.cgroup.clone(),
     });
+    // Failed starts back off like crashes but are not restarts of a container that ran.
+    let mut create_failures = 0u32;
     loop {
         if shared.stop.is_cancelled() {
             return;
@@ -326,6 +354,8 @@ async fn supervise(
                                     start_ticks: ticks,
                                     started_at: now,
                                     restart_count: restarts,
+                                    exit_code: None,
+                                    finished_at: None,
                                 },
                             );
                         });
@@ -338,15 +368,15 @@ async fn supervise(
                     }
                     Err(msg) => {
                         tracing::warn!(uid = %shared.uid, container = %name, error = %msg, "starting container");
+                        create_failures = create_failures.saturating_add(1);
                         shared.update_view(idx, |v| {
                             v.state = ContainerState::Waiting {
                                 reason: "CreateContainerError".into(),
                                 message: msg.clone(),
                             };
                         });
-                        restarts += 1;
                         tokio::select! {
-                            () = tokio::time::sleep(process::restart_backoff(restarts)) => continue,
+                            () = tokio::time::sleep(process::restart_backoff(create_failures)) => continue,
                             () = shared.stop.cancelled() => return,
                         }
                     }
@@ -362,6 +392,12 @@ async fn supervise(
             }
         };
         let finished = Terminated::from_exit(code, Some(started_at), jiff::Timestamp::now());
+        shared.update_record(|r| {
+            if let Some(c) = r.containers.get_mut(&name) {
+                c.exit_code = Some(code);
+                c.finished_at = Some(finished.finished_at);
+            }
+        });
         tracing::info!(uid = %shared.uid, container = %name, exit_code = code, "container exited");
         if !shared.policy.restarts(code) {
             shared.update_view(idx, |v| v.state = ContainerState::Terminated(finished));
@@ -442,11 +478,39 @@ async fn ensure_sandbox(
         path: cgroup.clone(),
         source,
     })?;
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        // The node's own namespace, opened through /proc/self when the agent is in it.
+        let ns = cfg
+            .node_netns
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"));
+        rec.host_network = true;
+        rec.netns = ns.display().to_string();
+        rec.pod_ip = Some(cfg.node_ip);
+        rec.save(&cfg.pod_dir(&uid))?;
+        return Ok(cfg.node_ip);
+    }
     let ns_name = netns::pod_netns_name(&cfg.node_name, &uid);
     if let Some(ip) = rec.pod_ip
         && netns::named_path(&ns_name).exists()
     {
-        return Ok(ip);
+        // The sandbox of an earlier agent: keep it if its attachment is intact, otherwise
+        // ADD again (idempotent, the address stays the same).
+        let ns = netns::named_path(&ns_name);
+        let check = cni_call(
+            cfg,
+            "CHECK",
+            &rec.container_id,
+            Some(&ns),
+            (&rec.namespace, &rec.name, &uid),
+        )
+        .await;
+        match check {
+            Ok(_) => return Ok(ip),
+            Err(e) => {
+                tracing::info!(%uid, error = %crate::cni::server::error_chain(&e), "re-attaching pod network")
+            }
+        }
     }
     let path = tokio::task::spawn_blocking({
         let ns_name = ns_name.clone();
@@ -479,6 +543,15 @@ async fn ensure_sandbox(
     Ok(ip)
 }
 
+/// The namespace a Pod's processes run in.
+fn rec_netns(rec: &PodRecord, cfg: &PodRuntimeConfig) -> PathBuf {
+    if rec.netns.is_empty() {
+        netns::named_path(&netns::pod_netns_name(&cfg.node_name, &rec.uid))
+    } else {
+        PathBuf::from(&rec.netns)
+    }
+}
+
 /// Removes a Pod's sandbox: remaining processes, CNI attachment, cgroup, namespace, state.
 async fn teardown_sandbox(cfg: &PodRuntimeConfig, rec: &PodRecord) {
     let cgroup = cfg.pod_cgroup(&rec.uid);
@@ -486,6 +559,10 @@ async fn teardown_sandbox(cfg: &PodRuntimeConfig, rec: &PodRecord) {
         if process::is_alive(c.pid, c.start_ticks) {
             process::signal(c.pid, Signal::SIGKILL);
         }
+    }
+    if rec.host_network {
+        let _ = tokio::task::spawn_blocking(move || process::remove_cgroup(&cgroup)).await;
+        return;
     }
     let ns_name = netns::pod_netns_name(&cfg.node_name, &rec.uid);
     let ns_path = netns::named_path(&ns_name);
@@ -639,6 +716,7 @@ async fn pod_worker(
         }
     };
 
+    let shared_netns = rec_netns(&rec, &cfg);
     let containers = spec.containers.clone();
     let views = containers
         .iter()
@@ -657,7 +735,7 @@ async fn pod_worker(
     let shared = Arc::new(PodShared {
         cfg: Arc::clone(&cfg),
         uid: uid.clone(),
-        netns: netns::named_path(&netns::pod_netns_name(&cfg.node_name, &uid)),
+        netns: shared_netns,
         cgroup: cfg.pod_cgroup(&uid),
         pod_dir: pod_dir.clone(),
         pod_ip,
@@ -721,7 +799,12 @@ async fn pod_worker(
                 }
             }
             r = rx.changed() => {
-                let current = if r.is_ok() { rx.borrow().clone() } else { None };
+                if r.is_err() {
+                    // The agent is stopping (the watch loop is gone): containers keep running
+                    // and are re-adopted by the next agent.
+                    return;
+                }
+                let current = rx.borrow().clone();
                 match current {
                     None => break false,
                     Some(p) if p.metadata.deletion_timestamp.is_some() => {
@@ -921,6 +1004,7 @@ mod tests {
             cgroup_root: "/sys/fs/cgroup/unified/keelson/c/n1".into(),
             cni_bin: "/usr/bin/keelson".into(),
             cni_socket: "/var/lib/keelson/cni.sock".into(),
+            node_netns: None,
         };
         let conf = crate::cni::protocol::NetConf::parse(cfg.cni_config().to_string().as_bytes())
             .expect("valid netconf");

@@ -248,6 +248,11 @@ pub struct ContainerRecord {
     pub start_ticks: u64,
     pub started_at: jiff::Timestamp,
     pub restart_count: u32,
+    /// Set when the process ended while the agent watched it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<jiff::Timestamp>,
 }
 
 /// `<data_dir>/pods/<uid>/state.json`: what the agent set up for a Pod.
@@ -260,6 +265,9 @@ pub struct PodRecord {
     pub netns: String,
     pub container_id: String,
     pub pod_ip: Option<std::net::Ipv4Addr>,
+    /// `spec.hostNetwork`: the Pod shares the node's namespace and has no CNI attachment.
+    #[serde(default)]
+    pub host_network: bool,
     pub containers: BTreeMap<String, ContainerRecord>,
 }
 
