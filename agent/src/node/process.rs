@@ -368,6 +368,8 @@ mod tests {
                 start_ticks: 7,
                 started_at: jiff::Timestamp::UNIX_EPOCH,
                 restart_count: 1,
+                exit_code: Some(3),
+                finished_at: None,
             },
         );
         rec.save(dir.path()).expect("save");
