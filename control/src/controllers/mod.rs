@@ -254,8 +254,10 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
     tasks.spawn(async move { ("lease informer", leases.run().await) });
 
     // Workers start once every store they read has listed, so no plan runs on a partial view
-    // (the garbage collector above all).
-    let ready = {
+    // (the garbage collector above all). One task waits for the stores and tells the workers:
+    // a store's readiness wakes only one waiter at a time (it is a oneshot underneath).
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    {
         let stores = (
             ds.clone(),
             rss.clone(),
@@ -265,21 +267,23 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
             ns.clone(),
             ls.clone(),
         );
-        move || {
-            let s = stores.clone();
-            async move {
-                let _ = futures::future::join_all([
-                    Box::pin(async { s.0.wait_until_ready().await.is_ok() })
-                        as std::pin::Pin<Box<dyn Future<Output = bool> + Send>>,
-                    Box::pin(async { s.1.wait_until_ready().await.is_ok() }),
-                    Box::pin(async { s.2.wait_until_ready().await.is_ok() }),
-                    Box::pin(async { s.3.wait_until_ready().await.is_ok() }),
-                    Box::pin(async { s.4.wait_until_ready().await.is_ok() }),
-                    Box::pin(async { s.5.wait_until_ready().await.is_ok() }),
-                    Box::pin(async { s.6.wait_until_ready().await.is_ok() }),
-                ])
-                .await;
+        tokio::spawn(async move {
+            let ok = stores.0.wait_until_ready().await.is_ok()
+                && stores.1.wait_until_ready().await.is_ok()
+                && stores.2.wait_until_ready().await.is_ok()
+                && stores.3.wait_until_ready().await.is_ok()
+                && stores.4.wait_until_ready().await.is_ok()
+                && stores.5.wait_until_ready().await.is_ok()
+                && stores.6.wait_until_ready().await.is_ok();
+            if ok {
+                let _ = ready_tx.send(true);
             }
+        });
+    }
+    let ready = move || {
+        let mut rx = ready_rx.clone();
+        async move {
+            let _ = rx.wait_for(|ready| *ready).await;
         }
     };
     {

@@ -259,9 +259,11 @@ pub async fn run_worker<R: Reconciler>(
     queue: WorkQueue,
     mut reconciler: R,
 ) -> Result<(), ControllerError> {
+    tracing::debug!(controller = name, queued = queue.len(), "worker started");
     let mut failures: HashMap<String, u32> = HashMap::new();
     loop {
         let key = queue.next().await;
+        tracing::trace!(controller = name, key, "reconciling");
         match reconciler.reconcile(&key).await {
             Ok(requeue) => {
                 failures.remove(&key);
