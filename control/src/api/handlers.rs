@@ -133,6 +133,25 @@ async fn dispatch<S: Store>(
     {
         return Err(ApiError::NoSuchResource);
     }
+    let mut body = body;
+    if matches!(method, Method::POST | Method::PUT) && !body.is_empty() {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json");
+        match ct.split(';').next().unwrap_or_default().trim() {
+            "application/json" | "" | "*/*" => {}
+            "application/vnd.kubernetes.protobuf" => {
+                let obj = super::protobuf::decode(&body)?;
+                body = Bytes::from(obj.to_string());
+            }
+            _ => {
+                return Err(ApiError::UnsupportedMediaType(
+                    "application/json, application/vnd.kubernetes.protobuf".into(),
+                ));
+            }
+        }
+    }
     let req = Req {
         state,
         t,
@@ -730,6 +749,30 @@ impl<S: Store> Req<'_, S> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         let ty = patch::PatchType::from_content_type(ct)?;
+        if ty == patch::PatchType::Apply {
+            if self.params.get("fieldManager").is_none_or(String::is_empty) {
+                return Err(ApiError::Invalid {
+                    kind: "PatchOptions".into(),
+                    group: "meta.k8s.io".into(),
+                    name: String::new(),
+                    causes: vec![Cause::required(
+                        "fieldManager",
+                        "is required for apply patch",
+                    )],
+                });
+            }
+            if part == Part::Main && self.state.store.get(&self.t.key()).await?.is_none() {
+                let body = decode_body(self.t.info, &self.body)?;
+                let name = self.t.name.as_deref().unwrap_or_default();
+                if body["metadata"]["name"].as_str() != Some(name) {
+                    return Err(ApiError::BadRequest(format!(
+                        "the name of the object ({}) does not match the name on the URL ({name})",
+                        body["metadata"]["name"].as_str().unwrap_or_default()
+                    )));
+                }
+                return self.create().await;
+            }
+        }
         // A patch races other writers only between our read and our write: retry on conflict
         // as kube-apiserver does, unless the patch itself pins a resourceVersion.
         for _ in 0..5 {

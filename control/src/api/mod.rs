@@ -9,6 +9,7 @@ pub mod logs;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod protobuf;
 pub mod selectors;
 pub mod table;
 #[cfg(test)]

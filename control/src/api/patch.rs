@@ -13,6 +13,10 @@ pub enum PatchType {
     Json,
     Merge,
     Strategic,
+    /// Server-side apply (`application/apply-patch+yaml`, JSON bodies). Without field ownership
+    /// tracking it is served as a strategic merge of the applied configuration, creating the
+    /// object when it does not exist: fields a manager stops applying are not removed.
+    Apply,
 }
 
 impl PatchType {
@@ -21,8 +25,9 @@ impl PatchType {
             "application/json-patch+json" => Ok(Self::Json),
             "application/merge-patch+json" => Ok(Self::Merge),
             "application/strategic-merge-patch+json" => Ok(Self::Strategic),
+            "application/apply-patch+yaml" => Ok(Self::Apply),
             _ => Err(ApiError::UnsupportedMediaType(
-                "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json"
+                "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"
                     .into(),
             )),
         }
@@ -58,7 +63,7 @@ pub fn apply(ty: PatchType, target: &mut Value, patch: &[u8]) -> Result<(), ApiE
                 }],
             })?;
         }
-        PatchType::Strategic => {
+        PatchType::Strategic | PatchType::Apply => {
             let Value::Object(p) = patch else {
                 return Err(ApiError::BadRequest(
                     "strategic merge patch must be a JSON object".into(),

@@ -743,14 +743,47 @@ async fn api_patch_types_on_deployments() {
     );
 
     let r = h
-        .call(
-            "PATCH",
-            &format!("{base}/web"),
-            "application/apply-patch+yaml",
-            "{}",
-        )
+        .call("PATCH", &format!("{base}/web"), "application/xml", "{}")
         .await;
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // Server-side apply: creates when absent, merges the applied configuration when present.
+    let applied = deployment("ssa", "ssa", "ssa");
+    let r = h
+        .call(
+            "PATCH",
+            &format!("{base}/ssa"),
+            "application/apply-patch+yaml",
+            applied.to_string(),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "fieldManager is required"
+    );
+    let uri = format!("{base}/ssa?fieldManager=test");
+    let r = h
+        .call(
+            "PATCH",
+            &uri,
+            "application/apply-patch+yaml",
+            applied.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let mut again = applied.clone();
+    again["spec"]["replicas"] = json!(3);
+    let r = h
+        .call(
+            "PATCH",
+            &uri,
+            "application/apply-patch+yaml",
+            again.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["spec"]["replicas"], 3);
 }
 
 #[tokio::test]
@@ -1099,6 +1132,173 @@ async fn api_real_kubectl_against_real_server() {
             || err.contains("json parse error")
             || err.contains("400")),
         "{err}"
+    );
+
+    let (ok, out, _) = run(vec!["describe", "deployment", "web"], None)
+        .await
+        .expect("join");
+    assert!(
+        ok && out.contains("Name:") && out.contains("nginx:1.28") && out.contains("RollingUpdate"),
+        "{out}"
+    );
+    let (ok, out, _) = run(vec!["get", "all"], None).await.expect("join");
+    assert!(
+        ok && out.contains("deployment.apps/web") && out.contains("service/web"),
+        "{out}"
+    );
+    let (ok, out, _) = run(vec!["explain", "deployment.spec.replicas"], None)
+        .await
+        .expect("join");
+    assert!(ok && out.contains("replicas"), "{out}");
+    let ssa: &'static str =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: b}\n";
+    let (ok, out, _) = run(vec!["apply", "--server-side", "-f", "-"], Some(ssa))
+        .await
+        .expect("join");
+    assert!(
+        ok && out.contains("configmap/ssa serverside-applied"),
+        "{out}"
+    );
+    let (ok, out, _) = run(vec!["create", "namespace", "extra"], None)
+        .await
+        .expect("join");
+    assert!(ok && out.contains("namespace/extra created"), "{out}");
+    let (ok, out, _) = run(
+        vec![
+            "-n",
+            "extra",
+            "create",
+            "configmap",
+            "c1",
+            "--from-literal=a=b",
+        ],
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(ok, "{out}");
+    let (ok, out, _) = run(vec!["-n", "extra", "get", "configmaps", "-o", "name"], None)
+        .await
+        .expect("join");
+    assert!(ok && out.contains("configmap/c1"), "{out}");
+    // Typed clients send protobuf bodies.
+    let (ok, out, _) = run(
+        vec![
+            "-n",
+            "extra",
+            "create",
+            "secret",
+            "generic",
+            "s1",
+            "--from-literal=k=v",
+        ],
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(ok, "{out}");
+    let (ok, out, _) = run(
+        vec![
+            "-n",
+            "extra",
+            "get",
+            "secret",
+            "s1",
+            "-o",
+            "jsonpath={.data.k}",
+        ],
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(ok && out == "dg==", "{out}");
+    let (ok, out, _) = run(
+        vec![
+            "-n",
+            "extra",
+            "create",
+            "deployment",
+            "d1",
+            "--image=nginx:1.27",
+            "--replicas=3",
+            "--port=8080",
+        ],
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(ok && out.contains("deployment.apps/d1 created"), "{out}");
+    let (ok, out, _) = run(
+        vec![
+            "-n",
+            "extra",
+            "get",
+            "deploy",
+            "d1",
+            "-o",
+            "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].ports[0].containerPort}",
+        ],
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(ok && out == "3 8080", "{out}");
+    let (ok, out, _) = run(
+        vec![
+            "-n",
+            "extra",
+            "create",
+            "service",
+            "nodeport",
+            "np1",
+            "--tcp=80:8080",
+        ],
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(ok && out.contains("service/np1 created"), "{out}");
+    let (ok, out, _) = run(vec!["-n", "extra", "create", "serviceaccount", "sa1"], None)
+        .await
+        .expect("join");
+    assert!(ok, "{out}");
+    let (ok, out, _) = run(
+        vec![
+            "-n",
+            "extra",
+            "run",
+            "r1",
+            "--image=busybox",
+            "--",
+            "sleep",
+            "3600",
+        ],
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(ok && out.contains("pod/r1 created"), "{out}");
+    let (ok, out, _) = run(
+        vec![
+            "-n",
+            "extra",
+            "expose",
+            "deployment",
+            "d1",
+            "--port=80",
+            "--target-port=8080",
+        ],
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(ok && out.contains("service/d1 exposed"), "{out}");
+    let (ok, out, _) = run(vec!["-n", "extra", "get", "svc"], None)
+        .await
+        .expect("join");
+    assert!(
+        ok && out.contains("NodePort") && out.contains("80:3"),
+        "{out}"
     );
 
     // pods/log goes to the agent named by the node's annotation.
