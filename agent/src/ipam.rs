@@ -129,14 +129,13 @@ impl Ipam {
         };
         for step in 0..span {
             let candidate = Ipv4Addr::from(first + (start + step) % span);
-            if !self.state.allocations.contains_key(&candidate) {
-                self.state.allocations.insert(
-                    candidate,
-                    Allocation {
-                        container_id: container_id.to_owned(),
-                        ifname: ifname.to_owned(),
-                    },
-                );
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                self.state.allocations.entry(candidate)
+            {
+                slot.insert(Allocation {
+                    container_id: container_id.to_owned(),
+                    ifname: ifname.to_owned(),
+                });
                 self.state.last = Some(candidate);
                 self.save()?;
                 return Ok(candidate);
