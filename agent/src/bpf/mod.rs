@@ -28,7 +28,7 @@ pub enum DumpError {
     Maps {
         pin_dir: String,
         #[source]
-        source: MapsError,
+        source: Box<MapsError>,
     },
 }
 
@@ -41,9 +41,9 @@ pub fn dump(pin_dir: &Path, what: &str, json: bool) -> Result<String, DumpError>
     if !pin_dir.join(keelson_common::names::SERVICES).exists() {
         return Err(DumpError::NotPinned(pin_dir.display().to_string()));
     }
-    let maps_err = |source| DumpError::Maps {
+    let maps_err = |source: MapsError| DumpError::Maps {
         pin_dir: pin_dir.display().to_string(),
-        source,
+        source: Box::new(source),
     };
     let maps = Maps::open_pinned(pin_dir).map_err(maps_err)?;
     let rows = match what {

@@ -140,6 +140,13 @@ impl Datapath {
             .load(EBPF_OBJECT)
             .map_err(LoaderError::Load)?;
 
+        // The node's cgroup root may not exist before its first Pod; the hooks must be in
+        // place before that Pod starts.
+        fs::create_dir_all(&cfg.cgroup_root).map_err(|source| LoaderError::Io {
+            what: "cannot create cgroup",
+            path: cfg.cgroup_root.display().to_string(),
+            source,
+        })?;
         let cgroup = fs::File::open(&cfg.cgroup_root).map_err(|source| LoaderError::Io {
             what: "cannot open cgroup",
             path: cfg.cgroup_root.display().to_string(),

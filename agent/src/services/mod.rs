@@ -60,9 +60,11 @@ pub async fn run(client: kube::Client, dp: Arc<Datapath>) -> Result<(), Services
         )
         .default_backoff(),
     );
-    let svc_task = tokio::spawn(drive(svc_watch, notify.clone(), "services"));
-    let eps_task = tokio::spawn(drive(eps_watch, notify.clone(), "endpointslices"));
+    let mut svc_task = tokio::spawn(drive(svc_watch, notify.clone(), "services"));
+    let mut eps_task = tokio::spawn(drive(eps_watch, notify.clone(), "endpointslices"));
 
+    // Program nothing before both caches hold a full list: a partial view would delete
+    // frontends a restarted agent's maps rightly still hold.
     let ready = async {
         services
             .wait_until_ready()
@@ -75,7 +77,8 @@ pub async fn run(client: kube::Client, dp: Arc<Datapath>) -> Result<(), Services
     };
     tokio::select! {
         r = ready => r?,
-        _ = svc_task_done(&svc_task) => return Err(ServicesError::WatchEnded("services")),
+        _ = &mut svc_task => return Err(ServicesError::WatchEnded("services")),
+        _ = &mut eps_task => return Err(ServicesError::WatchEnded("endpointslices")),
     }
 
     loop {
@@ -125,12 +128,6 @@ where
             Ok(_) => notify.notify_one(),
             Err(e) => tracing::warn!(watch = what, error = %e, "watch error; retrying"),
         }
-    }
-}
-
-async fn svc_task_done(task: &tokio::task::JoinHandle<()>) {
-    while !task.is_finished() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -420,3 +420,51 @@ fn diff_repairs_a_partially_written_state() {
     assert_eq!(resolved(&next), desired.services);
     assert_eq!(diff(&next, &desired), vec![]);
 }
+
+#[test]
+fn reconcile_programs_real_maps_and_a_restarted_agent_changes_nothing() {
+    use crate::loader::{Datapath, DatapathConfig, testutil::TestDatapath};
+
+    let t = TestDatapath::load("reconcile", None);
+    let s = svc("web", "10.96.0.10", &[(Some("http"), 80, "TCP")]);
+    let eps = slice(
+        "web-a",
+        "web",
+        &[(Some("http"), 8080, "TCP")],
+        &[
+            ("10.244.1.3", Some(true), None, None),
+            ("10.244.2.4", Some(true), None, None),
+        ],
+    );
+    let written = super::reconcile(&t.dp, std::slice::from_ref(&s), std::slice::from_ref(&eps))
+        .expect("reconcile");
+    assert_eq!(written, 6, "2 backends, 1 revnat, 2 slots, 1 master");
+    let f = fe([10, 96, 0, 10], 80, Proto::Tcp);
+    let state = t.dp.read_lb().expect("read");
+    assert_eq!(
+        state.backends_of(&f),
+        vec![
+            Some(be([10, 244, 1, 3], 8080, Proto::Tcp)),
+            Some(be([10, 244, 2, 4], 8080, Proto::Tcp))
+        ]
+    );
+
+    // A new agent process on the same pins: reads the maps back, finds nothing to change.
+    let restarted = Datapath::load(DatapathConfig {
+        pin_dir: t.pins.0.clone(),
+        cgroup_root: t.cgroup.0.clone(),
+        node_netns: None,
+    })
+    .expect("reload");
+    assert_eq!(
+        super::reconcile(&restarted, std::slice::from_ref(&s), &[eps]).expect("reconcile"),
+        0
+    );
+
+    // The Service loses its endpoints: programmed with no backends, backends removed.
+    assert!(super::reconcile(&restarted, &[s], &[]).expect("reconcile") > 0);
+    let state = restarted.read_lb().expect("read");
+    assert_eq!(state.backends_of(&f), vec![]);
+    assert!(state.backends.is_empty());
+    assert_eq!(state.services[&f].master.map(|m| m.0), Some(0));
+}
