@@ -103,3 +103,34 @@ fn reload_reuses_pinned_maps_and_links() {
     // Dropping both loaders leaves the pinned links attached.
     assert_eq!(attached_programs(&t.cgroup.0), 4);
 }
+
+#[test]
+fn a_full_map_is_an_error_not_a_silent_drop() {
+    let t = TestDatapath::load("full", None);
+    let backend = |i: u32| BackendAddr {
+        address: Ipv4Addr::from(0x0af4_0000 + i),
+        port: 80,
+        proto: Proto::Tcp,
+    };
+    let fill: Vec<MapOp> = (1..=keelson_common::limits::MAX_BACKENDS)
+        .map(|id| MapOp::PutBackend {
+            id,
+            backend: backend(id),
+        })
+        .collect();
+    t.dp.apply(&fill).expect("fill the backends map");
+    let overflow = MapOp::PutBackend {
+        id: u32::MAX,
+        backend: backend(0),
+    };
+    match t.dp.apply(&[overflow]) {
+        Err(super::MapsError::Full { map, .. }) => assert_eq!(map, names::BACKENDS),
+        other => panic!("expected a full-map error, got {other:?}"),
+    }
+    // Replacing an existing entry still works when the map is full.
+    t.dp.apply(&[MapOp::PutBackend {
+        id: 1,
+        backend: backend(7),
+    }])
+    .expect("update in place");
+}
