@@ -4,6 +4,11 @@
 //! the API server for each owner by name (as Kubernetes' garbage collector does), so a store
 //! that lags behind a freshly created owner never costs a dependent. Terminating objects are
 //! left alone, and dependents with an owner of a kind we do not watch are never touched.
+//!
+//! Owners deleted with `propagationPolicy: Foreground` or `Orphan` carry the
+//! `foregroundDeletion` or `orphan` finalizer: the collector deletes (foreground) or releases
+//! (orphan) their dependents, then removes the finalizer so the API server can finish the
+//! deletion.
 
 use std::collections::HashSet;
 
@@ -11,7 +16,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
 
@@ -67,7 +72,99 @@ pub fn plan(meta: &ObjectMeta, snap: &Snapshot<'_>) -> Vec<Change> {
     }
 }
 
-/// The GC loop. Keys: `<Kind>/<namespace>/<name>` for one dependent, or `all` to scan every
+/// The finalizer of an owner deleted with Foreground propagation.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// The finalizer of an owner deleted with Orphan propagation.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
+/// A dependent as the owner plan sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Dependent<'a> {
+    /// Its kind (one of the dependent kinds: ReplicaSet, Pod, EndpointSlice).
+    pub kind: &'a str,
+    /// Its metadata.
+    pub meta: &'a ObjectMeta,
+}
+
+/// One step of finishing an owner's Foreground or Orphan deletion.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnerChange {
+    /// Delete this dependent; `foreground` propagates the foreground deletion down a chain
+    /// (a ReplicaSet's Pods go before the ReplicaSet does).
+    DeleteDependent {
+        kind: String,
+        name: String,
+        foreground: bool,
+    },
+    /// Replace the dependent's ownerReferences with these (the owner's removed).
+    Orphan {
+        kind: String,
+        name: String,
+        owner_references: Vec<OwnerReference>,
+    },
+    /// Every dependent is handled: drop this finalizer from the owner.
+    RemoveFinalizer(String),
+}
+
+/// Plans the Foreground/Orphan part of an owner's deletion. `dependents` are the objects of
+/// the owner's namespace; the plan picks those referencing the owner's uid.
+pub fn plan_owner(owner: &ObjectMeta, dependents: &[Dependent<'_>]) -> Vec<OwnerChange> {
+    if owner.deletion_timestamp.is_none() {
+        return Vec::new();
+    }
+    let finalizers = owner.finalizers.as_deref().unwrap_or_default();
+    let uid = owner.uid.as_deref().unwrap_or_default();
+    let mine: Vec<&Dependent<'_>> = dependents
+        .iter()
+        .filter(|d| {
+            d.meta
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|r| r.uid == uid)
+        })
+        .collect();
+    let name = |d: &Dependent<'_>| d.meta.name.clone().unwrap_or_default();
+    if finalizers.iter().any(|f| f == ORPHAN_FINALIZER) {
+        if mine.is_empty() {
+            return vec![OwnerChange::RemoveFinalizer(ORPHAN_FINALIZER.into())];
+        }
+        return mine
+            .iter()
+            .map(|d| OwnerChange::Orphan {
+                kind: d.kind.into(),
+                name: name(d),
+                owner_references: d
+                    .meta
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .filter(|r| r.uid != uid)
+                    .cloned()
+                    .collect(),
+            })
+            .collect();
+    }
+    if finalizers.iter().any(|f| f == FOREGROUND_FINALIZER) {
+        if mine.is_empty() {
+            return vec![OwnerChange::RemoveFinalizer(FOREGROUND_FINALIZER.into())];
+        }
+        // Dependents already terminating are waited for.
+        return mine
+            .iter()
+            .filter(|d| d.meta.deletion_timestamp.is_none())
+            .map(|d| OwnerChange::DeleteDependent {
+                kind: d.kind.into(),
+                name: name(d),
+                foreground: d.kind == "ReplicaSet",
+            })
+            .collect();
+    }
+    Vec::new()
+}
+
+/// The GC loop. Keys: `<Kind>/<namespace>/<name>` for one dependent, `owner:<Kind>/<namespace>/
+/// <name>` for an owner being deleted with a propagation finalizer, or `all` to scan every
 /// dependent (after an owner is deleted or a watch re-lists).
 pub(crate) struct GcLoop {
     pub(crate) client: Client,
@@ -154,9 +251,184 @@ impl GcLoop {
     }
 }
 
+/// The key of an owner whose deletion the collector must finish.
+pub fn owner_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!("owner:{}", gc_key(obj))
+}
+
+/// The owner keys of a dependent's ownerReferences.
+pub fn owner_keys_of(meta: &ObjectMeta) -> Vec<String> {
+    let ns = meta.namespace.as_deref().unwrap_or_default();
+    meta.owner_references
+        .iter()
+        .flatten()
+        .filter(|r| is_watched_kind(r))
+        .map(|r| format!("owner:{}/{ns}/{}", r.kind, r.name))
+        .collect()
+}
+
+/// True when the object waits for the collector to finish its deletion.
+pub fn has_propagation_finalizer(meta: &ObjectMeta) -> bool {
+    meta.deletion_timestamp.is_some()
+        && meta
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == FOREGROUND_FINALIZER || f == ORPHAN_FINALIZER)
+}
+
+impl GcLoop {
+    async fn finish_owner(&self, key: &str) -> Result<Requeue, kube::Error> {
+        let mut parts = key.splitn(3, '/');
+        let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            return Ok(None);
+        };
+        let r = ObjectRef::new(name).within(ns);
+        let c = self.client.clone();
+        match kind {
+            "Deployment" => match self.deployments.get(&ObjectRef::new(name).within(ns)) {
+                Some(o) => self.finish::<Deployment>(&o, Api::namespaced(c, ns)).await,
+                None => Ok(None),
+            },
+            "ReplicaSet" => match self.replicasets.get(&r) {
+                Some(o) => self.finish::<ReplicaSet>(&o, Api::namespaced(c, ns)).await,
+                None => Ok(None),
+            },
+            "Service" => match self.services.get(&ObjectRef::new(name).within(ns)) {
+                Some(o) => self.finish::<Service>(&o, Api::namespaced(c, ns)).await,
+                None => Ok(None),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    async fn finish<K>(&self, owner: &K, api: Api<K>) -> Result<Requeue, kube::Error>
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        if !has_propagation_finalizer(owner.meta()) {
+            return Ok(None);
+        }
+        let ns = owner.meta().namespace.clone().unwrap_or_default();
+        let in_ns = |m: &ObjectMeta| m.namespace.as_deref() == Some(ns.as_str());
+        let rss = self.replicasets.state_filter(|o| in_ns(&o.metadata));
+        let pods = self.pods.state_filter(|o| in_ns(&o.metadata));
+        let slices = self.slices.state_filter(|o| in_ns(&o.metadata));
+        let mut deps: Vec<Dependent<'_>> = Vec::new();
+        deps.extend(rss.iter().map(|o| Dependent {
+            kind: "ReplicaSet",
+            meta: &o.metadata,
+        }));
+        deps.extend(pods.iter().map(|o| Dependent {
+            kind: "Pod",
+            meta: &o.metadata,
+        }));
+        deps.extend(slices.iter().map(|o| Dependent {
+            kind: "EndpointSlice",
+            meta: &o.metadata,
+        }));
+        let changes = plan_owner(owner.meta(), &deps);
+        let owner_name = owner.meta().name.clone().unwrap_or_default();
+        let mut waiting = false;
+        for change in changes {
+            match change {
+                OwnerChange::DeleteDependent {
+                    kind,
+                    name,
+                    foreground,
+                } => {
+                    let dp = if foreground {
+                        DeleteParams::foreground()
+                    } else {
+                        DeleteParams::background()
+                    };
+                    let res = match kind.as_str() {
+                        "ReplicaSet" => Api::<ReplicaSet>::namespaced(self.client.clone(), &ns)
+                            .delete(&name, &dp)
+                            .await
+                            .map(|_| ()),
+                        "Pod" => Api::<Pod>::namespaced(self.client.clone(), &ns)
+                            .delete(&name, &dp)
+                            .await
+                            .map(|_| ()),
+                        _ => Api::<EndpointSlice>::namespaced(self.client.clone(), &ns)
+                            .delete(&name, &dp)
+                            .await
+                            .map(|_| ()),
+                    };
+                    match res {
+                        Ok(()) => tracing::info!(
+                            owner = owner_name,
+                            kind,
+                            name,
+                            "deleted dependent (foreground)"
+                        ),
+                        Err(e) if is_not_found(&e) => {}
+                        Err(e) => return Err(e),
+                    }
+                    waiting = true;
+                }
+                OwnerChange::Orphan {
+                    kind,
+                    name,
+                    owner_references,
+                } => {
+                    let patch =
+                        serde_json::json!({ "metadata": { "ownerReferences": owner_references } });
+                    let pp = PatchParams::default();
+                    let res = match kind.as_str() {
+                        "ReplicaSet" => Api::<ReplicaSet>::namespaced(self.client.clone(), &ns)
+                            .patch(&name, &pp, &Patch::Merge(&patch))
+                            .await
+                            .map(|_| ()),
+                        "Pod" => Api::<Pod>::namespaced(self.client.clone(), &ns)
+                            .patch(&name, &pp, &Patch::Merge(&patch))
+                            .await
+                            .map(|_| ()),
+                        _ => Api::<EndpointSlice>::namespaced(self.client.clone(), &ns)
+                            .patch(&name, &pp, &Patch::Merge(&patch))
+                            .await
+                            .map(|_| ()),
+                    };
+                    match res {
+                        Ok(()) => {
+                            tracing::info!(owner = owner_name, kind, name, "orphaned dependent")
+                        }
+                        Err(e) if is_not_found(&e) => {}
+                        Err(e) => return Err(e),
+                    }
+                    waiting = true;
+                }
+                OwnerChange::RemoveFinalizer(f) => {
+                    let mut obj = owner.clone();
+                    if let Some(fs) = obj.meta_mut().finalizers.as_mut() {
+                        fs.retain(|x| *x != f);
+                    }
+                    api.replace(&owner_name, &PostParams::default(), &obj)
+                        .await?;
+                    tracing::info!(
+                        owner = owner_name,
+                        finalizer = f,
+                        "dependents handled; finalizer removed"
+                    );
+                }
+            }
+        }
+        // Dependent events bring the owner back too; this covers a store that lags our writes.
+        Ok(waiting.then(|| std::time::Duration::from_millis(500)))
+    }
+}
+
 impl Reconciler for GcLoop {
     async fn reconcile(&mut self, key: &str) -> Result<Requeue, kube::Error> {
         let uids = self.owner_uids();
+        if let Some(owner) = key.strip_prefix("owner:") {
+            return self.finish_owner(owner).await;
+        }
         if key == "all" {
             for rs in self.replicasets.state() {
                 self.collect(&*rs, &uids).await?;
@@ -269,6 +541,101 @@ mod tests {
         let mut m = meta(vec![owner("apps/v1", "ReplicaSet", "dead")]);
         m.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         assert!(plan(&m, &Snapshot { owner_uids: &uids }).is_empty());
+    }
+
+    fn deleting(finalizer: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some("owner".into()),
+            namespace: Some("default".into()),
+            uid: Some("o-uid".into()),
+            deletion_timestamp: Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
+            finalizers: Some(vec![finalizer.into()]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn foreground_deletion_deletes_dependents_then_drops_finalizer() {
+        let owner_meta = deleting(FOREGROUND_FINALIZER);
+        let rs = meta(vec![owner("apps/v1", "Deployment", "o-uid")]);
+        let mut going = meta(vec![owner("apps/v1", "Deployment", "o-uid")]);
+        going.name = Some("going".into());
+        going.deletion_timestamp = owner_meta.deletion_timestamp.clone();
+        let other = meta(vec![owner("apps/v1", "Deployment", "x")]);
+        let deps = [
+            Dependent {
+                kind: "ReplicaSet",
+                meta: &rs,
+            },
+            Dependent {
+                kind: "Pod",
+                meta: &going,
+            },
+            Dependent {
+                kind: "Pod",
+                meta: &other,
+            },
+        ];
+        assert_eq!(
+            plan_owner(&owner_meta, &deps),
+            vec![OwnerChange::DeleteDependent {
+                kind: "ReplicaSet".into(),
+                name: "d".into(),
+                foreground: true
+            }]
+        );
+        // Only a terminating dependent left: wait.
+        assert!(plan_owner(&owner_meta, &deps[1..]).is_empty());
+        assert_eq!(
+            plan_owner(&owner_meta, &deps[2..]),
+            vec![OwnerChange::RemoveFinalizer(FOREGROUND_FINALIZER.into())]
+        );
+    }
+
+    #[test]
+    fn orphan_deletion_releases_dependents_then_drops_finalizer() {
+        let owner_meta = deleting(ORPHAN_FINALIZER);
+        let keep = owner("v1", "Service", "keep");
+        let dep = meta(vec![owner("apps/v1", "Deployment", "o-uid"), keep.clone()]);
+        assert_eq!(
+            plan_owner(
+                &owner_meta,
+                &[Dependent {
+                    kind: "Pod",
+                    meta: &dep
+                }]
+            ),
+            vec![OwnerChange::Orphan {
+                kind: "Pod".into(),
+                name: "d".into(),
+                owner_references: vec![keep]
+            }]
+        );
+        assert_eq!(
+            plan_owner(&owner_meta, &[]),
+            vec![OwnerChange::RemoveFinalizer(ORPHAN_FINALIZER.into())]
+        );
+        // An owner not being deleted needs nothing.
+        let mut live = owner_meta.clone();
+        live.deletion_timestamp = None;
+        assert!(
+            plan_owner(
+                &live,
+                &[Dependent {
+                    kind: "Pod",
+                    meta: &dep
+                }]
+            )
+            .is_empty()
+        );
+        assert!(has_propagation_finalizer(&owner_meta) && !has_propagation_finalizer(&live));
+        assert_eq!(
+            owner_keys_of(&dep),
+            vec![
+                "owner:Deployment/default/o".to_string(),
+                "owner:Service/default/o".to_string()
+            ]
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
+pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod objects;
@@ -45,7 +46,7 @@ pub enum ControllerError {
 pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(), ControllerError> {
     use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
     use k8s_openapi::api::coordination::v1::Lease;
-    use k8s_openapi::api::core::v1::{Node, Pod, Service};
+    use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     use kube::api::Api;
     use kube::runtime::watcher;
@@ -67,7 +68,10 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
         watcher::Config::default(),
     );
 
+    let mut namespaces =
+        Informer::<Namespace>::new(Api::all(all(&client)), watcher::Config::default());
     let deploy_q = WorkQueue::default();
+    let ns_q = WorkQueue::default();
     let rs_q = WorkQueue::default();
     let eps_q = WorkQueue::default();
     let ipam_q = WorkQueue::default();
@@ -90,13 +94,21 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
     {
         let (dq, gq) = (deploy_q.clone(), gc_q.clone());
         deployments.on(move |t| match t {
-            Touch::Changed(d) => dq.add(key_of(d)),
+            Touch::Changed(d) => {
+                dq.add(key_of(d));
+                if gc::has_propagation_finalizer(&d.metadata) {
+                    gq.add(gc::owner_key(d));
+                }
+            }
             Touch::Deleted(d) => {
                 dq.add(key_of(d));
                 gq.add("all");
             }
             Touch::Relisted(all) => {
                 all.iter().for_each(|d| dq.add(key_of(&**d)));
+                all.iter()
+                    .filter(|d| gc::has_propagation_finalizer(&d.metadata))
+                    .for_each(|d| gq.add(gc::owner_key(&**d)));
                 gq.add("all");
             }
         });
@@ -108,6 +120,12 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
                 rq.add(key_of(rs));
                 if let Some(k) = owner_key(&rs.metadata, "Deployment") {
                     dq.add(k);
+                }
+                gc::owner_keys_of(&rs.metadata)
+                    .into_iter()
+                    .for_each(|k| gq.add(k));
+                if gc::has_propagation_finalizer(&rs.metadata) {
+                    gq.add(gc::owner_key(rs));
                 }
             };
             match t {
@@ -136,6 +154,9 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
                 if let Some(k) = owner_key(&p.metadata, "ReplicaSet") {
                     rq.add(k);
                 }
+                gc::owner_keys_of(&p.metadata)
+                    .into_iter()
+                    .for_each(|k| gq.add(k));
                 let ns = p.metadata.namespace.as_deref();
                 for svc in svc_store.state() {
                     if svc.metadata.namespace.as_deref() == ns
@@ -164,13 +185,21 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
     {
         let (eq, gq) = (eps_q.clone(), gc_q.clone());
         services.on(move |t| match t {
-            Touch::Changed(s) => eq.add(key_of(s)),
+            Touch::Changed(s) => {
+                eq.add(key_of(s));
+                if gc::has_propagation_finalizer(&s.metadata) {
+                    gq.add(gc::owner_key(s));
+                }
+            }
             Touch::Deleted(s) => {
                 eq.add(key_of(s));
                 gq.add("all");
             }
             Touch::Relisted(all) => {
                 all.iter().for_each(|s| eq.add(key_of(&**s)));
+                all.iter()
+                    .filter(|s| gc::has_propagation_finalizer(&s.metadata))
+                    .for_each(|s| gq.add(gc::owner_key(&**s)));
                 gq.add("all");
             }
         });
@@ -179,6 +208,9 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
         let (eq, gq) = (eps_q.clone(), gc_q.clone());
         slices.on(move |t| {
             let touch = |s: &EndpointSlice| {
+                gc::owner_keys_of(&s.metadata)
+                    .into_iter()
+                    .for_each(|k| gq.add(k));
                 let labels = s.metadata.labels.as_ref();
                 let managed = labels
                     .and_then(|l| l.get(endpointslice::MANAGED_BY_LABEL))
@@ -235,6 +267,15 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
         });
     }
 
+    {
+        let q = ns_q.clone();
+        namespaces.on(move |t| match t {
+            Touch::Changed(n) => q.add(key_of(n)),
+            Touch::Deleted(_) => {}
+            Touch::Relisted(all) => all.iter().for_each(|n| q.add(key_of(&**n))),
+        });
+    }
+    let namespace_store = namespaces.store();
     let (ds, rss, ps, ss, es, ns, ls) = (
         deployments.store(),
         replicasets.store(),
@@ -252,6 +293,7 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
     tasks.spawn(async move { ("endpointslice informer", slices.run().await) });
     tasks.spawn(async move { ("node informer", nodes.run().await) });
     tasks.spawn(async move { ("lease informer", leases.run().await) });
+    tasks.spawn(async move { ("namespace informer", namespaces.run().await) });
 
     // Workers start once every store they read has listed, so no plan runs on a partial view
     // (the garbage collector above all). One task waits for the stores and tells the workers:
@@ -266,6 +308,7 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
             es.clone(),
             ns.clone(),
             ls.clone(),
+            namespace_store.clone(),
         );
         tokio::spawn(async move {
             let ok = stores.0.wait_until_ready().await.is_ok()
@@ -274,7 +317,8 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
                 && stores.3.wait_until_ready().await.is_ok()
                 && stores.4.wait_until_ready().await.is_ok()
                 && stores.5.wait_until_ready().await.is_ok()
-                && stores.6.wait_until_ready().await.is_ok();
+                && stores.6.wait_until_ready().await.is_ok()
+                && stores.7.wait_until_ready().await.is_ok();
             if ok {
                 let _ = ready_tx.send(true);
             }
@@ -379,6 +423,21 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
         tasks.spawn(async move {
             r.await;
             ("garbage collector", run_worker("gc", gc_q, w).await)
+        });
+    }
+    {
+        let w = namespace::NamespaceLoop {
+            client: client.clone(),
+            namespaces: namespace_store,
+            resources: None,
+        };
+        let r = ready();
+        tasks.spawn(async move {
+            r.await;
+            (
+                "namespace controller",
+                run_worker("namespace", ns_q, w).await,
+            )
         });
     }
     tracing::info!(cluster_cidr = %pool.cluster, node_cidr_mask = pool.mask, "controllers started");
