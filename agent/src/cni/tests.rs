@@ -244,6 +244,54 @@ async fn add_check_del(
     .expect("join");
     let err: CniError = serde_json::from_str(&out.stdout).expect("error object");
     assert_eq!(err.code, code::INVALID_ENV);
+    // STATUS: ready, no output.
+    let status = Env {
+        vars: vec![("CNI_COMMAND", "STATUS".to_owned())],
+    };
+    let out = call(status).await.expect("join");
+    assert_eq!((out.exit_code, out.stdout.as_str()), (0, ""));
+
+    // GC: attachments not listed as valid are removed, listed ones kept.
+    let keep = format!("{id}-keep");
+    let drop_ = format!("{id}-drop");
+    let out = call(Env::attach("ADD", &keep, Some(&pod_ns)))
+        .await
+        .expect("join");
+    assert_eq!(out.exit_code, 0, "{}", out.stdout);
+    let pod2_name = format!("kls-t-cni-{tag}-{}-q", std::process::id());
+    let pod2 = netns::create_named(&pod2_name).expect("second pod netns");
+    cleanup.netns.push(pod2_name);
+    let out = call(Env::attach("ADD", &drop_, Some(&pod2)))
+        .await
+        .expect("join");
+    assert_eq!(out.exit_code, 0, "{}", out.stdout);
+    let gc_conf = format!(
+        r#"{{"cniVersion":"1.1.0","name":"keelson","type":"keelson","agentSocket":"{}","cni.dev/valid-attachments":[{{"containerID":"{keep}","ifname":"eth0"}}]}}"#,
+        socket.display()
+    );
+    let gc = Env {
+        vars: vec![("CNI_COMMAND", "GC".to_owned())],
+    };
+    let out = tokio::task::spawn_blocking(move || plugin::run(gc.get(), gc_conf.as_bytes()))
+        .await
+        .expect("join");
+    assert_eq!(out.exit_code, 0, "{}", out.stdout);
+    assert!(
+        net.link(Some(&node_ns), &host_ifname(&keep, "eth0"))
+            .expect("ip")
+            .is_some(),
+        "GC removed a valid attachment"
+    );
+    assert!(
+        net.link(Some(&node_ns), &host_ifname(&drop_, "eth0"))
+            .expect("ip")
+            .is_none(),
+        "GC kept a stale attachment"
+    );
+    let out = call(Env::attach("DEL", &keep, Some(&pod_ns)))
+        .await
+        .expect("join");
+    assert_eq!(out.exit_code, 0, "{}", out.stdout);
     serving.abort();
     vec![result, again]
 }
@@ -259,16 +307,21 @@ async fn add_check_del_with_a_recording_datapath() {
     let sink = Arc::new(RecordingSink::default());
     let results = add_check_del("rec", sink.clone(), &node_ns_name, &mut cleanup).await;
     let added = sink.added.lock().expect("lock").clone();
-    assert_eq!(added.len(), 2, "one endpoint per ADD");
+    assert_eq!(added.len(), 4, "one endpoint per ADD");
     assert_eq!(added[0].ip, Ipv4Addr::new(10, 244, 77, 2));
     assert_eq!(added[0].host_ifname, results[0].interfaces[0].name);
     assert_eq!(
         crate::links::format_mac(added[0].pod_mac),
         results[0].interfaces[1].mac
     );
+    // DEL of the first attachment, GC of the stale one, DEL of the kept one.
     assert_eq!(
         *sink.removed.lock().expect("lock"),
-        vec![Ipv4Addr::new(10, 244, 77, 2)]
+        vec![
+            Ipv4Addr::new(10, 244, 77, 2),
+            Ipv4Addr::new(10, 244, 77, 4),
+            Ipv4Addr::new(10, 244, 77, 3)
+        ]
     );
 }
 

@@ -298,13 +298,29 @@ pub async fn heartbeat(
 
 /// Renews the Lease and heartbeat every [`HEARTBEAT`] forever, logging failures (the next
 /// round retries; the control plane marks the node NotReady only after the Lease expires).
-pub async fn heartbeat_loop(client: Client, f: NodeFacts, node_uid: Option<String>) {
+pub async fn heartbeat_loop(client: Client, f: NodeFacts, mut node_uid: Option<String>) {
     let ready_since = jiff::Timestamp::now();
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
         tick.tick().await;
-        if let Err(e) = heartbeat(&client, &f, node_uid.as_deref(), ready_since).await {
-            tracing::warn!(error = %crate::cni::server::error_chain(&e), "node heartbeat failed");
+        match heartbeat(&client, &f, node_uid.as_deref(), ready_since).await {
+            Ok(()) => {}
+            // The Node was deleted under us: register it again, as the kubelet does.
+            Err(RegistrationError::Kube {
+                source: kube::Error::Api(s),
+                ..
+            }) if s.code == 404 => {
+                tracing::warn!(node = %f.name, "Node object is gone; registering again");
+                match register(&client, &f).await {
+                    Ok(uid) => node_uid = uid,
+                    Err(e) => {
+                        tracing::warn!(error = %crate::cni::server::error_chain(&e), "re-registering the Node")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::cni::server::error_chain(&e), "node heartbeat failed")
+            }
         }
     }
 }
