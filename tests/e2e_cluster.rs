@@ -183,6 +183,16 @@ fn pods_by_node(c: &LocalCluster, app: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `kubectl wait -l` fails when nothing matches yet, so first wait for the controllers to have
+/// created the Pods.
+fn wait_pods_exist(c: &LocalCluster, app: &str, n: usize) {
+    let start = Instant::now();
+    while pods_by_node(c, app).len() < n {
+        assert!(start.elapsed() < Duration::from_secs(60), "{app}: fewer than {n} Pods after 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("writing a test file");
@@ -200,6 +210,7 @@ fn standalone_cluster_end_to_end() {
     let m = write(dir, "app.yaml", &manifest(&marker));
     c.kubectl_ok(&["apply", "-f", &m]);
     for app in ["web", "echo"] {
+        wait_pods_exist(&c, app, 3);
         c.kubectl_ok(&["wait", "--for=condition=Ready", "pod", "-l", &format!("app={app}"), "--timeout=120s"]);
     }
     let table = c.kubectl_ok(&["get", "nodes,pods,svc,endpointslices", "-A", "-o", "wide"]);
@@ -207,11 +218,11 @@ fn standalone_cluster_end_to_end() {
     for i in 1..=2 {
         let node = c.node(i);
         assert!(
-            table.lines().any(|l| l.starts_with(&format!("node/{node} ")) && l.contains(" Ready ")),
+            table.lines().any(|l| l.contains(&format!("node/{node} ")) && l.contains(" Ready ")),
             "node {node} not Ready in:\n{table}"
         );
     }
-    assert_eq!(table.lines().filter(|l| l.starts_with("pod/web-") && l.contains("Running")).count(), 3, "{table}");
+    assert_eq!(table.lines().filter(|l| l.contains("pod/web-") && l.contains("Running")).count(), 3, "{table}");
 
     let web_vip = c.kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
     let echo_vip = c.kubectl_ok(&["get", "svc", "echo", "-o", "jsonpath={.spec.clusterIP}"]);

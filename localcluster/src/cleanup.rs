@@ -168,6 +168,8 @@ pub fn remove(inv: &Inventory) -> Result<Report, Error> {
         fs::remove_dir_all(dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
         report.pin_dirs += 1;
     }
+    // The shared parent goes too once no cluster uses it.
+    let _ = fs::remove_dir(names::BPFFS_KEELSON);
     if let Some(cg) = &inv.cgroup {
         report.cgroups += remove_cgroup_tree(cg)?;
         // Leave the shared parent (`.../keelson`) only if it is empty.
