@@ -21,7 +21,7 @@ pub enum Lookup {
 #[inline(always)]
 pub fn select_backend(address: u32, port: u16, proto: u8) -> Result<Lookup, DropReason> {
     // SAFETY: the value is copied out at once; entries are only replaced whole by the agent.
-    let master = match unsafe { SERVICES.get(&ServiceKey::new(address, port, proto, 0)) } {
+    let master = match unsafe { SERVICES.get(ServiceKey::new(address, port, proto, 0)) } {
         Some(m) => *m,
         None => return Ok(Lookup::NotService),
     };
@@ -32,12 +32,12 @@ pub fn select_backend(address: u32, port: u16, proto: u8) -> Result<Lookup, Drop
     let random = unsafe { bpf_get_prandom_u32() };
     let slot = (random % u32::from(master.count)) as u16 + 1;
     // SAFETY: as above, copied out at once.
-    let slot_value = match unsafe { SERVICES.get(&ServiceKey::new(address, port, proto, slot)) } {
+    let slot_value = match unsafe { SERVICES.get(ServiceKey::new(address, port, proto, slot)) } {
         Some(v) => *v,
         None => return Err(DropReason::MissingBackend),
     };
     // SAFETY: as above.
-    let backend = match unsafe { BACKENDS.get(&slot_value.backend_id) } {
+    let backend = match unsafe { BACKENDS.get(slot_value.backend_id) } {
         Some(b) => *b,
         None => return Err(DropReason::MissingBackend),
     };

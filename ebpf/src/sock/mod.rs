@@ -92,9 +92,7 @@ fn xlate_fwd(ctx: &SockAddrContext, counter: Counter) -> Result<i32, DropReason>
         port: dst.port,
         rev_nat_index,
     };
-    if SOCK_REVNAT
-        .insert(&key, &value, u64::from(BPF_ANY))
-        .is_err()
+    if SOCK_REVNAT.insert(key, value, u64::from(BPF_ANY)).is_err()
         && dst.proto == keelson_common::proto::UDP
     {
         // Without the entry, replies would come from an address the application never
@@ -120,7 +118,7 @@ fn xlate_rev(ctx: &SockAddrContext, counter: Counter) {
         pad: [0; 2],
     };
     // SAFETY: copied out at once.
-    if let Some(v) = unsafe { SOCK_REVNAT.get(&key) } {
+    if let Some(v) = unsafe { SOCK_REVNAT.get(key) } {
         let (address, port) = (v.address, v.port);
         write_dst(ctx, address, port);
         metrics::count(counter, 0);

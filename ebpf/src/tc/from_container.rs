@@ -27,7 +27,7 @@ pub fn tc_from_container(ctx: TcContext) -> i32 {
         Ok(v) => v,
         Err(reason) => {
             metrics::drop(reason, u64::from(ctx.len()));
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }
@@ -37,7 +37,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).map_err(|_| DropReason::Malformed)?);
     if ethertype != ETH_P_IP {
         // ARP and IPv6 are left to the kernel until the datapath handles them.
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     let version_ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| DropReason::Malformed)?;
     if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
@@ -49,16 +49,16 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     // SAFETY: `ctx.skb.skb` is the valid __sk_buff of this invocation; ifindex is readable.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: the value is copied out at once.
-    match unsafe { ENDPOINTS.get(&EndpointKey { address: saddr }) } {
+    match unsafe { ENDPOINTS.get(EndpointKey { address: saddr }) } {
         Some(ep) if ep.ifindex == ifindex => {}
         _ => return Err(DropReason::InvalidSource),
     }
 
     let len = u64::from(ctx.len());
     // SAFETY: copied out at once.
-    let Some(dst) = (unsafe { ENDPOINTS.get(&EndpointKey { address: daddr }) }).copied() else {
+    let Some(dst) = (unsafe { ENDPOINTS.get(EndpointKey { address: daddr }) }).copied() else {
         metrics::count(Counter::FromContainerStack, len);
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
 
     // Local delivery bypasses the node's IP forwarding, so do what it would do: decrement the
@@ -68,7 +68,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     // The TTL is the first byte on the wire, the low byte of this little-endian load.
     if ttl_word & 0x00ff <= 1 {
         metrics::count(Counter::FromContainerStack, len);
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     let new_ttl_word = ttl_word - 1;
     ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(ttl_word), u64::from(new_ttl_word), 2)
