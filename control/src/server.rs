@@ -174,6 +174,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     );
     ensure_system_namespaces(&state).await?;
     let compaction = tokio::spawn(compaction_loop(store));
+    let namespace_finalizer = tokio::spawn(api::namespaces::finalize_loop(state.clone()));
 
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(tls_config(&creds)?);
     let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
@@ -197,6 +198,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
             _ => ServerError::Other(format!("HTTPS server on {listen} did not start")),
         };
         compaction.abort();
+        namespace_finalizer.abort();
         return Err(err);
     };
     tracing::info!(addr = %bound, kubeconfig = %creds.kubeconfig_path.display(), "API server listening");
@@ -238,5 +240,6 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     controllers.abort();
     scheduler.abort();
     compaction.abort();
+    namespace_finalizer.abort();
     result
 }

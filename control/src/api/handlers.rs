@@ -1164,6 +1164,30 @@ pub async fn create_internal<S: Store>(
     serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// Deletes an object through the same path as a DELETE request (graceful Pod deletion,
+/// finalizers), with Background propagation.
+pub async fn delete_internal<S: Store>(
+    state: &Arc<ApiState<S>>,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<(), ApiError> {
+    let t = Target {
+        info,
+        namespace: namespace.map(str::to_string),
+        name: Some(name.to_string()),
+        sub: None,
+    };
+    let req = Req {
+        state,
+        t,
+        params: Params::new(),
+        headers: HeaderMap::new(),
+        body: Bytes::new(),
+    };
+    req.delete().await.map(|_| ())
+}
+
 fn body_pins_version(body: &[u8]) -> bool {
     serde_json::from_slice::<Value>(body)
         .is_ok_and(|v| v["metadata"]["resourceVersion"].is_string())

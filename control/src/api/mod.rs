@@ -6,6 +6,7 @@ pub mod discovery;
 pub mod error;
 pub mod handlers;
 pub mod logs;
+pub mod namespaces;
 pub mod openapi;
 pub mod patch;
 pub mod pki;

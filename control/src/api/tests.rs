@@ -21,6 +21,7 @@ const TOKEN: &str = "test-token";
 struct Harness {
     _dir: tempfile::TempDir,
     store: Arc<SqliteStore>,
+    state: Arc<ApiState<SqliteStore>>,
     app: Router,
 }
 
@@ -35,7 +36,8 @@ async fn harness() -> Harness {
     Harness {
         _dir: dir,
         store,
-        app: router(state),
+        app: router(state.clone()),
+        state,
     }
 }
 
@@ -873,6 +875,70 @@ async fn api_pod_binding_and_graceful_delete() {
 }
 
 #[tokio::test]
+async fn api_namespace_deletion_empties_then_removes_it() {
+    let h = harness().await;
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gone"}});
+    let r = h.post("/api/v1/namespaces", ns).await;
+    assert_eq!(r.body["spec"]["finalizers"], json!(["kubernetes"]));
+    h.post("/api/v1/namespaces/gone/configmaps", configmap("c"))
+        .await;
+    h.post(
+        "/api/v1/namespaces/gone/pods",
+        pod("bound", json!({}), Some("n1")),
+    )
+    .await;
+    let r = h
+        .call(
+            "DELETE",
+            "/api/v1/namespaces/gone",
+            "application/json",
+            Body::empty(),
+        )
+        .await;
+    assert!(r.status.is_success());
+    assert_eq!(
+        h.get("/api/v1/namespaces/gone").await.body["status"]["phase"],
+        "Terminating"
+    );
+    let refused = h
+        .post("/api/v1/namespaces/gone/configmaps", configmap("late"))
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // First pass: the ConfigMap goes, the bound Pod starts graceful termination.
+    assert!(
+        super::namespaces::finalize_once(&h.state)
+            .await
+            .expect("pass")
+            .is_empty()
+    );
+    assert_eq!(
+        h.get("/api/v1/namespaces/gone/configmaps/c").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(
+        h.get("/api/v1/namespaces/gone/pods/bound").await.body["metadata"]["deletionTimestamp"]
+            .is_string()
+    );
+    // The node's agent finishes the Pod; the next pass removes the Namespace.
+    h.call(
+        "DELETE",
+        "/api/v1/namespaces/gone/pods/bound?gracePeriodSeconds=0",
+        "application/json",
+        Body::empty(),
+    )
+    .await;
+    let removed = super::namespaces::finalize_once(&h.state)
+        .await
+        .expect("pass");
+    assert_eq!(removed, ["gone"]);
+    assert_eq!(
+        h.get("/api/v1/namespaces/gone").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
 async fn api_tables_discovery_and_openapi() {
     let h = harness().await;
     h.post(
@@ -1300,6 +1366,18 @@ async fn api_real_kubectl_against_real_server() {
         ok && out.contains("NodePort") && out.contains("80:3"),
         "{out}"
     );
+
+    let (ok, out, err) = run(vec!["delete", "namespace", "extra", "--timeout=60s"], None)
+        .await
+        .expect("join");
+    assert!(
+        ok && out.contains("namespace \"extra\" deleted"),
+        "{out}{err}"
+    );
+    let (_, _, err) = run(vec!["get", "namespace", "extra"], None)
+        .await
+        .expect("join");
+    assert!(err.contains("NotFound"), "{err}");
 
     // pods/log goes to the agent named by the node's annotation.
     let agent = tokio::net::TcpListener::bind("127.0.0.1:0")
