@@ -240,6 +240,7 @@ struct PodShared {
     pod_ip: Ipv4Addr,
     policy: RestartPolicy,
     views: Mutex<Vec<ContainerView>>,
+    init_views: Mutex<Vec<ContainerView>>,
     record: Mutex<PodRecord>,
     changed: Notify,
     stop: CancellationToken,
@@ -248,6 +249,15 @@ struct PodShared {
 impl PodShared {
     fn update_view(&self, idx: usize, f: impl FnOnce(&mut ContainerView)) {
         if let Ok(mut views) = self.views.lock()
+            && let Some(v) = views.get_mut(idx)
+        {
+            f(v);
+        }
+        self.changed.notify_one();
+    }
+
+    fn update_init_view(&self, idx: usize, f: impl FnOnce(&mut ContainerView)) {
+        if let Ok(mut views) = self.init_views.lock()
             && let Some(v) = views.get_mut(idx)
         {
             f(v);
@@ -423,6 +433,203 @@ async fn supervise(
             () = tokio::time::sleep(delay) => {}
             () = shared.stop.cancelled() => return,
         }
+    }
+}
+
+/// Runs one init container to success: returns `false` when it failed for good
+/// (restartPolicy Never) or the Pod stops. Failures are retried with back-off otherwise (an
+/// init container is retried even under restartPolicy Always, which then acts as OnFailure).
+async fn run_init(
+    shared: Arc<PodShared>,
+    idx: usize,
+    container: Container,
+    env: Vec<(String, String)>,
+) -> bool {
+    let name = container.name.clone();
+    // Init containers are recorded under a key no container name can take ('/' is invalid).
+    let key = format!("init/{name}");
+    let recorded = shared
+        .record
+        .lock()
+        .ok()
+        .and_then(|r| r.containers.get(&key).cloned());
+    if let Some(c) = &recorded
+        && c.exit_code == Some(0)
+    {
+        let done = Terminated::from_exit(
+            0,
+            Some(c.started_at),
+            c.finished_at.unwrap_or_else(jiff::Timestamp::now),
+        );
+        shared.update_init_view(idx, |v| v.state = ContainerState::Terminated(done));
+        return true;
+    }
+    let mut adopted = recorded
+        .clone()
+        .filter(|c| process::is_alive(c.pid, c.start_ticks))
+        .map(|c| {
+            (
+                Running::Adopted {
+                    pid: c.pid,
+                    ticks: c.start_ticks,
+                },
+                c.started_at,
+            )
+        });
+    let mut restarts = recorded
+        .as_ref()
+        .map_or(0, |c| c.restart_count + u32::from(adopted.is_none()));
+    let spec = process::container_argv(
+        container.command.as_deref().unwrap_or_default(),
+        container.args.as_deref().unwrap_or_default(),
+    )
+    .map(|argv| ProcessSpec {
+        argv,
+        env,
+        cwd: container
+            .working_dir
+            .clone()
+            .filter(|d| !d.is_empty())
+            .map_or_else(|| PathBuf::from("/"), PathBuf::from),
+        log: shared.pod_dir.join(format!("{name}.log")),
+        netns: shared.netns.clone(),
+        cgroup: shared.cgroup.clone(),
+    });
+    loop {
+        if shared.stop.is_cancelled() {
+            return false;
+        }
+        let started = match adopted.take() {
+            Some(a) => Ok(a),
+            None => spec
+                .as_ref()
+                .map_err(|e| e.to_string())
+                .and_then(|s| process::spawn(s).map_err(|e| crate::cni::server::error_chain(&e)))
+                .map(|child| {
+                    let now = jiff::Timestamp::now();
+                    let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+                    let ticks = process::start_ticks(pid).unwrap_or(0);
+                    shared.update_record(|r| {
+                        r.containers.insert(
+                            key.clone(),
+                            ContainerRecord {
+                                pid,
+                                start_ticks: ticks,
+                                started_at: now,
+                                restart_count: restarts,
+                                exit_code: None,
+                                finished_at: None,
+                            },
+                        );
+                    });
+                    (Running::Child(child), now)
+                }),
+        };
+        let (mut proc_, started_at) = match started {
+            Ok(s) => s,
+            Err(msg) => {
+                shared.update_init_view(idx, |v| {
+                    v.state = ContainerState::Waiting {
+                        reason: "CreateContainerError".into(),
+                        message: msg.clone(),
+                    };
+                });
+                restarts = restarts.saturating_add(1);
+                tokio::select! {
+                    () = tokio::time::sleep(process::restart_backoff(restarts)) => continue,
+                    () = shared.stop.cancelled() => return false,
+                }
+            }
+        };
+        shared.update_init_view(idx, |v| {
+            v.state = ContainerState::Running { started_at };
+            v.restart_count = restarts;
+        });
+        let code = tokio::select! {
+            code = proc_.wait() => code,
+            () = shared.stop.cancelled() => {
+                let _ = proc_.wait().await;
+                return false;
+            }
+        };
+        let finished = Terminated::from_exit(code, Some(started_at), jiff::Timestamp::now());
+        shared.update_record(|r| {
+            if let Some(c) = r.containers.get_mut(&key) {
+                c.exit_code = Some(code);
+                c.finished_at = Some(finished.finished_at);
+            }
+        });
+        tracing::info!(uid = %shared.uid, init_container = %name, exit_code = code, "init container exited");
+        if code == 0 {
+            shared.update_init_view(idx, |v| v.state = ContainerState::Terminated(finished));
+            return true;
+        }
+        if shared.policy == RestartPolicy::Never {
+            shared.update_init_view(idx, |v| v.state = ContainerState::Terminated(finished));
+            return false;
+        }
+        restarts = restarts.saturating_add(1);
+        let delay = process::restart_backoff(restarts);
+        shared.update_init_view(idx, |v| {
+            v.state = ContainerState::Waiting {
+                reason: "CrashLoopBackOff".into(),
+                message: format!(
+                    "back-off {}s restarting failed init container",
+                    delay.as_secs()
+                ),
+            };
+            v.last_terminated = Some(finished);
+            v.restart_count = restarts;
+        });
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shared.stop.cancelled() => return false,
+        }
+    }
+}
+
+/// Runs the init containers in order, then the containers (and their probes) until the Pod
+/// stops.
+async fn run_containers(shared: Arc<PodShared>, pod: Pod) {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let (pod_ip, node_ip) = (shared.pod_ip, shared.cfg.node_ip);
+    for (idx, c) in spec
+        .init_containers
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let env = container_env(&pod, &c, Some(pod_ip), node_ip);
+        if !run_init(Arc::clone(&shared), idx, c, env).await {
+            return;
+        }
+    }
+    let mut tasks = Vec::new();
+    for (idx, c) in spec.containers.into_iter().enumerate() {
+        let env = container_env(&pod, &c, Some(pod_ip), node_ip);
+        if let Some(plan) = c.readiness_probe.as_ref().and_then(|p| probe::plan(p, &c)) {
+            let target = ProbeTarget {
+                pod_ip,
+                netns: shared.netns.clone(),
+                cgroup: shared.cgroup.clone(),
+                cwd: PathBuf::from("/"),
+                env: env.clone(),
+            };
+            tasks.push(tokio::spawn(probe_loop(
+                Arc::clone(&shared),
+                idx,
+                plan,
+                target,
+            )));
+        } else if c.readiness_probe.is_some() {
+            tracing::warn!(uid = %shared.uid, container = %c.name, "readiness probe kind not supported; container counts as ready");
+            shared.update_view(idx, |v| v.probe_ready = true);
+        }
+        tasks.push(tokio::spawn(supervise(Arc::clone(&shared), idx, c, env)));
+    }
+    for t in tasks {
+        let _ = t.await;
     }
 }
 
@@ -717,20 +924,31 @@ async fn pod_worker(
     };
 
     let shared_netns = rec_netns(&rec, &cfg);
-    let containers = spec.containers.clone();
-    let views = containers
+    let waiting = |c: &Container, reason: &str| ContainerView {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        state: ContainerState::Waiting {
+            reason: reason.into(),
+            message: String::new(),
+        },
+        last_terminated: None,
+        restart_count: 0,
+        probe_ready: c.readiness_probe.is_none(),
+    };
+    let init_containers = spec.init_containers.clone().unwrap_or_default();
+    let first_reason = if init_containers.is_empty() {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
+    };
+    let views = spec
+        .containers
         .iter()
-        .map(|c| ContainerView {
-            name: c.name.clone(),
-            image: c.image.clone().unwrap_or_default(),
-            state: ContainerState::Waiting {
-                reason: "ContainerCreating".into(),
-                message: String::new(),
-            },
-            last_terminated: None,
-            restart_count: 0,
-            probe_ready: c.readiness_probe.is_none(),
-        })
+        .map(|c| waiting(c, first_reason))
+        .collect();
+    let init_views = init_containers
+        .iter()
+        .map(|c| waiting(c, "PodInitializing"))
         .collect();
     let shared = Arc::new(PodShared {
         cfg: Arc::clone(&cfg),
@@ -741,33 +959,12 @@ async fn pod_worker(
         pod_ip,
         policy: RestartPolicy::parse(spec.restart_policy.as_deref()),
         views: Mutex::new(views),
+        init_views: Mutex::new(init_views),
         record: Mutex::new(rec),
         changed: Notify::new(),
         stop: CancellationToken::new(),
     });
-    let mut tasks = Vec::new();
-    for (idx, c) in containers.into_iter().enumerate() {
-        let env = container_env(&pod, &c, Some(pod_ip), cfg.node_ip);
-        if let Some(plan) = c.readiness_probe.as_ref().and_then(|p| probe::plan(p, &c)) {
-            let target = ProbeTarget {
-                pod_ip,
-                netns: shared.netns.clone(),
-                cgroup: shared.cgroup.clone(),
-                cwd: PathBuf::from("/"),
-                env: env.clone(),
-            };
-            tasks.push(tokio::spawn(probe_loop(
-                Arc::clone(&shared),
-                idx,
-                plan,
-                target,
-            )));
-        } else if c.readiness_probe.is_some() {
-            tracing::warn!(%uid, container = %c.name, "readiness probe kind not supported; container counts as ready");
-            shared.update_view(idx, |v| v.probe_ready = true);
-        }
-        tasks.push(tokio::spawn(supervise(Arc::clone(&shared), idx, c, env)));
-    }
+    let runner = tokio::spawn(run_containers(Arc::clone(&shared), pod.clone()));
 
     // Status reporting until the Pod is deleted.
     let mut transitions = Transitions::new();
@@ -784,6 +981,7 @@ async fn pod_worker(
                     host_ip: shared.cfg.node_ip,
                     start_time,
                     restart_policy: shared.policy,
+                    init_containers: shared.init_views.lock().map(|v| v.clone()).unwrap_or_default(),
                     containers: shared.views.lock().map(|v| v.clone()).unwrap_or_default(),
                 };
                 let (st, next) = status::pod_status(&view, &transitions, jiff::Timestamp::now());
@@ -819,9 +1017,7 @@ async fn pod_worker(
     };
     shared.stop.cancel();
     stop_containers(&shared, Duration::ZERO).await;
-    for t in tasks {
-        let _ = t.await;
-    }
+    let _ = runner.await;
     let rec = shared.record.lock().map(|r| r.clone()).unwrap_or_default();
     teardown_sandbox(&cfg, &rec).await;
     if deleted_in_api {

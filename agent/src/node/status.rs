@@ -97,7 +97,27 @@ pub struct PodView {
     pub host_ip: Ipv4Addr,
     pub start_time: Timestamp,
     pub restart_policy: RestartPolicy,
+    /// Init containers, run one after the other to success before `containers` start.
+    pub init_containers: Vec<ContainerView>,
     pub containers: Vec<ContainerView>,
+}
+
+impl PodView {
+    /// Whether every init container ran to success.
+    pub fn initialized(&self) -> bool {
+        self.init_containers
+            .iter()
+            .all(|c| matches!(&c.state, ContainerState::Terminated(t) if t.exit_code == 0))
+    }
+
+    /// Whether an init container failed for good (restartPolicy Never).
+    fn init_failed(&self) -> bool {
+        self.restart_policy == RestartPolicy::Never
+            && self
+                .init_containers
+                .iter()
+                .any(|c| matches!(&c.state, ContainerState::Terminated(t) if t.exit_code != 0))
+    }
 }
 
 /// Pod phase.
@@ -122,7 +142,10 @@ impl Phase {
 
 /// The Pod's phase.
 pub fn phase(view: &PodView) -> Phase {
-    if view.pod_ip.is_none() || view.containers.is_empty() {
+    if view.init_failed() {
+        return Phase::Failed;
+    }
+    if view.pod_ip.is_none() || view.containers.is_empty() || !view.initialized() {
         return Phase::Pending;
     }
     let (mut waiting, mut running, mut failed) = (0, 0, 0);
@@ -192,7 +215,11 @@ pub fn pod_status(view: &PodView, prev: &Transitions, now: Timestamp) -> (Value,
     let mut conditions = Vec::new();
     let wanted: [(&'static str, bool, Option<&str>); 4] = [
         ("PodScheduled", true, None),
-        ("Initialized", true, None),
+        (
+            "Initialized",
+            view.initialized(),
+            (!view.initialized()).then_some("ContainersNotInitialized"),
+        ),
         (
             "ContainersReady",
             all_ready,
@@ -228,26 +255,32 @@ pub fn pod_status(view: &PodView, prev: &Transitions, now: Timestamp) -> (Value,
         }
         conditions.push(c);
     }
-    let containers: Vec<Value> = view
-        .containers
-        .iter()
-        .map(|c| {
-            let mut v = json!({
-                "name": c.name,
-                "image": c.image,
-                "imageID": "",
-                "containerID": format!("keelson://{}/{}", view.uid, c.name),
-                "ready": c.ready(),
-                "started": matches!(c.state, ContainerState::Running { .. }),
-                "restartCount": c.restart_count,
-                "state": state_json(&c.state),
-            });
-            if let Some(t) = &c.last_terminated {
-                v["lastState"] = json!({ "terminated": terminated_json(t) });
-            }
-            v
-        })
-        .collect();
+    let statuses = |list: &[ContainerView], init: bool| -> Vec<Value> {
+        list.iter()
+            .map(|c| {
+                let mut v = json!({
+                    "name": c.name,
+                    "image": c.image,
+                    "imageID": "",
+                    "containerID": format!("keelson://{}/{}", view.uid, c.name),
+                    // A completed init container counts as ready (the kubelet's convention).
+                    "ready": if init {
+                        matches!(&c.state, ContainerState::Terminated(t) if t.exit_code == 0)
+                    } else {
+                        c.ready()
+                    },
+                    "started": matches!(c.state, ContainerState::Running { .. }),
+                    "restartCount": c.restart_count,
+                    "state": state_json(&c.state),
+                });
+                if let Some(t) = &c.last_terminated {
+                    v["lastState"] = json!({ "terminated": terminated_json(t) });
+                }
+                v
+            })
+            .collect()
+    };
+    let containers = statuses(&view.containers, false);
     let mut status = json!({
         "phase": phase.as_str(),
         "conditions": conditions,
@@ -256,6 +289,9 @@ pub fn pod_status(view: &PodView, prev: &Transitions, now: Timestamp) -> (Value,
         "startTime": ts(view.start_time),
         "containerStatuses": containers,
     });
+    if !view.init_containers.is_empty() {
+        status["initContainerStatuses"] = json!(statuses(&view.init_containers, true));
+    }
     if let Some(ip) = view.pod_ip {
         status["podIP"] = json!(ip.to_string());
         status["podIPs"] = json!([{ "ip": ip.to_string() }]);
@@ -296,6 +332,7 @@ mod tests {
             host_ip: Ipv4Addr::new(10, 250, 0, 11),
             start_time: t(0),
             restart_policy: policy,
+            init_containers: vec![],
             containers,
         }
     }
@@ -398,6 +435,45 @@ mod tests {
         assert_eq!(condition(&status, "Ready").0, "True");
         assert_eq!(condition(&status, "Ready").2, ts(t(20)));
         assert_eq!(condition(&status, "PodScheduled").2, ts(t(10)));
+    }
+
+    #[test]
+    fn init_containers_gate_the_pod() {
+        use RestartPolicy::*;
+        let waiting = ContainerView {
+            state: ContainerState::Waiting {
+                reason: "PodInitializing".into(),
+                message: String::new(),
+            },
+            ..running("main", true)
+        };
+        let mut p = pod(Always, vec![waiting]);
+        p.init_containers = vec![running("init", true)];
+        assert_eq!(phase(&p), Phase::Pending);
+        let (status, _) = pod_status(&p, &Transitions::new(), t(5));
+        assert_eq!(condition(&status, "Initialized").0, "False");
+        assert_eq!(
+            condition(&status, "Initialized").1.as_deref(),
+            Some("ContainersNotInitialized")
+        );
+        assert_eq!(status["initContainerStatuses"][0]["name"], "init");
+        assert_eq!(status["initContainerStatuses"][0]["ready"], false);
+
+        p.init_containers = vec![exited("init", 0)];
+        p.containers = vec![running("main", true)];
+        assert_eq!(phase(&p), Phase::Running);
+        let (status, _) = pod_status(&p, &Transitions::new(), t(5));
+        assert_eq!(condition(&status, "Initialized").0, "True");
+        assert_eq!(status["initContainerStatuses"][0]["ready"], true);
+
+        p.init_containers = vec![exited("init", 1)];
+        assert_eq!(
+            phase(&p),
+            Phase::Pending,
+            "a failed init container is retried unless restartPolicy is Never"
+        );
+        p.restart_policy = Never;
+        assert_eq!(phase(&p), Phase::Failed);
     }
 
     #[test]
