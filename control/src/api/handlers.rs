@@ -1254,6 +1254,22 @@ fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
     ))
 }
 
+/// 410 Gone when `rev` is below the store's compacted revision (probed with a watch, which the
+/// store refuses for compacted revisions).
+async fn ensure_not_compacted<S: Store>(store: &S, prefix: &str, rev: i64) -> Result<(), ApiError> {
+    match store.watch(prefix, rev).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::Compacted {
+            requested,
+            compacted,
+        }) => Err(ApiError::Gone(format!(
+            "too old resource version: {requested} ({compacted})"
+        ))),
+        Err(StoreError::FutureRevision { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Lists objects of `t` (one namespace or all) with selectors and paging applied, as a `<Kind>List`.
 pub async fn list_objects<S: Store>(
     store: &S,
@@ -1279,7 +1295,12 @@ pub async fn list_objects<S: Store>(
     let prefix = t.info.list_prefix(t.namespace.as_deref());
     let start = match params.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
-            let (_, start) = decode_continue(token)?;
+            let (rev, start) = decode_continue(token)?;
+            ensure_not_compacted(store, &prefix, rev).await.map_err(|_| {
+                ApiError::Gone(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
+                )
+            })?;
             if !start.starts_with(&prefix) {
                 return Err(ApiError::BadRequest(
                     "continue key does not match this list".into(),
@@ -1298,14 +1319,9 @@ pub async fn list_objects<S: Store>(
             .is_some_and(|m| m == "Exact")
         && rv != listed.revision
     {
-        // The store serves lists at the current revision only; an exact older one is gone.
-        let compacted = store.current_revision().await? > rv;
-        if compacted {
-            return Err(ApiError::Gone(format!(
-                "too old resource version: {rv} ({})",
-                listed.revision
-            )));
-        }
+        // Lists are served at the current revision; an exact revision that compaction has
+        // removed is Gone, one still in history gets the current (newer) state.
+        ensure_not_compacted(store, &prefix, rv).await?;
     }
     let mut items = Vec::new();
     for kv in &listed.items {

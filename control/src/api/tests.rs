@@ -527,6 +527,23 @@ async fn api_list_selectors_and_paging() {
         .await;
     assert_eq!(names(&page2.body), ["p3"]);
     assert!(page2.body["metadata"].get("continue").is_none());
+
+    // Once history is compacted, an old continue token and an exact old revision are Gone.
+    h.post("/api/v1/namespaces/default/configmaps", configmap("later"))
+        .await;
+    let current = h.store.current_revision().await.expect("revision");
+    h.store.compact(current).await.expect("compacts");
+    let stale = h
+        .get(&format!(
+            "/api/v1/namespaces/default/pods?limit=2&continue={token}"
+        ))
+        .await;
+    assert_eq!(stale.status, StatusCode::GONE);
+    let exact = h
+        .get("/api/v1/pods?resourceVersion=1&resourceVersionMatch=Exact")
+        .await;
+    assert_eq!(exact.status, StatusCode::GONE);
+    assert_eq!(exact.body["reason"], "Expired");
 }
 
 #[tokio::test]
