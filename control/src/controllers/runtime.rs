@@ -244,6 +244,20 @@ pub fn is_already_exists(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists")
 }
 
+/// True when a create was refused because its namespace is being deleted (Kubernetes'
+/// `NamespaceTerminatingCause`; controllers drop such errors instead of retrying).
+pub fn is_namespace_terminating(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => {
+            s.details
+                .as_ref()
+                .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+                || s.message.contains("because it is being terminated")
+        }
+        _ => false,
+    }
+}
+
 /// Delay before retrying a key that failed `failures` times in a row: conflicts are the normal
 /// outcome of optimistic concurrency and retry fast; other errors back off to 30 s.
 pub fn retry_delay(failures: u32, conflict: bool) -> Duration {
@@ -270,6 +284,11 @@ pub async fn run_worker<R: Reconciler>(
                 if let Some(d) = requeue {
                     queue.add_after(key, d);
                 }
+            }
+            Err(e) if is_namespace_terminating(&e) => {
+                // The namespace controller is deleting the owner too; nothing to retry.
+                failures.remove(&key);
+                tracing::debug!(controller = name, key, error = %e, "namespace terminating; dropped");
             }
             Err(e) => {
                 let n = failures.entry(key.clone()).or_insert(0);
