@@ -25,6 +25,10 @@ pub mod names {
     pub const PROG_SENDMSG4: &str = "sock_sendmsg4";
     pub const PROG_RECVMSG4: &str = "sock_recvmsg4";
     pub const PROG_GETPEERNAME4: &str = "sock_getpeername4";
+    pub const PROG_CONNECT6: &str = "sock_connect6";
+    pub const PROG_SENDMSG6: &str = "sock_sendmsg6";
+    pub const PROG_RECVMSG6: &str = "sock_recvmsg6";
+    pub const PROG_GETPEERNAME6: &str = "sock_getpeername6";
     pub const PROG_FROM_CONTAINER: &str = "tc_from_container";
 }
 

@@ -2,7 +2,6 @@
 
 use std::{net::Ipv4Addr, path::Path};
 
-use keelson_common::{Counter, DropReason};
 use serde_json::{Value, json};
 
 use crate::{
@@ -179,20 +178,25 @@ fn endpoints(maps: &Maps) -> Result<Vec<Row>, MapsError> {
 }
 
 fn metrics(maps: &Maps) -> Result<Vec<Row>, MapsError> {
-    let drops = DropReason::ALL
-        .iter()
-        .map(|r| ("drop", r.name(), *r as u32));
-    let counters = Counter::ALL.iter().map(|c| ("count", c.name(), *c as u32));
-    drops
-        .chain(counters)
-        .map(|(kind, name, index)| {
-            let v = maps.metric(index)?;
-            Ok(Row {
-                text: format!("{kind} {name}: {} packets {} bytes", v.packets, v.bytes),
-                json: json!({ "kind": kind, "name": name, "packets": v.packets, "bytes": v.bytes }),
-            })
+    Ok(maps
+        .read_metrics()?
+        .into_iter()
+        .map(|m| Row {
+            text: format!(
+                "{} {}: {} packets {} bytes",
+                m.kind.as_str(),
+                m.name,
+                m.packets,
+                m.bytes
+            ),
+            json: json!({
+                "kind": m.kind.as_str(),
+                "name": m.name,
+                "packets": m.packets,
+                "bytes": m.bytes,
+            }),
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use std::{net::Ipv4Addr, path::Path};
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use keelson_common::{
-    Backend, BackendKey, EndpointInfo, EndpointKey, MetricValue, RevNatKey, RevNatValue,
-    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, names,
+    Backend, BackendKey, Counter, DropReason, EndpointInfo, EndpointKey, MetricValue, RevNatKey,
+    RevNatValue, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, names,
 };
 
 use crate::services::model::{BackendAddr, Frontend, LbState, MapOp, Proto, ServiceEntry};
@@ -37,6 +37,34 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
+}
+
+/// Whether a metric counts refusals or events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    /// A packet or socket call the datapath refused ([`DropReason`]).
+    Drop,
+    /// Something the datapath did ([`Counter`]).
+    Count,
+}
+
+impl MetricKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Drop => "drop",
+            MetricKind::Count => "count",
+        }
+    }
+}
+
+/// One counter of the `metrics` map, summed over CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricSample {
+    pub kind: MetricKind,
+    /// Stable snake_case name (`invalid_source`, `sock_connect_xlated`, ...).
+    pub name: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// The datapath's maps, owned.
@@ -259,6 +287,28 @@ impl Maps {
         }
         out.sort_by_key(|(ip, _)| *ip);
         Ok(out)
+    }
+
+    /// Every named counter of the `metrics` map, drop reasons first, summed over CPUs.
+    pub fn read_metrics(&self) -> Result<Vec<MetricSample>, MapsError> {
+        let drops = DropReason::ALL
+            .iter()
+            .map(|r| (MetricKind::Drop, r.name(), *r as u32));
+        let counters = Counter::ALL
+            .iter()
+            .map(|c| (MetricKind::Count, c.name(), *c as u32));
+        drops
+            .chain(counters)
+            .map(|(kind, name, index)| {
+                let value = self.metric(index)?;
+                Ok(MetricSample {
+                    kind,
+                    name,
+                    packets: value.packets,
+                    bytes: value.bytes,
+                })
+            })
+            .collect()
     }
 
     /// The sum over CPUs of metrics slot `index`.

@@ -25,19 +25,24 @@ use aya::{
 };
 use keelson_common::{EndpointInfo, names, paths};
 
-pub use maps::{Maps, MapsError};
+pub use maps::{Maps, MapsError, MetricKind, MetricSample};
 
 use crate::services::model::{LbState, MapOp};
 
 /// The eBPF object built from `ebpf/` by the build script.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keelson"));
 
-/// The socket-level load balancer's programs, in attach order.
-pub const SOCK_PROGRAMS: [&str; 4] = [
+/// The socket-level load balancer's programs, in attach order. The v6 hooks translate
+/// IPv4-mapped destinations of AF_INET6 sockets.
+pub const SOCK_PROGRAMS: [&str; 8] = [
     names::PROG_CONNECT4,
     names::PROG_SENDMSG4,
     names::PROG_RECVMSG4,
     names::PROG_GETPEERNAME4,
+    names::PROG_CONNECT6,
+    names::PROG_SENDMSG6,
+    names::PROG_RECVMSG6,
+    names::PROG_GETPEERNAME6,
 ];
 
 /// Where the datapath of one node lives.
@@ -262,6 +267,11 @@ impl Datapath {
     /// Applies planned map operations, in order.
     pub fn apply(&self, ops: &[MapOp]) -> Result<(), MapsError> {
         self.lock().maps.apply(ops)
+    }
+
+    /// The datapath's drop and event counters (for the agent's Prometheus endpoint).
+    pub fn metrics(&self) -> Result<Vec<MetricSample>, MapsError> {
+        self.lock().maps.read_metrics()
     }
 
     /// Runs `f` with the maps (tests, metrics).

@@ -243,3 +243,49 @@ print(" ".join(sorted(seen)))
     );
     assert_eq!(out, format!("connected True {vip} 53 {vip}\nudp-a udp-b\n"));
 }
+
+#[test]
+fn dual_stack_sockets_reach_cluster_ips_through_ipv4_mapped_addresses() {
+    let ns = Netns::new(&super::testutil::unique("sock6"));
+    let t = TestDatapath::load("sock6", None);
+    let ports = tcp_backends(&ns, 2);
+    let udp = udp_backend(&ns, "udp-6");
+    let vip = Ipv4Addr::new(10, 96, 7, 4);
+    let desired = DesiredState {
+        services: BTreeMap::from([
+            (
+                frontend(vip, 80, Proto::Tcp),
+                ports.iter().map(|&p| loopback(p, Proto::Tcp)).collect(),
+            ),
+            (
+                frontend(vip, 53, Proto::Udp),
+                vec![loopback(udp, Proto::Udp)],
+            ),
+        ]),
+    };
+    program(&t, &desired);
+    let out = client(
+        &t,
+        &ns,
+        &format!(
+            r#"
+import socket
+seen = set()
+for _ in range(40):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(("::ffff:{vip}", 80))
+    seen.add(s.makefile().readline().strip())
+    assert s.getpeername()[:2] == ("::ffff:{vip}", 80), s.getpeername()
+    s.close()
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.sendto(b"ping", ("::ffff:{vip}", 53))
+data, addr = u.recvfrom(512)
+print(" ".join(sorted(seen)))
+print(data.decode(), addr[0], addr[1])
+"#
+        ),
+    );
+    assert_eq!(out, format!("backend-0 backend-1\nudp-6 ::ffff:{vip} 53\n"));
+}

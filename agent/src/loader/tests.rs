@@ -54,7 +54,7 @@ fn aya_obj_names() -> (Vec<String>, Vec<String>) {
 #[test]
 fn reload_reuses_pinned_maps_and_links() {
     let t = TestDatapath::load("reload", None);
-    assert_eq!(attached_programs(&t.cgroup.0), 4);
+    assert_eq!(attached_programs(&t.cgroup.0), SOCK_PROGRAMS.len());
     let frontend = Frontend {
         address: Ipv4Addr::new(10, 96, 0, 10),
         port: 53,
@@ -96,12 +96,12 @@ fn reload_reuses_pinned_maps_and_links() {
     );
     assert_eq!(
         attached_programs(&t.cgroup.0),
-        4,
+        SOCK_PROGRAMS.len(),
         "reload must not attach twice"
     );
     drop(again);
     // Dropping both loaders leaves the pinned links attached.
-    assert_eq!(attached_programs(&t.cgroup.0), 4);
+    assert_eq!(attached_programs(&t.cgroup.0), SOCK_PROGRAMS.len());
 }
 
 #[test]

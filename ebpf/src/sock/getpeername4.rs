@@ -4,10 +4,10 @@
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use keelson_common::Counter;
 
-use super::{SYS_PROCEED, xlate_rev};
+use super::{SYS_PROCEED, V4, xlate_rev};
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    xlate_rev(&ctx, Counter::SockPeernameRevXlated);
+    xlate_rev::<V4>(&ctx, Counter::SockPeernameRevXlated);
     SYS_PROCEED
 }

@@ -5,10 +5,10 @@
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use keelson_common::Counter;
 
-use super::{SYS_PROCEED, xlate_rev};
+use super::{SYS_PROCEED, V4, xlate_rev};
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    xlate_rev(&ctx, Counter::SockRecvmsgRevXlated);
+    xlate_rev::<V4>(&ctx, Counter::SockRecvmsgRevXlated);
     SYS_PROCEED
 }

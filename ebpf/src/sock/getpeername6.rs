@@ -1,0 +1,13 @@
+//! cgroup/getpeername6: getpeername4's reverse translation for AF_INET6 sockets
+//! (IPv4-mapped peers). Must always return 1.
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use keelson_common::Counter;
+
+use super::{SYS_PROCEED, V6Mapped, xlate_rev};
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    xlate_rev::<V6Mapped>(&ctx, Counter::SockPeernameRevXlated);
+    SYS_PROCEED
+}
