@@ -1384,6 +1384,43 @@ async fn api_real_kubectl_against_real_server() {
         "{out}"
     );
 
+    let (ok, out, _) = run(
+        vec![
+            "-n",
+            "extra",
+            "set",
+            "image",
+            "deployment/d1",
+            "nginx=nginx:1.28",
+        ],
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(ok && out.contains("image updated"), "{out}");
+    let (ok, out, _) = run(
+        vec!["-n", "extra", "label", "deployment", "d1", "tier=web"],
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(ok && out.contains("labeled"), "{out}");
+    let (ok, out, _) = run(
+        vec![
+            "-n",
+            "extra",
+            "get",
+            "deploy",
+            "-l",
+            "tier=web",
+            "-o",
+            "jsonpath={.items[0].spec.template.spec.containers[0].image}",
+        ],
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(ok && out == "nginx:1.28", "{out}");
     let (ok, out, err) = run(vec!["delete", "namespace", "extra", "--timeout=60s"], None)
         .await
         .expect("join");
@@ -1442,6 +1479,10 @@ async fn api_real_kubectl_against_real_server() {
     );
     let (ok, out, _) = run(vec!["get", "nodes"], None).await.expect("join");
     assert!(ok && out.contains("n1") && out.contains("Unknown"), "{out}");
+    let (ok, out, _) = run(vec!["cordon", "n1"], None).await.expect("join");
+    assert!(ok && out.contains("cordoned"), "{out}");
+    let (ok, out, _) = run(vec!["get", "nodes"], None).await.expect("join");
+    assert!(ok && out.contains("SchedulingDisabled"), "{out}");
     let (ok, out, _) = run(
         vec![
             "get",

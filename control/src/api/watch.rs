@@ -187,6 +187,8 @@ pub async fn serve<S: Store>(
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
+                // The client went away: stop watching the store now, not at the next event.
+                _ = tx.closed() => return,
                 _ = tick.tick(), if bookmarks => {
                     if tx.send(line("BOOKMARK", bookmark(info, last, false), None)).await.is_err() {
                         return;
