@@ -468,3 +468,103 @@ fn reconcile_programs_real_maps_and_a_restarted_agent_changes_nothing() {
     assert!(state.backends.is_empty());
     assert_eq!(state.services[&f].master.map(|m| m.0), Some(0));
 }
+
+/// A minimal Kubernetes API on loopback: lists of the given objects, watches that stay open
+/// without events. Enough for the reflectors of [`super::run`].
+async fn fake_api(
+    services: Vec<Service>,
+    slices: Vec<EndpointSlice>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::{Router, body::Body, extract::Query, response::Response, routing::get};
+    use std::collections::HashMap;
+
+    fn respond(
+        query: &HashMap<String, String>,
+        kind: &str,
+        api_version: &str,
+        items: serde_json::Value,
+    ) -> Response {
+        let body = if query.get("watch").map(String::as_str) == Some("true") {
+            Body::from_stream(futures::stream::pending::<Result<Vec<u8>, std::io::Error>>())
+        } else {
+            Body::from(
+                serde_json::json!({
+                    "apiVersion": api_version,
+                    "kind": kind,
+                    "metadata": { "resourceVersion": "1" },
+                    "items": items,
+                })
+                .to_string(),
+            )
+        };
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(body)
+            .expect("response")
+    }
+
+    let svcs = serde_json::to_value(&services).expect("services json");
+    let eps = serde_json::to_value(&slices).expect("slices json");
+    let app = Router::new()
+        .route(
+            "/api/v1/services",
+            get(move |Query(q): Query<HashMap<String, String>>| {
+                let svcs = svcs.clone();
+                async move { respond(&q, "ServiceList", "v1", svcs) }
+            }),
+        )
+        .route(
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            get(move |Query(q): Query<HashMap<String, String>>| {
+                let eps = eps.clone();
+                async move { respond(&q, "EndpointSliceList", "discovery.k8s.io/v1", eps) }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_programs_the_maps_from_the_api() {
+    use crate::loader::testutil::TestDatapath;
+
+    let t = TestDatapath::load("run", None);
+    let dp = std::sync::Arc::new(t.dp);
+    let s = svc("dns", "10.96.0.53", &[(Some("dns"), 53, "UDP")]);
+    let eps = slice(
+        "dns-a",
+        "dns",
+        &[(Some("dns"), 5353, "UDP")],
+        &[("10.244.1.7", Some(true), None, None)],
+    );
+    let (url, server) = fake_api(vec![s], vec![eps]).await;
+    let config = kube::Config::new(url.parse().expect("url"));
+    let client = kube::Client::try_from(config).expect("client");
+    let task = tokio::spawn(super::run(client, dp.clone()));
+
+    let f = fe([10, 96, 0, 53], 53, Proto::Udp);
+    let want = vec![Some(be([10, 244, 1, 7], 5353, Proto::Udp))];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if dp.read_lb().expect("read").backends_of(&f) == want {
+            break;
+        }
+        assert!(!task.is_finished(), "services loop ended: {:?}", task.await);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "services never programmed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    task.abort();
+    let _ = task.await;
+    server.abort();
+    // The datapath goes first, then `t`'s pins and cgroup at the end of the scope.
+    drop(dp);
+}
