@@ -22,7 +22,9 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::objects::{controller_ref_to, is_controlled_by, is_terminating};
+use super::objects::{
+    adopted_refs, can_adopt, controller_ref_to, is_controlled_by, is_terminating,
+};
 use super::runtime::{Reconciler, Requeue, is_already_exists, is_not_found, split_key};
 
 /// The label that ties a ReplicaSet and its Pods to one template of a Deployment.
@@ -73,6 +75,11 @@ pub struct Snapshot<'a> {
 /// One step of a rollout.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
+    /// Make this orphan ReplicaSet ours: set its ownerReferences to these.
+    Adopt {
+        name: String,
+        owner_references: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    },
     /// Create this ReplicaSet.
     CreateReplicaSet(Box<ReplicaSet>),
     /// Set a ReplicaSet's spec.replicas.
@@ -204,11 +211,20 @@ pub fn plan(d: &Deployment, snap: &Snapshot<'_>) -> Vec<Change> {
     let desired = spec.replicas.unwrap_or(1).max(0);
     let collision = d.status.as_ref().and_then(|s| s.collision_count);
     let hash = template_hash(&spec.template, collision);
+    // Orphan ReplicaSets the selector matches are adopted (Kubernetes' `ClaimReplicaSets`), so
+    // a Deployment re-created after an orphaning delete takes its ReplicaSets back.
+    let adoptable: Vec<&ReplicaSet> = snap
+        .replicasets
+        .iter()
+        .copied()
+        .filter(|rs| can_adopt(&d.metadata, Some(&spec.selector), &rs.metadata))
+        .collect();
     let mut owned: Vec<&ReplicaSet> = snap
         .replicasets
         .iter()
         .copied()
         .filter(|rs| is_controlled_by(&rs.metadata, uid) && !is_terminating(&rs.metadata))
+        .chain(adoptable.iter().copied())
         .collect();
     // Oldest first: scale-downs and history pruning start with the oldest revision.
     owned.sort_by_key(|rs| {
@@ -228,7 +244,14 @@ pub fn plan(d: &Deployment, snap: &Snapshot<'_>) -> Vec<Change> {
     let new_rs = owned.iter().copied().find(|rs| is_new(rs));
     let old: Vec<&ReplicaSet> = owned.iter().copied().filter(|rs| !is_new(rs)).collect();
 
-    let mut changes = Vec::new();
+    let mut changes: Vec<Change> = adoptable
+        .iter()
+        .map(|rs| Change::Adopt {
+            name: rs.metadata.name.clone().unwrap_or_default(),
+            owner_references: adopted_refs(&rs.metadata, d),
+        })
+        .collect();
+    let adopting = changes.len();
     if !is_terminating(&d.metadata) {
         if spec.paused == Some(true) {
             // A paused Deployment only follows scaling of its current ReplicaSet.
@@ -243,7 +266,7 @@ pub fn plan(d: &Deployment, snap: &Snapshot<'_>) -> Vec<Change> {
         } else {
             plan_rolling(d, &hash, desired, new_rs, &old, &mut changes);
         }
-        if changes.is_empty() {
+        if changes.len() == adopting {
             prune_history(&spec, &old, &mut changes);
         }
     }
@@ -563,6 +586,16 @@ impl Reconciler for DeploymentLoop {
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
         for change in changes {
             match change {
+                Change::Adopt {
+                    name,
+                    owner_references,
+                } => {
+                    let patch =
+                        serde_json::json!({ "metadata": { "ownerReferences": owner_references } });
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await?;
+                    tracing::info!(deployment = key, replicaset = name, "adopted replicaset");
+                }
                 Change::CreateReplicaSet(rs) => match api.create(&PostParams::default(), &rs).await
                 {
                     Ok(rs) => tracing::info!(
@@ -1065,6 +1098,29 @@ mod tests {
                 olds[1].metadata.name.as_deref().expect("n")
             ]
         );
+    }
+
+    #[test]
+    fn orphaned_replicasets_are_adopted() {
+        let d = deployment(2, "a");
+        let mut orphan = rs_for(&d, 1, 2, 2);
+        orphan.metadata.owner_references = None;
+        let changes = plan(
+            &d,
+            &Snapshot {
+                replicasets: vec![&orphan],
+                now: ts(0),
+            },
+        );
+        assert!(
+            matches!(&changes[0], Change::Adopt { name, owner_references }
+            if Some(name) == orphan.metadata.name.as_ref() && owner_references[0].uid == UID)
+        );
+        assert!(
+            created(&changes).is_none(),
+            "the adopted ReplicaSet is the current one"
+        );
+        assert!(scales(&changes).is_empty());
     }
 
     #[test]

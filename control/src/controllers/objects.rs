@@ -36,6 +36,36 @@ pub fn controller_ref_to<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerRefer
     }
 }
 
+/// Whether an owner with `owner` metadata and `selector` may adopt the object with `meta`: the
+/// object has no controller, neither is being deleted, the selector is not empty (an empty
+/// selector would claim everything) and it selects the object's labels.
+pub fn can_adopt(owner: &ObjectMeta, selector: Option<&LabelSelector>, meta: &ObjectMeta) -> bool {
+    let Some(selector) = selector else {
+        return false;
+    };
+    let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|e| e.is_empty());
+    !empty
+        && controller_ref(meta).is_none()
+        && !is_terminating(owner)
+        && !is_terminating(meta)
+        && meta.namespace == owner.namespace
+        && selector_matches(selector, meta.labels.as_ref())
+}
+
+/// The ownerReferences of an adopted object: its own plus a controller reference to `owner`.
+pub fn adopted_refs<K: Resource<DynamicType = ()>>(
+    meta: &ObjectMeta,
+    owner: &K,
+) -> Vec<OwnerReference> {
+    let mut refs = meta.owner_references.clone().unwrap_or_default();
+    refs.push(controller_ref_to(owner));
+    refs
+}
+
 /// True when the object is being deleted.
 pub fn is_terminating(meta: &ObjectMeta) -> bool {
     meta.deletion_timestamp.is_some()

@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::objects::{
-    controller_ref_to, is_controlled_by, is_terminating, map_selects, pod_is_active,
-    pod_is_available, pod_is_ready, pod_phase, pod_ready_since,
+    adopted_refs, can_adopt, controller_ref_to, is_controlled_by, is_terminating, map_selects,
+    pod_is_active, pod_is_available, pod_is_ready, pod_phase, pod_ready_since,
 };
 use super::runtime::{Expectations, Reconciler, Requeue, Seen, is_not_found, split_key};
 
@@ -38,6 +38,11 @@ pub struct Snapshot<'a> {
 /// One step towards the ReplicaSet's desired state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
+    /// Make this orphan Pod ours: set its ownerReferences to these.
+    Adopt {
+        name: String,
+        owner_references: Vec<OwnerReference>,
+    },
     /// Create this Pod (metadata.generateName set).
     CreatePod(Box<Pod>),
     /// Delete the Pod with this name.
@@ -54,14 +59,29 @@ pub fn plan(rs: &ReplicaSet, snap: &Snapshot<'_>) -> Vec<Change> {
     let spec = rs.spec.as_ref();
     let desired = spec.and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
     let min_ready = spec.and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    // Orphans the selector matches are adopted (Kubernetes' `ClaimPods`) and counted at once,
+    // so a ReplicaSet re-created after an orphaning delete does not double its Pods.
+    let adoptable: Vec<&Pod> = snap
+        .pods
+        .iter()
+        .copied()
+        .filter(|p| can_adopt(&rs.metadata, spec.map(|s| &s.selector), &p.metadata))
+        .collect();
     let owned: Vec<&Pod> = snap
         .pods
         .iter()
         .copied()
         .filter(|p| is_controlled_by(&p.metadata, uid))
+        .chain(adoptable.iter().copied())
         .collect();
     let mut active: Vec<&Pod> = owned.iter().copied().filter(|p| pod_is_active(p)).collect();
-    let mut changes = Vec::new();
+    let mut changes: Vec<Change> = adoptable
+        .iter()
+        .map(|p| Change::Adopt {
+            name: p.metadata.name.clone().unwrap_or_default(),
+            owner_references: adopted_refs(&p.metadata, rs),
+        })
+        .collect();
 
     // A ReplicaSet being deleted only reports status: its Pods go with it.
     if !is_terminating(&rs.metadata) {
@@ -272,6 +292,18 @@ async fn apply(
     let mut result = Ok(());
     for change in changes {
         let step = match change {
+            Change::Adopt {
+                name,
+                owner_references,
+            } => {
+                let patch =
+                    serde_json::json!({ "metadata": { "ownerReferences": owner_references } });
+                pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| {
+                        tracing::info!(replicaset = key, pod = name, "adopted pod");
+                    })
+            }
             Change::CreatePod(pod) => pods.create(&PostParams::default(), &pod).await.map(|p| {
                 let n = p.metadata.name.unwrap_or_default();
                 tracing::info!(replicaset = key, pod = n, "created pod");
@@ -582,6 +614,54 @@ mod tests {
                 }
             )
             .is_empty()
+        );
+    }
+
+    #[test]
+    fn matching_orphans_are_adopted_and_counted() {
+        let r = rs(2);
+        let mut orphan = pod("orphan", 0);
+        orphan.metadata.labels = Some(labels(&[("app", "web")]));
+        let mut stranger = pod("stranger", 0);
+        stranger.metadata.labels = Some(labels(&[("app", "db")]));
+        let changes = plan(
+            &r,
+            &Snapshot {
+                pods: vec![&orphan, &stranger],
+                now: ts(100),
+            },
+        );
+        let adopted: Vec<&Change> = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Adopt { .. }))
+            .collect();
+        match adopted[..] {
+            [
+                Change::Adopt {
+                    name,
+                    owner_references,
+                },
+            ] => {
+                assert_eq!(name, "orphan");
+                assert_eq!(owner_references[0].uid, UID);
+                assert_eq!(owner_references[0].controller, Some(true));
+            }
+            _ => panic!("expected one adoption: {changes:?}"),
+        }
+        assert_eq!(creates(&changes).len(), 1, "the adopted pod counts");
+        let mut going = r.clone();
+        going.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts(0)));
+        assert!(
+            !plan(
+                &going,
+                &Snapshot {
+                    pods: vec![&orphan],
+                    now: ts(100)
+                }
+            )
+            .iter()
+            .any(|c| matches!(c, Change::Adopt { .. }))
         );
     }
 
