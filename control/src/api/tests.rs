@@ -1217,6 +1217,23 @@ async fn api_real_kubectl_against_real_server() {
         "{err}"
     );
 
+    let (ok, out, _) = run(vec!["version"], None).await.expect("join");
+    assert!(
+        ok && out.contains("Server Version: v1.36.0+keelson"),
+        "{out}"
+    );
+    let (ok, out, _) = run(vec!["api-resources"], None).await.expect("join");
+    assert!(
+        ok && out.contains("endpointslices") && out.contains("deploy") && out.contains("leases"),
+        "{out}"
+    );
+    let (ok, out, err) = run(vec!["describe", "service", "web"], None)
+        .await
+        .expect("join");
+    assert!(
+        ok && out.contains("IP:") && out.contains("80/TCP"),
+        "{out}{err}"
+    );
     let (ok, out, _) = run(vec!["describe", "deployment", "web"], None)
         .await
         .expect("join");
@@ -1466,6 +1483,27 @@ async fn api_real_kubectl_against_real_server() {
         .await
         .expect("join");
     assert!(ok);
+    let (_, uid, _) = run(
+        vec!["get", "pod", "lp", "-o", "jsonpath={.metadata.uid}"],
+        None,
+    )
+    .await
+    .expect("join");
+    let event: &'static str = Box::leak(
+        format!("apiVersion: v1\nkind: Event\nmetadata: {{name: lp.1}}\ninvolvedObject: {{kind: Pod, name: lp, namespace: default, uid: {uid}}}\nreason: Scheduled\nmessage: assigned to n1\ntype: Normal\n")
+            .into_boxed_str(),
+    );
+    let (ok, _, _) = run(vec!["create", "-f", "-"], Some(event))
+        .await
+        .expect("join");
+    assert!(ok);
+    let (ok, out, err) = run(vec!["describe", "pod", "lp"], None)
+        .await
+        .expect("join");
+    assert!(
+        ok && out.contains("Node:") && out.contains("assigned to n1"),
+        "{out}{err}"
+    );
     let (ok, out, _) = run(vec!["logs", "lp", "--tail=5"], None)
         .await
         .expect("join");
