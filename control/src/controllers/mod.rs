@@ -4,6 +4,8 @@
 pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
+#[cfg(test)]
+mod loop_tests;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;

@@ -1,0 +1,308 @@
+//! The controller and scheduler loops against a real `keelson server` in this process: a
+//! Node (with a stand-in kubelet written here: Lease renewal and Pod status), a Deployment and
+//! a Service go through IPAM, scheduling, ReplicaSets, Pods, EndpointSlices, scaling and
+//! garbage collection, all through the Kubernetes API.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::server::{ServerConfig, admin_client, run};
+
+/// Polls `f` every 50 ms until it yields Some, failing after `limit`.
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Aborts the server task even when an assertion fails.
+struct ServerGuard(tokio::task::JoinHandle<()>);
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_service_and_node_reconcile_through_the_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let cfg = ServerConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen: format!("127.0.0.1:{port}").parse().expect("addr"),
+        service_cidr: "10.96.0.0/16".into(),
+        cluster_cidr: "10.244.0.0/16".into(),
+        node_cidr_mask: 24,
+    };
+    let _server = ServerGuard(tokio::spawn(async move {
+        if let Err(e) = run(cfg).await {
+            panic!("server failed: {e}");
+        }
+    }));
+    let kubeconfig = dir.path().join("admin.kubeconfig");
+    let client = wait_for("the API server", Duration::from_secs(20), || {
+        let kc = kubeconfig.clone();
+        async move {
+            let c = admin_client(&kc).await.ok()?;
+            Api::<Node>::all(c.clone())
+                .list(&ListParams::default())
+                .await
+                .ok()?;
+            Some(c)
+        }
+    })
+    .await;
+
+    // A Node with a stand-in kubelet: Ready, allocatable, a fresh Lease.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "kls-t-ctl-n1", "labels": {"topology.kubernetes.io/zone": "z1"}}
+    }))
+    .expect("node");
+    let mut node = nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create node");
+    let q = |v: &str| Quantity(v.into());
+    node.status = Some(serde_json::from_value(json!({
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now_rfc3339()}]
+    })).expect("status"));
+    let st = node.status.as_mut().expect("status");
+    st.allocatable = Some(BTreeMap::from([
+        ("cpu".into(), q("4")),
+        ("memory".into(), q("8Gi")),
+        ("pods".into(), q("110")),
+    ]));
+    nodes
+        .replace_status("kls-t-ctl-n1", &PostParams::default(), &node)
+        .await
+        .expect("node status");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "kls-t-ctl-n1"},
+        "spec": {"holderIdentity": "kls-t-ctl-n1", "leaseDurationSeconds": 40, "renewTime": now_rfc3339()}
+    }))
+    .expect("lease");
+    leases
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("lease");
+
+    // Node IPAM gives it a podCIDR from the cluster CIDR.
+    let cidr = wait_for("a podCIDR", Duration::from_secs(5), || {
+        let nodes = nodes.clone();
+        async move { nodes.get("kls-t-ctl-n1").await.ok()?.spec?.pod_cidr }
+    })
+    .await;
+    assert_eq!(cidr, "10.244.0.0/24");
+
+    // A Deployment and a Service with a named targetPort.
+    let ns = "default";
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sleep", "1"],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "resources": {"requests": {"cpu": "100m"}}}]}
+            }
+        }
+    }))
+    .expect("deployment");
+    deployments
+        .create(&PostParams::default(), &d)
+        .await
+        .expect("create deployment");
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
+    }))
+    .expect("service");
+    services
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create service");
+
+    // ReplicaSet -> Pods -> scheduled to the Node.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let bound = wait_for("3 bound pods", Duration::from_secs(10), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=web"))
+                .await
+                .ok()?;
+            let bound: Vec<Pod> = list
+                .items
+                .into_iter()
+                .filter(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("kls-t-ctl-n1")
+                })
+                .collect();
+            (bound.len() == 3).then_some(bound)
+        }
+    })
+    .await;
+    for p in &bound {
+        let name = p.metadata.name.as_deref().expect("name");
+        assert!(name.starts_with("web-"), "{name}");
+        let owner = &p.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(owner.kind, "ReplicaSet");
+    }
+
+    // The stand-in kubelet: Pods Running and Ready with IPs.
+    for (i, p) in bound.iter().enumerate() {
+        let mut p = p.clone();
+        let ip = format!("10.244.0.{}", 10 + i);
+        p.status = Some(serde_json::from_value(json!({
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now_rfc3339()}]
+        })).expect("pod status"));
+        let name = p.metadata.name.clone().expect("name");
+        pods.replace_status(&name, &PostParams::default(), &p)
+            .await
+            .expect("pod status");
+    }
+
+    // Deployment status and EndpointSlice follow.
+    wait_for("deployment available", Duration::from_secs(5), || {
+        let deployments = deployments.clone();
+        async move {
+            let st = deployments.get("web").await.ok()?.status?;
+            (st.available_replicas == Some(3) && st.updated_replicas == Some(3)).then_some(())
+        }
+    })
+    .await;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let slice = wait_for(
+        "an endpointslice with 3 ready endpoints",
+        Duration::from_secs(5),
+        || {
+            let slices = slices.clone();
+            async move {
+                let list = slices
+                    .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+                    .await
+                    .ok()?;
+                let s = list.items.into_iter().next()?;
+                let ready = s
+                    .endpoints
+                    .iter()
+                    .flatten()
+                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                    .count();
+                (ready == 3).then_some(s)
+            }
+        },
+    )
+    .await;
+    let port = &slice.ports.as_ref().expect("ports")[0];
+    assert_eq!(
+        (port.name.as_deref(), port.port),
+        (Some("http"), Some(8080))
+    );
+    assert_eq!(
+        slice.endpoints.as_ref().expect("eps")[0].zone.as_deref(),
+        Some("z1")
+    );
+
+    // Scaling is honoured within 2 s end to end.
+    let start = Instant::now();
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .expect("scale");
+    wait_for("1 active pod", Duration::from_secs(2), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=web"))
+                .await
+                .ok()?;
+            (list
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .count()
+                == 1)
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(start.elapsed() < Duration::from_secs(2));
+
+    // Deleting the Deployment collects its ReplicaSet.
+    deployments
+        .delete("web", &DeleteParams::background())
+        .await
+        .expect("delete");
+    let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    wait_for("the replicaset collected", Duration::from_secs(5), || {
+        let replicasets = replicasets.clone();
+        async move {
+            replicasets
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    // And deleting the Service its slices.
+    services
+        .delete("web", &DeleteParams::background())
+        .await
+        .expect("delete service");
+    wait_for("the slices collected", Duration::from_secs(5), || {
+        let slices = slices.clone();
+        async move {
+            let list = slices
+                .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+                .await
+                .ok()?;
+            list.items.is_empty().then_some(())
+        }
+    })
+    .await;
+}
