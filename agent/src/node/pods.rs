@@ -626,6 +626,22 @@ async fn run_containers(shared: Arc<PodShared>, pod: Pod) {
             tracing::warn!(uid = %shared.uid, container = %c.name, "readiness probe kind not supported; container counts as ready");
             shared.update_view(idx, |v| v.probe_ready = true);
         }
+        if let Some(plan) = c.liveness_probe.as_ref().and_then(|p| probe::plan(p, &c)) {
+            let target = ProbeTarget {
+                pod_ip,
+                netns: shared.netns.clone(),
+                cgroup: shared.cgroup.clone(),
+                cwd: PathBuf::from("/"),
+                env: env.clone(),
+            };
+            tasks.push(tokio::spawn(liveness_loop(
+                Arc::clone(&shared),
+                idx,
+                c.name.clone(),
+                plan,
+                target,
+            )));
+        }
         tasks.push(tokio::spawn(supervise(Arc::clone(&shared), idx, c, env)));
     }
     for t in tasks {
@@ -668,6 +684,60 @@ async fn probe_loop(
         tokio::select! {
             () = tokio::time::sleep(plan.period) => {}
             () = shared.stop.cancelled() => return,
+        }
+    }
+}
+
+/// Runs a liveness probe for one container until the Pod stops: when it fails
+/// `failureThreshold` times in a row the container is killed, and its supervisor restarts it
+/// per the restart policy (the kubelet's behaviour).
+async fn liveness_loop(
+    shared: Arc<PodShared>,
+    idx: usize,
+    name: String,
+    plan: probe::ProbePlan,
+    target: ProbeTarget,
+) {
+    let running_since = |shared: &PodShared| {
+        shared
+            .views
+            .lock()
+            .ok()
+            .and_then(|v| match v.get(idx).map(|c| &c.state) {
+                Some(ContainerState::Running { started_at }) => Some(*started_at),
+                _ => None,
+            })
+    };
+    let mut state = ProbeState::alive();
+    let mut probed: Option<jiff::Timestamp> = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(plan.period) => {}
+            () = shared.stop.cancelled() => return,
+        }
+        let Some(started) = running_since(&shared) else {
+            continue;
+        };
+        if probed != Some(started) {
+            // A new run of the container: fresh counters, and its initial delay first.
+            probed = Some(started);
+            state = ProbeState::alive();
+            tokio::select! {
+                () = tokio::time::sleep(plan.initial_delay) => {}
+                () = shared.stop.cancelled() => return,
+            }
+        }
+        let ok = probe::run_once(&plan.action, &target, plan.timeout).await;
+        if state.record(ok, &plan) && !state.ready {
+            let pid = shared
+                .record
+                .lock()
+                .ok()
+                .and_then(|r| r.containers.get(&name).map(|c| c.pid));
+            if let Some(pid) = pid {
+                tracing::info!(uid = %shared.uid, container = %name, pid, "liveness probe failed; killing container");
+                process::signal(pid, Signal::SIGKILL);
+            }
         }
     }
 }
@@ -880,7 +950,12 @@ async fn pod_worker(
         }
     };
     let spec = pod.spec.clone().unwrap_or_default();
-    let start_time = jiff::Timestamp::now();
+    // Keep the start time an earlier agent reported.
+    let start_time = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map_or_else(jiff::Timestamp::now, |t| t.0);
 
     // The sandbox, retried until it works or the Pod goes away.
     let pod_ip = loop {
@@ -1449,5 +1524,56 @@ mod tests {
                 .all(|v| matches!(&v.state, ContainerState::Terminated(x) if x.exit_code == 0)),
             "{inits:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn failing_liveness_probe_kills_the_container() {
+        let t = test_pod("live", RestartPolicy::Always, &["c"]);
+        let sup = tokio::spawn(supervise(
+            Arc::clone(&t.shared),
+            0,
+            shell("c", "exec sleep 30"),
+            env(),
+        ));
+        let plan = probe::ProbePlan {
+            action: probe::ProbeAction::Exec {
+                argv: vec!["false".into()],
+            },
+            initial_delay: Duration::ZERO,
+            period: Duration::from_millis(200),
+            timeout: Duration::from_secs(1),
+            success_threshold: 1,
+            failure_threshold: 2,
+        };
+        let target = ProbeTarget {
+            pod_ip: t.shared.pod_ip,
+            netns: t.shared.netns.clone(),
+            cgroup: t.shared.cgroup.clone(),
+            cwd: "/".into(),
+            env: env(),
+        };
+        let live = tokio::spawn(liveness_loop(
+            Arc::clone(&t.shared),
+            0,
+            "c".into(),
+            plan,
+            target,
+        ));
+        let mut killed = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            killed = t.shared.views.lock().expect("lock")[0]
+                .last_terminated
+                .clone();
+            if killed.is_some() {
+                break;
+            }
+        }
+        let killed = killed.expect("the container was killed by its liveness probe");
+        assert_eq!(killed.exit_code, 128 + 9);
+        assert_eq!(t.shared.views.lock().expect("lock")[0].restart_count, 1);
+        t.shared.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), sup).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), live).await;
     }
 }

@@ -202,6 +202,15 @@ pub struct ProbeState {
 }
 
 impl ProbeState {
+    /// The state a liveness probe starts in: alive until proven otherwise.
+    pub fn alive() -> Self {
+        Self {
+            ready: true,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
     /// Records a result; returns whether readiness changed.
     pub fn record(&mut self, ok: bool, plan: &ProbePlan) -> bool {
         let before = self.ready;
@@ -286,6 +295,24 @@ mod tests {
         assert!(s.ready);
         assert!(!s.record(false, &p));
         assert!(s.ready);
+        assert!(s.record(false, &p));
+        assert!(!s.ready);
+    }
+
+    #[test]
+    fn liveness_starts_alive_and_dies_after_the_failure_threshold() {
+        let p = ProbePlan {
+            action: ProbeAction::Tcp { port: 1 },
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            success_threshold: 1,
+            failure_threshold: 3,
+        };
+        let mut s = ProbeState::alive();
+        assert!(s.ready);
+        assert!(!s.record(false, &p));
+        assert!(!s.record(false, &p));
         assert!(s.record(false, &p));
         assert!(!s.ready);
     }
