@@ -173,8 +173,11 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         ApiConfig::with_admin_token(service_cidr, creds.token.clone()),
     );
     ensure_system_namespaces(&state).await?;
-    let compaction = tokio::spawn(compaction_loop(store));
-    let namespace_finalizer = tokio::spawn(api::namespaces::finalize_loop(state.clone()));
+    // Everything spawned here stops when `run` returns or is dropped (a cancelled `run` must
+    // not leave tasks holding the store and the port).
+    let mut tasks = Tasks::default();
+    tasks.spawn(compaction_loop(store));
+    tasks.spawn(api::namespaces::finalize_loop(state.clone()));
 
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(tls_config(&creds)?);
     let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
@@ -189,6 +192,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
                 .await
         }
     });
+    tasks.0.push(server.abort_handle());
     let Some(bound) = handle.listening().await else {
         let err = match server.await {
             Ok(Err(source)) => ServerError::Serve {
@@ -197,8 +201,6 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
             },
             _ => ServerError::Other(format!("HTTPS server on {listen} did not start")),
         };
-        compaction.abort();
-        namespace_finalizer.abort();
         return Err(err);
     };
     tracing::info!(addr = %bound, kubeconfig = %creds.kubeconfig_path.display(), "API server listening");
@@ -208,7 +210,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         cluster_cidr: cfg.cluster_cidr.clone(),
         node_cidr_mask: cfg.node_cidr_mask,
     };
-    let controllers = tokio::spawn({
+    tasks.spawn({
         let client = client.clone();
         async move {
             if let Err(e) = crate::controllers::run_all(client, controllers_cfg).await {
@@ -216,7 +218,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
             }
         }
     });
-    let scheduler = tokio::spawn(async move {
+    tasks.spawn(async move {
         if let Err(e) = crate::scheduler::run(client).await {
             tracing::error!(error = %e, "scheduler stopped");
         }
@@ -237,9 +239,24 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
             Err(e) => Err(ServerError::Other(format!("HTTPS server task: {e}"))),
         },
     };
-    controllers.abort();
-    scheduler.abort();
-    compaction.abort();
-    namespace_finalizer.abort();
+    drop(tasks);
     result
+}
+
+/// Background tasks of the server, aborted together when dropped.
+#[derive(Debug, Default)]
+struct Tasks(Vec<tokio::task::AbortHandle>);
+
+impl Tasks {
+    fn spawn(&mut self, fut: impl Future<Output = ()> + Send + 'static) {
+        self.0.push(tokio::spawn(fut).abort_handle());
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
 }

@@ -149,6 +149,9 @@ pub fn router<S: Store>(state: Arc<ApiState<S>>) -> Router {
             any(handlers::group_entry::<S>),
         )
         .fallback(|| async { ApiError::NoSuchResource })
+        // kube-apiserver accepts request bodies up to 3 MiB (etcd's default value limit is 1.5 MiB
+        // per object, but patches and lists of operations can be larger).
+        .layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             authenticate::<S>,

@@ -1584,6 +1584,9 @@ async fn start_server(
         if kc.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return (server, kc);
         }
+        if server.is_finished() {
+            panic!("server stopped: {:?}", server.await);
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("server did not come up");
@@ -1675,6 +1678,63 @@ async fn api_kube_rs_client_round_trip() {
     assert!(
         matches!(err, kube::Error::Api(ref s) if s.code == 404),
         "{err:?}"
+    );
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_restart_reuses_credentials_and_allocations() {
+    use k8s_openapi::api::core::v1::Service;
+    use kube::{Api, api::PostParams};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svc = |name: &str| -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}}),
+        )
+        .expect("service")
+    };
+    let (server, kc) = start_server(dir.path()).await;
+    let ca = std::fs::read_to_string(dir.path().join("ca.crt")).expect("ca");
+    let client = crate::server::admin_client(&kc).await.expect("client");
+    let api: Api<Service> = Api::namespaced(client, "default");
+    let first = api
+        .create(&PostParams::default(), &svc("first"))
+        .await
+        .expect("create");
+    let first_ip = first.spec.and_then(|s| s.cluster_ip).expect("clusterIP");
+    // Stopping: the server and its tasks go; connections close as their clients go away.
+    drop(api);
+    server.abort();
+    let _ = server.await;
+    let mut reopened = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if SqliteStore::open(&dir.path().join("state.db")).is_ok() {
+            reopened = Some(());
+            break;
+        }
+    }
+    assert!(reopened.is_some(), "the stopped server released its store");
+    let (server, kc) = start_server(dir.path()).await;
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ca.crt")).expect("ca"),
+        ca,
+        "CA reused"
+    );
+    let client = crate::server::admin_client(&kc).await.expect("client");
+    let api: Api<Service> = Api::namespaced(client, "default");
+    let kept = api.get("first").await.expect("survived restart");
+    assert_eq!(
+        kept.spec.and_then(|s| s.cluster_ip).as_deref(),
+        Some(first_ip.as_str())
+    );
+    let second = api
+        .create(&PostParams::default(), &svc("second"))
+        .await
+        .expect("create");
+    assert_ne!(
+        second.spec.and_then(|s| s.cluster_ip).as_deref(),
+        Some(first_ip.as_str())
     );
     server.abort();
 }
