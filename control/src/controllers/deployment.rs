@@ -80,6 +80,10 @@ pub enum Change {
         name: String,
         owner_references: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
     },
+    /// Set a ReplicaSet's revision annotation.
+    SetRevision { name: String, revision: i64 },
+    /// Set the Deployment's revision annotation.
+    AnnotateRevision(i64),
     /// Create this ReplicaSet.
     CreateReplicaSet(Box<ReplicaSet>),
     /// Set a ReplicaSet's spec.replicas.
@@ -268,6 +272,31 @@ pub fn plan(d: &Deployment, snap: &Snapshot<'_>) -> Vec<Change> {
         }
         if changes.len() == adopting {
             prune_history(&spec, &old, &mut changes);
+        }
+    }
+    // The current ReplicaSet carries the highest revision (a rollback to an old template makes
+    // its ReplicaSet current again), and the Deployment shows it, as `kubectl rollout history`
+    // and `undo` expect.
+    if let Some(rs) = new_rs {
+        let max_old = old.iter().map(|o| revision(o)).max().unwrap_or(0);
+        let rev = if revision(rs) <= max_old {
+            max_old + 1
+        } else {
+            revision(rs)
+        };
+        if rev != revision(rs) {
+            changes.push(Change::SetRevision {
+                name: rs.metadata.name.clone().unwrap_or_default(),
+                revision: rev,
+            });
+        }
+        let shown = d
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REVISION_ANNOTATION));
+        if shown != Some(&rev.to_string()) {
+            changes.push(Change::AnnotateRevision(rev));
         }
     }
     let status = status_of(d, new_rs, &owned, snap.now);
@@ -595,6 +624,17 @@ impl Reconciler for DeploymentLoop {
                     api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                         .await?;
                     tracing::info!(deployment = key, replicaset = name, "adopted replicaset");
+                }
+                Change::SetRevision { name, revision } => {
+                    let patch = serde_json::json!({ "metadata": { "annotations": { REVISION_ANNOTATION: revision.to_string() } } });
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await?;
+                }
+                Change::AnnotateRevision(revision) => {
+                    let patch = serde_json::json!({ "metadata": { "annotations": { REVISION_ANNOTATION: revision.to_string() } } });
+                    deployments
+                        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await?;
                 }
                 Change::CreateReplicaSet(rs) => match api.create(&PostParams::default(), &rs).await
                 {
@@ -930,6 +970,11 @@ mod tests {
             Some("NewReplicaSetAvailable")
         );
         d_done.status = Some(st);
+        assert!(changes.contains(&Change::AnnotateRevision(2)));
+        d_done.metadata.annotations = Some(BTreeMap::from([(
+            REVISION_ANNOTATION.to_string(),
+            "2".to_string(),
+        )]));
         assert!(
             plan(
                 &d_done,
@@ -1097,6 +1142,52 @@ mod tests {
                 olds[0].metadata.name.as_deref().expect("n"),
                 olds[1].metadata.name.as_deref().expect("n")
             ]
+        );
+    }
+
+    #[test]
+    fn rollback_makes_the_old_replicaset_current_with_a_new_revision() {
+        let d = deployment(1, "a");
+        let cur = rs_for(&d, 1, 1, 1);
+        let newer = rs_for(&deployment(1, "b"), 2, 0, 0);
+        let changes = plan(
+            &d,
+            &Snapshot {
+                replicasets: vec![&cur, &newer],
+                now: ts(0),
+            },
+        );
+        assert!(
+            changes.contains(&Change::SetRevision {
+                name: cur.metadata.name.clone().expect("name"),
+                revision: 3
+            }),
+            "{changes:?}"
+        );
+        assert!(changes.contains(&Change::AnnotateRevision(3)));
+        // Once annotated, nothing more.
+        let mut cur3 = cur.clone();
+        cur3.metadata.annotations = Some(BTreeMap::from([(
+            REVISION_ANNOTATION.to_string(),
+            "3".to_string(),
+        )]));
+        let mut d3 = d.clone();
+        d3.metadata.annotations = Some(BTreeMap::from([(
+            REVISION_ANNOTATION.to_string(),
+            "3".to_string(),
+        )]));
+        let changes = plan(
+            &d3,
+            &Snapshot {
+                replicasets: vec![&cur3, &newer],
+                now: ts(0),
+            },
+        );
+        assert!(
+            !changes
+                .iter()
+                .any(|c| matches!(c, Change::SetRevision { .. } | Change::AnnotateRevision(_))),
+            "{changes:?}"
         );
     }
 
