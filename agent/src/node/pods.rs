@@ -6,7 +6,7 @@
 //! the deletion to the API server (delete with gracePeriodSeconds=0).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -14,7 +14,7 @@ use std::{
 };
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams, Preconditions},
@@ -170,13 +170,86 @@ pub async fn cni_call(
         })
 }
 
-/// The environment of a container: a default PATH, HOSTNAME, then the spec's variables with
-/// `fieldRef`s resolved (the downward API fields that exist before the container starts).
+/// ConfigMap and Secret data a Pod's environment refers to, read once before its containers
+/// start (as the kubelet does; later changes reach only restarted Pods).
+#[derive(Debug, Clone, Default)]
+pub struct EnvSources {
+    pub config_maps: HashMap<String, BTreeMap<String, String>>,
+    pub secrets: HashMap<String, BTreeMap<String, String>>,
+}
+
+impl EnvSources {
+    /// Reads every ConfigMap and Secret named by `env[].valueFrom` or `envFrom` of the Pod's
+    /// containers. Missing ones are left out: the variables that need them stay unset.
+    pub async fn fetch(client: &Client, namespace: &str, pod: &Pod) -> Self {
+        let (mut cms, mut secrets) = (BTreeSet::new(), BTreeSet::new());
+        let spec = pod.spec.as_ref();
+        let all = spec
+            .map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for c in all {
+            for e in c.env.iter().flatten() {
+                if let Some(from) = &e.value_from {
+                    cms.extend(from.config_map_key_ref.as_ref().map(|r| r.name.clone()));
+                    secrets.extend(from.secret_key_ref.as_ref().map(|r| r.name.clone()));
+                }
+            }
+            for f in c.env_from.iter().flatten() {
+                cms.extend(f.config_map_ref.as_ref().map(|r| r.name.clone()));
+                secrets.extend(f.secret_ref.as_ref().map(|r| r.name.clone()));
+            }
+        }
+        let mut out = Self::default();
+        let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        for name in cms {
+            match cm_api.get_opt(&name).await {
+                Ok(Some(cm)) => {
+                    out.config_maps.insert(name, cm.data.unwrap_or_default());
+                }
+                Ok(None) => {
+                    tracing::warn!(%namespace, configmap = %name, "ConfigMap referenced by a pod's environment not found")
+                }
+                Err(e) => {
+                    tracing::warn!(%namespace, configmap = %name, error = %e, "reading a ConfigMap for a pod's environment")
+                }
+            }
+        }
+        let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        for name in secrets {
+            match secret_api.get_opt(&name).await {
+                Ok(Some(sec)) => {
+                    let mut data: BTreeMap<String, String> = sec.string_data.unwrap_or_default();
+                    for (k, v) in sec.data.unwrap_or_default() {
+                        data.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+                    }
+                    out.secrets.insert(name, data);
+                }
+                Ok(None) => {
+                    tracing::warn!(%namespace, secret = %name, "Secret referenced by a pod's environment not found")
+                }
+                Err(e) => {
+                    tracing::warn!(%namespace, secret = %name, error = %e, "reading a Secret for a pod's environment")
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The environment of a container: a default PATH, HOSTNAME, then `envFrom`, then `env`
+/// (which wins over `envFrom`, as in Kubernetes), with `fieldRef`s resolved from the downward
+/// API fields that exist before the container starts and ConfigMap/Secret keys from `sources`.
 pub fn container_env(
     pod: &Pod,
     container: &Container,
     pod_ip: Option<Ipv4Addr>,
     node_ip: Ipv4Addr,
+    sources: &EnvSources,
 ) -> Vec<(String, String)> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let mut env: Vec<(String, String)> = vec![
@@ -210,21 +283,52 @@ pub fn container_env(
             _ => None,
         }
     };
+    let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+        env.retain(|(name, _)| *name != k);
+        env.push((k, v));
+    };
+    for from in container.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        let data = from
+            .config_map_ref
+            .as_ref()
+            .and_then(|r| sources.config_maps.get(&r.name))
+            .or_else(|| {
+                from.secret_ref
+                    .as_ref()
+                    .and_then(|r| sources.secrets.get(&r.name))
+            });
+        for (k, v) in data.into_iter().flatten() {
+            set(&mut env, format!("{prefix}{k}"), v.clone());
+        }
+    }
     for var in container.env.iter().flatten() {
         let value = match (&var.value, &var.value_from) {
             (Some(v), _) => Some(v.clone()),
-            (None, Some(from)) => match &from.field_ref {
-                Some(f) => field(&f.field_path),
-                None => {
-                    tracing::warn!(var = %var.name, "only fieldRef is supported in valueFrom; variable left unset");
+            (None, Some(from)) => {
+                if let Some(f) = &from.field_ref {
+                    field(&f.field_path)
+                } else if let Some(r) = &from.config_map_key_ref {
+                    sources
+                        .config_maps
+                        .get(&r.name)
+                        .and_then(|d| d.get(&r.key))
+                        .cloned()
+                } else if let Some(r) = &from.secret_key_ref {
+                    sources
+                        .secrets
+                        .get(&r.name)
+                        .and_then(|d| d.get(&r.key))
+                        .cloned()
+                } else {
+                    tracing::warn!(var = %var.name, "resourceFieldRef is not supported; variable left unset");
                     None
                 }
-            },
+            }
             (None, None) => Some(String::new()),
         };
         if let Some(value) = value {
-            env.retain(|(k, _)| *k != var.name);
-            env.push((var.name.clone(), value));
+            set(&mut env, var.name.clone(), value);
         }
     }
     env
@@ -590,7 +694,7 @@ async fn run_init(
 
 /// Runs the init containers in order, then the containers (and their probes) until the Pod
 /// stops.
-async fn run_containers(shared: Arc<PodShared>, pod: Pod) {
+async fn run_containers(shared: Arc<PodShared>, pod: Pod, sources: EnvSources) {
     let spec = pod.spec.clone().unwrap_or_default();
     let (pod_ip, node_ip) = (shared.pod_ip, shared.cfg.node_ip);
     for (idx, c) in spec
@@ -600,14 +704,14 @@ async fn run_containers(shared: Arc<PodShared>, pod: Pod) {
         .into_iter()
         .enumerate()
     {
-        let env = container_env(&pod, &c, Some(pod_ip), node_ip);
+        let env = container_env(&pod, &c, Some(pod_ip), node_ip, &sources);
         if !run_init(Arc::clone(&shared), idx, c, env).await {
             return;
         }
     }
     let mut tasks = Vec::new();
     for (idx, c) in spec.containers.into_iter().enumerate() {
-        let env = container_env(&pod, &c, Some(pod_ip), node_ip);
+        let env = container_env(&pod, &c, Some(pod_ip), node_ip, &sources);
         if let Some(plan) = c.readiness_probe.as_ref().and_then(|p| probe::plan(p, &c)) {
             let target = ProbeTarget {
                 pod_ip,
@@ -927,7 +1031,7 @@ async fn pod_worker(
         .clone()
         .unwrap_or_else(|| "default".into());
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(client, &namespace);
+    let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let pod_dir = cfg.pod_dir(&uid);
     let mut rec = match PodRecord::load(&pod_dir) {
         Ok(Some(r)) => r,
@@ -1039,7 +1143,8 @@ async fn pod_worker(
         changed: Notify::new(),
         stop: CancellationToken::new(),
     });
-    let runner = tokio::spawn(run_containers(Arc::clone(&shared), pod.clone()));
+    let sources = EnvSources::fetch(&client, &namespace, &pod).await;
+    let runner = tokio::spawn(run_containers(Arc::clone(&shared), pod.clone(), sources));
 
     // Status reporting until the Pod is deleted.
     let mut transitions = Transitions::new();
@@ -1233,7 +1338,14 @@ mod tests {
                 { "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } },
                 { "name": "APP", "valueFrom": { "fieldRef": { "fieldPath": "metadata.labels['app']" } } },
                 { "name": "SECRET", "valueFrom": { "secretKeyRef": { "name": "s", "key": "k" } } },
+                { "name": "MISSING", "valueFrom": { "secretKeyRef": { "name": "absent", "key": "k" } } },
+                { "name": "MODE", "valueFrom": { "configMapKeyRef": { "name": "cm", "key": "mode" } } },
                 { "name": "PATH", "value": "/opt/bin" },
+                { "name": "FROM_CM_LEVEL", "value": "env wins" },
+            ],
+            "envFrom": [
+                { "configMapRef": { "name": "cm" }, "prefix": "FROM_CM_" },
+                { "secretRef": { "name": "s" } },
             ],
         }))
         .expect("container");
@@ -1242,6 +1354,22 @@ mod tests {
             &c,
             Some(Ipv4Addr::new(10, 244, 1, 2)),
             Ipv4Addr::new(10, 250, 0, 11),
+            &EnvSources {
+                config_maps: [(
+                    "cm".to_owned(),
+                    [
+                        ("mode".to_owned(), "fast".to_owned()),
+                        ("LEVEL".to_owned(), "3".to_owned()),
+                    ]
+                    .into(),
+                )]
+                .into(),
+                secrets: [(
+                    "s".to_owned(),
+                    [("k".to_owned(), "hunter2".to_owned())].into(),
+                )]
+                .into(),
+            },
         )
         .into_iter()
         .collect();
@@ -1252,7 +1380,12 @@ mod tests {
         assert_eq!(env["POD_IP"], "10.244.1.2");
         assert_eq!(env["APP"], "web");
         assert_eq!(env["PATH"], "/opt/bin");
-        assert!(!env.contains_key("SECRET"));
+        assert_eq!(env["SECRET"], "hunter2");
+        assert_eq!(env["k"], "hunter2", "envFrom secretRef");
+        assert_eq!(env["MODE"], "fast");
+        assert_eq!(env["FROM_CM_mode"], "fast", "envFrom with prefix");
+        assert_eq!(env["FROM_CM_LEVEL"], "env wins", "env overrides envFrom");
+        assert!(!env.contains_key("MISSING"));
     }
 
     #[test]
@@ -1511,7 +1644,7 @@ mod tests {
         std::fs::create_dir_all(&t.shared.pod_dir).expect("pod dir");
         tokio::time::timeout(
             Duration::from_secs(10),
-            run_containers(Arc::clone(&t.shared), pod),
+            run_containers(Arc::clone(&t.shared), pod, EnvSources::default()),
         )
         .await
         .expect("all containers end under Never");
