@@ -17,8 +17,17 @@ pub mod names {
     pub const SOCK_REVNAT: &str = "kls_sock_revnat";
     pub const ENDPOINTS: &str = "kls_endpoints";
     pub const METRICS: &str = "kls_metrics";
+    pub const AFFINITY: &str = "kls_affinity";
     /// Every map the datapath pins, for loaders and dump tools that walk them all.
-    pub const ALL: [&str; 6] = [SERVICES, BACKENDS, REVNAT, SOCK_REVNAT, ENDPOINTS, METRICS];
+    pub const ALL: [&str; 7] = [
+        SERVICES,
+        BACKENDS,
+        REVNAT,
+        SOCK_REVNAT,
+        ENDPOINTS,
+        METRICS,
+        AFFINITY,
+    ];
 
     /// Program names (the function names in the eBPF object).
     pub const PROG_CONNECT4: &str = "sock_connect4";
@@ -51,6 +60,8 @@ pub mod limits {
     /// LRU: entries of closed sockets age out.
     pub const MAX_SOCK_REVNAT: u32 = 262_144;
     pub const MAX_ENDPOINTS: u32 = 65_536;
+    /// LRU: session-affinity entries of idle clients age out.
+    pub const MAX_AFFINITY: u32 = 65_536;
     /// Size of the metrics array: drop reasons and counters share one index space.
     pub const METRICS_SLOTS: u32 = 128;
     /// Highest number of backends one frontend may have (slots are `u16`).
@@ -97,8 +108,10 @@ impl ServiceKey {
     }
 }
 
-/// Value of the `services` map. For the master slot: `count` backends and the frontend's
-/// reverse-NAT index; for slot `n`: `backend_id`.
+/// Value of the `services` map. For the master slot: `count` backends, the frontend's
+/// reverse-NAT index, `flags` ([`service_flags`]) and, with [`service_flags::AFFINITY`], the
+/// affinity timeout in seconds in `backend_id` (the field is unused on a master, as in
+/// Cilium's `lb4_service`); for slot `n`: `backend_id`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceValue {
@@ -109,6 +122,36 @@ pub struct ServiceValue {
     pub pad: [u8; 3],
 }
 const _: () = assert!(size_of::<ServiceValue>() == 12);
+
+/// Bits of [`ServiceValue::flags`] on a master entry.
+pub mod service_flags {
+    /// `sessionAffinity: ClientIP`: a client keeps its backend for the timeout.
+    pub const AFFINITY: u8 = 1;
+}
+
+/// Key of the `affinity` LRU map: one client of one frontend. The client is its network
+/// namespace cookie (one per Pod, so it stands for the Pod's IP, which is what kube-proxy's
+/// ClientIP affinity keys on).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client: u64,
+    pub rev_nat_index: u16,
+    pub pad: [u8; 6],
+}
+const _: () = assert!(size_of::<AffinityKey>() == 16);
+
+/// Value of the `affinity` map: the backend (and the slot it had) and when it was last used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub slot: u16,
+    pub pad: [u8; 2],
+    /// `bpf_ktime_get_ns` of the last connect/sendmsg that used the entry.
+    pub last_used_ns: u64,
+}
+const _: () = assert!(size_of::<AffinityValue>() == 16);
 
 /// Key of the `backends` map: a backend id, allocated by the agent (never 0).
 pub type BackendKey = u32;
@@ -302,4 +345,8 @@ mod pod {
     unsafe impl aya::Pod for EndpointInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for MetricValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityValue {}
 }

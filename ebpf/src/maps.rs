@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use keelson_common::{
-    Backend, BackendKey, EndpointInfo, EndpointKey, MetricValue, RevNatKey, RevNatValue,
-    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, limits,
+    AffinityKey, AffinityValue, Backend, BackendKey, EndpointInfo, EndpointKey, MetricValue,
+    RevNatKey, RevNatValue, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, limits,
 };
 
 #[map(name = "kls_services")]
@@ -30,3 +30,7 @@ pub static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
 
 #[map(name = "kls_metrics")]
 pub static METRICS: PerCpuArray<MetricValue> = PerCpuArray::pinned(limits::METRICS_SLOTS, 0);
+
+#[map(name = "kls_affinity")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(limits::MAX_AFFINITY, 0);

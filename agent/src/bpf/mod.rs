@@ -98,12 +98,16 @@ fn services(state: &LbState) -> Vec<Row> {
             } else {
                 text.push_str(&shown.join(", "));
             }
+            if let Some(timeout) = entry.affinity {
+                text.push_str(&format!(" (affinity {timeout}s)"));
+            }
             let json = json!({
                 "frontend": frontend.to_string(),
                 "address": frontend.address.to_string(),
                 "port": frontend.port,
                 "protocol": frontend.proto.as_str(),
                 "rev_nat_index": rev_nat_index,
+                "affinity_timeout_seconds": entry.affinity,
                 "backends": backends.iter().map(|(slot, id)| {
                     let b = id.and_then(|id| state.backends.get(&id));
                     json!({

@@ -56,11 +56,13 @@ fn dump_renders_services_backends_and_endpoints() {
             frontend: f,
             count: 2,
             rev_nat_index: 1,
+            affinity_timeout: None,
         },
         MapOp::PutMaster {
             frontend: empty,
             count: 0,
             rev_nat_index: 2,
+            affinity_timeout: None,
         },
     ])
     .expect("apply");

@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, path::Path};
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use keelson_common::{
     Backend, BackendKey, Counter, DropReason, EndpointInfo, EndpointKey, MetricValue, RevNatKey,
-    RevNatValue, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, names,
+    RevNatValue, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, names, service_flags,
 };
 
 use crate::services::model::{BackendAddr, Frontend, LbState, MapOp, Proto, ServiceEntry};
@@ -155,6 +155,7 @@ impl Maps {
             let entry: &mut ServiceEntry = state.services.entry(frontend).or_default();
             if k.backend_slot == 0 {
                 entry.master = Some((v.count, v.rev_nat_index));
+                entry.affinity = (v.flags & service_flags::AFFINITY != 0).then_some(v.backend_id);
             } else {
                 entry.slots.insert(k.backend_slot, v.backend_id);
             }
@@ -224,12 +225,17 @@ impl Maps {
                 frontend,
                 count,
                 rev_nat_index,
+                affinity_timeout,
             } => {
                 let value = ServiceValue {
-                    backend_id: 0,
+                    backend_id: affinity_timeout.unwrap_or(0),
                     count,
                     rev_nat_index,
-                    flags: 0,
+                    flags: if affinity_timeout.is_some() {
+                        service_flags::AFFINITY
+                    } else {
+                        0
+                    },
                     pad: [0; 3],
                 };
                 insert(

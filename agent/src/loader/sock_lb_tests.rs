@@ -129,6 +129,7 @@ fn tcp_connect_to_cluster_ip_reaches_every_backend() {
             frontend(vip, 80, Proto::Tcp),
             ports.iter().map(|&p| loopback(p, Proto::Tcp)).collect(),
         )]),
+        ..Default::default()
     };
     program(&t, &desired);
 
@@ -173,6 +174,7 @@ fn service_without_backends_refuses_connect_and_others_pass_untouched() {
     let vip = Ipv4Addr::new(10, 96, 7, 2);
     let desired = DesiredState {
         services: BTreeMap::from([(frontend(vip, 80, Proto::Tcp), vec![])]),
+        ..Default::default()
     };
     program(&t, &desired);
     let out = client(
@@ -212,6 +214,7 @@ fn udp_replies_come_from_the_cluster_ip() {
             frontend(vip, 53, Proto::Udp),
             vec![loopback(a, Proto::Udp), loopback(b, Proto::Udp)],
         )]),
+        ..Default::default()
     };
     program(&t, &desired);
     let out = client(
@@ -262,6 +265,7 @@ fn dual_stack_sockets_reach_cluster_ips_through_ipv4_mapped_addresses() {
                 vec![loopback(udp, Proto::Udp)],
             ),
         ]),
+        ..Default::default()
     };
     program(&t, &desired);
     let out = client(
@@ -288,4 +292,39 @@ print(data.decode(), addr[0], addr[1])
         ),
     );
     assert_eq!(out, format!("backend-0 backend-1\nudp-6 ::ffff:{vip} 53\n"));
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_backend() {
+    let ns = Netns::new(&super::testutil::unique("sockaff"));
+    let t = TestDatapath::load("sockaff", None);
+    let ports = tcp_backends(&ns, 4);
+    let vip = Ipv4Addr::new(10, 96, 7, 5);
+    let f = frontend(vip, 80, Proto::Tcp);
+    let desired = DesiredState {
+        services: BTreeMap::from([(f, ports.iter().map(|&p| loopback(p, Proto::Tcp)).collect())]),
+        affinity: BTreeMap::from([(f, 60)]),
+    };
+    program(&t, &desired);
+    let script = format!(
+        r#"
+import socket
+for _ in range(30):
+    s = socket.create_connection(("{vip}", 80), timeout=5)
+    print(s.makefile().readline().strip())
+    s.close()
+"#
+    );
+    let out = client(&t, &ns, &script);
+    let reached: BTreeSet<&str> = out.lines().collect();
+    assert_eq!(out.lines().count(), 30, "{out}");
+    assert_eq!(reached.len(), 1, "one client, one backend: {out}");
+    assert_eq!(
+        crate::bpf::dump(&t.pins.0, "services", false)
+            .expect("dump")
+            .lines()
+            .next()
+            .map(|l| l.ends_with("(affinity 60s)")),
+        Some(true)
+    );
 }

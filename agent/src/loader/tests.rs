@@ -77,6 +77,7 @@ fn reload_reuses_pinned_maps_and_links() {
             frontend,
             count: 1,
             rev_nat_index: 1,
+            affinity_timeout: None,
         },
     ])
     .expect("apply");

@@ -90,6 +90,8 @@ impl fmt::Display for BackendAddr {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub services: BTreeMap<Frontend, Vec<BackendAddr>>,
+    /// Frontends with `sessionAffinity: ClientIP`: the timeout in seconds.
+    pub affinity: BTreeMap<Frontend, u32>,
 }
 
 /// One frontend as found in the `services` map.
@@ -97,6 +99,8 @@ pub struct DesiredState {
 pub struct ServiceEntry {
     /// The master slot: backend count and reverse-NAT index, if present.
     pub master: Option<(u16, u16)>,
+    /// The master's session-affinity timeout in seconds, if affinity is on.
+    pub affinity: Option<u32>,
     /// Backend slots `1..`: slot → backend id.
     pub slots: BTreeMap<u16, u32>,
 }
@@ -149,6 +153,8 @@ pub enum MapOp {
         frontend: Frontend,
         count: u16,
         rev_nat_index: u16,
+        /// Session-affinity timeout in seconds, `None` without affinity.
+        affinity_timeout: Option<u32>,
     },
     DeleteSlot {
         frontend: Frontend,

@@ -70,6 +70,15 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
                         == Some(name)
             })
             .collect();
+        // kube-proxy's default ClientIP timeout is 3 hours (ServiceSpec API docs).
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(10_800)
+        });
         for sp in spec.ports.iter().flatten() {
             let Some(proto) = Proto::from_k8s(sp.protocol.as_deref()) else {
                 continue;
@@ -80,14 +89,15 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
             let port_name = sp.name.as_deref().unwrap_or("");
             let backends = select(candidates(&own_slices, port_name, proto));
             for &address in &cluster_ips {
-                state.services.insert(
-                    Frontend {
-                        address,
-                        port,
-                        proto,
-                    },
-                    backends.clone(),
-                );
+                let frontend = Frontend {
+                    address,
+                    port,
+                    proto,
+                };
+                state.services.insert(frontend, backends.clone());
+                if let Some(timeout) = affinity {
+                    state.affinity.insert(frontend, timeout);
+                }
             }
         }
     }
@@ -242,11 +252,15 @@ pub fn diff(current: &LbState, desired: &DesiredState) -> Vec<MapOp> {
                 });
             }
         }
-        if cur.and_then(|c| c.master) != Some((count, rev_nat_index)) {
+        let affinity_timeout = desired.affinity.get(frontend).copied();
+        if cur.and_then(|c| c.master) != Some((count, rev_nat_index))
+            || cur.and_then(|c| c.affinity) != affinity_timeout
+        {
             frontend_ops.push(MapOp::PutMaster {
                 frontend: *frontend,
                 count,
                 rev_nat_index,
+                affinity_timeout,
             });
         }
         for &slot in cur.iter().flat_map(|c| c.slots.keys()) {
@@ -324,13 +338,17 @@ pub fn apply_to_state(state: &mut LbState, ops: &[MapOp]) {
                 frontend,
                 count,
                 rev_nat_index,
+                affinity_timeout,
             } => {
-                state.services.entry(frontend).or_default().master = Some((count, rev_nat_index));
+                let entry = state.services.entry(frontend).or_default();
+                entry.master = Some((count, rev_nat_index));
+                entry.affinity = affinity_timeout;
             }
             MapOp::DeleteSlot { frontend, slot } => {
                 if let Some(entry) = state.services.get_mut(&frontend) {
                     if slot == 0 {
                         entry.master = None;
+                        entry.affinity = None;
                     } else {
                         entry.slots.remove(&slot);
                     }

@@ -239,6 +239,7 @@ fn diff_from_empty_writes_backends_before_services_and_converges() {
     ];
     let desired = DesiredState {
         services: BTreeMap::from([(f, backends.clone())]),
+        ..Default::default()
     };
     let (ops, next) = state_after(&LbState::default(), &desired);
     assert_eq!(
@@ -269,7 +270,8 @@ fn diff_from_empty_writes_backends_before_services_and_converges() {
             MapOp::PutMaster {
                 frontend: f,
                 count: 2,
-                rev_nat_index: 1
+                rev_nat_index: 1,
+                affinity_timeout: None
             },
         ]
     );
@@ -290,10 +292,12 @@ fn diff_shrinks_master_first_and_removes_unused_backends_last() {
         &LbState::default(),
         &DesiredState {
             services: BTreeMap::from([(f, vec![b1, b2, b3])]),
+            ..Default::default()
         },
     );
     let desired = DesiredState {
         services: BTreeMap::from([(f, vec![b1, b3])]),
+        ..Default::default()
     };
     let (ops, next) = state_after(&three, &desired);
     assert_eq!(
@@ -307,7 +311,8 @@ fn diff_shrinks_master_first_and_removes_unused_backends_last() {
             MapOp::PutMaster {
                 frontend: f,
                 count: 2,
-                rev_nat_index: 1
+                rev_nat_index: 1,
+                affinity_timeout: None
             },
             MapOp::DeleteSlot {
                 frontend: f,
@@ -329,10 +334,12 @@ fn diff_removes_gone_frontends_master_first_and_reuses_freed_ids() {
         &LbState::default(),
         &DesiredState {
             services: BTreeMap::from([(f1, vec![b1]), (f2, vec![b2])]),
+            ..Default::default()
         },
     );
     let only_f2 = DesiredState {
         services: BTreeMap::from([(f2, vec![b2])]),
+        ..Default::default()
     };
     let (ops, next) = state_after(&both, &only_f2);
     assert_eq!(
@@ -356,6 +363,7 @@ fn diff_removes_gone_frontends_master_first_and_reuses_freed_ids() {
     let f3 = fe([10, 96, 0, 12], 80, Proto::Tcp);
     let again = DesiredState {
         services: BTreeMap::from([(f2, vec![b2]), (f3, vec![b3])]),
+        ..Default::default()
     };
     let (ops, next) = state_after(&next, &again);
     assert!(
@@ -381,6 +389,7 @@ fn diff_shares_reverse_nat_between_protocols_of_one_port() {
             (tcp, vec![be([10, 244, 1, 1], 53, Proto::Tcp)]),
             (udp, vec![be([10, 244, 1, 1], 53, Proto::Udp)]),
         ]),
+        ..Default::default()
     };
     let (ops, next) = state_after(&LbState::default(), &desired);
     assert_eq!(
@@ -409,6 +418,7 @@ fn diff_repairs_a_partially_written_state() {
     partial.services.entry(f).or_default().slots.insert(1, 4);
     let desired = DesiredState {
         services: BTreeMap::from([(f, vec![b])]),
+        ..Default::default()
     };
     let (ops, next) = state_after(&partial, &desired);
     assert!(
@@ -567,4 +577,62 @@ async fn run_programs_the_maps_from_the_api() {
     server.abort();
     // The datapath goes first, then `t`'s pins and cgroup at the end of the scope.
     drop(dp);
+}
+
+#[test]
+fn session_affinity_is_planned_and_toggled_on_the_master_entry() {
+    use k8s_openapi::api::core::v1::{ClientIPConfig, SessionAffinityConfig};
+
+    let mut s = svc("sticky", "10.96.0.20", &[(None, 80, "TCP")]);
+    let eps = slice(
+        "sticky-a",
+        "sticky",
+        &[(None, 8080, "TCP")],
+        &[("10.244.1.1", None, None, None)],
+    );
+    let f = fe([10, 96, 0, 20], 80, Proto::Tcp);
+    let plain = desired(std::slice::from_ref(&s), std::slice::from_ref(&eps));
+    assert!(plain.affinity.is_empty());
+    if let Some(spec) = s.spec.as_mut() {
+        spec.session_affinity = Some("ClientIP".into());
+    }
+    let sticky = desired(std::slice::from_ref(&s), std::slice::from_ref(&eps));
+    assert_eq!(
+        sticky.affinity.get(&f),
+        Some(&10_800),
+        "kube-proxy's default timeout"
+    );
+    if let Some(spec) = s.spec.as_mut() {
+        spec.session_affinity_config = Some(SessionAffinityConfig {
+            client_ip: Some(ClientIPConfig {
+                timeout_seconds: Some(60),
+            }),
+        });
+    }
+    let sticky = desired(std::slice::from_ref(&s), std::slice::from_ref(&eps));
+    assert_eq!(sticky.affinity.get(&f), Some(&60));
+
+    // Turning affinity on and off rewrites only the master entry.
+    let (_, current) = state_after(&LbState::default(), &plain);
+    let (ops, on) = state_after(&current, &sticky);
+    assert_eq!(
+        ops,
+        vec![MapOp::PutMaster {
+            frontend: f,
+            count: 1,
+            rev_nat_index: 1,
+            affinity_timeout: Some(60)
+        }]
+    );
+    assert_eq!(diff(&on, &sticky), vec![]);
+    let (ops, _) = state_after(&on, &plain);
+    assert_eq!(
+        ops,
+        vec![MapOp::PutMaster {
+            frontend: f,
+            count: 1,
+            rev_nat_index: 1,
+            affinity_timeout: None
+        }]
+    );
 }

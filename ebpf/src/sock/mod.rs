@@ -15,7 +15,10 @@ mod sendmsg4;
 mod sendmsg6;
 
 use aya_ebpf::{
-    EbpfContext, bindings::BPF_ANY, helpers::bpf_get_socket_cookie, programs::SockAddrContext,
+    EbpfContext,
+    bindings::BPF_ANY,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    programs::SockAddrContext,
 };
 use keelson_common::{Counter, DropReason, SockRevNatKey, SockRevNatValue};
 
@@ -125,6 +128,12 @@ impl Family for V6Mapped {
 }
 
 #[inline(always)]
+fn netns_cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: bpf_get_netns_cookie accepts a sock_addr context (kernel 5.7, f318903c0bf4).
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
+}
+
+#[inline(always)]
 fn cookie(ctx: &SockAddrContext) -> u64 {
     // SAFETY: bpf_get_socket_cookie accepts a sock_addr context (kernel 4.12+, d692f1138a4b).
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
@@ -137,7 +146,8 @@ fn xlate_fwd<F: Family>(ctx: &SockAddrContext, counter: Counter) -> Result<i32, 
     let Some(dst) = F::read(ctx) else {
         return Ok(SYS_PROCEED);
     };
-    let (backend, rev_nat_index) = match select_backend(dst.address, dst.port, dst.proto)? {
+    let lookup = select_backend(dst.address, dst.port, dst.proto, || netns_cookie(ctx))?;
+    let (backend, rev_nat_index) = match lookup {
         Lookup::NotService => return Ok(SYS_PROCEED),
         Lookup::Backend {
             backend,
