@@ -31,6 +31,10 @@ use super::runtime::{Reconciler, Requeue, is_already_exists, is_not_found, split
 pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 /// The revision annotation kubectl rollout history reads.
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+/// progressDeadlineSeconds when unset.
+pub const DEFAULT_PROGRESS_DEADLINE: i32 = 600;
+/// The Progressing reason of a rollout that made no progress within its deadline.
+pub const DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 /// revisionHistoryLimit when unset.
 pub const DEFAULT_HISTORY_LIMIT: i32 = 10;
 
@@ -80,6 +84,8 @@ pub enum Change {
         name: String,
         owner_references: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
     },
+    /// Reconcile again after this long (when a stalled rollout would pass its deadline).
+    CheckAfter(std::time::Duration),
     /// Set a ReplicaSet's revision annotation.
     SetRevision { name: String, revision: i64 },
     /// Set the Deployment's revision annotation.
@@ -299,9 +305,35 @@ pub fn plan(d: &Deployment, snap: &Snapshot<'_>) -> Vec<Change> {
             changes.push(Change::AnnotateRevision(rev));
         }
     }
-    let status = status_of(d, new_rs, &owned, snap.now);
+    let progressed = changes.iter().any(|c| {
+        matches!(
+            c,
+            Change::CreateReplicaSet(_)
+                | Change::ScaleReplicaSet { .. }
+                | Change::DeleteReplicaSet(_)
+        )
+    });
+    let status = status_of(d, progressed, new_rs, &owned, snap.now);
     if d.status.as_ref() != Some(&status) {
-        changes.push(Change::UpdateStatus(Box::new(status)));
+        changes.push(Change::UpdateStatus(Box::new(status.clone())));
+    }
+    // A rollout in progress is looked at again when its deadline would pass.
+    let progressing = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Progressing");
+    if let Some(c) = progressing
+        .filter(|c| c.status == "True" && c.reason.as_deref() != Some("NewReplicaSetAvailable"))
+    {
+        let deadline = spec
+            .progress_deadline_seconds
+            .unwrap_or(DEFAULT_PROGRESS_DEADLINE);
+        let since = c.last_update_time.as_ref().map(|t| t.0).unwrap_or(snap.now);
+        let left = i64::from(deadline) - (snap.now.as_second() - since.as_second()) + 1;
+        changes.push(Change::CheckAfter(std::time::Duration::from_secs(
+            left.max(1) as u64,
+        )));
     }
     changes
 }
@@ -492,6 +524,7 @@ fn condition(
 /// The Deployment's status from its ReplicaSets (Kubernetes' `calculateStatus`).
 pub fn status_of(
     d: &Deployment,
+    progressed: bool,
     new_rs: Option<&ReplicaSet>,
     owned: &[&ReplicaSet],
     now: Timestamp,
@@ -557,24 +590,59 @@ pub fn status_of(
             format!("ReplicaSet \"{new_name}\" has successfully progressed."),
             now,
         )
-    } else if new_rs.is_some() {
-        condition(
-            existing,
-            "Progressing",
-            true,
-            "ReplicaSetUpdated",
-            format!("ReplicaSet \"{new_name}\" is progressing."),
-            now,
-        )
     } else {
-        condition(
-            existing,
-            "Progressing",
-            true,
-            "NewReplicaSetCreated",
-            "Creating a new ReplicaSet.".into(),
-            now,
-        )
+        let deadline = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.progress_deadline_seconds)
+            .unwrap_or(DEFAULT_PROGRESS_DEADLINE);
+        let prev = existing
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Progressing"));
+        let counters = |s: &DeploymentStatus| {
+            (
+                s.replicas,
+                s.updated_replicas,
+                s.ready_replicas,
+                s.available_replicas,
+            )
+        };
+        let advanced = progressed
+            || existing.is_none_or(|s| {
+                counters(s) != (Some(replicas), Some(updated), Some(ready), Some(avail))
+            });
+        let (reason, message) = if new_rs.is_some() {
+            (
+                "ReplicaSetUpdated",
+                format!("ReplicaSet \"{new_name}\" is progressing."),
+            )
+        } else {
+            (
+                "NewReplicaSetCreated",
+                "Creating a new ReplicaSet.".to_string(),
+            )
+        };
+        let stalled_since = prev.and_then(|c| c.last_update_time.as_ref()).map(|t| t.0);
+        let timed_out = prev.is_some_and(|c| c.reason.as_deref() == Some(DEADLINE_EXCEEDED));
+        if advanced {
+            // Progress refreshes the condition, so the deadline counts from the last step.
+            let mut c = condition(existing, "Progressing", true, reason, message, now);
+            c.last_update_time = Some(Time(now));
+            c
+        } else if timed_out
+            || stalled_since.is_some_and(|t| now.as_second() - t.as_second() > i64::from(deadline))
+        {
+            condition(
+                existing,
+                "Progressing",
+                false,
+                DEADLINE_EXCEEDED,
+                format!("ReplicaSet \"{new_name}\" has timed out progressing."),
+                now,
+            )
+        } else {
+            condition(existing, "Progressing", true, reason, message, now)
+        }
     };
     DeploymentStatus {
         observed_generation: d.metadata.generation,
@@ -613,8 +681,10 @@ impl Reconciler for DeploymentLoop {
         let changes = plan(&d, &snap);
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), ns);
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
+        let mut requeue = None;
         for change in changes {
             match change {
+                Change::CheckAfter(d) => requeue = Some(d),
                 Change::Adopt {
                     name,
                     owner_references,
@@ -677,7 +747,7 @@ impl Reconciler for DeploymentLoop {
                 }
             }
         }
-        Ok(None)
+        Ok(requeue)
     }
 }
 
@@ -1188,6 +1258,90 @@ mod tests {
                 .iter()
                 .any(|c| matches!(c, Change::SetRevision { .. } | Change::AnnotateRevision(_))),
             "{changes:?}"
+        );
+    }
+
+    #[test]
+    fn stalled_rollout_exceeds_its_progress_deadline() {
+        let mut d = deployment(2, "a");
+        d.spec.as_mut().expect("spec").progress_deadline_seconds = Some(60);
+        let rs = rs_for(&d, 1, 2, 0);
+        let changes = plan(
+            &d,
+            &Snapshot {
+                replicasets: vec![&rs],
+                now: ts(0),
+            },
+        );
+        let st = status(&changes).expect("status").clone();
+        let p = st
+            .conditions
+            .as_ref()
+            .expect("c")
+            .iter()
+            .find(|c| c.type_ == "Progressing")
+            .expect("p")
+            .clone();
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_deref()),
+            ("True", Some("ReplicaSetUpdated"))
+        );
+        assert!(
+            changes.contains(&Change::CheckAfter(std::time::Duration::from_secs(61))),
+            "{changes:?}"
+        );
+        d.status = Some(st);
+        // No progress for 30 s: unchanged.
+        let changes = plan(
+            &d,
+            &Snapshot {
+                replicasets: vec![&rs],
+                now: ts(30),
+            },
+        );
+        assert!(status(&changes).is_none(), "{changes:?}");
+        // Past the deadline: Progressing=False.
+        let changes = plan(
+            &d,
+            &Snapshot {
+                replicasets: vec![&rs],
+                now: ts(61),
+            },
+        );
+        let st = status(&changes).expect("status").clone();
+        let p = st
+            .conditions
+            .as_ref()
+            .expect("c")
+            .iter()
+            .find(|c| c.type_ == "Progressing")
+            .expect("p")
+            .clone();
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_deref()),
+            ("False", Some(DEADLINE_EXCEEDED))
+        );
+        d.status = Some(st);
+        // A Pod becoming available is progress again.
+        let better = rs_for(&d, 1, 2, 1);
+        let changes = plan(
+            &d,
+            &Snapshot {
+                replicasets: vec![&better],
+                now: ts(70),
+            },
+        );
+        let p = status(&changes)
+            .expect("status")
+            .conditions
+            .clone()
+            .expect("c")
+            .into_iter()
+            .find(|c| c.type_ == "Progressing")
+            .expect("p");
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_deref()),
+            ("True", Some("ReplicaSetUpdated"))
         );
     }
 
