@@ -246,7 +246,42 @@ fn test(args: &[String]) -> Result<()> {
     let root = workspace_root();
     run(test_env(Command::new("cargo").args(["build", "--workspace", "--all-targets"]))?
         .current_dir(&root))?;
-    run(test_env(Command::new("cargo").args(["test", "--workspace"]).args(args))?.current_dir(&root))
+    let result = run(test_env(Command::new("cargo").args(["test", "--workspace"]).args(args))?.current_dir(&root));
+    let leftovers = sweep_test_state();
+    result?;
+    ensure!(leftovers.is_empty(), "the tests left state behind:\n{}", leftovers.join("\n"));
+    Ok(())
+}
+
+/// Parent directories every test shares (each test removes only its own child: removing a
+/// shared parent while another test creates its child would race), and the name prefixes of
+/// test network namespaces.
+const TEST_PARENTS: &[&str] = &["/sys/fs/bpf/keelson-test", "/sys/fs/cgroup/unified/keelson-test"];
+const TEST_NETNS_PREFIXES: &[&str] = &["kls-t-", "kls-b-"];
+
+/// After the suite: removes the shared test parents when empty and lists anything a test left.
+fn sweep_test_state() -> Vec<String> {
+    let mut left = Vec::new();
+    for parent in TEST_PARENTS {
+        let dir = Path::new(parent);
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    left.push(e.path().display().to_string());
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if TEST_NETNS_PREFIXES.iter().any(|p| name.starts_with(p)) {
+                left.push(format!("network namespace {name}"));
+            }
+        }
+    }
+    left
 }
 
 fn demo(name: &str) -> Result<()> {
