@@ -162,6 +162,15 @@ fn resource_list(group: &str, version: &str) -> Value {
             resources.push(entry);
         }
     }
+    if group.is_empty() {
+        resources.push(json!({
+            "name": "bindings",
+            "singularName": "binding",
+            "namespaced": true,
+            "kind": "Binding",
+            "verbs": ["create"],
+        }));
+    }
     let gv = if group.is_empty() {
         version.to_string()
     } else {

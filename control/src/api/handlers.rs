@@ -85,6 +85,27 @@ pub fn parse_target(group: &str, version: &str, rest: &str) -> Result<Target, Ap
     })
 }
 
+/// `POST /api/v1/namespaces/<ns>/bindings` (the form kube-scheduler uses) names the Pod in the
+/// Binding's metadata; it is served as `pods/<name>/binding`.
+fn binding_collection(group: &str, rest: &str, method: &Method, body: &[u8]) -> Option<Target> {
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    if !group.is_empty()
+        || *method != Method::POST
+        || segs.len() != 3
+        || segs[0] != "namespaces"
+        || segs[2] != "bindings"
+    {
+        return None;
+    }
+    let binding: Value = serde_json::from_slice(body).ok()?;
+    Some(Target {
+        info: registry::lookup("", "v1", "pods")?,
+        namespace: Some(segs[1].to_string()),
+        name: Some(binding["metadata"]["name"].as_str()?.to_string()),
+        sub: Some("binding".into()),
+    })
+}
+
 /// `/api/v1/...`
 pub async fn core_entry<S: Store>(
     State(state): State<Arc<ApiState<S>>>,
@@ -126,7 +147,10 @@ async fn dispatch<S: Store>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let t = parse_target(group, version, rest)?;
+    let t = match binding_collection(group, rest, &method, &body) {
+        Some(t) => t,
+        None => parse_target(group, version, rest)?,
+    };
     if let Some(sub) = &t.sub
         && !t.info.has_subresource(sub)
         && !(t.info.kind == "Namespace" && sub == "finalize")

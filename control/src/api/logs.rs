@@ -9,7 +9,6 @@ use axum::{
 };
 use http_body_util::Empty;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use serde_json::Value;
 
 use super::{
     ApiState,
@@ -148,11 +147,4 @@ fn urlencode(v: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Whether a Value is a non-empty string (helper for callers inspecting annotations).
-pub fn has_agent_api(node: &Value) -> bool {
-    node["metadata"]["annotations"][AGENT_API_ANNOTATION]
-        .as_str()
-        .is_some_and(|s| !s.is_empty())
 }

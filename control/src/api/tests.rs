@@ -817,6 +817,18 @@ async fn api_pod_binding_and_graceful_delete() {
     assert_eq!(r.status, StatusCode::CONFLICT);
     let got = h.get(&format!("{base}/p")).await;
     assert_eq!(got.body["spec"]["nodeName"], "n1");
+    h.post(base, pod("viacollection", json!({}), None)).await;
+    let r = h
+        .post(
+            "/api/v1/namespaces/default/bindings",
+            json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "viacollection"}, "target": {"name": "n2"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        h.get(&format!("{base}/viacollection")).await.body["spec"]["nodeName"],
+        "n2"
+    );
 
     // A bound Pod is marked for deletion and waits for its node to finish it.
     let r = h
