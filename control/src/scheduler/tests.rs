@@ -389,3 +389,68 @@ fn terminal_pods_free_their_node() {
     let snap = Snapshot::build(&[&n], &[&done, &p], &HashMap::new());
     assert_eq!(schedule(&p, &snap), Decision::Bind("n1".into()));
 }
+
+#[test]
+fn prefer_no_schedule_taints_and_preferred_affinity_steer_placement() {
+    use k8s_openapi::api::core::v1::PreferredSchedulingTerm;
+    let mut soft = node("a-soft", "4", "8Gi", "110");
+    soft.spec.as_mut().expect("spec").taints = Some(vec![Taint {
+        key: "k".into(),
+        value: None,
+        effect: "PreferNoSchedule".into(),
+        time_added: None,
+    }]);
+    let plain = node("b-plain", "4", "8Gi", "110");
+    let p = bare_pod("p", 0);
+    let snap = Snapshot::build(&[&soft, &plain], &[&p], &HashMap::new());
+    assert_eq!(
+        schedule(&p, &snap),
+        Decision::Bind("b-plain".into()),
+        "the PreferNoSchedule taint repels"
+    );
+    let (a, b) = (&snap.nodes[0], &snap.nodes[1]);
+    assert_eq!(
+        (
+            prefer_no_schedule(&p, a, &[a, b]),
+            prefer_no_schedule(&p, b, &[a, b])
+        ),
+        (0, 100)
+    );
+
+    let mut ssd = node("z-ssd", "4", "8Gi", "110");
+    ssd.metadata.labels = Some(labels(&[("disk", "ssd")]));
+    let mut picky = bare_pod("picky", 0);
+    picky.spec.as_mut().expect("spec").affinity = Some(Affinity {
+        node_affinity: Some(NodeAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                PreferredSchedulingTerm {
+                    weight: 50,
+                    preference: NodeSelectorTerm {
+                        match_expressions: Some(vec![NodeSelectorRequirement {
+                            key: "disk".into(),
+                            operator: "In".into(),
+                            values: Some(vec!["ssd".into()]),
+                        }]),
+                        match_fields: None,
+                    },
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let snap = Snapshot::build(&[&plain, &ssd], &[&picky], &HashMap::new());
+    assert_eq!(
+        schedule(&picky, &snap),
+        Decision::Bind("z-ssd".into()),
+        "preferred even though it sorts last"
+    );
+    let (a, b) = (&snap.nodes[0], &snap.nodes[1]);
+    assert_eq!(
+        (
+            preferred_affinity(&picky, a, &[a, b]),
+            preferred_affinity(&picky, b, &[a, b])
+        ),
+        (0, 100)
+    );
+}
