@@ -1,5 +1,11 @@
 //! The controllers: each a pure `plan(&object, &snapshot) -> changes` plus a thin loop that
 //! applies the changes through the Kubernetes API, like any other client.
+//!
+//! [`run_all`] wires them up: one informer per watched kind (shared by every controller),
+//! event handlers that map each change to the keys of the controllers it concerns, and one
+//! work queue and worker per controller ([`runtime`]). The controllers: [`deployment`],
+//! [`replicaset`], [`endpointslice`], [`nodeipam`], [`nodelifecycle`], [`gc`] (garbage
+//! collection through ownerReferences) and [`namespace`] (Namespace deletion).
 
 pub mod deployment;
 pub mod endpointslice;
@@ -55,23 +61,23 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
     use runtime::{Informer, Touch, WorkQueue, key_of, run_worker};
 
     let pool = nodeipam::Pool::new(&cfg.cluster_cidr, cfg.node_cidr_mask)?;
-    let all = |c: &kube::Client| c.clone();
     let mut deployments =
-        Informer::<Deployment>::new(Api::all(all(&client)), watcher::Config::default());
+        Informer::<Deployment>::new(Api::all(client.clone()), watcher::Config::default());
     let mut replicasets =
-        Informer::<ReplicaSet>::new(Api::all(all(&client)), watcher::Config::default());
-    let mut pods = Informer::<Pod>::new(Api::all(all(&client)), watcher::Config::default());
-    let mut services = Informer::<Service>::new(Api::all(all(&client)), watcher::Config::default());
+        Informer::<ReplicaSet>::new(Api::all(client.clone()), watcher::Config::default());
+    let mut pods = Informer::<Pod>::new(Api::all(client.clone()), watcher::Config::default());
+    let mut services =
+        Informer::<Service>::new(Api::all(client.clone()), watcher::Config::default());
     let mut slices =
-        Informer::<EndpointSlice>::new(Api::all(all(&client)), watcher::Config::default());
-    let mut nodes = Informer::<Node>::new(Api::all(all(&client)), watcher::Config::default());
+        Informer::<EndpointSlice>::new(Api::all(client.clone()), watcher::Config::default());
+    let mut nodes = Informer::<Node>::new(Api::all(client.clone()), watcher::Config::default());
     let mut leases = Informer::<Lease>::new(
-        Api::namespaced(all(&client), nodelifecycle::LEASE_NAMESPACE),
+        Api::namespaced(client.clone(), nodelifecycle::LEASE_NAMESPACE),
         watcher::Config::default(),
     );
 
     let mut namespaces =
-        Informer::<Namespace>::new(Api::all(all(&client)), watcher::Config::default());
+        Informer::<Namespace>::new(Api::all(client.clone()), watcher::Config::default());
     let deploy_q = WorkQueue::default();
     let ns_q = WorkQueue::default();
     let rs_q = WorkQueue::default();
