@@ -33,8 +33,8 @@ fn cni_with_broken_stdin_prints_an_error_object() {
     assert!(!out.status.success(), "{}", output_text(&out));
     let err: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("stdout is not a CNI error object ({e}):\n{}", output_text(&out)));
-    // CNI spec, "Error": code 4 is "invalid network configuration".
-    assert_eq!(err["code"], 4, "{err}");
+    // CNI spec, section "Error": code 6 is "failed to decode content".
+    assert_eq!(err["code"], 6, "{err}");
     assert!(err["msg"].as_str().is_some_and(|m| !m.is_empty()), "{err}");
     assert!(err["cniVersion"].is_string(), "{err}");
 }
