@@ -21,7 +21,7 @@ use super::{
     table,
 };
 use crate::{
-    registry::{self, ResourceInfo, defaults, schema, validation},
+    registry::{self, ResourceInfo, convert, defaults, schema, validation},
     store::{KeyValue, Store, StoreError},
 };
 
@@ -147,7 +147,7 @@ async fn dispatch<S: Store>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let t = match binding_collection(group, rest, &method, &body) {
+    let mut t = match binding_collection(group, rest, &method, &body) {
         Some(t) => t,
         None => parse_target(group, version, rest)?,
     };
@@ -176,6 +176,15 @@ async fn dispatch<S: Store>(
             }
         }
     }
+    // events.k8s.io/v1 is served over the stored core/v1 Events: convert on the way in and out.
+    let events_v1 = t.info.group == "events.k8s.io";
+    if events_v1 {
+        t.info = registry::lookup("", "v1", "events").ok_or(ApiError::NoSuchResource)?;
+        if matches!(method, Method::POST | Method::PUT) && !body.is_empty() {
+            let obj = decode_body(t.info, &body)?;
+            body = Bytes::from(convert::event_to_core(obj).to_string());
+        }
+    }
     let req = Req {
         state,
         t,
@@ -183,6 +192,41 @@ async fn dispatch<S: Store>(
         headers,
         body,
     };
+    if events_v1 {
+        let resp = match (&method, req.t.name.is_some()) {
+            (&Method::PATCH, true) => req.patch_events_v1().await?,
+            (&Method::GET, false) if req.flag("watch") => {
+                return super::watch::serve_converted(
+                    req.state.clone(),
+                    &req.t,
+                    &req.params,
+                    &req.headers,
+                    Some(convert::event_from_core),
+                )
+                .await;
+            }
+            _ => Box::pin(route(req, method)).await?,
+        };
+        return convert_response(resp).await;
+    }
+    route(req, method).await
+}
+
+/// Rewrites a JSON response body from core/v1 Events to events.k8s.io/v1.
+async fn convert_response(resp: Response) -> Result<Response, ApiError> {
+    let (parts, body) = resp.into_parts();
+    let bytes = http_body_util::BodyExt::collect(body)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .to_bytes();
+    let out = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v) => Bytes::from(convert::events_response_from_core(v).to_string()),
+        Err(_) => bytes,
+    };
+    Ok(Response::from_parts(parts, axum::body::Body::from(out)))
+}
+
+async fn route<S: Store>(req: Req<'_, S>, method: Method) -> Result<Response, ApiError> {
     let name_given = req.t.name.is_some();
     match (method, name_given, req.t.sub.as_deref()) {
         (Method::GET, false, None) => {
@@ -815,6 +859,33 @@ impl<S: Store> Req<'_, S> {
                 {
                     continue;
                 }
+                other => return other,
+            }
+        }
+        Err(self.conflict(self.t.name.as_deref().unwrap_or_default()))
+    }
+
+    /// PATCH of an events.k8s.io/v1 Event: the patch applies to the events.k8s.io view of the
+    /// stored core Event, which is then written back in core form.
+    async fn patch_events_v1(&self) -> Result<Response, ApiError> {
+        let ct = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let ty = patch::PatchType::from_content_type(ct)?;
+        for _ in 0..5 {
+            let old_kv = self.fetch().await?;
+            let mut view = convert::event_from_core(load(&old_kv)?);
+            let pinned = view["metadata"]["resourceVersion"].clone();
+            patch::apply(ty, &mut view, &self.body)?;
+            let mut obj = convert::event_to_core(view);
+            if obj["metadata"]["resourceVersion"] == pinned {
+                meta_mut(&mut obj).remove("resourceVersion");
+            }
+            let warnings = self.field_validation(&mut obj)?;
+            match self.write_update(obj, &old_kv, Part::Main, warnings).await {
+                Err(ApiError::Conflict(_)) if !body_pins_version(&self.body) => continue,
                 other => return other,
             }
         }

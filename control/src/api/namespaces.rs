@@ -38,7 +38,10 @@ pub async fn finalize_once<S: Store>(state: &Arc<ApiState<S>>) -> Result<Vec<Str
             .unwrap_or_default()
             .to_string();
         let mut remaining = 0usize;
-        for info in RESOURCES.iter().filter(|r| r.namespaced) {
+        for info in RESOURCES
+            .iter()
+            .filter(|r| r.namespaced && !r.stored_elsewhere())
+        {
             let objects = state
                 .store
                 .list(&info.list_prefix(Some(&name)), None, 0)

@@ -968,6 +968,56 @@ async fn api_namespace_deletion_empties_then_removes_it() {
 }
 
 #[tokio::test]
+async fn api_events_v1_share_storage_with_core_events() {
+    let h = harness().await;
+    let v1 = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let mut watch = h.watch(&format!("{v1}?watch=true&resourceVersion=0")).await;
+    let ev = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e1"},
+        "regarding": {"kind": "Pod", "name": "p", "namespace": "default"}, "note": "started", "reason": "Started",
+        "type": "Normal", "reportingController": "keelson/agent", "reportingInstance": "n1",
+        "eventTime": "2026-01-01T00:00:00.000000Z", "action": "Start"});
+    let r = h.post(v1, ev).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(r.body["note"], "started");
+    let core = h.get("/api/v1/namespaces/default/events/e1").await;
+    assert_eq!(core.body["message"], "started");
+    assert_eq!(core.body["involvedObject"]["name"], "p");
+    let seen = next_event(&mut watch).await;
+    assert_eq!(
+        (seen["type"].as_str(), seen["object"]["note"].as_str()),
+        (Some("ADDED"), Some("started"))
+    );
+
+    let r = h
+        .call(
+            "PATCH",
+            &format!("{v1}/e1"),
+            "application/merge-patch+json",
+            r#"{"series":{"count":2,"lastObservedTime":"2026-01-01T00:00:05.000000Z"}}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["series"]["count"], 2);
+    let list = h.get(v1).await;
+    assert_eq!(list.body["kind"], "EventList");
+    assert_eq!(list.body["items"][0]["regarding"]["name"], "p");
+    let r = h
+        .call(
+            "DELETE",
+            &format!("{v1}/e1"),
+            "application/json",
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        h.get("/api/v1/namespaces/default/events/e1").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
 async fn api_tables_discovery_and_openapi() {
     let h = harness().await;
     h.post(

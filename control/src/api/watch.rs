@@ -97,6 +97,18 @@ pub async fn serve<S: Store>(
     params: &Params,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    serve_converted(state, t, params, headers, None).await
+}
+
+/// Serves a watch request whose objects are shown in another version of the stored kind
+/// (`convert` maps each stored object to it).
+pub async fn serve_converted<S: Store>(
+    state: Arc<ApiState<S>>,
+    t: &Target,
+    params: &Params,
+    headers: &HeaderMap,
+    convert: Option<fn(Value) -> Value>,
+) -> Result<Response, ApiError> {
     let filter = Filter {
         labels: LabelSelector::parse(
             params
@@ -166,7 +178,18 @@ pub async fn serve<S: Store>(
     tokio::spawn(async move {
         let as_table = wants_table.then_some((info, &headers, include.as_str()));
         for obj in initial {
-            if tx.send(line("ADDED", obj, as_table)).await.is_err() {
+            if tx
+                .send(line(
+                    "ADDED",
+                    match convert {
+                        Some(c) => c(obj),
+                        None => obj,
+                    },
+                    as_table,
+                ))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -207,7 +230,7 @@ pub async fn serve<S: Store>(
                     last = ev.revision();
                     match translate(&ev, &filter) {
                         Ok(Some((ty, obj))) => {
-                            if tx.send(line(ty, obj, as_table)).await.is_err() {
+                            if tx.send(line(ty, match convert { Some(c) => c(obj), None => obj }, as_table)).await.is_err() {
                                 return;
                             }
                         }

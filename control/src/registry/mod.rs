@@ -2,6 +2,7 @@
 //! scope, short names, subresources, verbs), with per-kind defaulting and validation and the
 //! OpenAPI schemas taken from k8s-openapi's types.
 
+pub mod convert;
 pub mod defaults;
 pub mod schema;
 pub mod validation;
@@ -56,8 +57,10 @@ impl ResourceInfo {
     }
 
     /// The store group segment: the group, or `core`.
+    /// The store group segment: the group, or `core`. events.k8s.io Events are stored with
+    /// the core Events (see [`convert`]).
     pub fn storage_group(&self) -> &'static str {
-        if self.group.is_empty() {
+        if self.group.is_empty() || self.group == "events.k8s.io" {
             "core"
         } else {
             self.group
@@ -83,6 +86,12 @@ impl ResourceInfo {
             Some(ns) if self.namespaced => format!("{}{ns}/{name}", self.prefix()),
             _ => format!("{}{name}", self.prefix()),
         }
+    }
+
+    /// Whether this kind is another version of a kind stored under the same keys (its
+    /// objects are listed once, through the stored version).
+    pub fn stored_elsewhere(&self) -> bool {
+        self.group == "events.k8s.io"
     }
 
     /// `<Kind>List`.
@@ -247,6 +256,17 @@ pub const RESOURCES: &[ResourceInfo] = &[
         &["ds"],
         &["status"],
         &["all"],
+    ),
+    kind(
+        "events.k8s.io",
+        "v1",
+        "Event",
+        "events",
+        "event",
+        true,
+        &[],
+        &[],
+        &[],
     ),
     kind(
         "coordination.k8s.io",

@@ -31,6 +31,7 @@ fn schema_for_kind(info: &ResourceInfo, generator: &mut SchemaGenerator) -> Opti
         ("", "Pod") => name_of::<core::v1::Pod>(generator),
         ("", "Service") => name_of::<core::v1::Service>(generator),
         ("", "Event") => name_of::<core::v1::Event>(generator),
+        ("events.k8s.io", "Event") => name_of::<k8s_openapi::api::events::v1::Event>(generator),
         ("", "ConfigMap") => name_of::<core::v1::ConfigMap>(generator),
         ("", "Secret") => name_of::<core::v1::Secret>(generator),
         ("", "ServiceAccount") => name_of::<core::v1::ServiceAccount>(generator),
