@@ -18,8 +18,12 @@ pub mod names {
     pub const ENDPOINTS: &str = "kls_endpoints";
     pub const METRICS: &str = "kls_metrics";
     pub const AFFINITY: &str = "kls_affinity";
+    pub const SERVICES6: &str = "kls_services6";
+    pub const BACKENDS6: &str = "kls_backends6";
+    pub const REVNAT6: &str = "kls_revnat6";
+    pub const SOCK_REVNAT6: &str = "kls_sockrevnat6";
     /// Every map the datapath pins, for loaders and dump tools that walk them all.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 11] = [
         SERVICES,
         BACKENDS,
         REVNAT,
@@ -27,6 +31,10 @@ pub mod names {
         ENDPOINTS,
         METRICS,
         AFFINITY,
+        SERVICES6,
+        BACKENDS6,
+        REVNAT6,
+        SOCK_REVNAT6,
     ];
 
     /// Program names (the function names in the eBPF object).
@@ -210,6 +218,77 @@ pub struct SockRevNatValue {
 }
 const _: () = assert!(size_of::<SockRevNatValue>() == 8);
 
+/// Key of the `services6` map: an IPv6 frontend and a slot, with the slot scheme of
+/// [`ServiceKey`]. Values are [`ServiceValue`]s; backend ids and reverse-NAT indexes share
+/// one number space with IPv4 (the agent allocates them over both families).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey6 {
+    /// IPv6 address, network byte order, as four words the way `bpf_sock_addr.user_ip6` has it.
+    pub address: [u32; 4],
+    pub dport: u16,
+    pub backend_slot: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<ServiceKey6>() == 24);
+
+impl ServiceKey6 {
+    pub const fn new(address: [u32; 4], dport: u16, proto: u8, backend_slot: u16) -> Self {
+        Self {
+            address,
+            dport,
+            backend_slot,
+            proto,
+            scope: 0,
+            pad: [0; 2],
+        }
+    }
+}
+
+/// Value of the `backends6` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend6 {
+    pub address: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+const _: () = assert!(size_of::<Backend6>() == 20);
+
+/// Value of the `revnat6` map (key: [`RevNatKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNatValue6 {
+    pub address: [u32; 4],
+    pub port: u16,
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<RevNatValue6>() == 20);
+
+/// Key of the `sockrevnat6` LRU map: [`SockRevNatKey`] for IPv6 backends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNatKey6 {
+    pub cookie: u64,
+    pub address: [u32; 4],
+    pub port: u16,
+    pub pad: [u8; 6],
+}
+const _: () = assert!(size_of::<SockRevNatKey6>() == 32);
+
+/// Value of the `sockrevnat6` map: the IPv6 frontend the socket addressed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNatValue6 {
+    pub address: [u32; 4],
+    pub port: u16,
+    pub rev_nat_index: u16,
+}
+const _: () = assert!(size_of::<SockRevNatValue6>() == 20);
+
 /// Key of the `endpoints` map: a local Pod's IPv4 address (network byte order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -347,6 +426,16 @@ mod pod {
     unsafe impl aya::Pod for MetricValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for AffinityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServiceKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Backend6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RevNatValue6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockRevNatKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockRevNatValue6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for AffinityValue {}
 }

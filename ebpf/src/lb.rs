@@ -1,25 +1,84 @@
-//! Frontend lookup and backend selection shared by the socket hooks (Cilium's `lb4_lookup_service`
-//! and `lb4_select_backend_id` in spirit: master slot, then a random slot).
+//! Frontend lookup and backend selection shared by the socket hooks (Cilium's
+//! `lb4_lookup_service` and `lb4_select_backend_id` in spirit: master slot, then a random
+//! slot), for both address families.
 
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
 };
 use keelson_common::{
-    AffinityKey, AffinityValue, Backend, DropReason, ServiceKey, ServiceValue, service_flags,
+    AffinityKey, AffinityValue, Backend, Backend6, DropReason, ServiceKey, ServiceKey6,
+    ServiceValue, service_flags,
 };
 
-use crate::maps::{AFFINITY, BACKENDS, SERVICES};
+use crate::maps::{AFFINITY, BACKENDS, BACKENDS6, SERVICES, SERVICES6};
+
+/// The maps of one address family.
+pub trait Lb {
+    /// An address as the hooks see it (network byte order).
+    type Addr: Copy;
+    type Backend: Copy;
+    fn service(address: Self::Addr, port: u16, proto: u8, slot: u16) -> Option<ServiceValue>;
+    fn backend(id: u32) -> Option<Self::Backend>;
+    /// The backend's address and port (network byte order).
+    fn backend_addr(backend: &Self::Backend) -> (Self::Addr, u16);
+}
+
+/// IPv4: `services`, `backends`.
+pub struct Lb4;
+/// IPv6: `services6`, `backends6`.
+pub struct Lb6;
+
+impl Lb for Lb4 {
+    type Addr = u32;
+    type Backend = Backend;
+
+    #[inline(always)]
+    fn service(address: u32, port: u16, proto: u8, slot: u16) -> Option<ServiceValue> {
+        // SAFETY: the value is copied out at once; entries are only replaced whole.
+        unsafe { SERVICES.get(ServiceKey::new(address, port, proto, slot)) }.copied()
+    }
+
+    #[inline(always)]
+    fn backend(id: u32) -> Option<Backend> {
+        // SAFETY: as above.
+        unsafe { BACKENDS.get(id) }.copied()
+    }
+
+    #[inline(always)]
+    fn backend_addr(backend: &Backend) -> (u32, u16) {
+        (backend.address, backend.port)
+    }
+}
+
+impl Lb for Lb6 {
+    type Addr = [u32; 4];
+    type Backend = Backend6;
+
+    #[inline(always)]
+    fn service(address: [u32; 4], port: u16, proto: u8, slot: u16) -> Option<ServiceValue> {
+        // SAFETY: as above.
+        unsafe { SERVICES6.get(ServiceKey6::new(address, port, proto, slot)) }.copied()
+    }
+
+    #[inline(always)]
+    fn backend(id: u32) -> Option<Backend6> {
+        // SAFETY: as above.
+        unsafe { BACKENDS6.get(id) }.copied()
+    }
+
+    #[inline(always)]
+    fn backend_addr(backend: &Backend6) -> ([u32; 4], u16) {
+        (backend.address, backend.port)
+    }
+}
 
 /// The outcome of looking up a destination.
-pub enum Lookup {
+pub enum Lookup<B> {
     /// The destination is not a Service frontend: leave it alone.
     NotService,
     /// A backend was chosen for the frontend whose reverse-NAT index is given.
-    Backend {
-        backend: Backend,
-        rev_nat_index: u16,
-    },
+    Backend { backend: B, rev_nat_index: u16 },
 }
 
 const NSEC_PER_SEC: u64 = 1_000_000_000;
@@ -28,16 +87,14 @@ const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// previous one when the frontend has session affinity and it is still valid, else one at
 /// random. `client` identifies the caller for affinity (its network namespace cookie).
 #[inline(always)]
-pub fn select_backend(
-    address: u32,
+pub fn select_backend<L: Lb>(
+    address: L::Addr,
     port: u16,
     proto: u8,
     client: impl FnOnce() -> u64,
-) -> Result<Lookup, DropReason> {
-    // SAFETY: the value is copied out at once; entries are only replaced whole by the agent.
-    let master = match unsafe { SERVICES.get(ServiceKey::new(address, port, proto, 0)) } {
-        Some(m) => *m,
-        None => return Ok(Lookup::NotService),
+) -> Result<Lookup<L::Backend>, DropReason> {
+    let Some(master) = L::service(address, port, proto, 0) else {
+        return Ok(Lookup::NotService);
     };
     if master.count == 0 {
         return Err(DropReason::NoBackend);
@@ -52,7 +109,9 @@ pub fn select_backend(
     let now = unsafe { bpf_ktime_get_ns() };
     if affinity {
         affinity_key.client = client();
-        if let Some(backend) = affinity_backend(address, port, proto, &master, &affinity_key, now) {
+        if let Some(backend) =
+            affinity_backend::<L>(address, port, proto, &master, &affinity_key, now)
+        {
             return Ok(Lookup::Backend {
                 backend,
                 rev_nat_index: master.rev_nat_index,
@@ -62,7 +121,7 @@ pub fn select_backend(
     // SAFETY: bpf_get_prandom_u32 has no preconditions.
     let random = unsafe { bpf_get_prandom_u32() };
     let slot = (random % u32::from(master.count)) as u16 + 1;
-    let (backend_id, backend) = slot_backend(address, port, proto, slot)?;
+    let (backend_id, backend) = slot_backend::<L>(address, port, proto, slot)?;
     if affinity {
         let value = AffinityValue {
             backend_id,
@@ -80,36 +139,29 @@ pub fn select_backend(
 }
 
 #[inline(always)]
-fn slot_backend(
-    address: u32,
+fn slot_backend<L: Lb>(
+    address: L::Addr,
     port: u16,
     proto: u8,
     slot: u16,
-) -> Result<(u32, Backend), DropReason> {
-    // SAFETY: copied out at once.
-    let slot_value = match unsafe { SERVICES.get(ServiceKey::new(address, port, proto, slot)) } {
-        Some(v) => *v,
-        None => return Err(DropReason::MissingBackend),
-    };
-    // SAFETY: as above.
-    match unsafe { BACKENDS.get(slot_value.backend_id) } {
-        Some(b) => Ok((slot_value.backend_id, *b)),
-        None => Err(DropReason::MissingBackend),
-    }
+) -> Result<(u32, L::Backend), DropReason> {
+    let slot_value = L::service(address, port, proto, slot).ok_or(DropReason::MissingBackend)?;
+    let backend = L::backend(slot_value.backend_id).ok_or(DropReason::MissingBackend)?;
+    Ok((slot_value.backend_id, backend))
 }
 
 /// The client's remembered backend, if the entry is fresh and the backend still holds the same
 /// slot of this frontend (a changed backend set re-picks, as kube-proxy's affinity does when a
 /// backend goes away).
 #[inline(always)]
-fn affinity_backend(
-    address: u32,
+fn affinity_backend<L: Lb>(
+    address: L::Addr,
     port: u16,
     proto: u8,
     master: &ServiceValue,
     key: &AffinityKey,
     now: u64,
-) -> Option<Backend> {
+) -> Option<L::Backend> {
     let entry = AFFINITY.get_ptr_mut(key)?;
     // SAFETY: the pointer is a live LRU entry; the fields are plain integers, a racing update
     // at worst yields another valid backend choice.
@@ -119,7 +171,7 @@ fn affinity_backend(
     if now.saturating_sub(last_used) > timeout_ns || slot == 0 || slot > master.count {
         return None;
     }
-    let (current_id, backend) = slot_backend(address, port, proto, slot).ok()?;
+    let (current_id, backend) = slot_backend::<L>(address, port, proto, slot).ok()?;
     if current_id != backend_id {
         return None;
     }

@@ -4,10 +4,10 @@
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use keelson_common::Counter;
 
-use super::{SYS_PROCEED, V6Mapped, xlate_rev};
+use super::{SYS_PROCEED, xlate_rev6};
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
-    xlate_rev::<V6Mapped>(&ctx, Counter::SockRecvmsgRevXlated);
+    xlate_rev6(&ctx, Counter::SockRecvmsgRevXlated);
     SYS_PROCEED
 }

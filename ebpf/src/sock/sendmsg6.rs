@@ -4,11 +4,11 @@
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use keelson_common::Counter;
 
-use super::{V6Mapped, refuse, xlate_fwd};
+use super::{refuse, xlate_fwd6};
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
-    match xlate_fwd::<V6Mapped>(&ctx, Counter::SockSendmsgXlated) {
+    match xlate_fwd6(&ctx, Counter::SockSendmsgXlated) {
         Ok(v) => v,
         Err(reason) => refuse(reason),
     }
