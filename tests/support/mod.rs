@@ -7,8 +7,27 @@ use std::{
     ffi::CString,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
 };
+
+/// Makes the command's process move itself into `cgroup` between fork and exec.
+fn join_cgroup_on_exec(cmd: &mut Command, cgroup: &Path) {
+    let procs = CString::new(cgroup.join("cgroup.procs").to_string_lossy().into_owned()).expect("path");
+    // SAFETY: only async-signal-safe calls (open, write, close) on memory prepared before the
+    // fork; writing "0" to cgroup.procs moves the calling process (cgroup v2).
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if n == 1 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        });
+    }
+}
 
 pub fn keelson() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_keelson"))
@@ -89,25 +108,59 @@ impl LocalCluster {
     /// Runs `program args` as a host process of node `i`: in the node's network namespace and
     /// under its cgroup root, so the node's socket-level load balancer applies to it.
     pub fn run_on_node(&self, i: u8, program: &Path, args: &[&str]) -> Output {
+        self.node_command(i, program, args).output().expect("running a probe on the node")
+    }
+
+    /// Like [`Self::run_on_node`], in the background.
+    pub fn spawn_on_node(&self, i: u8, program: &Path, args: &[&str]) -> Child {
+        self.node_command(i, program, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting a probe on the node")
+    }
+
+    fn node_command(&self, i: u8, program: &Path, args: &[&str]) -> Command {
         let cg = self.node_cgroup(i).join("e2e-probe");
         std::fs::create_dir_all(&cg).expect("probe cgroup");
-        let procs = CString::new(cg.join("cgroup.procs").to_string_lossy().into_owned()).expect("path");
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/kls-{}", self.node(i))).arg(program).args(args);
-        // SAFETY: only async-signal-safe calls (open, write, close) on memory prepared before
-        // the fork; writing "0" to cgroup.procs moves the calling process (cgroup v2).
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if n == 1 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-            });
+        join_cgroup_on_exec(&mut cmd, &cg);
+        cmd
+    }
+
+    /// Kills node `i`'s agent with SIGKILL and starts it again with the same command line, as
+    /// a supervisor would after a crash. Returns once the new agent answers on its API.
+    pub fn restart_agent(&self, i: u8) {
+        let marker = format!("agent --node-name {}", self.node(i));
+        let pids = processes_with(&marker);
+        assert_eq!(pids.len(), 1, "expected one agent for {}: {pids:?}", self.node(i));
+        let argv: Vec<String> = std::fs::read(format!("/proc/{}/cmdline", pids[0]))
+            .expect("agent cmdline")
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        // SAFETY: kill(2) with a pid read from /proc just now; SIGKILL, as a crash would end it.
+        assert_eq!(unsafe { libc::kill(pids[0], libc::SIGKILL) }, 0, "kill agent");
+        while processes_with(&marker).contains(&pids[0])
+            && !std::fs::read_to_string(format!("/proc/{}/stat", pids[0])).is_ok_and(|s| s.contains(") Z"))
+        {
+            std::thread::sleep(Duration::from_millis(10));
         }
-        cmd.output().expect("running a probe on the node")
+        let log = self.data_dir.path().join("nodes").join(self.node(i)).join("agent.log");
+        let out = std::fs::OpenOptions::new().append(true).create(true).open(&log).expect("agent log");
+        let err = out.try_clone().expect("agent log");
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(out).stderr(err);
+        join_cgroup_on_exec(&mut cmd, &PathBuf::from("/sys/fs/cgroup/unified/keelson").join(&self.name).join("system"));
+        cmd.spawn().expect("restarting the agent");
+        let api = argv.iter().position(|a| a == "--api-listen").map(|p| argv[p + 1].clone()).expect("--api-listen");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(&api).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30), "restarted agent not serving on {api}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn down(&self) -> Output {
