@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -23,9 +23,10 @@ use kube::{Client, Resource};
 use super::runtime::{Reconciler, Requeue, is_not_found, key_of};
 
 /// The owner kinds whose objects we watch: (apiVersion, kind).
-pub const OWNER_KINDS: [(&str, &str); 3] = [
+pub const OWNER_KINDS: [(&str, &str); 4] = [
     ("apps/v1", "Deployment"),
     ("apps/v1", "ReplicaSet"),
+    ("apps/v1", "DaemonSet"),
     ("v1", "Service"),
 ];
 
@@ -169,6 +170,7 @@ pub fn plan_owner(owner: &ObjectMeta, dependents: &[Dependent<'_>]) -> Vec<Owner
 pub(crate) struct GcLoop {
     pub(crate) client: Client,
     pub(crate) deployments: Store<Deployment>,
+    pub(crate) daemonsets: Store<DaemonSet>,
     pub(crate) replicasets: Store<ReplicaSet>,
     pub(crate) services: Store<Service>,
     pub(crate) pods: Store<Pod>,
@@ -188,6 +190,10 @@ impl GcLoop {
                 uids.insert(u.clone());
             }
         };
+        self.daemonsets
+            .state()
+            .iter()
+            .for_each(|o| add(&o.metadata));
         self.deployments
             .state()
             .iter()
@@ -205,6 +211,10 @@ impl GcLoop {
         let c = self.client.clone();
         let found = match r.kind.as_str() {
             "Deployment" => Api::<Deployment>::namespaced(c, ns)
+                .get_opt(&r.name)
+                .await?
+                .map(|o| o.metadata.uid),
+            "DaemonSet" => Api::<DaemonSet>::namespaced(c, ns)
                 .get_opt(&r.name)
                 .await?
                 .map(|o| o.metadata.uid),
@@ -288,6 +298,10 @@ impl GcLoop {
         match kind {
             "Deployment" => match self.deployments.get(&ObjectRef::new(name).within(ns)) {
                 Some(o) => self.finish::<Deployment>(&o, Api::namespaced(c, ns)).await,
+                None => Ok(None),
+            },
+            "DaemonSet" => match self.daemonsets.get(&ObjectRef::new(name).within(ns)) {
+                Some(o) => self.finish::<DaemonSet>(&o, Api::namespaced(c, ns)).await,
                 None => Ok(None),
             },
             "ReplicaSet" => match self.replicasets.get(&r) {

@@ -305,4 +305,65 @@ async fn deployment_service_and_node_reconcile_through_the_api() {
         }
     })
     .await;
+
+    // A DaemonSet puts one Pod on the Node; deleting it collects the Pod.
+    let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(client.clone(), ns);
+    let ds = serde_json::from_value(json!({
+        "metadata": {"name": "agent"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "agent"}},
+            "template": {"metadata": {"labels": {"app": "agent"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sleep", "1"]}]}}
+        }
+    }))
+    .expect("daemonset");
+    daemonsets
+        .create(&PostParams::default(), &ds)
+        .await
+        .expect("create daemonset");
+    wait_for("the daemon pod", Duration::from_secs(5), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=agent"))
+                .await
+                .ok()?;
+            let on_node = list
+                .items
+                .iter()
+                .filter(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("kls-t-ctl-n1")
+                })
+                .count();
+            (list.items.len() == 1 && on_node == 1).then_some(())
+        }
+    })
+    .await;
+    wait_for("daemonset status", Duration::from_secs(5), || {
+        let daemonsets = daemonsets.clone();
+        async move {
+            let st = daemonsets.get("agent").await.ok()?.status?;
+            (st.desired_number_scheduled == 1 && st.current_number_scheduled == 1).then_some(())
+        }
+    })
+    .await;
+    daemonsets
+        .delete("agent", &DeleteParams::background())
+        .await
+        .expect("delete daemonset");
+    wait_for("the daemon pod collected", Duration::from_secs(5), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=agent"))
+                .await
+                .ok()?;
+            list.items
+                .iter()
+                .all(|p| p.metadata.deletion_timestamp.is_some())
+                .then_some(())
+        }
+    })
+    .await;
 }

@@ -4,9 +4,10 @@
 //! [`run_all`] wires them up: one informer per watched kind (shared by every controller),
 //! event handlers that map each change to the keys of the controllers it concerns, and one
 //! work queue and worker per controller ([`runtime`]). The controllers: [`deployment`],
-//! [`replicaset`], [`endpointslice`], [`nodeipam`], [`nodelifecycle`], [`gc`] (garbage
+//! [`replicaset`], [`daemonset`], [`endpointslice`], [`nodeipam`], [`nodelifecycle`], [`gc`] (garbage
 //! collection through ownerReferences) and [`namespace`] (Namespace deletion).
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
@@ -52,7 +53,7 @@ pub enum ControllerError {
 /// controllers, one work queue and worker per controller. Only a controller or watch that stops
 /// is fatal; API errors (409 conflicts included) are retried per object.
 pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(), ControllerError> {
-    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
     use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -78,6 +79,9 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
 
     let mut namespaces =
         Informer::<Namespace>::new(Api::all(client.clone()), watcher::Config::default());
+    let mut daemonsets =
+        Informer::<DaemonSet>::new(Api::all(client.clone()), watcher::Config::default());
+    let ds_q = WorkQueue::default();
     let deploy_q = WorkQueue::default();
     let ns_q = WorkQueue::default();
     let rs_q = WorkQueue::default();
@@ -153,7 +157,7 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
         });
     }
     {
-        let (rq, eq, gq) = (rs_q.clone(), eps_q.clone(), gc_q.clone());
+        let (rq, eq, gq, dsq) = (rs_q.clone(), eps_q.clone(), gc_q.clone(), ds_q.clone());
         let svc_store = services.store();
         pods.on(move |t| {
             // A Pod's labels may have changed, so every selecting Service of its namespace is
@@ -161,6 +165,9 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
             let touch = |p: &Pod| {
                 if let Some(k) = owner_key(&p.metadata, "ReplicaSet") {
                     rq.add(k);
+                }
+                if let Some(k) = owner_key(&p.metadata, "DaemonSet") {
+                    dsq.add(k);
                 }
                 gc::owner_keys_of(&p.metadata)
                     .into_iter()
@@ -184,6 +191,9 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
                     all.iter()
                         .filter_map(|p| owner_key(&p.metadata, "ReplicaSet"))
                         .for_each(|k| rq.add(k));
+                    all.iter()
+                        .filter_map(|p| owner_key(&p.metadata, "DaemonSet"))
+                        .for_each(|k| dsq.add(k));
                     svc_store.state().iter().for_each(|s| eq.add(key_of(&**s)));
                     gq.add("all");
                 }
@@ -248,19 +258,43 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
         });
     }
     {
-        let (iq, lq) = (ipam_q.clone(), lifecycle_q.clone());
+        let (iq, lq, dsq) = (ipam_q.clone(), lifecycle_q.clone(), ds_q.clone());
         let node_store = nodes.store();
-        nodes.on(move |t| match t {
-            Touch::Changed(n) => {
-                iq.add(key_of(n));
-                lq.add(key_of(n));
+        let ds_store = daemonsets.store();
+        nodes.on(move |t| {
+            // Every DaemonSet may want a Pod on a new or changed Node, or none on a gone one.
+            ds_store.state().iter().for_each(|d| dsq.add(key_of(&**d)));
+            match t {
+                Touch::Changed(n) => {
+                    iq.add(key_of(n));
+                    lq.add(key_of(n));
+                }
+                // A freed block may let a Node that found the pool exhausted get one now.
+                Touch::Deleted(_) => node_store.state().iter().for_each(|n| iq.add(key_of(&**n))),
+                Touch::Relisted(all) => all.iter().for_each(|n| {
+                    iq.add(key_of(&**n));
+                    lq.add(key_of(&**n));
+                }),
             }
-            // A freed block may let a Node that found the pool exhausted get one now.
-            Touch::Deleted(_) => node_store.state().iter().for_each(|n| iq.add(key_of(&**n))),
-            Touch::Relisted(all) => all.iter().for_each(|n| {
-                iq.add(key_of(&**n));
-                lq.add(key_of(&**n));
-            }),
+        });
+    }
+    {
+        let (q, gq) = (ds_q.clone(), gc_q.clone());
+        daemonsets.on(move |t| match t {
+            Touch::Changed(d) => {
+                q.add(key_of(d));
+                if gc::has_propagation_finalizer(&d.metadata) {
+                    gq.add(gc::owner_key(d));
+                }
+            }
+            Touch::Deleted(d) => {
+                q.add(key_of(d));
+                gq.add("all");
+            }
+            Touch::Relisted(all) => {
+                all.iter().for_each(|d| q.add(key_of(&**d)));
+                gq.add("all");
+            }
         });
     }
     {
@@ -284,6 +318,7 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
         });
     }
     let namespace_store = namespaces.store();
+    let daemonset_store = daemonsets.store();
     let (ds, rss, ps, ss, es, ns, ls) = (
         deployments.store(),
         replicasets.store(),
@@ -302,6 +337,7 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
     tasks.spawn(async move { ("node informer", nodes.run().await) });
     tasks.spawn(async move { ("lease informer", leases.run().await) });
     tasks.spawn(async move { ("namespace informer", namespaces.run().await) });
+    tasks.spawn(async move { ("daemonset informer", daemonsets.run().await) });
 
     // Workers start once every store they read has listed, so no plan runs on a partial view
     // (the garbage collector above all). One task waits for the stores and tells the workers:
@@ -317,6 +353,7 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
             ns.clone(),
             ls.clone(),
             namespace_store.clone(),
+            daemonset_store.clone(),
         );
         tokio::spawn(async move {
             let ok = stores.0.wait_until_ready().await.is_ok()
@@ -326,7 +363,8 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
                 && stores.4.wait_until_ready().await.is_ok()
                 && stores.5.wait_until_ready().await.is_ok()
                 && stores.6.wait_until_ready().await.is_ok()
-                && stores.7.wait_until_ready().await.is_ok();
+                && stores.7.wait_until_ready().await.is_ok()
+                && stores.8.wait_until_ready().await.is_ok();
             if ok {
                 let _ = ready_tx.send(true);
             }
@@ -421,16 +459,34 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
     {
         let w = gc::GcLoop {
             client: client.clone(),
+            daemonsets: daemonset_store.clone(),
             deployments: ds,
             replicasets: rss,
             services: ss,
-            pods: ps,
+            pods: ps.clone(),
             slices: es,
         };
         let r = ready();
         tasks.spawn(async move {
             r.await;
             ("garbage collector", run_worker("gc", gc_q, w).await)
+        });
+    }
+    {
+        let w = daemonset::DaemonSetLoop {
+            client: client.clone(),
+            daemonsets: daemonset_store.clone(),
+            pods: ps.clone(),
+            nodes: ns.clone(),
+            expectations: Default::default(),
+        };
+        let r = ready();
+        tasks.spawn(async move {
+            r.await;
+            (
+                "daemonset controller",
+                run_worker("daemonset", ds_q, w).await,
+            )
         });
     }
     {
