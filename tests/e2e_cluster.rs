@@ -11,39 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{LocalCluster, output_text, processes_with};
-
-/// Asks a Service `count` times, each time on a new socket, and prints which Pod answered.
-const PROBE: &str = r#"
-import json, socket, sys
-proto, host, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-answers, errors = {}, []
-for i in range(count):
-    try:
-        if proto == "tcp":
-            s = socket.create_connection((host, port), timeout=2)
-            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            name = data.split(b"\r\n\r\n", 1)[1].decode().strip()
-        else:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.settimeout(2)
-            s.sendto(b"ping", (host, port))
-            data, peer = s.recvfrom(4096)
-            if peer != (host, port):
-                raise Exception("reply from %s, not from the Service address" % (peer,))
-            name = data.decode().strip()
-        s.close()
-        answers[name] = answers.get(name, 0) + 1
-    except Exception as e:
-        errors.append(str(e))
-print(json.dumps({"answers": answers, "errors": errors}))
-"#;
+use support::{LocalCluster, PROBE, output_text, parse_probe, processes_with};
 
 fn manifest(marker: &str) -> String {
     format!(
@@ -154,40 +122,11 @@ fn escape_yaml_double(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct ProbeResult {
-    answers: BTreeMap<String, u32>,
-    errors: Vec<String>,
-}
-
-fn parse_probe(text: &str) -> ProbeResult {
-    let line = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no probe output in {text:?}"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad probe output {line:?}: {e}"))
-}
-
-/// Pod name → node name of the Pods with label app=<app>.
-fn pods_by_node(c: &LocalCluster, app: &str) -> BTreeMap<String, String> {
-    let json = c.kubectl_ok(&["get", "pods", "-l", &format!("app={app}"), "-o", "json"]);
-    let v: serde_json::Value = serde_json::from_str(&json).expect("pod list json");
-    v["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .map(|p| {
-            (
-                p["metadata"]["name"].as_str().unwrap_or_default().to_string(),
-                p["spec"]["nodeName"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
-
 /// `kubectl wait -l` fails when nothing matches yet, so first wait for the controllers to have
 /// created the Pods.
 fn wait_pods_exist(c: &LocalCluster, app: &str, n: usize) {
     let start = Instant::now();
-    while pods_by_node(c, app).len() < n {
+    while c.pods_by_node(app).len() < n {
         assert!(start.elapsed() < Duration::from_secs(60), "{app}: fewer than {n} Pods after 60 s");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -234,7 +173,7 @@ fn standalone_cluster_end_to_end() {
     c.kubectl_ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/client", "--timeout=120s"]);
     for (container, app) in [("tcp", "web"), ("udp", "echo")] {
         let result = parse_probe(&c.kubectl_ok(&["logs", "client", "-c", container]));
-        let pods = pods_by_node(&c, app);
+        let pods = c.pods_by_node(app);
         assert!(result.errors.is_empty(), "{container}: errors {:?}", result.errors);
         assert_eq!(result.answers.values().sum::<u32>(), 100, "{container}: {result:?}");
         let answered: BTreeSet<&String> = result.answers.keys().collect();
@@ -258,7 +197,7 @@ fn standalone_cluster_end_to_end() {
         assert!(scaled.elapsed() < Duration::from_secs(2), "still {r:?} 2 s after scaling to 1");
     }
     println!("one backend answering {:?} after the scale", scaled.elapsed());
-    let remaining = pods_by_node(&c, "web");
+    let remaining = c.pods_by_node("web");
     let out = c.run_on_node(1, python, &[&probe, "tcp", &web_vip, "80", "20"]);
     let r = parse_probe(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(r.answers.keys().collect::<BTreeSet<_>>(), remaining.keys().collect(), "{r:?}");

@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses a different part of this module")]
 
 use std::{
+    collections::BTreeMap,
     ffi::CString,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
@@ -163,6 +164,24 @@ impl LocalCluster {
         }
     }
 
+    /// Pod name → node name of the Pods with label app=<app>.
+    pub fn pods_by_node(&self, app: &str) -> BTreeMap<String, String> {
+        let json = self.kubectl_ok(&["get", "pods", "-l", &format!("app={app}"), "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("pod list json");
+        v["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                    p["spec"]["nodeName"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
     pub fn down(&self) -> Output {
         Command::new(keelson()).args(["down", "--name", &self.name]).output().expect("keelson down")
     }
@@ -189,3 +208,47 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
         })
         .collect()
 }
+
+/// Asks a Service `count` times, each time on a new socket, and prints which Pod answered.
+pub const PROBE: &str = r#"
+import json, socket, sys
+proto, host, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+answers, errors = {}, []
+for i in range(count):
+    try:
+        if proto == "tcp":
+            s = socket.create_connection((host, port), timeout=2)
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            name = data.split(b"\r\n\r\n", 1)[1].decode().strip()
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(2)
+            s.sendto(b"ping", (host, port))
+            data, peer = s.recvfrom(4096)
+            if peer != (host, port):
+                raise Exception("reply from %s, not from the Service address" % (peer,))
+            name = data.decode().strip()
+        s.close()
+        answers[name] = answers.get(name, 0) + 1
+    except Exception as e:
+        errors.append(str(e))
+print(json.dumps({"answers": answers, "errors": errors}))
+"#;
+
+#[derive(Debug, serde::Deserialize)]
+pub struct ProbeResult {
+    pub answers: BTreeMap<String, u32>,
+    pub errors: Vec<String>,
+}
+
+pub fn parse_probe(text: &str) -> ProbeResult {
+    let line = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no probe output in {text:?}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad probe output {line:?}: {e}"))
+}
+
