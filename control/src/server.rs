@@ -94,37 +94,50 @@ pub async fn ensure_system_namespaces<S: Store>(
     Ok(())
 }
 
-/// Compacts the store's history now and then, keeping the last [`KEEP_REVISIONS`] revisions
-/// and everything younger than [`KEEP_FOR`].
+/// Decides compaction from the revisions observed over time: history goes only when it is
+/// both older than [`KEEP_FOR`] and more than [`KEEP_REVISIONS`] behind the current revision.
+#[derive(Debug, Default)]
+struct CompactionPlan {
+    /// (time since start, revision) observations younger than KEEP_FOR.
+    seen: std::collections::VecDeque<(Duration, i64)>,
+    /// The newest revision observed at least KEEP_FOR ago.
+    floor: Option<i64>,
+    compacted: i64,
+}
+
+impl CompactionPlan {
+    /// Records `current` at `now`; returns the revision to compact to, if it moved.
+    fn observe(&mut self, now: Duration, current: i64) -> Option<i64> {
+        self.seen.push_back((now, current));
+        while let Some(&(at, rev)) = self.seen.front() {
+            if now.saturating_sub(at) < KEEP_FOR {
+                break;
+            }
+            self.floor = Some(rev);
+            self.seen.pop_front();
+        }
+        let target = self.floor?.min(current - KEEP_REVISIONS);
+        (target > self.compacted).then(|| {
+            self.compacted = target;
+            target
+        })
+    }
+}
+
+/// Compacts the store's history once a minute per [`CompactionPlan`].
 async fn compaction_loop<S: Store>(store: Arc<S>) {
-    let mut seen: std::collections::VecDeque<(tokio::time::Instant, i64)> =
-        std::collections::VecDeque::new();
+    let start = tokio::time::Instant::now();
+    let mut plan = CompactionPlan::default();
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
         let Ok(current) = store.current_revision().await else {
             continue;
         };
-        let now = tokio::time::Instant::now();
-        seen.push_back((now, current));
-        // The newest revision observed at least KEEP_FOR ago bounds what may go.
-        let mut old_enough = None;
-        while let Some(&(at, rev)) = seen.front() {
-            if now.duration_since(at) >= KEEP_FOR {
-                old_enough = Some(rev);
-                seen.pop_front();
-            } else {
-                break;
-            }
-        }
-        if let Some(rev) = old_enough {
-            seen.push_front((now - KEEP_FOR, rev));
-            let target = rev.min(current - KEEP_REVISIONS);
-            if target > 0
-                && let Err(e) = store.compact(target).await
-            {
-                tracing::warn!(error = %e, "compaction failed");
-            }
+        if let Some(target) = plan.observe(start.elapsed(), current)
+            && let Err(e) = store.compact(target).await
+        {
+            tracing::warn!(error = %e, "compaction failed");
         }
     }
 }
@@ -258,5 +271,31 @@ impl Drop for Tasks {
         for t in &self.0 {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_server_compaction_keeps_time_and_revisions() {
+        let mut plan = CompactionPlan::default();
+        let s = Duration::from_secs;
+        assert_eq!(plan.observe(s(0), 100), None);
+        assert_eq!(
+            plan.observe(s(60), 20_000),
+            None,
+            "nothing is five minutes old yet"
+        );
+        assert_eq!(plan.observe(s(300), 30_000), Some(100));
+        assert_eq!(plan.observe(s(360), 30_500), Some(20_000));
+        assert_eq!(
+            plan.observe(s(420), 30_600),
+            None,
+            "the floor has not moved"
+        );
+        // Few writes: the revision window holds history back even when it is old.
+        assert_eq!(plan.observe(s(1000), 30_700), Some(20_700));
     }
 }

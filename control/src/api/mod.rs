@@ -118,7 +118,13 @@ async fn authenticate<S: Store>(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let user = presented
-        .and_then(|t| state.config.tokens.iter().find(|e| e.token == t))
+        .and_then(|t| {
+            state
+                .config
+                .tokens
+                .iter()
+                .find(|e| constant_time_eq(e.token.as_bytes(), t.as_bytes()))
+        })
         .map(|e| e.user.clone());
     match user {
         Some(user) => {
@@ -127,6 +133,11 @@ async fn authenticate<S: Store>(
         }
         None => ApiError::Unauthorized.into_response(),
     }
+}
+
+/// Compares secrets without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The whole API as an axum router.
