@@ -1211,6 +1211,31 @@ async fn api_real_kubectl_against_real_server() {
     .expect("join");
     assert!(ok && out == "nginx:1.28", "{out}");
 
+    // Service ports through apply: add a named second port, then drop the first one.
+    let two_ports: &'static str = "apiVersion: v1\nkind: Service\nmetadata: {name: ports}\nspec:\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80}\n  - {name: https, port: 443}\n";
+    let one_port: &'static str = "apiVersion: v1\nkind: Service\nmetadata: {name: ports}\nspec:\n  selector: {app: web}\n  ports:\n  - {name: https, port: 443}\n";
+    let (ok, _, _) = run(vec!["apply", "-f", "-"], Some(two_ports))
+        .await
+        .expect("join");
+    assert!(ok);
+    let (ok, out, _) = run(vec!["apply", "-f", "-"], Some(one_port))
+        .await
+        .expect("join");
+    assert!(ok && out.contains("service/ports configured"), "{out}");
+    let (ok, out, _) = run(
+        vec![
+            "get",
+            "svc",
+            "ports",
+            "-o",
+            "jsonpath={.spec.ports[*].port}",
+        ],
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(ok && out == "443", "{out}");
+
     let (ok, out, _) = run(vec!["get", "deployments,services", "-o", "wide"], None)
         .await
         .expect("join");
