@@ -85,7 +85,7 @@ fn services(state: &LbState) -> Vec<Row> {
                 .iter()
                 .map(
                     |(slot, id)| match id.and_then(|id| state.backends.get(&id)) {
-                        Some(b) => format!("{}:{}", b.address, b.port),
+                        Some(b) => std::net::SocketAddr::new(b.address, b.port).to_string(),
                         None => format!("<slot {slot}: missing>"),
                     },
                 )
@@ -144,7 +144,10 @@ fn revnat(state: &LbState) -> Vec<Row> {
         .revnat
         .iter()
         .map(|(index, f)| Row {
-            text: format!("index {index}: {}:{}", f.address, f.port),
+            text: format!(
+                "index {index}: {}",
+                std::net::SocketAddr::new(f.address, f.port)
+            ),
             json: json!({ "index": index, "address": f.address.to_string(), "port": f.port }),
         })
         .collect()

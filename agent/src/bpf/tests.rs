@@ -12,22 +12,22 @@ use crate::{
 fn dump_renders_services_backends_and_endpoints() {
     let t = TestDatapath::load("dump", None);
     let f = Frontend {
-        address: Ipv4Addr::new(10, 96, 0, 10),
+        address: Ipv4Addr::new(10, 96, 0, 10).into(),
         port: 80,
         proto: Proto::Tcp,
     };
     let empty = Frontend {
-        address: Ipv4Addr::new(10, 96, 0, 11),
+        address: Ipv4Addr::new(10, 96, 0, 11).into(),
         port: 53,
         proto: Proto::Udp,
     };
     let b1 = BackendAddr {
-        address: Ipv4Addr::new(10, 244, 1, 3),
+        address: Ipv4Addr::new(10, 244, 1, 3).into(),
         port: 8080,
         proto: Proto::Tcp,
     };
     let b2 = BackendAddr {
-        address: Ipv4Addr::new(10, 244, 2, 4),
+        address: Ipv4Addr::new(10, 244, 2, 4).into(),
         port: 8080,
         proto: Proto::Tcp,
     };

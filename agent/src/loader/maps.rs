@@ -1,12 +1,16 @@
 //! Typed access to the datapath's maps, from a freshly loaded object or from the pins of a
 //! running node: reading the load-balancer state back and applying [`MapOp`]s.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use keelson_common::{
-    Backend, BackendKey, Counter, DropReason, EndpointInfo, EndpointKey, MetricValue, RevNatKey,
-    RevNatValue, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, names, service_flags,
+    Backend, Backend6, BackendKey, Counter, DropReason, EndpointInfo, EndpointKey, MetricValue,
+    RevNatKey, RevNatValue, RevNatValue6, ServiceKey, ServiceKey6, ServiceValue, SockRevNatKey,
+    SockRevNatValue, names, service_flags,
 };
 
 use crate::services::model::{BackendAddr, Frontend, LbState, MapOp, Proto, ServiceEntry};
@@ -75,6 +79,9 @@ pub struct Maps {
     pub sock_revnat: HashMap<MapData, SockRevNatKey, SockRevNatValue>,
     pub endpoints: HashMap<MapData, EndpointKey, EndpointInfo>,
     pub metrics: PerCpuArray<MapData, MetricValue>,
+    pub services6: HashMap<MapData, ServiceKey6, ServiceValue>,
+    pub backends6: HashMap<MapData, BackendKey, Backend6>,
+    pub revnat6: HashMap<MapData, RevNatKey, RevNatValue6>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -101,6 +108,9 @@ impl Maps {
             sock_revnat: typed(names::SOCK_REVNAT, take(names::SOCK_REVNAT)?)?,
             endpoints: typed(names::ENDPOINTS, take(names::ENDPOINTS)?)?,
             metrics: typed(names::METRICS, take(names::METRICS)?)?,
+            services6: typed(names::SERVICES6, take(names::SERVICES6)?)?,
+            backends6: typed(names::BACKENDS6, take(names::BACKENDS6)?)?,
+            revnat6: typed(names::REVNAT6, take(names::REVNAT6)?)?,
         })
     }
 
@@ -121,6 +131,9 @@ impl Maps {
             sock_revnat: typed(names::SOCK_REVNAT, open(names::SOCK_REVNAT)?)?,
             endpoints: typed(names::ENDPOINTS, open(names::ENDPOINTS)?)?,
             metrics: typed(names::METRICS, open(names::METRICS)?)?,
+            services6: typed(names::SERVICES6, open(names::SERVICES6)?)?,
+            backends6: typed(names::BACKENDS6, open(names::BACKENDS6)?)?,
+            revnat6: typed(names::REVNAT6, open(names::REVNAT6)?)?,
         })
     }
 
@@ -131,33 +144,67 @@ impl Maps {
         let mut state = LbState::default();
         for item in self.backends.iter() {
             let (id, b) = item.map_err(|source| op_err(names::BACKENDS, "iterate", source))?;
-            if let Some(addr) = backend_from_map(&b) {
+            if let Some(addr) = backend_addr(ip_from_net(b.address).into(), b.port, b.proto) {
                 state.backends.insert(id, addr);
             }
         }
+        for item in self.backends6.iter() {
+            let (id, b) = item.map_err(|source| op_err(names::BACKENDS6, "iterate", source))?;
+            if let Some(addr) = backend_addr(ip6_from_net(b.address).into(), b.port, b.proto) {
+                state.backends.insert(id, addr);
+            }
+        }
+        // The protocol is not part of a revnat entry; the services map supplies it below.
         for item in self.revnat.iter() {
             let (index, v) = item.map_err(|source| op_err(names::REVNAT, "iterate", source))?;
-            // The protocol is not part of a revnat entry; the services map supplies it below.
-            state.revnat.insert(
-                index,
-                Frontend {
-                    address: ip_from_net(v.address),
-                    port: u16::from_be(v.port),
-                    proto: Proto::Tcp,
-                },
-            );
+            let address = ip_from_net(v.address).into();
+            state.revnat.insert(index, revnat_frontend(address, v.port));
         }
-        for item in self.services.iter() {
-            let (k, v) = item.map_err(|source| op_err(names::SERVICES, "iterate", source))?;
-            let Some(frontend) = frontend_from_key(&k) else {
+        for item in self.revnat6.iter() {
+            let (index, v) = item.map_err(|source| op_err(names::REVNAT6, "iterate", source))?;
+            let address = ip6_from_net(v.address).into();
+            state.revnat.insert(index, revnat_frontend(address, v.port));
+        }
+        let v4 = self.services.iter().map(|item| {
+            item.map(|(k, v)| {
+                (
+                    k.address.to_ne_bytes().into(),
+                    k.dport,
+                    k.proto,
+                    k.backend_slot,
+                    v,
+                )
+            })
+            .map_err(|source| op_err(names::SERVICES, "iterate", source))
+        });
+        let v6 = self.services6.iter().map(|item| {
+            item.map(|(k, v)| {
+                (
+                    ip6_from_net(k.address).into(),
+                    k.dport,
+                    k.proto,
+                    k.backend_slot,
+                    v,
+                )
+            })
+            .map_err(|source| op_err(names::SERVICES6, "iterate", source))
+        });
+        for item in v4.chain(v6) {
+            let (address, dport, proto, slot, v): (IpAddr, u16, u8, u16, ServiceValue) = item?;
+            let Some(proto) = Proto::from_number(proto) else {
                 continue;
             };
+            let frontend = Frontend {
+                address,
+                port: u16::from_be(dport),
+                proto,
+            };
             let entry: &mut ServiceEntry = state.services.entry(frontend).or_default();
-            if k.backend_slot == 0 {
+            if slot == 0 {
                 entry.master = Some((v.count, v.rev_nat_index));
                 entry.affinity = (v.flags & service_flags::AFFINITY != 0).then_some(v.backend_id);
             } else {
-                entry.slots.insert(k.backend_slot, v.backend_id);
+                entry.slots.insert(slot, v.backend_id);
             }
         }
         // Give revnat entries the protocol of the frontend that uses them.
@@ -185,21 +232,48 @@ impl Maps {
     fn apply_one(&mut self, op: &MapOp) -> Result<(), MapsError> {
         match *op {
             MapOp::PutBackend { id, backend } => {
-                let value = Backend {
-                    address: ip_to_net(backend.address),
-                    port: backend.port.to_be(),
-                    proto: backend.proto.number(),
-                    flags: 0,
-                };
-                insert(&mut self.backends, names::BACKENDS, id, value, op)
+                let (port, proto) = (backend.port.to_be(), backend.proto.number());
+                match backend.address {
+                    IpAddr::V4(ip) => {
+                        let value = Backend {
+                            address: ip_to_net(ip),
+                            port,
+                            proto,
+                            flags: 0,
+                        };
+                        insert(&mut self.backends, names::BACKENDS, id, value, op)
+                    }
+                    IpAddr::V6(ip) => {
+                        let value = Backend6 {
+                            address: ip6_to_net(ip),
+                            port,
+                            proto,
+                            flags: 0,
+                        };
+                        insert(&mut self.backends6, names::BACKENDS6, id, value, op)
+                    }
+                }
             }
             MapOp::PutRevNat { index, frontend } => {
-                let value = RevNatValue {
-                    address: ip_to_net(frontend.address),
-                    port: frontend.port.to_be(),
-                    pad: [0; 2],
-                };
-                insert(&mut self.revnat, names::REVNAT, index, value, op)
+                let port = frontend.port.to_be();
+                match frontend.address {
+                    IpAddr::V4(ip) => {
+                        let value = RevNatValue {
+                            address: ip_to_net(ip),
+                            port,
+                            pad: [0; 2],
+                        };
+                        insert(&mut self.revnat, names::REVNAT, index, value, op)
+                    }
+                    IpAddr::V6(ip) => {
+                        let value = RevNatValue6 {
+                            address: ip6_to_net(ip),
+                            port,
+                            pad: [0; 2],
+                        };
+                        insert(&mut self.revnat6, names::REVNAT6, index, value, op)
+                    }
+                }
             }
             MapOp::PutSlot {
                 frontend,
@@ -213,13 +287,7 @@ impl Maps {
                     flags: 0,
                     pad: [0; 3],
                 };
-                insert(
-                    &mut self.services,
-                    names::SERVICES,
-                    service_key(&frontend, slot),
-                    value,
-                    op,
-                )
+                self.put_service(&frontend, slot, value, op)
             }
             MapOp::PutMaster {
                 frontend,
@@ -238,22 +306,50 @@ impl Maps {
                     },
                     pad: [0; 3],
                 };
-                insert(
-                    &mut self.services,
-                    names::SERVICES,
-                    service_key(&frontend, 0),
-                    value,
-                    op,
-                )
+                self.put_service(&frontend, 0, value, op)
             }
-            MapOp::DeleteSlot { frontend, slot } => remove(
-                &mut self.services,
-                names::SERVICES,
-                &service_key(&frontend, slot),
-                op,
-            ),
-            MapOp::DeleteRevNat { index } => remove(&mut self.revnat, names::REVNAT, &index, op),
-            MapOp::DeleteBackend { id } => remove(&mut self.backends, names::BACKENDS, &id, op),
+            MapOp::DeleteSlot { frontend, slot } => {
+                let (port, proto) = (frontend.port.to_be(), frontend.proto.number());
+                match frontend.address {
+                    IpAddr::V4(ip) => {
+                        let key = ServiceKey::new(ip_to_net(ip), port, proto, slot);
+                        remove(&mut self.services, names::SERVICES, &key, op)
+                    }
+                    IpAddr::V6(ip) => {
+                        let key = ServiceKey6::new(ip6_to_net(ip), port, proto, slot);
+                        remove(&mut self.services6, names::SERVICES6, &key, op)
+                    }
+                }
+            }
+            // Indexes and ids are unique over both families: delete from both maps.
+            MapOp::DeleteRevNat { index } => {
+                remove(&mut self.revnat, names::REVNAT, &index, op)?;
+                remove(&mut self.revnat6, names::REVNAT6, &index, op)
+            }
+            MapOp::DeleteBackend { id } => {
+                remove(&mut self.backends, names::BACKENDS, &id, op)?;
+                remove(&mut self.backends6, names::BACKENDS6, &id, op)
+            }
+        }
+    }
+
+    fn put_service(
+        &mut self,
+        frontend: &Frontend,
+        slot: u16,
+        value: ServiceValue,
+        op: &MapOp,
+    ) -> Result<(), MapsError> {
+        let (port, proto) = (frontend.port.to_be(), frontend.proto.number());
+        match frontend.address {
+            IpAddr::V4(ip) => {
+                let key = ServiceKey::new(ip_to_net(ip), port, proto, slot);
+                insert(&mut self.services, names::SERVICES, key, value, op)
+            }
+            IpAddr::V6(ip) => {
+                let key = ServiceKey6::new(ip6_to_net(ip), port, proto, slot);
+                insert(&mut self.services6, names::SERVICES6, key, value, op)
+            }
         }
     }
 
@@ -393,27 +489,35 @@ pub fn ip_from_net(v: u32) -> Ipv4Addr {
     Ipv4Addr::from(v.to_ne_bytes())
 }
 
-fn service_key(frontend: &Frontend, slot: u16) -> ServiceKey {
-    ServiceKey::new(
-        ip_to_net(frontend.address),
-        frontend.port.to_be(),
-        frontend.proto.number(),
-        slot,
-    )
-}
-
-fn frontend_from_key(k: &ServiceKey) -> Option<Frontend> {
-    Some(Frontend {
-        address: ip_from_net(k.address),
-        port: u16::from_be(k.dport),
-        proto: Proto::from_number(k.proto)?,
+/// An IPv6 address as the datapath stores it: four words of wire bytes read as native u32s
+/// (the layout of `bpf_sock_addr.user_ip6`).
+pub fn ip6_to_net(ip: Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
     })
 }
 
-fn backend_from_map(b: &Backend) -> Option<BackendAddr> {
+pub fn ip6_from_net(words: [u32; 4]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
+
+fn revnat_frontend(address: IpAddr, port: u16) -> Frontend {
+    Frontend {
+        address,
+        port: u16::from_be(port),
+        proto: Proto::Tcp,
+    }
+}
+
+fn backend_addr(address: IpAddr, port: u16, proto: u8) -> Option<BackendAddr> {
     Some(BackendAddr {
-        address: ip_from_net(b.address),
-        port: u16::from_be(b.port),
-        proto: Proto::from_number(b.proto)?,
+        address,
+        port: u16::from_be(port),
+        proto: Proto::from_number(proto)?,
     })
 }

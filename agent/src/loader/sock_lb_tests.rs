@@ -31,9 +31,14 @@ fn program(t: &TestDatapath, desired: &DesiredState) {
 
 /// TCP backends on 127.0.0.1 inside `ns`: each answers every connection with its own name.
 fn tcp_backends(ns: &Netns, n: usize) -> Vec<u16> {
+    tcp_backends_on(ns, n, "127.0.0.1:0")
+}
+
+/// TCP backends on `bind` inside `ns`.
+fn tcp_backends_on(ns: &Netns, n: usize, bind: &str) -> Vec<u16> {
     (0..n)
         .map(|i| {
-            let listener = sys::in_netns(Some(&ns.path()), || TcpListener::bind("127.0.0.1:0"))
+            let listener = sys::in_netns(Some(&ns.path()), || TcpListener::bind(bind))
                 .expect("enter netns")
                 .expect("bind");
             let port = listener.local_addr().expect("addr").port();
@@ -49,7 +54,12 @@ fn tcp_backends(ns: &Netns, n: usize) -> Vec<u16> {
 
 /// A UDP echo backend on 127.0.0.1 inside `ns`: answers each datagram with its name.
 fn udp_backend(ns: &Netns, name: &'static str) -> u16 {
-    let sock = sys::in_netns(Some(&ns.path()), || UdpSocket::bind("127.0.0.1:0"))
+    udp_backend_on(ns, name, "127.0.0.1:0")
+}
+
+/// A UDP echo backend on `bind` inside `ns`.
+fn udp_backend_on(ns: &Netns, name: &'static str, bind: &str) -> u16 {
+    let sock = sys::in_netns(Some(&ns.path()), || UdpSocket::bind(bind))
         .expect("enter netns")
         .expect("bind");
     let port = sock.local_addr().expect("addr").port();
@@ -104,7 +114,7 @@ fn client(t: &TestDatapath, ns: &Netns, script: &str) -> String {
 
 fn frontend(vip: Ipv4Addr, port: u16, proto: Proto) -> Frontend {
     Frontend {
-        address: vip,
+        address: vip.into(),
         port,
         proto,
     }
@@ -112,7 +122,7 @@ fn frontend(vip: Ipv4Addr, port: u16, proto: Proto) -> Frontend {
 
 fn loopback(port: u16, proto: Proto) -> BackendAddr {
     BackendAddr {
-        address: Ipv4Addr::LOCALHOST,
+        address: Ipv4Addr::LOCALHOST.into(),
         port,
         proto,
     }
@@ -326,5 +336,71 @@ for _ in range(30):
             .next()
             .map(|l| l.ends_with("(affinity 60s)")),
         Some(true)
+    );
+}
+
+#[test]
+fn ipv6_cluster_ips_are_balanced_and_reverse_translated() {
+    let ns = Netns::new(&super::testutil::unique("sockv6"));
+    let t = TestDatapath::load("sockv6", None);
+    let ports = tcp_backends_on(&ns, 2, "[::1]:0");
+    let udp = udp_backend_on(&ns, "udp-v6", "[::1]:0");
+    let vip: std::net::IpAddr = "fd00:96::7".parse().expect("vip");
+    let lo6 = std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
+    let backend = |port, proto| BackendAddr {
+        address: lo6,
+        port,
+        proto,
+    };
+    let tcp_f = Frontend {
+        address: vip,
+        port: 80,
+        proto: Proto::Tcp,
+    };
+    let udp_f = Frontend {
+        address: vip,
+        port: 53,
+        proto: Proto::Udp,
+    };
+    let desired = DesiredState {
+        services: BTreeMap::from([
+            (
+                tcp_f,
+                ports.iter().map(|&p| backend(p, Proto::Tcp)).collect(),
+            ),
+            (udp_f, vec![backend(udp, Proto::Udp)]),
+        ]),
+        ..Default::default()
+    };
+    program(&t, &desired);
+    let out = client(
+        &t,
+        &ns,
+        &format!(
+            r#"
+import socket
+seen = set()
+for _ in range(40):
+    s = socket.create_connection(("{vip}", 80), timeout=5)
+    seen.add(s.makefile().readline().strip())
+    assert s.getpeername()[:2] == ("{vip}", 80), s.getpeername()
+    s.close()
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.sendto(b"ping", ("{vip}", 53))
+data, addr = u.recvfrom(512)
+print(" ".join(sorted(seen)))
+print(data.decode(), addr[0], addr[1])
+"#
+        ),
+    );
+    assert_eq!(out, format!("backend-0 backend-1\nudp-v6 {vip} 53\n"));
+    let dump = crate::bpf::dump(&t.pins.0, "services", false).expect("dump");
+    assert!(
+        dump.contains(&format!(
+            "[fd00:96::7]:80/TCP -> [::1]:{}, [::1]:{}",
+            ports[0], ports[1]
+        )),
+        "{dump}"
     );
 }

@@ -56,12 +56,12 @@ fn reload_reuses_pinned_maps_and_links() {
     let t = TestDatapath::load("reload", None);
     assert_eq!(attached_programs(&t.cgroup.0), SOCK_PROGRAMS.len());
     let frontend = Frontend {
-        address: Ipv4Addr::new(10, 96, 0, 10),
+        address: Ipv4Addr::new(10, 96, 0, 10).into(),
         port: 53,
         proto: Proto::Udp,
     };
     let backend = BackendAddr {
-        address: Ipv4Addr::new(10, 244, 1, 3),
+        address: Ipv4Addr::new(10, 244, 1, 3).into(),
         port: 5353,
         proto: Proto::Udp,
     };
@@ -109,7 +109,7 @@ fn reload_reuses_pinned_maps_and_links() {
 fn a_full_map_is_an_error_not_a_silent_drop() {
     let t = TestDatapath::load("full", None);
     let backend = |i: u32| BackendAddr {
-        address: Ipv4Addr::from(0x0af4_0000 + i),
+        address: Ipv4Addr::from(0x0af4_0000 + i).into(),
         port: 80,
         proto: Proto::Tcp,
     };

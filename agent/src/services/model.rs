@@ -2,7 +2,11 @@
 //! the map operations that move the datapath from one state to another. Pure data: the
 //! planner produces it, the map layer reads and writes it.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 use keelson_common::proto;
 
@@ -61,28 +65,38 @@ impl fmt::Display for Proto {
 /// A Service frontend: ClusterIP, port and protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub proto: Proto,
 }
 
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.address, self.port, self.proto)
+        write!(
+            f,
+            "{}/{}",
+            SocketAddr::new(self.address, self.port),
+            self.proto
+        )
     }
 }
 
 /// A backend: a Pod (or any endpoint) address, port and protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendAddr {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub proto: Proto,
 }
 
 impl fmt::Display for BackendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.address, self.port, self.proto)
+        write!(
+            f,
+            "{}/{}",
+            SocketAddr::new(self.address, self.port),
+            self.proto
+        )
     }
 }
 

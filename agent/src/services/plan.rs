@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -27,7 +27,8 @@ struct Candidate {
 /// Computes each ClusterIP frontend's backends from Services and their EndpointSlices.
 ///
 /// - Only ClusterIP-bearing Services: headless (`clusterIP: None`) and ExternalName Services
-///   have nothing to balance. IPv4 addresses only for now.
+///   have nothing to balance. Each ClusterIP (one per family on dual-stack Services) gets
+///   the endpoints of the slices of its own family (`addressType` IPv4 or IPv6).
 /// - The backend port of a Service port is the port of the same name (and protocol) in each
 ///   EndpointSlice — slices carry the resolved targetPort, which may differ per Pod.
 /// - Ready endpoints are used; only when none is ready, endpoints that are serving and
@@ -46,7 +47,7 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
         let Some(name) = svc.metadata.name.as_deref() else {
             continue;
         };
-        let cluster_ips: Vec<Ipv4Addr> = match &spec.cluster_ips {
+        let cluster_ips: Vec<IpAddr> = match &spec.cluster_ips {
             Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
             _ => spec
                 .cluster_ip
@@ -60,8 +61,7 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
         let own_slices: Vec<&EndpointSlice> = slices
             .iter()
             .filter(|s| {
-                s.address_type == "IPv4"
-                    && s.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                s.metadata.namespace.as_deref().unwrap_or("default") == namespace
                     && s.metadata
                         .labels
                         .as_ref()
@@ -87,13 +87,15 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
                 continue;
             };
             let port_name = sp.name.as_deref().unwrap_or("");
-            let backends = select(candidates(&own_slices, port_name, proto));
+            let v4 = select(candidates(&own_slices, "IPv4", port_name, proto));
+            let v6 = select(candidates(&own_slices, "IPv6", port_name, proto));
             for &address in &cluster_ips {
                 let frontend = Frontend {
                     address,
                     port,
                     proto,
                 };
+                let backends = if address.is_ipv4() { &v4 } else { &v6 };
                 state.services.insert(frontend, backends.clone());
                 if let Some(timeout) = affinity {
                     state.affinity.insert(frontend, timeout);
@@ -104,9 +106,14 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
     state
 }
 
-fn candidates(slices: &[&EndpointSlice], port_name: &str, proto: Proto) -> BTreeSet<Candidate> {
+fn candidates(
+    slices: &[&EndpointSlice],
+    address_type: &str,
+    port_name: &str,
+    proto: Proto,
+) -> BTreeSet<Candidate> {
     let mut out = BTreeSet::new();
-    for slice in slices {
+    for slice in slices.iter().filter(|s| s.address_type == address_type) {
         let Some(port) = slice
             .ports
             .iter()
@@ -125,9 +132,14 @@ fn candidates(slices: &[&EndpointSlice], port_name: &str, proto: Proto) -> BTree
             let ready = cond.and_then(|c| c.ready).unwrap_or(true);
             let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
             let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-            // Like kube-proxy, the first address stands for the endpoint (the API requires
-            // exactly one for IPv4 slices, the rest is reserved).
-            let Some(address) = ep.addresses.first().and_then(|a| a.parse().ok()) else {
+            // Like kube-proxy, the first address stands for the endpoint (the API allows
+            // exactly one today, the rest is reserved); it must be of the slice's family.
+            let Some(address) = ep
+                .addresses
+                .first()
+                .and_then(|a| a.parse::<IpAddr>().ok())
+                .filter(|a| a.is_ipv4() == (address_type == "IPv4"))
+            else {
                 continue;
             };
             out.insert(Candidate {
@@ -204,7 +216,7 @@ pub fn diff(current: &LbState, desired: &DesiredState) -> Vec<MapOp> {
     }
 
     // Reverse-NAT indexes are per (address, port): TCP and UDP frontends of a port share one.
-    let mut revnat_of: BTreeMap<(Ipv4Addr, u16), u16> = BTreeMap::new();
+    let mut revnat_of: BTreeMap<(IpAddr, u16), u16> = BTreeMap::new();
     for (&index, f) in &current.revnat {
         revnat_of.entry((f.address, f.port)).or_insert(index);
     }

@@ -92,7 +92,7 @@ fn slice(
 
 fn fe(ip: [u8; 4], port: u16, proto: Proto) -> Frontend {
     Frontend {
-        address: Ipv4Addr::from(ip),
+        address: Ipv4Addr::from(ip).into(),
         port,
         proto,
     }
@@ -100,7 +100,7 @@ fn fe(ip: [u8; 4], port: u16, proto: Proto) -> Frontend {
 
 fn be(ip: [u8; 4], port: u16, proto: Proto) -> BackendAddr {
     BackendAddr {
-        address: Ipv4Addr::from(ip),
+        address: Ipv4Addr::from(ip).into(),
         port,
         proto,
     }
@@ -635,4 +635,55 @@ fn session_affinity_is_planned_and_toggled_on_the_master_entry() {
             affinity_timeout: None
         }]
     );
+}
+
+#[test]
+fn dual_stack_services_get_backends_of_their_own_family() {
+    let mut s = svc("web", "10.96.0.10", &[(None, 80, "TCP")]);
+    if let Some(spec) = s.spec.as_mut() {
+        spec.cluster_ips = Some(vec!["10.96.0.10".into(), "fd00:96::10".into()]);
+    }
+    let v4 = slice(
+        "web-v4",
+        "web",
+        &[(None, 8080, "TCP")],
+        &[("10.244.1.3", None, None, None)],
+    );
+    let mut v6 = slice(
+        "web-v6",
+        "web",
+        &[(None, 8080, "TCP")],
+        &[("fd00:244::3", None, None, None)],
+    );
+    v6.address_type = "IPv6".into();
+    let d = desired(&[s], &[v4, v6]);
+    let f6 = Frontend {
+        address: "fd00:96::10".parse().expect("ip"),
+        port: 80,
+        proto: Proto::Tcp,
+    };
+    assert_eq!(
+        d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)],
+        vec![be([10, 244, 1, 3], 8080, Proto::Tcp)]
+    );
+    assert_eq!(
+        d.services[&f6],
+        vec![BackendAddr {
+            address: "fd00:244::3".parse().expect("ip"),
+            port: 8080,
+            proto: Proto::Tcp
+        }]
+    );
+    // One id space over both families: no backend id or revnat index is used twice.
+    let (ops, next) = state_after(&LbState::default(), &d);
+    assert_eq!(resolved(&next), d.services);
+    let revnat: Vec<u16> = ops
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::PutRevNat { index, .. } => Some(*index),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(revnat, vec![1, 2]);
+    assert_eq!(next.backends.len(), 2);
 }
