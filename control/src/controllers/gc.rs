@@ -9,11 +9,15 @@
 //! `foregroundDeletion` or `orphan` finalizer: the collector deletes (foreground) or releases
 //! (orphan) their dependents, then removes the finalizer so the API server can finish the
 //! deletion.
+//!
+//! Pods bound to a Node that no longer exists (and has not for [`ORPHAN_QUARANTINE`]) are
+//! force-deleted, terminating or not, since no kubelet is left to finish them (Kubernetes'
+//! PodGC).
 
 use std::collections::HashSet;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -164,6 +168,21 @@ pub fn plan_owner(owner: &ObjectMeta, dependents: &[Dependent<'_>]) -> Vec<Owner
     Vec::new()
 }
 
+/// How long a Pod bound to an unknown Node is left alone (Kubernetes' PodGC quarantine).
+pub const ORPHAN_QUARANTINE: std::time::Duration = std::time::Duration::from_secs(40);
+
+/// The Node a Pod is bound to when that Node is not among `nodes` (terminating Pods included:
+/// without their Node nobody finishes them).
+pub fn pod_on_gone_node<'a>(pod: &'a Pod, nodes: &HashSet<String>) -> Option<&'a str> {
+    let node = pod
+        .spec
+        .as_ref()?
+        .node_name
+        .as_deref()
+        .filter(|n| !n.is_empty())?;
+    (!nodes.contains(node)).then_some(node)
+}
+
 /// The GC loop. Keys: `<Kind>/<namespace>/<name>` for one dependent, `owner:<Kind>/<namespace>/
 /// <name>` for an owner being deleted with a propagation finalizer, or `all` to scan every
 /// dependent (after an owner is deleted or a watch re-lists).
@@ -175,6 +194,7 @@ pub(crate) struct GcLoop {
     pub(crate) services: Store<Service>,
     pub(crate) pods: Store<Pod>,
     pub(crate) slices: Store<EndpointSlice>,
+    pub(crate) nodes: Store<Node>,
 }
 
 /// The key of a dependent in the GC queue.
@@ -183,6 +203,67 @@ pub fn gc_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 }
 
 impl GcLoop {
+    fn node_names(&self) -> HashSet<String> {
+        self.nodes
+            .state()
+            .iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .collect()
+    }
+
+    /// Force-deletes a Pod bound to a Node that no longer exists (confirmed with the API): no
+    /// kubelet will ever finish it (Kubernetes' PodGC `gcOrphaned`). A Pod younger than
+    /// [`ORPHAN_QUARANTINE`] is given time for its Node to register; the answer is when to look
+    /// again.
+    async fn collect_orphaned_pod(
+        &self,
+        pod: &Pod,
+        nodes: &HashSet<String>,
+    ) -> Result<Requeue, kube::Error> {
+        let Some(node) = pod_on_gone_node(pod, nodes) else {
+            return Ok(None);
+        };
+        let age = pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| k8s_openapi::jiff::Timestamp::now().as_second() - t.0.as_second())
+            .unwrap_or(i64::MAX);
+        let quarantine = ORPHAN_QUARANTINE.as_secs() as i64;
+        if age < quarantine {
+            return Ok(Some(std::time::Duration::from_secs(
+                (quarantine - age + 1) as u64,
+            )));
+        }
+        if Api::<Node>::all(self.client.clone())
+            .get_opt(node)
+            .await?
+            .is_some()
+        {
+            return Ok(None);
+        }
+        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::background()
+        };
+        match Api::<Pod>::namespaced(self.client.clone(), ns)
+            .delete(name, &dp)
+            .await
+        {
+            Ok(_) => tracing::info!(
+                namespace = ns,
+                pod = name,
+                node,
+                "deleted pod of a deleted node"
+            ),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(None)
+    }
+
     fn owner_uids(&self) -> HashSet<String> {
         let mut uids = HashSet::new();
         let mut add = |m: &ObjectMeta| {
@@ -447,13 +528,18 @@ impl Reconciler for GcLoop {
             for rs in self.replicasets.state() {
                 self.collect(&*rs, &uids).await?;
             }
+            let nodes = self.node_names();
+            let mut later: Requeue = None;
             for p in self.pods.state() {
                 self.collect(&*p, &uids).await?;
+                if let Some(d) = self.collect_orphaned_pod(&p, &nodes).await? {
+                    later = Some(later.map_or(d, |l| l.min(d)));
+                }
             }
             for s in self.slices.state() {
                 self.collect(&*s, &uids).await?;
             }
-            return Ok(None);
+            return Ok(later);
         }
         let mut parts = key.splitn(3, '/');
         let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
@@ -470,6 +556,7 @@ impl Reconciler for GcLoop {
             "Pod" => {
                 if let Some(o) = self.pods.get(&ObjectRef::new(&name).within(&ns)) {
                     self.collect(&*o, &uids).await?;
+                    return self.collect_orphaned_pod(&o, &self.node_names()).await;
                 }
             }
             "EndpointSlice" => {
@@ -650,6 +737,23 @@ mod tests {
                 "owner:Service/default/o".to_string()
             ]
         );
+    }
+
+    #[test]
+    fn pods_of_deleted_nodes_are_found() {
+        let nodes = HashSet::from(["n1".to_string()]);
+        let mut p = Pod {
+            metadata: meta(vec![]),
+            ..Default::default()
+        };
+        assert_eq!(pod_on_gone_node(&p, &nodes), None, "unscheduled");
+        p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            node_name: Some("n1".into()),
+            ..Default::default()
+        });
+        assert_eq!(pod_on_gone_node(&p, &nodes), None);
+        p.spec.as_mut().expect("spec").node_name = Some("n2".into());
+        assert_eq!(pod_on_gone_node(&p, &nodes), Some("n2"));
     }
 
     #[test]

@@ -258,7 +258,12 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
         });
     }
     {
-        let (iq, lq, dsq) = (ipam_q.clone(), lifecycle_q.clone(), ds_q.clone());
+        let (iq, lq, dsq, gq) = (
+            ipam_q.clone(),
+            lifecycle_q.clone(),
+            ds_q.clone(),
+            gc_q.clone(),
+        );
         let node_store = nodes.store();
         let ds_store = daemonsets.store();
         nodes.on(move |t| {
@@ -270,7 +275,11 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
                     lq.add(key_of(n));
                 }
                 // A freed block may let a Node that found the pool exhausted get one now.
-                Touch::Deleted(_) => node_store.state().iter().for_each(|n| iq.add(key_of(&**n))),
+                Touch::Deleted(_) => {
+                    node_store.state().iter().for_each(|n| iq.add(key_of(&**n)));
+                    // Its Pods are left to the garbage collector.
+                    gq.add("all");
+                }
                 Touch::Relisted(all) => all.iter().for_each(|n| {
                     iq.add(key_of(&**n));
                     lq.add(key_of(&**n));
@@ -465,6 +474,7 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
             services: ss,
             pods: ps.clone(),
             slices: es,
+            nodes: ns.clone(),
         };
         let r = ready();
         tasks.spawn(async move {
