@@ -10,9 +10,9 @@
 //! (orphan) their dependents, then removes the finalizer so the API server can finish the
 //! deletion.
 //!
-//! Pods bound to a Node that no longer exists (and has not for [`ORPHAN_QUARANTINE`]) are
-//! force-deleted, terminating or not, since no kubelet is left to finish them (Kubernetes'
-//! PodGC).
+//! Pods bound to a Node that does not exist are force-deleted, terminating or not, since no
+//! kubelet is left to finish them (Kubernetes' PodGC); a Pod younger than [`ORPHAN_QUARANTINE`]
+//! is given that long for its Node to register.
 
 use std::collections::HashSet;
 
