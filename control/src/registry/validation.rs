@@ -49,6 +49,7 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Ca
         ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet") => {
             workload(info, obj, &mut causes);
         }
+        ("discovery.k8s.io", "EndpointSlice") => endpoint_slice(obj, &mut causes),
         ("", "ConfigMap") | ("", "Secret") => {
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(map) = obj[field].as_object() {
@@ -210,6 +211,107 @@ fn protocol(v: &Value, path: &str, causes: &mut Vec<Cause>) {
     }
 }
 
+/// EndpointSlice (pkg/apis/discovery/validation): addressType from the supported set, every
+/// endpoint with 1 to 100 addresses valid for that type, ports in range with a supported
+/// protocol and unique names. The datapath programs these addresses directly, so nothing
+/// malformed may be stored.
+fn endpoint_slice(obj: &Value, causes: &mut Vec<Cause>) {
+    const ADDRESS_TYPES: [&str; 3] = ["FQDN", "IPv4", "IPv6"];
+    let address_type = obj["addressType"].as_str();
+    match address_type {
+        None => causes.push(Cause::required("addressType", "")),
+        Some(t) if !ADDRESS_TYPES.contains(&t) => {
+            causes.push(Cause::not_supported(
+                "addressType",
+                &obj["addressType"],
+                &ADDRESS_TYPES,
+            ));
+        }
+        Some(_) => {}
+    }
+    let endpoints = obj["endpoints"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if endpoints.len() > 1000 {
+        causes.push(Cause::invalid(
+            "endpoints",
+            &json!(endpoints.len()),
+            "must have at most 1000 items",
+        ));
+    }
+    for (i, ep) in endpoints.iter().enumerate() {
+        let path = format!("endpoints[{i}]");
+        let addresses = ep["addresses"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if addresses.is_empty() {
+            causes.push(Cause::required(
+                format!("{path}.addresses"),
+                "must contain at least 1 address",
+            ));
+        } else if addresses.len() > 100 {
+            causes.push(Cause::invalid(
+                format!("{path}.addresses"),
+                &json!(addresses.len()),
+                "must have at most 100 items",
+            ));
+        }
+        for (j, a) in addresses.iter().enumerate() {
+            let apath = format!("{path}.addresses[{j}]");
+            let text = a.as_str().unwrap_or_default();
+            let (ok, msg) = match address_type {
+                Some("IPv4") => (
+                    text.parse::<std::net::Ipv4Addr>().is_ok(),
+                    "must be a valid IPv4 address",
+                ),
+                Some("IPv6") => (
+                    text.parse::<std::net::Ipv6Addr>().is_ok(),
+                    "must be a valid IPv6 address",
+                ),
+                Some("FQDN") => (is_dns1123_subdomain(text), DNS1123_SUBDOMAIN_MSG),
+                _ => (true, ""),
+            };
+            if !ok {
+                causes.push(Cause::invalid(apath, a, msg));
+            }
+        }
+        if let Some(node) = ep["nodeName"].as_str()
+            && !is_dns1123_subdomain(node)
+        {
+            causes.push(Cause::invalid(
+                format!("{path}.nodeName"),
+                &ep["nodeName"],
+                DNS1123_SUBDOMAIN_MSG,
+            ));
+        }
+    }
+    let mut names = BTreeSet::new();
+    for (i, p) in obj["ports"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let path = format!("ports[{i}]");
+        port_number(&p["port"], &format!("{path}.port"), false, causes);
+        protocol(&p["protocol"], &format!("{path}.protocol"), causes);
+        let name = p["name"].as_str().unwrap_or_default();
+        if !name.is_empty() && !is_dns1123_label(name) {
+            causes.push(Cause::invalid(
+                format!("{path}.name"),
+                &p["name"],
+                DNS1123_LABEL_MSG,
+            ));
+        }
+        if !names.insert(name.to_string()) {
+            causes.push(Cause::duplicate(format!("{path}.name"), &json!(name)));
+        }
+    }
+}
+
 fn service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     let spec = &obj["spec"];
     let ty = spec["type"].as_str().unwrap_or("ClusterIP");
@@ -358,6 +460,35 @@ fn workload(info: &ResourceInfo, obj: &Value, causes: &mut Vec<Cause>) {
 mod tests {
     use super::*;
     use crate::registry::lookup;
+
+    #[test]
+    fn registry_validation_endpoint_slice() {
+        let info = lookup("discovery.k8s.io", "v1", "endpointslices").expect("endpointslices");
+        let ok = json!({"metadata": {"name": "s", "namespace": "default"}, "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.0.2"], "nodeName": "n1"}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]});
+        assert!(validate(info, &ok, None).is_empty());
+        let bad = json!({"metadata": {"name": "s", "namespace": "default"}, "addressType": "IPv4",
+            "endpoints": [{"addresses": ["999.1.1.1"]}, {"addresses": []}],
+            "ports": [{"name": "a", "port": 0}, {"name": "a", "port": 80, "protocol": "FOO"}]});
+        let fields: Vec<String> = validate(info, &bad, None)
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "endpoints[0].addresses[0]",
+                "endpoints[1].addresses",
+                "ports[0].port",
+                "ports[1].protocol",
+                "ports[1].name"
+            ]
+        );
+        let no_type =
+            json!({"metadata": {"name": "s", "namespace": "default"}, "addressType": "IPX"});
+        assert_eq!(validate(info, &no_type, None)[0].field, "addressType");
+    }
 
     #[test]
     fn registry_validation_service_port_range() {
