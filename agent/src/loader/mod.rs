@@ -11,7 +11,7 @@ pub mod sys;
 use std::{
     fs, io,
     net::Ipv4Addr,
-    os::fd::AsFd,
+    os::{fd::AsFd, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
     sync::{Mutex, MutexGuard},
 };
@@ -339,8 +339,15 @@ fn attach_sock(
         let prog_fd = prog
             .fd()
             .map_err(|source| LoaderError::Program { name, source })?;
-        let updated = sys::obj_get(link_path)
-            .and_then(|link| sys::link_update(link.as_fd(), prog_fd.as_fd()));
+        // The link must still be attached to this very cgroup: a cgroup directory removed and
+        // created again (a node restarted without cleaning bpffs) is another cgroup.
+        let cgroup_id = cgroup.metadata().map(|m| m.ino());
+        let updated = sys::obj_get(link_path).and_then(|link| {
+            if sys::link_cgroup_id(link.as_fd())? != cgroup_id? {
+                return Err(io::Error::other("link belongs to another cgroup"));
+            }
+            sys::link_update(link.as_fd(), prog_fd.as_fd())
+        });
         match updated {
             Ok(()) => return Ok(()),
             Err(e) => {

@@ -137,10 +137,9 @@ struct InfoByFdAttr {
     info: u64,
 }
 
-/// The ifindex a tcx (or other netdev) link is attached to, from `struct bpf_link_info`
-/// (`type`, `id`, `prog_id`, then the per-type union at offset 16 whose `tcx.ifindex` is
-/// first). Returns 0 once the device is gone.
-pub fn link_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
+/// The per-type part of a link's `struct bpf_link_info`: the union that follows `type`, `id`
+/// and `prog_id`, at offset 16.
+fn link_info_union(link: BorrowedFd<'_>) -> io::Result<[u8; 16]> {
     #[repr(C, align(8))]
     struct Info([u8; 256]);
     let mut info = Info([0; 256]);
@@ -162,7 +161,23 @@ pub fn link_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(u32::from_ne_bytes([
-        info.0[16], info.0[17], info.0[18], info.0[19],
-    ]))
+    let mut union = [0u8; 16];
+    union.copy_from_slice(&info.0[16..32]);
+    Ok(union)
+}
+
+/// The ifindex a tcx link is attached to (`tcx.ifindex`, first in its union member); 0 once
+/// the device is gone.
+pub fn link_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
+    let u = link_info_union(link)?;
+    Ok(u32::from_ne_bytes([u[0], u[1], u[2], u[3]]))
+}
+
+/// The id of the cgroup a cgroup link is attached to (`cgroup.cgroup_id`, first in its union
+/// member); 0 once the cgroup is gone. On cgroup v2 the id is the directory's inode number.
+pub fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<u64> {
+    let u = link_info_union(link)?;
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&u[0..8]);
+    Ok(u64::from_ne_bytes(id))
 }

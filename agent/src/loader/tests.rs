@@ -135,3 +135,38 @@ fn a_full_map_is_an_error_not_a_silent_drop() {
     }])
     .expect("update in place");
 }
+
+#[test]
+fn pinned_links_of_another_cgroup_are_replaced_not_reused() {
+    use std::os::{fd::AsFd as _, unix::fs::MetadataExt as _};
+
+    let t = TestDatapath::load("relink", None);
+    let link_pin = t
+        .pins
+        .0
+        .join("links")
+        .join(format!("{}_link", names::PROG_CONNECT4));
+    let cgroup_id = |path: &std::path::Path| std::fs::metadata(path).expect("cgroup").ino();
+    let link_cgroup = || {
+        let link = super::sys::obj_get(&link_pin).expect("pinned link");
+        super::sys::link_cgroup_id(link.as_fd()).expect("link info")
+    };
+    assert_eq!(link_cgroup(), cgroup_id(&t.cgroup.0));
+
+    // Same pins, another cgroup (what a re-created node cgroup is to the kernel).
+    let other = super::testutil::Cgroup::new(&super::testutil::unique("relink-other"));
+    let again = Datapath::load(DatapathConfig {
+        pin_dir: t.pins.0.clone(),
+        cgroup_root: other.0.clone(),
+        node_netns: None,
+    })
+    .expect("load on the other cgroup");
+    assert_eq!(link_cgroup(), cgroup_id(&other.0));
+    assert_eq!(attached_programs(&other.0), SOCK_PROGRAMS.len());
+    assert_eq!(
+        attached_programs(&t.cgroup.0),
+        0,
+        "the old attachment is released"
+    );
+    drop(again);
+}
