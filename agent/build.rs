@@ -8,7 +8,9 @@ use anyhow::Context as _;
 fn main() -> anyhow::Result<()> {
     let tools = env::var_os("KEELSON_TOOLS")
         .map(PathBuf::from)
-        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/keelson/tools")))
+        .or_else(|| {
+            env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/keelson/tools"))
+        })
         .context("neither KEELSON_TOOLS nor HOME is set")?;
     println!("cargo:rerun-if-env-changed=KEELSON_TOOLS");
     println!("cargo:rerun-if-changed=../common/src");
@@ -30,7 +32,11 @@ fn main() -> anyhow::Result<()> {
     // workspace of its own (excluded from the host workspace), so run it from there.
     env::set_current_dir(&ebpf).context("cannot enter ebpf/")?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "keelson-ebpf", root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "keelson-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Nightly,
     )
 }

@@ -8,7 +8,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "keelson", version, about = "eBPF-first Kubernetes dataplane and control plane")]
+#[command(
+    name = "keelson",
+    version,
+    about = "eBPF-first Kubernetes dataplane and control plane"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -139,7 +143,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Server { data_dir, listen, service_cidr, cluster_cidr, node_cidr_mask } => {
+        Cmd::Server {
+            data_dir,
+            listen,
+            service_cidr,
+            cluster_cidr,
+            node_cidr_mask,
+        } => {
             init_tracing();
             let cfg = keelson_control::server::ServerConfig {
                 data_dir,
@@ -178,7 +188,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(keelson_agent::run(cfg))?;
         }
         Cmd::Cni => unreachable!("handled before"),
-        Cmd::Up { nodes, name, data_dir } => {
+        Cmd::Up {
+            nodes,
+            name,
+            data_dir,
+        } => {
             let opts = keelson_localcluster::UpOptions {
                 name,
                 nodes,
@@ -192,11 +206,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report = keelson_localcluster::down(&name)?;
             eprintln!("{report}");
         }
-        Cmd::Bpf { cmd: BpfCmd::Dump { what, node, pin_dir, json } } => {
+        Cmd::Bpf {
+            cmd:
+                BpfCmd::Dump {
+                    what,
+                    node,
+                    pin_dir,
+                    json,
+                },
+        } => {
             let pin_dir = match (pin_dir, node) {
                 (Some(dir), _) => dir,
                 (None, Some(node)) => default_pin_dir(&node),
-                (None, None) => anyhow::bail!("name the node (--node) or its pin directory (--pin-dir)"),
+                (None, None) => {
+                    anyhow::bail!("name the node (--node) or its pin directory (--pin-dir)")
+                }
             };
             print!("{}", keelson_agent::bpf::dump(&pin_dir, &what, json)?);
         }

@@ -23,7 +23,12 @@ fn cni(command: &str, stdin: &str) -> std::process::Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning keelson cni");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("writing stdin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("writing stdin");
     child.wait_with_output().expect("keelson cni")
 }
 
@@ -31,8 +36,12 @@ fn cni(command: &str, stdin: &str) -> std::process::Output {
 fn cni_with_broken_stdin_prints_an_error_object() {
     let out = cni("ADD", "{\"cniVersion\": \"1.1.0\", \"name\": ");
     assert!(!out.status.success(), "{}", output_text(&out));
-    let err: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not a CNI error object ({e}):\n{}", output_text(&out)));
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not a CNI error object ({e}):\n{}",
+            output_text(&out)
+        )
+    });
     // CNI spec, section "Error": code 6 is "failed to decode content".
     assert_eq!(err["code"], 6, "{err}");
     assert!(err["msg"].as_str().is_some_and(|m| !m.is_empty()), "{err}");
@@ -44,7 +53,9 @@ fn cni_version_lists_supported_versions() {
     let out = cni("VERSION", "{\"cniVersion\": \"1.1.0\"}");
     assert!(out.status.success(), "{}", output_text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("VERSION result");
-    let versions = v["supportedVersions"].as_array().expect("supportedVersions");
+    let versions = v["supportedVersions"]
+        .as_array()
+        .expect("supportedVersions");
     assert!(versions.iter().any(|x| x == "1.1.0"), "{v}");
 }
 
@@ -52,31 +63,64 @@ fn cni_version_lists_supported_versions() {
 fn agent_without_privileges_says_which() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(keelson())
-        .args(["agent", "--node-name", "cli-unpriv", "--node-ip", "10.250.9.9", "--data-dir"])
+        .args([
+            "agent",
+            "--node-name",
+            "cli-unpriv",
+            "--node-ip",
+            "10.250.9.9",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .args(["--pin-dir", "/sys/fs/bpf/keelson-test/cli-unpriv"])
         .output()
         .expect("running setpriv");
     assert!(!out.status.success(), "{}", output_text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("CAP_"), "the error should name the missing capability:\n{stderr}");
+    assert!(
+        stderr.contains("CAP_"),
+        "the error should name the missing capability:\n{stderr}"
+    );
 }
 
 #[test]
 fn bpf_dump_of_a_missing_node_is_a_clear_error() {
     let out = Command::new(keelson())
-        .args(["bpf", "dump", "services", "--pin-dir", "/sys/fs/bpf/keelson-test/cli-no-such-node"])
+        .args([
+            "bpf",
+            "dump",
+            "services",
+            "--pin-dir",
+            "/sys/fs/bpf/keelson-test/cli-no-such-node",
+        ])
         .output()
         .expect("keelson bpf dump");
     assert!(!out.status.success(), "{}", output_text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cli-no-such-node"), "{}", output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cli-no-such-node"),
+        "{}",
+        output_text(&out)
+    );
 }
 
 #[test]
 fn up_refuses_a_bad_cluster_name() {
-    let out = Command::new(keelson()).args(["up", "--name", "Bad_Name"]).output().expect("keelson up");
+    let out = Command::new(keelson())
+        .args(["up", "--name", "Bad_Name"])
+        .output()
+        .expect("keelson up");
     assert!(!out.status.success(), "{}", output_text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Bad_Name"), "{}", output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Bad_Name"),
+        "{}",
+        output_text(&out)
+    );
 }

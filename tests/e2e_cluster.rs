@@ -6,7 +6,7 @@
 mod support;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     path::Path,
     time::{Duration, Instant},
 };
@@ -119,7 +119,9 @@ spec:
 
 /// The probe as one YAML double-quoted scalar.
 fn escape_yaml_double(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// `kubectl wait -l` fails when nothing matches yet, so first wait for the controllers to have
@@ -127,7 +129,10 @@ fn escape_yaml_double(s: &str) -> String {
 fn wait_pods_exist(c: &LocalCluster, app: &str, n: usize) {
     let start = Instant::now();
     while c.pods_by_node(app).len() < n {
-        assert!(start.elapsed() < Duration::from_secs(60), "{app}: fewer than {n} Pods after 60 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{app}: fewer than {n} Pods after 60 s"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -150,36 +155,77 @@ fn standalone_cluster_end_to_end() {
     c.kubectl_ok(&["apply", "-f", &m]);
     for app in ["web", "echo"] {
         wait_pods_exist(&c, app, 3);
-        c.kubectl_ok(&["wait", "--for=condition=Ready", "pod", "-l", &format!("app={app}"), "--timeout=120s"]);
+        c.kubectl_ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            &format!("app={app}"),
+            "--timeout=120s",
+        ]);
     }
     let table = c.kubectl_ok(&["get", "nodes,pods,svc,endpointslices", "-A", "-o", "wide"]);
     println!("{table}");
     for i in 1..=2 {
         let node = c.node(i);
         assert!(
-            table.lines().any(|l| l.contains(&format!("node/{node} ")) && l.contains(" Ready ")),
+            table
+                .lines()
+                .any(|l| l.contains(&format!("node/{node} ")) && l.contains(" Ready ")),
             "node {node} not Ready in:\n{table}"
         );
     }
-    assert_eq!(table.lines().filter(|l| l.contains("pod/web-") && l.contains("Running")).count(), 3, "{table}");
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.contains("pod/web-") && l.contains("Running"))
+            .count(),
+        3,
+        "{table}"
+    );
 
     let web_vip = c.kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
     let echo_vip = c.kubectl_ok(&["get", "svc", "echo", "-o", "jsonpath={.spec.clusterIP}"]);
     assert!(web_vip.starts_with("10.96."), "web ClusterIP {web_vip:?}");
 
     // From a Pod on node 1: 100 TCP requests and 100 UDP datagrams, each on a new socket.
-    let client = write(dir, "client.yaml", &client_pod(&c.node(1), &web_vip, &echo_vip));
+    let client = write(
+        dir,
+        "client.yaml",
+        &client_pod(&c.node(1), &web_vip, &echo_vip),
+    );
     c.kubectl_ok(&["apply", "-f", &client]);
-    c.kubectl_ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/client", "--timeout=120s"]);
+    c.kubectl_ok(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Succeeded",
+        "pod/client",
+        "--timeout=120s",
+    ]);
     for (container, app) in [("tcp", "web"), ("udp", "echo")] {
         let result = parse_probe(&c.kubectl_ok(&["logs", "client", "-c", container]));
         let pods = c.pods_by_node(app);
-        assert!(result.errors.is_empty(), "{container}: errors {:?}", result.errors);
-        assert_eq!(result.answers.values().sum::<u32>(), 100, "{container}: {result:?}");
+        assert!(
+            result.errors.is_empty(),
+            "{container}: errors {:?}",
+            result.errors
+        );
+        assert_eq!(
+            result.answers.values().sum::<u32>(),
+            100,
+            "{container}: {result:?}"
+        );
         let answered: BTreeSet<&String> = result.answers.keys().collect();
-        assert_eq!(answered, pods.keys().collect(), "{container}: not every backend answered");
+        assert_eq!(
+            answered,
+            pods.keys().collect(),
+            "{container}: not every backend answered"
+        );
         let nodes: BTreeSet<&String> = pods.values().collect();
-        assert_eq!(nodes.len(), 2, "{app} backends should run on both nodes: {pods:?}");
+        assert_eq!(
+            nodes.len(),
+            2,
+            "{app} backends should run on both nodes: {pods:?}"
+        );
     }
 
     // Scale to one replica: within 2 s only that one answers.
@@ -194,13 +240,23 @@ fn standalone_cluster_end_to_end() {
         if r.answers.len() == 1 && r.errors.is_empty() {
             break;
         }
-        assert!(scaled.elapsed() < Duration::from_secs(2), "still {r:?} 2 s after scaling to 1");
+        assert!(
+            scaled.elapsed() < Duration::from_secs(2),
+            "still {r:?} 2 s after scaling to 1"
+        );
     }
-    println!("one backend answering {:?} after the scale", scaled.elapsed());
+    println!(
+        "one backend answering {:?} after the scale",
+        scaled.elapsed()
+    );
     let remaining = c.pods_by_node("web");
     let out = c.run_on_node(1, python, &[&probe, "tcp", &web_vip, "80", "20"]);
     let r = parse_probe(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(r.answers.keys().collect::<BTreeSet<_>>(), remaining.keys().collect(), "{r:?}");
+    assert_eq!(
+        r.answers.keys().collect::<BTreeSet<_>>(),
+        remaining.keys().collect(),
+        "{r:?}"
+    );
 
     // Delete: the Pods, their processes and their map entries go.
     c.kubectl_ok(&["delete", "-f", &m]);
@@ -211,7 +267,11 @@ fn standalone_cluster_end_to_end() {
         if pods.trim().is_empty() && processes_with(&marker).is_empty() {
             break;
         }
-        assert!(deleted.elapsed() < Duration::from_secs(60), "left after delete: {pods} {:?}", processes_with(&marker));
+        assert!(
+            deleted.elapsed() < Duration::from_secs(60),
+            "left after delete: {pods} {:?}",
+            processes_with(&marker)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     for i in 1..=2 {
@@ -223,7 +283,10 @@ fn standalone_cluster_end_to_end() {
         assert!(out.status.success(), "{}", output_text(&out));
         let dump = String::from_utf8_lossy(&out.stdout);
         for vip in [&web_vip, &echo_vip] {
-            assert!(!dump.contains(vip.as_str()), "{vip} still in the services map of node {i}: {dump}");
+            assert!(
+                !dump.contains(vip.as_str()),
+                "{vip} still in the services map of node {i}: {dump}"
+            );
         }
     }
 
@@ -234,27 +297,61 @@ fn standalone_cluster_end_to_end() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: badport}\nspec:\n  selector: {app: x}\n  ports: [{port: 70000}]\n",
     );
     let out = c.kubectl(&["apply", "-f", &bad_port]);
-    assert!(!out.status.success(), "port 70000 accepted: {}", output_text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.ports[0].port"), "{}", output_text(&out));
+    assert!(
+        !out.status.success(),
+        "port 70000 accepted: {}",
+        output_text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spec.ports[0].port"),
+        "{}",
+        output_text(&out)
+    );
     let bad_selector = write(
         dir,
         "bad-selector.yaml",
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: badsel}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec: {containers: [{name: c, image: x}]}\n",
     );
     let out = c.kubectl(&["apply", "-f", &bad_selector]);
-    assert!(!out.status.success(), "mismatched selector accepted: {}", output_text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.template.metadata.labels"), "{}", output_text(&out));
+    assert!(
+        !out.status.success(),
+        "mismatched selector accepted: {}",
+        output_text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spec.template.metadata.labels"),
+        "{}",
+        output_text(&out)
+    );
     let malformed = write(dir, "malformed.json", "{\"apiVersion\": \"v1\", \"kind\": ");
-    let out = c.kubectl(&["create", "--raw", "/api/v1/namespaces/default/services", "-f", &malformed]);
-    assert!(!out.status.success(), "malformed JSON accepted: {}", output_text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("BadRequest"), "{}", output_text(&out));
+    let out = c.kubectl(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/services",
+        "-f",
+        &malformed,
+    ]);
+    assert!(
+        !out.status.success(),
+        "malformed JSON accepted: {}",
+        output_text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("BadRequest"),
+        "{}",
+        output_text(&out)
+    );
     let svcs = c.kubectl_ok(&["get", "svc", "-o", "name"]);
     assert!(!svcs.contains("badport"), "{svcs}");
     assert!(c.kubectl(&["get", "deployment", "badsel"]).status.code() != Some(0));
 
     // `keelson down` leaves nothing behind.
     let out = c.down();
-    assert!(out.status.success(), "keelson down failed: {}", output_text(&out));
+    assert!(
+        out.status.success(),
+        "keelson down failed: {}",
+        output_text(&out)
+    );
     let netns = std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()
@@ -263,10 +360,22 @@ fn standalone_cluster_end_to_end() {
         .filter(|n| n.starts_with(&format!("kls-{name}-")))
         .collect::<Vec<_>>();
     assert!(netns.is_empty(), "network namespaces left: {netns:?}");
-    assert!(!Path::new("/sys/fs/cgroup/unified/keelson").join(&name).exists(), "cgroup left");
+    assert!(
+        !Path::new("/sys/fs/cgroup/unified/keelson")
+            .join(&name)
+            .exists(),
+        "cgroup left"
+    );
     for i in 1..=2 {
-        assert!(!c.pin_dir(i).exists(), "pins left in {}", c.pin_dir(i).display());
+        assert!(
+            !c.pin_dir(i).exists(),
+            "pins left in {}",
+            c.pin_dir(i).display()
+        );
     }
     assert!(processes_with(&marker).is_empty(), "processes left");
-    assert!(processes_with(&format!("--node-name {name}-n")).is_empty(), "agents left");
+    assert!(
+        processes_with(&format!("--node-name {name}-n")).is_empty(),
+        "agents left"
+    );
 }

@@ -120,11 +120,20 @@ fn agent_restarts_keep_every_connection() {
     c.kubectl_ok(&["apply", "-f", &app.to_string_lossy()]);
     let start = Instant::now();
     loop {
-        let ready = c.kubectl_ok(&["get", "deployment", "svc", "-o", "jsonpath={.status.readyReplicas}"]);
+        let ready = c.kubectl_ok(&[
+            "get",
+            "deployment",
+            "svc",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ]);
         if ready.trim() == "3" {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "svc not ready: {ready:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "svc not ready: {ready:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let vip = c.kubectl_ok(&["get", "svc", "svc", "-o", "jsonpath={.spec.clusterIP}"]);
@@ -141,11 +150,21 @@ fn agent_restarts_keep_every_connection() {
     let out = probe.wait_with_output().expect("probe");
     assert!(out.status.success(), "{}", output_text(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    let r: Steady = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {}", output_text(&out)));
+    let r: Steady =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {}", output_text(&out)));
     println!("{r:?}");
-    assert!(r.failures.is_empty(), "requests lost across agent restarts: {r:?}");
-    assert!(r.echo_failures.is_empty(), "the long-lived connection broke: {r:?}");
-    assert!(r.requests > 100 && r.echoes > 100, "too little traffic to mean anything: {r:?}");
+    assert!(
+        r.failures.is_empty(),
+        "requests lost across agent restarts: {r:?}"
+    );
+    assert!(
+        r.echo_failures.is_empty(),
+        "the long-lived connection broke: {r:?}"
+    );
+    assert!(
+        r.requests > 100 && r.echoes > 100,
+        "too little traffic to mean anything: {r:?}"
+    );
 
     // The restarted agent still follows the API: after a scale-down only one backend answers.
     c.kubectl_ok(&["scale", "deployment/svc", "--replicas=1"]);
@@ -161,7 +180,11 @@ fn agent_restarts_keep_every_connection() {
         if String::from_utf8_lossy(&out.stdout).trim() == "1" {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "restarted agent did not apply the scale-down: {}", output_text(&out));
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "restarted agent did not apply the scale-down: {}",
+            output_text(&out)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -95,13 +95,19 @@ http.server.ThreadingHTTPServer(('0.0.0.0', int(sys.argv[1])), H).serve_forever(
 "#;
 
 fn yaml_quoted(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn probe(c: &LocalCluster, dir: &Path, vip: &str, n: u32) -> support::ProbeResult {
     let p = dir.join("probe.py");
     std::fs::write(&p, PROBE).expect("probe");
-    let out = c.run_on_node(1, Path::new("/usr/bin/python3"), &[&p.to_string_lossy(), "tcp", vip, "80", &n.to_string()]);
+    let out = c.run_on_node(
+        1,
+        Path::new("/usr/bin/python3"),
+        &[&p.to_string_lossy(), "tcp", vip, "80", &n.to_string()],
+    );
     assert!(out.status.success(), "{}", output_text(&out));
     parse_probe(&String::from_utf8_lossy(&out.stdout))
 }
@@ -127,21 +133,40 @@ fn service_semantics() {
     let name = format!("svc{}", std::process::id());
     let c = LocalCluster::up(&name, 2);
     let dir = c.data_dir.path();
-    let out = apply(&c, dir, "app.yaml", &APP.replace("SERVER", &yaml_quoted(SERVER)));
+    let out = apply(
+        &c,
+        dir,
+        "app.yaml",
+        &APP.replace("SERVER", &yaml_quoted(SERVER)),
+    );
     assert!(out.status.success(), "{}", output_text(&out));
     let start = Instant::now();
     while c.pods_by_node("named").len() < 3 {
-        assert!(start.elapsed() < Duration::from_secs(60), "Pods not created");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "Pods not created"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    c.kubectl_ok(&["wait", "--for=condition=Ready", "pod", "-l", "app=named", "--timeout=120s"]);
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "-l",
+        "app=named",
+        "--timeout=120s",
+    ]);
     let pods: BTreeSet<String> = c.pods_by_node("named").into_keys().collect();
 
     // A named targetPort resolves per endpoint: blue Pods on 8080, the green one on 8081.
     let vip = c.kubectl_ok(&["get", "svc", "named", "-o", "jsonpath={.spec.clusterIP}"]);
     let r = probe(&c, dir, &vip, 60);
     assert!(r.errors.is_empty(), "{r:?}");
-    assert_eq!(r.answers.keys().cloned().collect::<BTreeSet<_>>(), pods, "{r:?}");
+    assert_eq!(
+        r.answers.keys().cloned().collect::<BTreeSet<_>>(),
+        pods,
+        "{r:?}"
+    );
 
     // sessionAffinity ClientIP: one client keeps its backend.
     let sticky = c.kubectl_ok(&["get", "svc", "sticky", "-o", "jsonpath={.spec.clusterIP}"]);
@@ -154,7 +179,14 @@ fn service_semantics() {
     assert_eq!(headless, "None");
 
     // No selector: a hand-written EndpointSlice feeds the Service.
-    let green_ip = c.kubectl_ok(&["get", "pods", "-l", "color=green", "-o", "jsonpath={.items[0].status.podIP}"]);
+    let green_ip = c.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "color=green",
+        "-o",
+        "jsonpath={.items[0].status.podIP}",
+    ]);
     let manual = format!(
         r#"apiVersion: v1
 kind: Service
@@ -182,11 +214,21 @@ endpoints:
     loop {
         let r = probe(&c, dir, &manual_vip, 5);
         if r.errors.is_empty() && r.answers.len() == 1 {
-            let green = c.kubectl_ok(&["get", "pods", "-l", "color=green", "-o", "jsonpath={.items[0].metadata.name}"]);
+            let green = c.kubectl_ok(&[
+                "get",
+                "pods",
+                "-l",
+                "color=green",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ]);
             assert_eq!(r.answers.keys().next(), Some(&green), "{r:?}");
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "manual endpoints not served: {r:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "manual endpoints not served: {r:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -216,16 +258,32 @@ endpoints:
     ];
     for (file, yaml, field) in cases {
         let out = apply(&c, dir, file, yaml);
-        assert!(!out.status.success(), "{file} accepted:\n{}", output_text(&out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains(field), "{file}: {field} not named:\n{}", output_text(&out));
+        assert!(
+            !out.status.success(),
+            "{file} accepted:\n{}",
+            output_text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(field),
+            "{file}: {field} not named:\n{}",
+            output_text(&out)
+        );
     }
     // A NodePort already taken is refused too.
     let taken = "apiVersion: v1\nkind: Service\nmetadata: {name: NAME}\nspec:\n  type: NodePort\n  selector: {app: x}\n  ports: [{port: 80, nodePort: 30080}]\n";
     let out = apply(&c, dir, "np1.yaml", &taken.replace("NAME", "np1"));
     assert!(out.status.success(), "{}", output_text(&out));
     let out = apply(&c, dir, "np2.yaml", &taken.replace("NAME", "np2"));
-    assert!(!out.status.success(), "a taken nodePort was accepted:\n{}", output_text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.ports[0].nodePort"), "{}", output_text(&out));
+    assert!(
+        !out.status.success(),
+        "a taken nodePort was accepted:\n{}",
+        output_text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spec.ports[0].nodePort"),
+        "{}",
+        output_text(&out)
+    );
     c.kubectl_ok(&["delete", "svc", "np1"]);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(dump_services(&c), before, "bad input changed the datapath");

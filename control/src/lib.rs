@@ -6,6 +6,6 @@
 pub mod api;
 pub mod controllers;
 pub mod registry;
-pub mod store;
 pub mod scheduler;
 pub mod server;
+pub mod store;

@@ -55,7 +55,11 @@ impl fmt::Display for Report {
             self.netns,
             self.pin_dirs,
             self.cgroups,
-            if self.data_dir { " and the data directory" } else { "" }
+            if self.data_dir {
+                " and the data directory"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -136,7 +140,9 @@ fn pids_in_netns(netns: &[String]) -> Vec<i32> {
     if inodes.is_empty() {
         return Vec::new();
     }
-    let Ok(proc_dir) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(proc_dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     proc_dir
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
@@ -165,7 +171,10 @@ pub fn remove(inv: &Inventory) -> Result<Report, Error> {
         report.netns += 1;
     }
     for dir in &inv.pin_dirs {
-        fs::remove_dir_all(dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
+        fs::remove_dir_all(dir).map_err(|e| Error::Io {
+            path: dir.clone(),
+            source: e,
+        })?;
         report.pin_dirs += 1;
     }
     // The shared parent goes too once no cluster uses it.
@@ -178,7 +187,10 @@ pub fn remove(inv: &Inventory) -> Result<Report, Error> {
         }
     }
     if let Some(dir) = &inv.data_dir {
-        fs::remove_dir_all(dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
+        fs::remove_dir_all(dir).map_err(|e| Error::Io {
+            path: dir.clone(),
+            source: e,
+        })?;
         report.data_dir = true;
     }
     if let Some(f) = &inv.run_file {
@@ -194,8 +206,11 @@ fn wait_gone(pids: &[i32], timeout: Duration) {
         // processes reparented to init are reaped promptly.
         let alive = pids.iter().any(|&p| {
             signal::kill(Pid::from_raw(p), None).is_ok()
-                && !fs::read_to_string(format!("/proc/{p}/stat"))
-                    .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+                && !fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
         });
         if !alive {
             return;
@@ -221,7 +236,10 @@ fn remove_cgroup_tree(dir: &Path) -> Result<usize, Error> {
             Ok(()) => return Ok(removed + 1),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
             Err(e) if start.elapsed() > Duration::from_secs(10) => {
-                return Err(Error::Io { path: dir.to_path_buf(), source: e });
+                return Err(Error::Io {
+                    path: dir.to_path_buf(),
+                    source: e,
+                });
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }

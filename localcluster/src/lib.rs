@@ -46,7 +46,11 @@ pub enum Error {
     #[error("kubernetes API: {0}")]
     Kube(#[source] kube::Error),
     #[error("timed out after {secs}s waiting for {what}\n{logs}")]
-    Timeout { what: String, secs: u64, logs: String },
+    Timeout {
+        what: String,
+        secs: u64,
+        logs: String,
+    },
 }
 
 /// What `keelson up` is asked for.
@@ -102,12 +106,18 @@ pub fn down(name: &str) -> Result<cleanup::Report, Error> {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
     let name = &opts.name;
-    let data_dir = opts.data_dir.clone().unwrap_or_else(|| names::default_data_dir(name));
+    let data_dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| names::default_data_dir(name));
     fs::create_dir_all(&data_dir).map_err(io(&data_dir))?;
     let data_dir = fs::canonicalize(&data_dir).map_err(io(&data_dir))?;
     let run_dir = Path::new(names::RUN_DIR);
@@ -134,7 +144,9 @@ async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
     )?;
 
     topology::create_underlay(name)?;
-    let nodes: Vec<String> = (1..=opts.nodes).map(|i| names::node_name(name, i)).collect();
+    let nodes: Vec<String> = (1..=opts.nodes)
+        .map(|i| names::node_name(name, i))
+        .collect();
     for i in 1..=opts.nodes {
         topology::create_node(name, i)?;
     }
@@ -169,13 +181,20 @@ async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
         )?;
     }
     wait_nodes_ready(&client, &nodes, &data_dir).await?;
-    Ok(Cluster { name: name.clone(), data_dir, kubeconfig, nodes })
+    Ok(Cluster {
+        name: name.clone(),
+        data_dir,
+        kubeconfig,
+        nodes,
+    })
 }
 
 /// A port the kernel just handed out on loopback, free at the time of asking.
 fn free_port() -> Result<u16, Error> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io(Path::new("127.0.0.1:0")))?;
-    l.local_addr().map(|a| a.port()).map_err(io(Path::new("127.0.0.1:0")))
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(io(Path::new("127.0.0.1:0")))
 }
 
 /// Starts a long-running process that outlives `keelson up`: its own session, output to `log`,
@@ -206,16 +225,21 @@ fn spawn_detached(cmd: &mut Command, log: &Path, cgroup: &Path) -> Result<(), Er
         });
     }
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    cmd.spawn()
-        .map(drop)
-        .map_err(|e| Error::Spawn { what: format!("{cmd:?}"), source: e })
+    cmd.spawn().map(drop).map_err(|e| Error::Spawn {
+        what: format!("{cmd:?}"),
+        source: e,
+    })
 }
 
 fn log_tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     let start = all.len().saturating_sub(lines);
-    format!("--- last lines of {} ---\n{}", path.display(), all[start..].join("\n"))
+    format!(
+        "--- last lines of {} ---\n{}",
+        path.display(),
+        all[start..].join("\n")
+    )
 }
 
 async fn wait_api(kubeconfig: &Path, server_log: &Path) -> Result<kube::Client, Error> {
@@ -242,7 +266,8 @@ async fn wait_api(kubeconfig: &Path, server_log: &Path) -> Result<kube::Client, 
 
 /// A client for the cluster's admin kubeconfig.
 pub async fn client(kubeconfig: &Path) -> Result<kube::Client, Error> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .map_err(|e| Error::Kubeconfig(e.to_string()))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
         .map_err(|e| Error::Kubeconfig(e.to_string()))?;
@@ -256,13 +281,19 @@ fn is_ready(node: &Node) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-async fn wait_nodes_ready(client: &kube::Client, nodes: &[String], data_dir: &Path) -> Result<(), Error> {
+async fn wait_nodes_ready(
+    client: &kube::Client,
+    nodes: &[String],
+    data_dir: &Path,
+) -> Result<(), Error> {
     let api: Api<Node> = Api::all(client.clone());
     let start = Instant::now();
     while start.elapsed() < NODES_READY_TIMEOUT {
         if let Ok(list) = api.list(&ListParams::default()).await {
             let ready = nodes.iter().all(|n| {
-                list.items.iter().any(|node| node.metadata.name.as_deref() == Some(n) && is_ready(node))
+                list.items
+                    .iter()
+                    .any(|node| node.metadata.name.as_deref() == Some(n) && is_ready(node))
             });
             if ready {
                 return Ok(());
@@ -276,5 +307,9 @@ async fn wait_nodes_ready(client: &kube::Client, nodes: &[String], data_dir: &Pa
         .chain(std::iter::once(log_tail(&data_dir.join("server.log"), 20)))
         .collect::<Vec<_>>()
         .join("\n");
-    Err(Error::Timeout { what: format!("nodes {nodes:?} to be Ready"), secs: NODES_READY_TIMEOUT.as_secs(), logs })
+    Err(Error::Timeout {
+        what: format!("nodes {nodes:?} to be Ready"),
+        secs: NODES_READY_TIMEOUT.as_secs(),
+        logs,
+    })
 }

@@ -20,7 +20,9 @@ pub const UNDERLAY_PREFIX_LEN: u8 = 24;
 pub fn validate_cluster_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 20
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && name.as_bytes()[0].is_ascii_lowercase();
     if ok {
         Ok(())
@@ -54,7 +56,10 @@ pub fn node_ip(i: u8) -> String {
 /// Whether a network namespace name belongs to `cluster`: its underlay, one of its nodes, or a
 /// Pod of one of its nodes (`kls-<cluster>-n<i>-<8 hex>`).
 pub fn is_cluster_netns(cluster: &str, netns: &str) -> bool {
-    let Some(rest) = netns.strip_prefix("kls-").and_then(|r| r.strip_prefix(cluster)) else {
+    let Some(rest) = netns
+        .strip_prefix("kls-")
+        .and_then(|r| r.strip_prefix(cluster))
+    else {
         return false;
     };
     let Some(rest) = rest.strip_prefix('-') else {
@@ -63,18 +68,22 @@ pub fn is_cluster_netns(cluster: &str, netns: &str) -> bool {
     if rest == "ul" {
         return true;
     }
-    is_node_suffix(rest) || rest.split_once('-').is_some_and(|(node, pod)| {
-        is_node_suffix(node) && pod.len() == 8 && pod.bytes().all(|b| b.is_ascii_hexdigit())
-    })
+    is_node_suffix(rest)
+        || rest.split_once('-').is_some_and(|(node, pod)| {
+            is_node_suffix(node) && pod.len() == 8 && pod.bytes().all(|b| b.is_ascii_hexdigit())
+        })
 }
 
 /// Whether a node name (the pin directory's name) belongs to `cluster`.
 pub fn is_cluster_node(cluster: &str, node: &str) -> bool {
-    node.strip_prefix(cluster).and_then(|r| r.strip_prefix('-')).is_some_and(is_node_suffix)
+    node.strip_prefix(cluster)
+        .and_then(|r| r.strip_prefix('-'))
+        .is_some_and(is_node_suffix)
 }
 
 fn is_node_suffix(s: &str) -> bool {
-    s.strip_prefix('n').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    s.strip_prefix('n')
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// cgroup v2 directory holding everything of the cluster: `system` (server and agents) and one

@@ -14,7 +14,10 @@ fn ip(args: &[&str]) -> Result<(), Error> {
     let out = Command::new("ip")
         .args(args)
         .output()
-        .map_err(|e| Error::Spawn { what: "ip".into(), source: e })?;
+        .map_err(|e| Error::Spawn {
+            what: "ip".into(),
+            source: e,
+        })?;
     if out.status.success() {
         Ok(())
     } else {
@@ -28,7 +31,14 @@ fn ip(args: &[&str]) -> Result<(), Error> {
 /// Sets a sysctl inside a network namespace. `ip netns exec` remounts /sys for the command
 /// it runs, which does not matter here: sysctl writes /proc/sys/net, which is per namespace.
 fn netns_sysctl(netns: &str, key: &str, value: &str) -> Result<(), Error> {
-    ip(&["netns", "exec", netns, "sysctl", "-qw", &format!("{key}={value}")])
+    ip(&[
+        "netns",
+        "exec",
+        netns,
+        "sysctl",
+        "-qw",
+        &format!("{key}={value}"),
+    ])
 }
 
 /// Creates the underlay namespace and its bridge.
@@ -48,7 +58,9 @@ pub fn create_node(cluster: &str, i: u8) -> Result<(), Error> {
     let ul = names::underlay_netns(cluster);
     let port = format!("n{i}");
     ip(&["netns", "add", &ns])?;
-    ip(&["link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &ul])?;
+    ip(&[
+        "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &ul,
+    ])?;
     ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
     let addr = format!("{}/{}", names::node_ip(i), names::UNDERLAY_PREFIX_LEN);
     ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;

@@ -1,7 +1,10 @@
 //! What the end-to-end tests share: the binaries under test, a local cluster that removes
 //! itself even when a test fails, and a probe that asks a Service from inside a node.
 
-#![allow(dead_code, reason = "each test binary uses a different part of this module")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
 
 use std::{
     collections::BTreeMap,
@@ -14,7 +17,8 @@ use std::{
 
 /// Makes the command's process move itself into `cgroup` between fork and exec.
 fn join_cgroup_on_exec(cmd: &mut Command, cgroup: &Path) {
-    let procs = CString::new(cgroup.join("cgroup.procs").to_string_lossy().into_owned()).expect("path");
+    let procs =
+        CString::new(cgroup.join("cgroup.procs").to_string_lossy().into_owned()).expect("path");
     // SAFETY: only async-signal-safe calls (open, write, close) on memory prepared before the
     // fork; writing "0" to cgroup.procs moves the calling process (cgroup v2).
     unsafe {
@@ -25,7 +29,11 @@ fn join_cgroup_on_exec(cmd: &mut Command, cgroup: &Path) {
             }
             let n = libc::write(fd, b"0".as_ptr().cast(), 1);
             libc::close(fd);
-            if n == 1 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         });
     }
 }
@@ -36,10 +44,12 @@ pub fn keelson() -> PathBuf {
 
 /// The real kubectl that `cargo xtask setup` installs.
 pub fn kubectl() -> PathBuf {
-    std::env::var_os("KEELSON_KUBECTL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-            .join(".local/share/keelson/venv/bin/kubectl")
-    })
+    std::env::var_os("KEELSON_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".local/share/keelson/venv/bin/kubectl")
+        })
 }
 
 pub fn output_text(out: &Output) -> String {
@@ -56,26 +66,45 @@ pub struct LocalCluster {
     pub name: String,
     pub kubeconfig: PathBuf,
     pub data_dir: tempfile::TempDir,
+    /// Agents this test restarted: its own children, reaped after `keelson down` kills them.
+    restarted: std::sync::Mutex<Vec<Child>>,
 }
 
 impl LocalCluster {
     pub fn up(name: &str, nodes: u8) -> Self {
         let data_dir = tempfile::tempdir().expect("tempdir");
         // Whatever a crashed earlier run of this test left behind goes first.
-        let _ = Command::new(keelson()).args(["down", "--name", name]).output();
+        let _ = Command::new(keelson())
+            .args(["down", "--name", name])
+            .output();
         let out = Command::new(keelson())
-            .args(["up", "--nodes", &nodes.to_string(), "--name", name, "--data-dir"])
+            .args([
+                "up",
+                "--nodes",
+                &nodes.to_string(),
+                "--name",
+                name,
+                "--data-dir",
+            ])
             .arg(data_dir.path())
             .output()
             .expect("running keelson up");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let kubeconfig = text.lines().find_map(|l| l.strip_prefix("KUBECONFIG=")).map(PathBuf::from);
+        let kubeconfig = text
+            .lines()
+            .find_map(|l| l.strip_prefix("KUBECONFIG="))
+            .map(PathBuf::from);
         let cluster = LocalCluster {
             name: name.to_string(),
             kubeconfig: kubeconfig.clone().unwrap_or_default(),
             data_dir,
+            restarted: std::sync::Mutex::new(Vec::new()),
         };
-        assert!(out.status.success() && kubeconfig.is_some(), "keelson up failed:\n{}", output_text(&out));
+        assert!(
+            out.status.success() && kubeconfig.is_some(),
+            "keelson up failed:\n{}",
+            output_text(&out)
+        );
         cluster
     }
 
@@ -94,7 +123,11 @@ impl LocalCluster {
     /// Runs kubectl and fails the test, with its output, if it fails.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
-        assert!(out.status.success(), "kubectl {args:?} failed:\n{}", output_text(&out));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}",
+            output_text(&out)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -103,13 +136,17 @@ impl LocalCluster {
     }
 
     pub fn node_cgroup(&self, i: u8) -> PathBuf {
-        PathBuf::from("/sys/fs/cgroup/unified/keelson").join(&self.name).join(self.node(i))
+        PathBuf::from("/sys/fs/cgroup/unified/keelson")
+            .join(&self.name)
+            .join(self.node(i))
     }
 
     /// Runs `program args` as a host process of node `i`: in the node's network namespace and
     /// under its cgroup root, so the node's socket-level load balancer applies to it.
     pub fn run_on_node(&self, i: u8, program: &Path, args: &[&str]) -> Output {
-        self.node_command(i, program, args).output().expect("running a probe on the node")
+        self.node_command(i, program, args)
+            .output()
+            .expect("running a probe on the node")
     }
 
     /// Like [`Self::run_on_node`], in the background.
@@ -125,7 +162,9 @@ impl LocalCluster {
         let cg = self.node_cgroup(i).join("e2e-probe");
         std::fs::create_dir_all(&cg).expect("probe cgroup");
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/kls-{}", self.node(i))).arg(program).args(args);
+        cmd.arg(format!("--net=/run/netns/kls-{}", self.node(i)))
+            .arg(program)
+            .args(args);
         join_cgroup_on_exec(&mut cmd, &cg);
         cmd
     }
@@ -135,7 +174,12 @@ impl LocalCluster {
     pub fn restart_agent(&self, i: u8) {
         let marker = format!("agent --node-name {}", self.node(i));
         let pids = processes_with(&marker);
-        assert_eq!(pids.len(), 1, "expected one agent for {}: {pids:?}", self.node(i));
+        assert_eq!(
+            pids.len(),
+            1,
+            "expected one agent for {}: {pids:?}",
+            self.node(i)
+        );
         let argv: Vec<String> = std::fs::read(format!("/proc/{}/cmdline", pids[0]))
             .expect("agent cmdline")
             .split(|b| *b == 0)
@@ -143,23 +187,56 @@ impl LocalCluster {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
         // SAFETY: kill(2) with a pid read from /proc just now; SIGKILL, as a crash would end it.
-        assert_eq!(unsafe { libc::kill(pids[0], libc::SIGKILL) }, 0, "kill agent");
+        assert_eq!(
+            unsafe { libc::kill(pids[0], libc::SIGKILL) },
+            0,
+            "kill agent"
+        );
         while processes_with(&marker).contains(&pids[0])
-            && !std::fs::read_to_string(format!("/proc/{}/stat", pids[0])).is_ok_and(|s| s.contains(") Z"))
+            && !std::fs::read_to_string(format!("/proc/{}/stat", pids[0]))
+                .is_ok_and(|s| s.contains(") Z"))
         {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let log = self.data_dir.path().join("nodes").join(self.node(i)).join("agent.log");
-        let out = std::fs::OpenOptions::new().append(true).create(true).open(&log).expect("agent log");
+        let log = self
+            .data_dir
+            .path()
+            .join("nodes")
+            .join(self.node(i))
+            .join("agent.log");
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log)
+            .expect("agent log");
         let err = out.try_clone().expect("agent log");
         let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(out).stderr(err);
-        join_cgroup_on_exec(&mut cmd, &PathBuf::from("/sys/fs/cgroup/unified/keelson").join(&self.name).join("system"));
-        cmd.spawn().expect("restarting the agent");
-        let api = argv.iter().position(|a| a == "--api-listen").map(|p| argv[p + 1].clone()).expect("--api-listen");
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        join_cgroup_on_exec(
+            &mut cmd,
+            &PathBuf::from("/sys/fs/cgroup/unified/keelson")
+                .join(&self.name)
+                .join("system"),
+        );
+        let child = cmd.spawn().expect("restarting the agent");
+        self.restarted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child);
+        let api = argv
+            .iter()
+            .position(|a| a == "--api-listen")
+            .map(|p| argv[p + 1].clone())
+            .expect("--api-listen");
         let start = std::time::Instant::now();
         while std::net::TcpStream::connect(&api).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(30), "restarted agent not serving on {api}");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "restarted agent not serving on {api}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -175,21 +252,39 @@ impl LocalCluster {
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .map(|p| {
                 (
-                    p["metadata"]["name"].as_str().unwrap_or_default().to_string(),
-                    p["spec"]["nodeName"].as_str().unwrap_or_default().to_string(),
+                    p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    p["spec"]["nodeName"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                 )
             })
             .collect()
     }
 
     pub fn down(&self) -> Output {
-        Command::new(keelson()).args(["down", "--name", &self.name]).output().expect("keelson down")
+        Command::new(keelson())
+            .args(["down", "--name", &self.name])
+            .output()
+            .expect("keelson down")
     }
 }
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         let _ = self.down();
+        for mut child in self
+            .restarted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -203,8 +298,11 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != me)
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(marker)
+            })
         })
         .collect()
 }
@@ -248,7 +346,10 @@ pub struct ProbeResult {
 }
 
 pub fn parse_probe(text: &str) -> ProbeResult {
-    let line = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no probe output in {text:?}"));
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no probe output in {text:?}"));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("bad probe output {line:?}: {e}"))
 }
-
