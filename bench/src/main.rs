@@ -3,6 +3,7 @@
 //! Entry point of `cargo xtask bench services`; the `client`/`server` subcommands are the
 //! processes the bench starts inside its namespaces.
 
+mod api_latency;
 mod keelson_mode;
 mod kube_proxy_hash;
 mod kube_proxy_iptables;
@@ -40,6 +41,9 @@ enum Cmd {
         /// Client threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Skip the part that needs a local cluster (API -> datapath latency, agent RSS).
+        #[arg(long)]
+        skip_api: bool,
     },
     /// (internal) The accept-and-close server, inside the server namespace.
     Server {
@@ -74,10 +78,12 @@ fn main() -> Result<()> {
             quick,
             sizes,
             threads,
+            skip_api,
         } => run::services(&run::Options {
             quick,
             sizes,
             threads,
+            skip_api,
         }),
         Cmd::Server { netns, threads } => load::serve(&netns, threads),
         Cmd::Client {

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
 use crate::{
-    keelson_mode, kube_proxy_iptables, kube_proxy_nftables,
+    api_latency, keelson_mode, kube_proxy_iptables, kube_proxy_nftables,
     load::{Target, write_targets},
     report,
     topology::{self, NODE_SERVER_SIDE_IP, Topology},
@@ -28,6 +28,8 @@ pub struct Options {
     pub quick: bool,
     pub sizes: Vec<usize>,
     pub threads: usize,
+    /// Skip the part that needs a local cluster (API -> datapath latency, agent RSS).
+    pub skip_api: bool,
 }
 
 /// A datapath implementation under test.
@@ -281,7 +283,16 @@ pub fn services(opts: &Options) -> Result<()> {
             points.push(measure(&exe, opts, mode, &services, &targets_file.0)?);
         }
     }
-    report::print(opts, &points);
+    let max = opts.sizes.iter().copied().max().unwrap_or(0);
+    let api = if opts.skip_api {
+        Err("skipped (--skip-api)".to_string())
+    } else {
+        api_latency::measure(&workload::services(max)).map_err(|e| format!("{e:#}"))
+    };
+    if let Err(e) = &api {
+        eprintln!("bench: API part: {e}");
+    }
+    report::print(opts, &points, &api);
     Ok(())
 }
 

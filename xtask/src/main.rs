@@ -348,6 +348,9 @@ fn demo(name: &str) -> Result<()> {
 /// (and so needs bpf-linker) only here, never as a dependency of xtask itself.
 fn bench(name: &str, args: &[String]) -> Result<()> {
     setup()?;
+    // The services bench starts a local cluster from the release `keelson` binary.
+    run(test_env(Command::new("cargo").args(["build", "--release", "-p", "keelson", "--bin", "keelson"]))?
+        .current_dir(workspace_root()))?;
     run(test_env(Command::new("cargo").args(["run", "--release", "-p", "keelson-bench", "--", name]))?
         .args(args)
         .current_dir(workspace_root()))
