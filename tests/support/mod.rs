@@ -186,12 +186,12 @@ impl LocalCluster {
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        // SAFETY: kill(2) with a pid read from /proc just now; SIGKILL, as a crash would end it.
-        assert_eq!(
-            unsafe { libc::kill(pids[0], libc::SIGKILL) },
-            0,
-            "kill agent"
-        );
+        // SIGKILL, as a crash would end it: no shutdown path of the agent runs.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pids[0]),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill agent");
         while processes_with(&marker).contains(&pids[0])
             && !std::fs::read_to_string(format!("/proc/{}/stat", pids[0]))
                 .is_ok_and(|s| s.contains(") Z"))
