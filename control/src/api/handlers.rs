@@ -2,7 +2,7 @@
 //! the status, scale, binding, finalize and log subresources. Objects are JSON in the store under
 //! `/registry/<group|core>/<plural>/[<namespace>/]<name>`; resourceVersion is the store revision.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
     body::Bytes,
@@ -11,6 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
+use futures::StreamExt as _;
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -416,7 +417,11 @@ impl<S: Store> Req<'_, S> {
     }
 
     async fn list(&self) -> Result<Response, ApiError> {
-        let list = list_objects(self.state.store.as_ref(), &self.t, &self.params).await?;
+        let list = match list_consistent(self.state.store.as_ref(), &self.t, &self.params).await {
+            Ok(list) => list,
+            Err(ListError::Api(e)) => return Err(e),
+            Err(e) => return Ok(e.into_response()),
+        };
         Ok(respond(
             StatusCode::OK,
             self.t.info,
@@ -1327,41 +1332,268 @@ pub fn scale_of(obj: &Value) -> Value {
     })
 }
 
-/// The continue token: where the previous page stopped.
-fn encode_continue(rev: i64, last_key: &str) -> String {
+/// How long a list waits for the store to reach a resourceVersion it has not seen yet before
+/// answering 504 "Too large resource version" (the watch cache's `blockTimeout`).
+const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
+
+/// The apiVersion field of continue tokens (apiserver's storage.EncodeContinue format).
+const CONTINUE_VERSION: &str = "meta.k8s.io/v1";
+
+/// kube-apiserver's message when the revision of a continue token is compacted; the 410 carries a
+/// token that resumes at the latest revision (storage/etcd3 handleCompactedErrorForPaging).
+const INCONSISTENT_CONTINUE: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
+
+/// kube-apiserver's message when an exact list revision is compacted.
+const EXPIRED_LIST: &str = "The resourceVersion for the provided list is too old.";
+
+/// The continue token: `{"v":"meta.k8s.io/v1","rv":<revision of the first page>,"start":<key>}`
+/// in unpadded URL-safe base64, as kube-apiserver encodes it. `start` is the key to resume at,
+/// relative to the list prefix: the last returned key followed by NUL, the smallest key after it.
+fn encode_continue(rev: i64, prefix: &str, last_key: &str) -> String {
+    let start = format!("{}\0", last_key.strip_prefix(prefix).unwrap_or(last_key));
     base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(json!({"rv": rev, "start": last_key}).to_string())
+        .encode(json!({"v": CONTINUE_VERSION, "rv": rev, "start": start}).to_string())
 }
 
-fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
-    let bad = || {
-        ApiError::BadRequest(
-            "continue key is not valid: incorrect encoded start resourceVersion".into(),
-        )
-    };
+/// Decodes a continue token of the list under `prefix` into the revision of its first page (-1:
+/// the latest) and the key the next page starts after.
+fn decode_continue(token: &str, prefix: &str) -> Result<(i64, String), ApiError> {
+    let bad = |why: &str| ApiError::BadRequest(format!("invalid continue token: {why}"));
+    const INVALID: &str = "continue key is not valid";
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| bad())?;
-    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    Ok((
-        v["rv"].as_i64().ok_or_else(bad)?,
-        v["start"].as_str().ok_or_else(bad)?.to_string(),
-    ))
+        .decode(token.trim_end_matches('='))
+        .map_err(|e| bad(&format!("{INVALID}: {e}")))?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|e| bad(&format!("{INVALID}: {e}")))?;
+    if v["v"].as_str() != Some(CONTINUE_VERSION) {
+        return Err(bad(&format!(
+            "{INVALID}: server does not recognize this encoded version {}",
+            v["v"].as_str().unwrap_or_default()
+        )));
+    }
+    let rev = v["rv"].as_i64().unwrap_or(0);
+    if rev == 0 {
+        return Err(bad(&format!(
+            "{INVALID}: incorrect encoded start resourceVersion (version {CONTINUE_VERSION})"
+        )));
+    }
+    let start = v["start"].as_str().unwrap_or_default();
+    if start.is_empty() {
+        return Err(bad(&format!(
+            "{INVALID}: encoded start key empty (version {CONTINUE_VERSION})"
+        )));
+    }
+    // The key must not climb out of the prefix (the apiserver requires path.Clean(key) == key),
+    // and this server's tokens always resume right after a key (the trailing NUL).
+    let rel = start.strip_prefix('/').unwrap_or(start);
+    let clean = !rel.is_empty()
+        && rel
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    match rel.strip_suffix('\0') {
+        Some(after) if clean && !after.is_empty() => Ok((rev, format!("{prefix}{after}"))),
+        _ => Err(bad(&format!("{INVALID}: {start}"))),
+    }
 }
 
-/// 410 Gone when `rev` is below the store's compacted revision (probed with a watch, which the
-/// store refuses for compacted revisions).
-async fn ensure_not_compacted<S: Store>(store: &S, prefix: &str, rev: i64) -> Result<(), ApiError> {
-    match store.watch(prefix, rev).await {
-        Ok(_) => Ok(()),
-        Err(StoreError::Compacted {
-            requested,
-            compacted,
-        }) => Err(ApiError::Gone(format!(
-            "too old resource version: {requested} ({compacted})"
-        ))),
-        Err(StoreError::FutureRevision { .. }) => Ok(()),
-        Err(e) => Err(e.into()),
+/// A list failure that a plain [`ApiError`] does not describe: the HTTP list answers these with
+/// the Status objects kube-apiserver sends.
+#[derive(Debug)]
+enum ListError {
+    Api(ApiError),
+    /// The continue token's revision is compacted; `resume` continues at the latest revision.
+    ContinueExpired {
+        resume: String,
+    },
+    /// The store has not reached the asked revision within [`FRESHNESS_WAIT`].
+    TooLarge {
+        requested: i64,
+        current: i64,
+    },
+}
+
+impl From<ApiError> for ListError {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl From<StoreError> for ListError {
+    fn from(e: StoreError) -> Self {
+        Self::Api(e.into())
+    }
+}
+
+impl ListError {
+    /// As an [`ApiError`], for callers that do not answer with the list's own Status.
+    fn into_api(self) -> ApiError {
+        match self {
+            Self::Api(e) => e,
+            Self::ContinueExpired { .. } => ApiError::Gone(INCONSISTENT_CONTINUE.into()),
+            Self::TooLarge { requested, current } => {
+                ApiError::Store(StoreError::FutureRevision { requested, current })
+            }
+        }
+    }
+
+    /// The Status response: 410 Expired with a resuming continue token in its ListMeta, or 504
+    /// Timeout with cause ResourceVersionTooLarge (apiserver storage.NewTooLargeResourceVersionError).
+    fn into_response(self) -> Response {
+        let status = match self {
+            Self::Api(e) => return e.into_response(),
+            Self::ContinueExpired { resume } => {
+                let mut status = ApiError::Gone(INCONSISTENT_CONTINUE.into()).to_status();
+                status["metadata"] = json!({"continue": resume});
+                status
+            }
+            Self::TooLarge { requested, current } => json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": format!(
+                    "Timeout: Too large resource version: {requested}, current: {current}"
+                ),
+                "reason": "Timeout",
+                "details": {
+                    "causes": [{
+                        "reason": "ResourceVersionTooLarge",
+                        "message": "Too large resource version",
+                    }],
+                    "retryAfterSeconds": 1,
+                },
+                "code": StatusCode::GATEWAY_TIMEOUT.as_u16(),
+            }),
+        };
+        let code = status["code"]
+            .as_u64()
+            .and_then(|c| u16::try_from(c).ok())
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (code, status.to_string()).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}
+
+/// Which revision a list reads, from its query (the apiserver's ListOptions rules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ReadAt {
+    /// The current revision (resourceVersion unset or "0").
+    Latest,
+    /// At least this revision: the current one once the store has reached it.
+    NotOlderThan(i64),
+    /// Exactly this revision.
+    Exact(i64),
+}
+
+/// The `ListOptions.meta.k8s.io "" is invalid` error of malformed list options.
+fn invalid_list_options(causes: Vec<Cause>) -> ApiError {
+    ApiError::Invalid {
+        kind: "ListOptions".into(),
+        group: "meta.k8s.io".into(),
+        name: String::new(),
+        causes,
+    }
+}
+
+/// Validates resourceVersion / resourceVersionMatch / continue as kube-apiserver does
+/// (apimachinery ValidateListOptions, storage ValidateListOptions) and resolves what to read.
+/// See https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-versions.
+fn read_at(params: &Params, limit: usize, continuing: bool) -> Result<ReadAt, ApiError> {
+    let rv = params
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let matching = params
+        .get("resourceVersionMatch")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let field = "resourceVersionMatch";
+    let mut causes = Vec::new();
+    if !matching.is_empty() {
+        if rv.is_empty() {
+            causes.push(Cause::forbidden(
+                field,
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ));
+        }
+        if continuing {
+            causes.push(Cause::forbidden(
+                field,
+                "resourceVersionMatch is forbidden when continue is provided",
+            ));
+        }
+        if matching != "Exact" && matching != "NotOlderThan" {
+            causes.push(Cause::not_supported(
+                field,
+                &json!(matching),
+                &["Exact", "NotOlderThan", ""],
+            ));
+        }
+        if matching == "Exact" && rv == "0" {
+            causes.push(Cause::forbidden(
+                field,
+                "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+            ));
+        }
+    }
+    if !causes.is_empty() {
+        return Err(invalid_list_options(causes));
+    }
+    if continuing {
+        if !rv.is_empty() && rv != "0" {
+            return Err(ApiError::BadRequest(
+                "specifying resource version is not allowed when using continue".into(),
+            ));
+        }
+        // The token's revision decides.
+        return Ok(ReadAt::Latest);
+    }
+    if rv.is_empty() {
+        return Ok(ReadAt::Latest);
+    }
+    let parsed = rv.parse::<u64>().ok().and_then(|r| i64::try_from(r).ok());
+    let Some(rev) = parsed else {
+        return Err(ApiError::BadRequest(format!(
+            "invalid resource version: resourceVersion: Invalid value: \"{rv}\": must be a non-negative integer"
+        )));
+    };
+    Ok(match matching {
+        "Exact" => ReadAt::Exact(rev),
+        // Unset match with a limit reads exactly that revision (the legacy paging rule).
+        "" if limit > 0 && rev > 0 => ReadAt::Exact(rev),
+        _ if rev == 0 => ReadAt::Latest,
+        _ => ReadAt::NotOlderThan(rev),
+    })
+}
+
+/// Waits up to [`FRESHNESS_WAIT`] for the store to reach `rev`; TooLarge when it does not.
+async fn wait_for_revision<S: Store>(store: &S, rev: i64) -> Result<(), ListError> {
+    let current = store.current_revision().await?;
+    if current >= rev {
+        return Ok(());
+    }
+    // Any write anywhere moves the revision: watch every key from the current revision.
+    let mut changes = store.watch("", current).await?;
+    let reached = tokio::time::timeout(FRESHNESS_WAIT, async {
+        while let Some(change) = changes.next().await {
+            if change?.revision() >= rev {
+                return Ok(true);
+            }
+        }
+        Ok::<_, StoreError>(false)
+    })
+    .await;
+    match reached {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(false)) | Err(_) => Err(ListError::TooLarge {
+            requested: rev,
+            current: store.current_revision().await?,
+        }),
     }
 }
 
@@ -1371,6 +1603,19 @@ pub async fn list_objects<S: Store>(
     t: &Target,
     params: &Params,
 ) -> Result<Value, ApiError> {
+    list_consistent(store, t, params)
+        .await
+        .map_err(ListError::into_api)
+}
+
+/// Reads the list at the revision its query asks for. Every page of a paginated list is read at
+/// the revision of the first page, which the continue token carries, so objects created,
+/// changed or deleted between pages do not show up (KEP-365 API chunking).
+async fn list_consistent<S: Store>(
+    store: &S,
+    t: &Target,
+    params: &Params,
+) -> Result<Value, ListError> {
     let labels = LabelSelector::parse(
         params
             .get("labelSelector")
@@ -1388,36 +1633,50 @@ pub async fn list_objects<S: Store>(
         .and_then(|l| l.parse::<usize>().ok())
         .unwrap_or(0);
     let prefix = t.info.list_prefix(t.namespace.as_deref());
-    let start = match params.get("continue").filter(|c| !c.is_empty()) {
+    let token = params.get("continue").filter(|c| !c.is_empty());
+    let at = read_at(params, limit, token.is_some())?;
+    let listed = match token {
         Some(token) => {
-            let (rev, start) = decode_continue(token)?;
-            ensure_not_compacted(store, &prefix, rev).await.map_err(|_| {
-                ApiError::Gone(
-                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
-                )
-            })?;
-            if !start.starts_with(&prefix) {
-                return Err(ApiError::BadRequest(
-                    "continue key does not match this list".into(),
-                ));
+            let (rev, start) = decode_continue(token, &prefix)?;
+            let listed = if rev < 0 {
+                store.list(&prefix, Some(&start), limit).await
+            } else {
+                store.list_at(&prefix, Some(&start), limit, rev).await
+            };
+            match listed {
+                Err(StoreError::Compacted { .. }) => {
+                    let resume = json!({"v": CONTINUE_VERSION, "rv": -1, "start": format!(
+                        "{}\0",
+                        start.strip_prefix(&prefix).unwrap_or(&start)
+                    )});
+                    return Err(ListError::ContinueExpired {
+                        resume: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                            .encode(resume.to_string()),
+                    });
+                }
+                Err(StoreError::FutureRevision { requested, current }) => {
+                    return Err(ListError::TooLarge { requested, current });
+                }
+                other => other?,
             }
-            Some(start)
         }
-        None => None,
+        None => match at {
+            ReadAt::Latest => store.list(&prefix, None, limit).await?,
+            ReadAt::NotOlderThan(rev) => {
+                wait_for_revision(store, rev).await?;
+                store.list(&prefix, None, limit).await?
+            }
+            ReadAt::Exact(rev) => {
+                wait_for_revision(store, rev).await?;
+                match store.list_at(&prefix, None, limit, rev).await {
+                    Err(StoreError::Compacted { .. }) => {
+                        return Err(ApiError::Gone(EXPIRED_LIST.into()).into());
+                    }
+                    other => other?,
+                }
+            }
+        },
     };
-    let listed = store.list(&prefix, start.as_deref(), limit).await?;
-    if let Some(rv) = params
-        .get("resourceVersion")
-        .and_then(|v| v.parse::<i64>().ok())
-        && params
-            .get("resourceVersionMatch")
-            .is_some_and(|m| m == "Exact")
-        && rv != listed.revision
-    {
-        // Lists are served at the current revision; an exact revision that compaction has
-        // removed is Gone, one still in history gets the current (newer) state.
-        ensure_not_compacted(store, &prefix, rv).await?;
-    }
     let mut items = Vec::new();
     for kv in &listed.items {
         let obj = load(kv)?;
@@ -1429,7 +1688,7 @@ pub async fn list_objects<S: Store>(
     if listed.more
         && let Some(last) = listed.items.last()
     {
-        meta["continue"] = json!(encode_continue(listed.revision, &last.key));
+        meta["continue"] = json!(encode_continue(listed.revision, &prefix, &last.key));
     }
     Ok(json!({
         "kind": t.info.list_kind(),
@@ -1472,11 +1731,31 @@ mod tests {
 
     #[test]
     fn api_continue_token_roundtrip() {
-        let tok = encode_continue(42, "/registry/core/pods/default/p");
+        let prefix = "/registry/core/pods/default/";
+        let tok = encode_continue(42, prefix, "/registry/core/pods/default/p");
         assert_eq!(
-            decode_continue(&tok).expect("decodes"),
+            decode_continue(&tok, prefix).expect("decodes"),
             (42, "/registry/core/pods/default/p".to_string())
         );
-        assert!(decode_continue("!!").is_err());
+        // The apiserver's encoding of the same position.
+        let raw = r#"{"v":"meta.k8s.io/v1","rv":42,"start":"p\u0000"}"#;
+        let theirs = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        assert_eq!(
+            decode_continue(&theirs, prefix).expect("decodes").1,
+            format!("{prefix}p")
+        );
+        assert!(decode_continue("!!", prefix).is_err());
+        for bad in [
+            r#"{"v":"meta.k8s.io/v1","rv":0,"start":"p\u0000"}"#,
+            r#"{"v":"meta.k8s.io/v1","rv":4,"start":""}"#,
+            r#"{"v":"meta.k8s.io/v1","rv":4,"start":"../kube-system/p\u0000"}"#,
+            r#"{"v":"meta.k8s.io/v2","rv":4,"start":"p\u0000"}"#,
+        ] {
+            let tok = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bad);
+            assert!(
+                matches!(decode_continue(&tok, prefix), Err(ApiError::BadRequest(_))),
+                "{bad} must be refused"
+            );
+        }
     }
 }

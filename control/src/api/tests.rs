@@ -1825,3 +1825,354 @@ async fn api_server_restart_reuses_credentials_and_allocations() {
     );
     server.abort();
 }
+
+/// Names of the items of a list response.
+fn item_names(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            i["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Creates a namespace of the test's own and ConfigMaps `names` in it; returns its collection path.
+async fn configmaps_in(h: &Harness, ns: &str, names: &[&str]) -> String {
+    let r = h
+        .post(
+            "/api/v1/namespaces",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let base = format!("/api/v1/namespaces/{ns}/configmaps");
+    for name in names {
+        let r = h.post(&base, configmap(name)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    base
+}
+
+/// Replaces the data of ConfigMap `name` under `base`.
+async fn set_data(h: &Harness, base: &str, name: &str, value: &str) -> Value {
+    let mut cm = h.get(&format!("{base}/{name}")).await.body;
+    cm["data"]["k"] = json!(value);
+    let r = h
+        .call(
+            "PUT",
+            &format!("{base}/{name}"),
+            "application/json",
+            cm.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body
+}
+
+async fn delete_object(h: &Harness, path: &str) {
+    let r = h
+        .call("DELETE", path, "application/json", Body::empty())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+fn continue_token(list: &Value) -> String {
+    list["metadata"]["continue"]
+        .as_str()
+        .expect("continue token")
+        .to_string()
+}
+
+#[tokio::test]
+async fn api_list_pages_are_read_at_the_first_page_revision() {
+    let h = harness().await;
+    let base = configmaps_in(&h, "paging", &["c1", "c2", "c3", "c4", "c5"]).await;
+    let page1 = h.get(&format!("{base}?limit=2")).await;
+    assert_eq!(page1.status, StatusCode::OK);
+    assert_eq!(item_names(&page1.body), ["c1", "c2"]);
+    let rv = page1.body["metadata"]["resourceVersion"].clone();
+    let token = continue_token(&page1.body);
+    // The token is the apiserver's: {"v":"meta.k8s.io/v1","rv":<rev>,"start":"<key>\u0000"}.
+    let decoded: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &token)
+            .expect("base64"),
+    )
+    .expect("json");
+    assert_eq!(decoded["v"], "meta.k8s.io/v1");
+    assert_eq!(decoded["rv"].to_string(), rv.as_str().expect("rv"));
+    assert_eq!(decoded["start"], "c2\u{0}");
+
+    // Between the pages: a key inside the remaining range is created, one is changed, one deleted.
+    h.post(&base, configmap("c3a")).await;
+    set_data(&h, &base, "c3", "changed").await;
+    delete_object(&h, &format!("{base}/c4")).await;
+
+    let page2 = h.get(&format!("{base}?limit=2&continue={token}")).await;
+    assert_eq!(page2.status, StatusCode::OK, "{}", page2.body);
+    assert_eq!(item_names(&page2.body), ["c3", "c4"]);
+    assert_eq!(page2.body["items"][0]["data"]["k"], "v");
+    assert_eq!(page2.body["metadata"]["resourceVersion"], rv);
+    let page3 = h
+        .get(&format!(
+            "{base}?limit=2&continue={}",
+            continue_token(&page2.body)
+        ))
+        .await;
+    assert_eq!(item_names(&page3.body), ["c5"]);
+    assert_eq!(page3.body["metadata"]["resourceVersion"], rv);
+    assert!(page3.body["metadata"].get("continue").is_none());
+
+    // A new list sees the changes.
+    let fresh = h.get(&base).await;
+    assert_eq!(item_names(&fresh.body), ["c1", "c2", "c3", "c3a", "c5"]);
+    assert_ne!(fresh.body["metadata"]["resourceVersion"], rv);
+}
+
+#[tokio::test]
+async fn api_list_exact_revision_shows_the_old_state() {
+    let h = harness().await;
+    let base = configmaps_in(&h, "exact", &["a"]).await;
+    let mut labelled = configmap("b");
+    labelled["metadata"]["labels"] = json!({"tier": "fe"});
+    let old_rv = h.post(&base, labelled).await.body["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    set_data(&h, &base, "a", "new").await;
+    delete_object(&h, &format!("{base}/b")).await;
+    h.post(&base, configmap("c")).await;
+
+    let exact = h
+        .get(&format!(
+            "{base}?resourceVersion={old_rv}&resourceVersionMatch=Exact"
+        ))
+        .await;
+    assert_eq!(exact.status, StatusCode::OK, "{}", exact.body);
+    assert_eq!(item_names(&exact.body), ["a", "b"]);
+    assert_eq!(exact.body["items"][0]["data"]["k"], "v");
+    assert_eq!(exact.body["metadata"]["resourceVersion"], old_rv.as_str());
+    // Selectors apply after the read at the old revision.
+    let selected = h
+        .get(&format!(
+            "{base}?resourceVersion={old_rv}&resourceVersionMatch=Exact&labelSelector=tier%3Dfe"
+        ))
+        .await;
+    assert_eq!(item_names(&selected.body), ["b"]);
+    // Without a match, a resourceVersion with a limit is exact too (the legacy paging rule)...
+    let legacy = h
+        .get(&format!("{base}?resourceVersion={old_rv}&limit=1"))
+        .await;
+    assert_eq!(item_names(&legacy.body), ["a"]);
+    assert_eq!(legacy.body["items"][0]["data"]["k"], "v");
+    let rest = h
+        .get(&format!(
+            "{base}?limit=1&continue={}",
+            continue_token(&legacy.body)
+        ))
+        .await;
+    assert_eq!(item_names(&rest.body), ["b"]);
+    // ...and without a limit, or with NotOlderThan, any newer state is fine: the current one.
+    for query in [
+        format!("resourceVersion={old_rv}"),
+        format!("resourceVersion={old_rv}&resourceVersionMatch=NotOlderThan"),
+        "resourceVersion=0".to_string(),
+        String::new(),
+    ] {
+        let now = h.get(&format!("{base}?{query}")).await;
+        assert_eq!(now.status, StatusCode::OK, "{query}: {}", now.body);
+        assert_eq!(item_names(&now.body), ["a", "c"], "{query}");
+        assert_eq!(now.body["items"][0]["data"]["k"], "new", "{query}");
+    }
+}
+
+#[tokio::test]
+async fn api_list_compacted_continue_and_exact_are_expired() {
+    let h = harness().await;
+    let base = configmaps_in(&h, "compacted", &["a", "b", "c"]).await;
+    let page1 = h.get(&format!("{base}?limit=1")).await;
+    let first_rv = page1.body["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    let token = continue_token(&page1.body);
+    h.post(&base, configmap("bb")).await;
+    let current = h.store.current_revision().await.expect("revision");
+    h.store.compact(current).await.expect("compacts");
+
+    let stale = h.get(&format!("{base}?limit=1&continue={token}")).await;
+    assert_eq!(stale.status, StatusCode::GONE);
+    assert_eq!(stale.body["kind"], "Status");
+    assert_eq!(stale.body["reason"], "Expired");
+    assert_eq!(stale.body["code"], 410);
+    assert_eq!(
+        stale.body["message"],
+        "The provided continue parameter is too old to display a consistent list result. \
+         You can start a new list without the continue parameter, or use the continue token in \
+         this response to retrieve the remainder of the results. Continuing with the provided \
+         token results in an inconsistent list - objects that were created, modified, or \
+         deleted between the time the first chunk was returned and now may show up in the list."
+    );
+    // The token in the 410 resumes after the same key at the latest revision (rv -1).
+    let resume = continue_token(&stale.body);
+    let mut rest = Vec::new();
+    let mut next = Some(resume);
+    while let Some(token) = next {
+        let page = h.get(&format!("{base}?limit=1&continue={token}")).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        assert_eq!(
+            page.body["metadata"]["resourceVersion"],
+            current.to_string().as_str()
+        );
+        rest.extend(item_names(&page.body));
+        next = page.body["metadata"]["continue"]
+            .as_str()
+            .map(str::to_string);
+    }
+    assert_eq!(rest, ["b", "bb", "c"]);
+
+    let exact = h
+        .get(&format!(
+            "{base}?resourceVersion={first_rv}&resourceVersionMatch=Exact"
+        ))
+        .await;
+    assert_eq!(exact.status, StatusCode::GONE);
+    assert_eq!(exact.body["reason"], "Expired");
+    assert_eq!(
+        exact.body["message"],
+        "The resourceVersion for the provided list is too old."
+    );
+    // The compacted revision itself is still readable.
+    let at_compacted = h
+        .get(&format!(
+            "{base}?resourceVersion={current}&resourceVersionMatch=Exact"
+        ))
+        .await;
+    assert_eq!(at_compacted.status, StatusCode::OK);
+    assert_eq!(item_names(&at_compacted.body), ["a", "b", "bb", "c"]);
+}
+
+#[tokio::test]
+async fn api_list_future_resource_version_waits_then_times_out() {
+    let h = harness().await;
+    let base = configmaps_in(&h, "future", &["a"]).await;
+    let current = h.store.current_revision().await.expect("revision");
+
+    // One revision ahead, reached shortly after the request: the list waits for it.
+    let writer = {
+        let state = h.state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            state
+                .store
+                .create("/registry/core/configmaps/future/b", b"{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"b\",\"namespace\":\"future\"}}".to_vec())
+                .await
+                .expect("created")
+        })
+    };
+    let waited = h
+        .get(&format!(
+            "{base}?resourceVersion={}&resourceVersionMatch=NotOlderThan",
+            current + 1
+        ))
+        .await;
+    assert_eq!(waited.status, StatusCode::OK, "{}", waited.body);
+    assert_eq!(item_names(&waited.body), ["a", "b"]);
+    let rev = writer.await.expect("writer");
+    assert_eq!(
+        waited.body["metadata"]["resourceVersion"],
+        rev.to_string().as_str()
+    );
+
+    // Far ahead: 504 Timeout "Too large resource version", for NotOlderThan and Exact alike.
+    let far = rev + 1000;
+    for query in [
+        format!("resourceVersion={far}&resourceVersionMatch=NotOlderThan"),
+        format!("resourceVersion={far}&resourceVersionMatch=Exact"),
+    ] {
+        let started = std::time::Instant::now();
+        let r = h.get(&format!("{base}?{query}")).await;
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "{query}: waits first"
+        );
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{query}: {}", r.body);
+        assert_eq!(r.body["kind"], "Status");
+        assert_eq!(r.body["reason"], "Timeout");
+        assert_eq!(
+            r.body["message"],
+            format!("Timeout: Too large resource version: {far}, current: {rev}")
+        );
+        assert_eq!(
+            r.body["details"]["causes"][0]["reason"],
+            "ResourceVersionTooLarge"
+        );
+    }
+}
+
+#[tokio::test]
+async fn api_list_options_are_validated() {
+    let h = harness().await;
+    let base = configmaps_in(&h, "options", &["a", "b"]).await;
+    let r = h.get(&format!("{base}?resourceVersionMatch=Exact")).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        r.body["message"],
+        "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: \
+         resourceVersionMatch is forbidden unless resourceVersion is provided"
+    );
+    let r = h
+        .get(&format!(
+            "{base}?resourceVersion=0&resourceVersionMatch=Exact"
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = h
+        .get(&format!(
+            "{base}?resourceVersion=1&resourceVersionMatch=Newest"
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        r.body["details"]["causes"][0]["reason"],
+        "FieldValueNotSupported"
+    );
+    let r = h.get(&format!("{base}?resourceVersion=abc")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    let token = continue_token(&h.get(&format!("{base}?limit=1")).await.body);
+    let r = h
+        .get(&format!(
+            "{base}?limit=1&continue={token}&resourceVersion=5"
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.body["message"],
+        "specifying resource version is not allowed when using continue"
+    );
+    let r = h
+        .get(&format!(
+            "{base}?limit=1&continue={token}&resourceVersion=1&resourceVersionMatch=NotOlderThan"
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // "0" is allowed with a continue token; the token's revision decides.
+    let r = h
+        .get(&format!(
+            "{base}?limit=1&continue={token}&resourceVersion=0"
+        ))
+        .await;
+    assert_eq!(item_names(&r.body), ["b"]);
+    let r = h.get(&format!("{base}?limit=1&continue=bm90LWpzb24")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("invalid continue token: continue key is not valid"))
+    );
+}

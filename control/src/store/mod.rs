@@ -27,7 +27,10 @@ pub struct KeyValue {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
     /// A key was created (`prev` is None) or updated (`prev` is its value before).
-    Put { kv: KeyValue, prev: Option<KeyValue> },
+    Put {
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
     /// A key was deleted; `prev` is its last value, `revision` the deleting write's revision.
     Delete { prev: KeyValue, revision: i64 },
 }
@@ -64,7 +67,11 @@ pub enum StoreError {
     NotFound(String),
     /// Compare-and-swap failed: the key's mod_revision is not the expected one.
     #[error("key {key} was modified (expected revision {expected}, found {found})")]
-    Conflict { key: String, expected: i64, found: i64 },
+    Conflict {
+        key: String,
+        expected: i64,
+        found: i64,
+    },
     /// The requested revision is older than the compacted revision (HTTP 410 Gone).
     #[error("revision {requested} is compacted (oldest available {compacted})")]
     Compacted { requested: i64, compacted: i64 },
@@ -89,8 +96,23 @@ pub trait Store: Send + Sync + 'static {
         start_after: Option<&str>,
         limit: usize,
     ) -> impl Future<Output = Result<ListResult, StoreError>> + Send;
+    /// Keys under `prefix` as they were at `revision`, otherwise as [`Store::list`]: every page of
+    /// a paginated list is read at the revision of its first page, and `resourceVersionMatch=Exact`
+    /// reads at the asked revision. Fails with Compacted below the compacted revision and
+    /// FutureRevision above the current one.
+    fn list_at(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        revision: i64,
+    ) -> impl Future<Output = Result<ListResult, StoreError>> + Send;
     /// Creates `key`; fails with AlreadyExists if it is there. Returns the new revision.
-    fn create(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    fn create(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
     /// Replaces `key` if its mod_revision is `expected` (compare-and-swap). Returns the new revision.
     fn update(
         &self,
@@ -107,7 +129,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(KeyValue, i64), StoreError>> + Send;
     /// Every change under `prefix` with a revision greater than `after`, in order, then live.
     /// Fails with Compacted when `after` is older than the compacted revision.
-    fn watch(&self, prefix: &str, after: i64) -> impl Future<Output = Result<WatchStream, StoreError>> + Send;
+    fn watch(
+        &self,
+        prefix: &str,
+        after: i64,
+    ) -> impl Future<Output = Result<WatchStream, StoreError>> + Send;
     /// Forgets history at and below `revision`; watches from there get Compacted.
     fn compact(&self, revision: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -274,6 +274,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn list_at(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        revision: i64,
+    ) -> Result<ListResult, StoreError> {
+        SqliteStore::list_at(self, prefix, start_after, limit, revision).await
+    }
+
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<i64, StoreError> {
         let (reply, answer) = oneshot::channel();
         let op = Op::Create {
