@@ -199,7 +199,16 @@ fn pods_on_one_node_talk_through_redirect_peer_and_spoofing_is_dropped() {
 
     // Removing forgets the endpoint and detaches the program.
     t.dp.remove_endpoint(a.ip).expect("remove a");
-    assert_eq!(tcx_programs(&t, &node, &a.host_if), 0);
+    // The kernel frees a link whose last reference was its pin from a workqueue
+    // (bpf_link_put), so the detachment follows the unpin shortly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tcx_programs(&t, &node, &a.host_if) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "program still attached"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let left = t.dp.with_maps(|m| m.read_endpoints()).expect("endpoints");
     assert_eq!(
         left.iter().map(|(ip, _)| *ip).collect::<Vec<_>>(),
