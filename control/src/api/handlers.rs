@@ -1469,11 +1469,20 @@ impl ListError {
             .and_then(|c| u16::try_from(c).ok())
             .and_then(|c| StatusCode::from_u16(c).ok())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // As the apiserver's response writer does, a retry hint in the Status is also a header,
+        // which client-go honours for 5xx answers.
+        let retry_after = status["details"]["retryAfterSeconds"]
+            .as_u64()
+            .filter(|s| *s > 0);
         let mut resp = (code, status.to_string()).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(seconds) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         resp
     }
 }

@@ -2111,6 +2111,7 @@ async fn api_list_future_resource_version_waits_then_times_out() {
             r.body["details"]["causes"][0]["reason"],
             "ResourceVersionTooLarge"
         );
+        assert_eq!(r.headers[header::RETRY_AFTER], "1");
     }
 }
 
