@@ -8,7 +8,7 @@
 //! condition [`CONDITION_TYPE`] (KEP-1623 added `conditions` to ServiceStatus for this kind of
 //! controller report), so a refused request is visible with `kubectl get svc -o yaml`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
@@ -272,7 +272,8 @@ pub fn requested(svc: &Service) -> Result<Option<Ipv4Addr>, String> {
 }
 
 /// Plans the Service's address: keeps the one it holds, honours a request when the address is
-/// free and in the pool, else takes the first free one; refuses with a reason otherwise.
+/// free and in the pool, else takes the first free one no other Service requests; refuses with
+/// a reason otherwise.
 /// Returns nothing when the Service's status already says what the plan wants.
 pub fn plan(svc: &Service, snap: &Snapshot<'_>) -> Vec<Change> {
     let key = key_of(svc);
@@ -313,7 +314,19 @@ pub fn plan(svc: &Service, snap: &Snapshot<'_>) -> Vec<Change> {
         },
         Ok(Some(ip)) => Change::Assign { ip },
         Ok(None) => held
-            .or_else(|| snap.pool.addresses().find(|ip| !claims.contains_key(ip)))
+            .or_else(|| {
+                // Addresses other Services ask for by name are left to them, so whether a
+                // request is granted does not depend on which Service the loop sees first.
+                let requested_by_others: HashSet<Ipv4Addr> = snap
+                    .services
+                    .iter()
+                    .filter(|s| is_ours(s) && key_of(**s) != key)
+                    .filter_map(|s| requested(s).ok().flatten())
+                    .collect();
+                snap.pool
+                    .addresses()
+                    .find(|ip| !claims.contains_key(ip) && !requested_by_others.contains(ip))
+            })
             .map_or_else(
                 || Change::Refuse {
                     refusal: Refusal::PoolExhausted,
@@ -748,8 +761,9 @@ mod tests {
     #[test]
     fn requested_address_taken_earlier_is_refused_and_granted_once_freed() {
         let p = pool("172.30.0.0/24");
+        // "first" got .1 before "later" asked for it.
         let mut services = vec![
-            svc("first", 0),
+            with_ingress(svc("first", 0), "172.30.0.1"),
             with_annotation(svc("later", 1), "172.30.0.1"),
         ];
         settle(&p, &mut services);
@@ -768,6 +782,33 @@ mod tests {
             condition(&services[0]).expect("c").last_transition_time,
             Time(ts(200))
         );
+    }
+
+    #[test]
+    fn unrequested_services_leave_requested_addresses_alone() {
+        let p = pool("10.1.1.0/30"); // .1 and .2
+        // "holder" got .1 before "wants-1" asked for it; "plain" must not take it when freed.
+        let mut services = vec![
+            with_ingress(svc("holder", 0), "10.1.1.1"),
+            with_annotation(svc("wants-1", 1), "10.1.1.1"),
+            svc("other", 2),
+            svc("plain", 3),
+        ];
+        settle(&p, &mut services);
+        assert_eq!(address(&services[0]).as_deref(), Some("10.1.1.1"));
+        assert_eq!(
+            cond(&services[1]),
+            ("False".into(), "AlreadyAllocated".into())
+        );
+        assert_eq!(address(&services[2]).as_deref(), Some("10.1.1.2"));
+        assert_eq!(cond(&services[3]), ("False".into(), "PoolExhausted".into()));
+        services.remove(0);
+        // "plain" is planned before "wants-1" and still leaves .1 to it.
+        services.swap(0, 2);
+        settle(&p, &mut services);
+        assert_eq!(services[0].metadata.name.as_deref(), Some("plain"));
+        assert_eq!(cond(&services[0]), ("False".into(), "PoolExhausted".into()));
+        assert_eq!(address(&services[2]).as_deref(), Some("10.1.1.1"));
     }
 
     #[test]
@@ -947,5 +988,161 @@ mod tests {
             writer.apply_watcher_event(&watcher::Event::Apply(s));
         }
         assert_eq!(waiting(&store), ["default/b"]);
+    }
+
+    /// The loop against a real `keelson server` in this process: allocation, refusal, release
+    /// on a type change and on deletion, and a controller restart, all through the API.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn loop_allocates_and_releases_through_the_api() {
+        use crate::server::{ServerConfig, admin_client, run as run_server};
+        use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+        use serde_json::json;
+        use std::future::Future;
+        use std::time::Duration;
+
+        /// Aborts a task even when an assertion fails.
+        struct Abort(tokio::task::JoinHandle<()>);
+        impl Drop for Abort {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+        where
+            F: FnMut() -> Fut,
+            Fut: Future<Output = Option<T>>,
+        {
+            let start = Instant::now();
+            loop {
+                if let Some(v) = f().await {
+                    return v;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "timed out waiting for {what}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        fn spawn_controller(client: Client) -> Abort {
+            Abort(tokio::spawn(async move {
+                if let Err(e) = run(client, pool("10.8.0.0/30")).await {
+                    panic!("lbipam failed: {e}");
+                }
+            }))
+        }
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let cfg = ServerConfig {
+            data_dir: dir.path().to_path_buf(),
+            listen: format!("127.0.0.1:{port}").parse().expect("addr"),
+            service_cidr: "10.96.0.0/16".into(),
+            cluster_cidr: "10.244.0.0/16".into(),
+            node_cidr_mask: 24,
+        };
+        let _server = Abort(tokio::spawn(async move {
+            if let Err(e) = run_server(cfg).await {
+                panic!("server failed: {e}");
+            }
+        }));
+        let kubeconfig = dir.path().join("admin.kubeconfig");
+        let client = wait_for("the API server", || {
+            let kc = kubeconfig.clone();
+            async move {
+                let c = admin_client(&kc).await.ok()?;
+                Api::<Service>::all(c.clone())
+                    .list(&ListParams::default())
+                    .await
+                    .ok()?;
+                Some(c)
+            }
+        })
+        .await;
+        let mut controller = spawn_controller(client.clone());
+        let api: Api<Service> = Api::namespaced(client.clone(), "default");
+        let create = |name: &'static str, annotations: serde_json::Value| {
+            let api = api.clone();
+            async move {
+                let s: Service = serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": name, "annotations": annotations},
+                    "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}
+                }))
+                .expect("service");
+                api.create(&PostParams::default(), &s)
+                    .await
+                    .expect("create service");
+            }
+        };
+        // Waits until the Service's status shows `want` (address, condition reason).
+        let expect = |name: &'static str, want: (Option<&'static str>, &'static str)| {
+            let api = api.clone();
+            async move {
+                wait_for(&format!("{name} to show {want:?}"), || {
+                    let api = api.clone();
+                    async move {
+                        let s = api.get_status(name).await.ok()?;
+                        let got = (address(&s), condition(&s)?.reason.clone());
+                        (got.0.as_deref() == want.0 && got.1 == want.1).then_some(())
+                    }
+                })
+                .await;
+            }
+        };
+
+        create("lb-a", json!({})).await;
+        expect("lb-a", (Some("10.8.0.1"), REASON_ALLOCATED)).await;
+        create("lb-b", json!({ LB_IPS_ANNOTATION: "10.8.0.1" })).await;
+        expect("lb-b", (None, "AlreadyAllocated")).await;
+        create("lb-c", json!({})).await;
+        expect("lb-c", (Some("10.8.0.2"), REASON_ALLOCATED)).await;
+        create("lb-d", json!({})).await;
+        expect("lb-d", (None, "PoolExhausted")).await;
+
+        // lb-a stops being a LoadBalancer: its address goes back, and lb-b's request for it
+        // is granted.
+        let to_cluster_ip = json!({"spec": {
+            "type": "ClusterIP",
+            "allocateLoadBalancerNodePorts": null,
+            "ports": [{"port": 80, "protocol": "TCP", "targetPort": 80}]
+        }});
+        api.patch(
+            "lb-a",
+            &PatchParams::default(),
+            &Patch::Merge(&to_cluster_ip),
+        )
+        .await
+        .expect("make lb-a a ClusterIP Service");
+        wait_for("lb-a to lose its address and condition", || {
+            let api = api.clone();
+            async move {
+                let s = api.get_status("lb-a").await.ok()?;
+                (address(&s).is_none() && condition(&s).is_none()).then_some(())
+            }
+        })
+        .await;
+        expect("lb-b", (Some("10.8.0.1"), REASON_ALLOCATED)).await;
+        expect("lb-d", (None, "PoolExhausted")).await;
+
+        // Deleting lb-c frees 10.8.0.2 for lb-d.
+        api.delete("lb-c", &DeleteParams::default())
+            .await
+            .expect("delete lb-c");
+        expect("lb-d", (Some("10.8.0.2"), REASON_ALLOCATED)).await;
+
+        // A restarted controller derives the allocations from the Services: nothing moves and
+        // a new Service finds the pool exhausted.
+        drop(controller);
+        controller = spawn_controller(client.clone());
+        create("lb-e", json!({})).await;
+        expect("lb-e", (None, "PoolExhausted")).await;
+        expect("lb-b", (Some("10.8.0.1"), REASON_ALLOCATED)).await;
+        expect("lb-d", (Some("10.8.0.2"), REASON_ALLOCATED)).await;
+        drop(controller);
     }
 }
