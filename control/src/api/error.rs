@@ -129,6 +129,14 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     Gone(String),
+    /// A continue token whose revision is compacted (410 Expired). `resume` continues the list
+    /// at the latest revision; kube-apiserver offers it in the Status's ListMeta.
+    #[error("{INCONSISTENT_CONTINUE}")]
+    ContinueExpired { resume: String },
+    /// The store has not reached the revision asked for within the freshness wait (504,
+    /// apiserver storage.NewTooLargeResourceVersionError).
+    #[error("Timeout: Too large resource version: {requested}, current: {current}")]
+    TooLargeResourceVersion { requested: i64, current: i64 },
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
     #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
@@ -140,6 +148,10 @@ pub enum ApiError {
     #[error("storage: {0}")]
     Store(#[source] StoreError),
 }
+
+/// kube-apiserver's message when a continue token's revision is compacted; the 410 carries a
+/// token that resumes at the latest revision (storage/etcd3 handleCompactedErrorForPaging).
+pub const INCONSISTENT_CONTINUE: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
 
 fn render_causes(causes: &[Cause]) -> String {
     let parts: Vec<String> = causes
@@ -178,7 +190,8 @@ impl ApiError {
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
-            ApiError::Gone(_) => (StatusCode::GONE, "Expired"),
+            ApiError::Gone(_) | ApiError::ContinueExpired { .. } => (StatusCode::GONE, "Expired"),
+            ApiError::TooLargeResourceVersion { .. } => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
@@ -233,10 +246,20 @@ impl ApiError {
                     "field": c.field,
                 })).collect::<Vec<_>>(),
             })),
+            ApiError::TooLargeResourceVersion { .. } => Some(json!({
+                "causes": [{
+                    "reason": "ResourceVersionTooLarge",
+                    "message": "Too large resource version",
+                }],
+                "retryAfterSeconds": 1,
+            })),
             _ => None,
         };
         if let Some(d) = details {
             status["details"] = d;
+        }
+        if let ApiError::ContinueExpired { resume } = self {
+            status["metadata"] = json!({ "continue": resume });
         }
         status
     }
@@ -248,12 +271,21 @@ impl IntoResponse for ApiError {
         if code.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        let body = self.to_status().to_string();
-        let mut resp = (code, body).into_response();
+        let status = self.to_status();
+        // As the apiserver's response writer does, a retry hint in the Status is also a
+        // Retry-After header, which client-go honours for 5xx answers.
+        let retry_after = status["details"]["retryAfterSeconds"]
+            .as_u64()
+            .filter(|s| *s > 0);
+        let mut resp = (code, status.to_string()).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(seconds) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         resp
     }
 }

@@ -417,11 +417,7 @@ impl<S: Store> Req<'_, S> {
     }
 
     async fn list(&self) -> Result<Response, ApiError> {
-        let list = match list_consistent(self.state.store.as_ref(), &self.t, &self.params).await {
-            Ok(list) => list,
-            Err(ListError::Api(e)) => return Err(e),
-            Err(e) => return Ok(e.into_response()),
-        };
+        let list = list_consistent(self.state.store.as_ref(), &self.t, &self.params).await?;
         Ok(respond(
             StatusCode::OK,
             self.t.info,
@@ -1339,10 +1335,6 @@ const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
 /// The apiVersion field of continue tokens (apiserver's storage.EncodeContinue format).
 const CONTINUE_VERSION: &str = "meta.k8s.io/v1";
 
-/// kube-apiserver's message when the revision of a continue token is compacted; the 410 carries a
-/// token that resumes at the latest revision (storage/etcd3 handleCompactedErrorForPaging).
-const INCONSISTENT_CONTINUE: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
-
 /// kube-apiserver's message when an exact list revision is compacted.
 const EXPIRED_LIST: &str = "The resourceVersion for the provided list is too old.";
 
@@ -1392,98 +1384,6 @@ fn decode_continue(token: &str, prefix: &str) -> Result<(i64, String), ApiError>
     match rel.strip_suffix('\0') {
         Some(after) if clean && !after.is_empty() => Ok((rev, format!("{prefix}{after}"))),
         _ => Err(bad(&format!("{INVALID}: {start}"))),
-    }
-}
-
-/// A list failure that a plain [`ApiError`] does not describe: the HTTP list answers these with
-/// the Status objects kube-apiserver sends.
-#[derive(Debug)]
-enum ListError {
-    Api(ApiError),
-    /// The continue token's revision is compacted; `resume` continues at the latest revision.
-    ContinueExpired {
-        resume: String,
-    },
-    /// The store has not reached the asked revision within [`FRESHNESS_WAIT`].
-    TooLarge {
-        requested: i64,
-        current: i64,
-    },
-}
-
-impl From<ApiError> for ListError {
-    fn from(e: ApiError) -> Self {
-        Self::Api(e)
-    }
-}
-
-impl From<StoreError> for ListError {
-    fn from(e: StoreError) -> Self {
-        Self::Api(e.into())
-    }
-}
-
-impl ListError {
-    /// As an [`ApiError`], for callers that do not answer with the list's own Status.
-    fn into_api(self) -> ApiError {
-        match self {
-            Self::Api(e) => e,
-            Self::ContinueExpired { .. } => ApiError::Gone(INCONSISTENT_CONTINUE.into()),
-            Self::TooLarge { requested, current } => {
-                ApiError::Store(StoreError::FutureRevision { requested, current })
-            }
-        }
-    }
-
-    /// The Status response: 410 Expired with a resuming continue token in its ListMeta, or 504
-    /// Timeout with cause ResourceVersionTooLarge (apiserver storage.NewTooLargeResourceVersionError).
-    fn into_response(self) -> Response {
-        let status = match self {
-            Self::Api(e) => return e.into_response(),
-            Self::ContinueExpired { resume } => {
-                let mut status = ApiError::Gone(INCONSISTENT_CONTINUE.into()).to_status();
-                status["metadata"] = json!({"continue": resume});
-                status
-            }
-            Self::TooLarge { requested, current } => json!({
-                "kind": "Status",
-                "apiVersion": "v1",
-                "metadata": {},
-                "status": "Failure",
-                "message": format!(
-                    "Timeout: Too large resource version: {requested}, current: {current}"
-                ),
-                "reason": "Timeout",
-                "details": {
-                    "causes": [{
-                        "reason": "ResourceVersionTooLarge",
-                        "message": "Too large resource version",
-                    }],
-                    "retryAfterSeconds": 1,
-                },
-                "code": StatusCode::GATEWAY_TIMEOUT.as_u16(),
-            }),
-        };
-        let code = status["code"]
-            .as_u64()
-            .and_then(|c| u16::try_from(c).ok())
-            .and_then(|c| StatusCode::from_u16(c).ok())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        // As the apiserver's response writer does, a retry hint in the Status is also a header,
-        // which client-go honours for 5xx answers.
-        let retry_after = status["details"]["retryAfterSeconds"]
-            .as_u64()
-            .filter(|s| *s > 0);
-        let mut resp = (code, status.to_string()).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(seconds) = retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        resp
     }
 }
 
@@ -1580,7 +1480,7 @@ fn read_at(params: &Params, limit: usize, continuing: bool) -> Result<ReadAt, Ap
 }
 
 /// Waits up to [`FRESHNESS_WAIT`] for the store to reach `rev`; TooLarge when it does not.
-async fn wait_for_revision<S: Store>(store: &S, rev: i64) -> Result<(), ListError> {
+async fn wait_for_revision<S: Store>(store: &S, rev: i64) -> Result<(), ApiError> {
     let current = store.current_revision().await?;
     if current >= rev {
         return Ok(());
@@ -1599,7 +1499,7 @@ async fn wait_for_revision<S: Store>(store: &S, rev: i64) -> Result<(), ListErro
     match reached {
         Ok(Ok(true)) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
-        Ok(Ok(false)) | Err(_) => Err(ListError::TooLarge {
+        Ok(Ok(false)) | Err(_) => Err(ApiError::TooLargeResourceVersion {
             requested: rev,
             current: store.current_revision().await?,
         }),
@@ -1612,9 +1512,7 @@ pub async fn list_objects<S: Store>(
     t: &Target,
     params: &Params,
 ) -> Result<Value, ApiError> {
-    list_consistent(store, t, params)
-        .await
-        .map_err(ListError::into_api)
+    list_consistent(store, t, params).await
 }
 
 /// Reads the list at the revision its query asks for. Every page of a paginated list is read at
@@ -1624,7 +1522,7 @@ async fn list_consistent<S: Store>(
     store: &S,
     t: &Target,
     params: &Params,
-) -> Result<Value, ListError> {
+) -> Result<Value, ApiError> {
     let labels = LabelSelector::parse(
         params
             .get("labelSelector")
@@ -1658,13 +1556,13 @@ async fn list_consistent<S: Store>(
                         "{}\0",
                         start.strip_prefix(&prefix).unwrap_or(&start)
                     )});
-                    return Err(ListError::ContinueExpired {
+                    return Err(ApiError::ContinueExpired {
                         resume: base64::engine::general_purpose::URL_SAFE_NO_PAD
                             .encode(resume.to_string()),
                     });
                 }
                 Err(StoreError::FutureRevision { requested, current }) => {
-                    return Err(ListError::TooLarge { requested, current });
+                    return Err(ApiError::TooLargeResourceVersion { requested, current });
                 }
                 other => other?,
             }
