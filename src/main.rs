@@ -32,6 +32,9 @@ enum Cmd {
         cluster_cidr: String,
         #[arg(long, default_value_t = 24)]
         node_cidr_mask: u8,
+        /// LoadBalancer Services get addresses from these CIDRs (e.g. 172.30.0.0/24,172.30.1.0/28).
+        #[arg(long)]
+        lb_pool: Option<String>,
     },
     /// Run the node agent: eBPF datapath, Service load balancing, CNI and (standalone) kubelet.
     Agent {
@@ -149,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             service_cidr,
             cluster_cidr,
             node_cidr_mask,
+            lb_pool,
         } => {
             init_tracing();
             let cfg = keelson_control::server::ServerConfig {
@@ -157,6 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 service_cidr,
                 cluster_cidr,
                 node_cidr_mask,
+                lb_pool,
             };
             runtime()?.block_on(keelson_control::server::run(cfg))?;
         }

@@ -23,6 +23,8 @@ pub struct ServerConfig {
     pub cluster_cidr: String,
     /// Prefix length of each Node's podCIDR (e.g. 24).
     pub node_cidr_mask: u8,
+    /// Pool of LoadBalancer addresses (comma-separated CIDRs); `None`: no LB-IPAM.
+    pub lb_pool: Option<String>,
 }
 
 /// Errors of the server as a whole.
@@ -222,6 +224,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     let controllers_cfg = crate::controllers::ControllersConfig {
         cluster_cidr: cfg.cluster_cidr.clone(),
         node_cidr_mask: cfg.node_cidr_mask,
+        lb_pool: cfg.lb_pool.clone(),
     };
     tasks.spawn({
         let client = client.clone();

@@ -1577,7 +1577,7 @@ async fn list_consistent<S: Store>(
                 wait_for_revision(store, rev).await?;
                 match store.list_at(&prefix, None, limit, rev).await {
                     Err(StoreError::Compacted { .. }) => {
-                        return Err(ApiError::Gone(EXPIRED_LIST.into()).into());
+                        return Err(ApiError::Gone(EXPIRED_LIST.into()));
                     }
                     other => other?,
                 }

@@ -1664,6 +1664,7 @@ async fn start_server(
         service_cidr: "10.96.0.0/16".into(),
         cluster_cidr: "10.244.0.0/16".into(),
         node_cidr_mask: 24,
+        lb_pool: None,
     };
     let server = tokio::spawn(crate::server::run(cfg));
     let kc = dir.join("admin.kubeconfig");

@@ -1044,6 +1044,7 @@ mod tests {
             service_cidr: "10.96.0.0/16".into(),
             cluster_cidr: "10.244.0.0/16".into(),
             node_cidr_mask: 24,
+            lb_pool: None,
         };
         let _server = Abort(tokio::spawn(async move {
             if let Err(e) = run_server(cfg).await {

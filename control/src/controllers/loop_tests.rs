@@ -62,6 +62,7 @@ async fn deployment_service_and_node_reconcile_through_the_api() {
         service_cidr: "10.96.0.0/16".into(),
         cluster_cidr: "10.244.0.0/16".into(),
         node_cidr_mask: 24,
+        lb_pool: None,
     };
     let _server = ServerGuard(tokio::spawn(async move {
         if let Err(e) = run(cfg).await {

@@ -11,6 +11,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
+pub mod lbipam;
 #[cfg(test)]
 mod loop_tests;
 pub mod namespace;
@@ -27,6 +28,9 @@ pub struct ControllersConfig {
     pub cluster_cidr: String,
     /// Prefix length of each Node's podCIDR (e.g. 24).
     pub node_cidr_mask: u8,
+    /// LoadBalancer addresses are allocated from these CIDRs ("172.30.0.0/24,..."); `None`
+    /// leaves LoadBalancer Services without an address, as a cluster without LB-IPAM does.
+    pub lb_pool: Option<String>,
 }
 
 /// Errors of the controller loops.
@@ -338,6 +342,15 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
         leases.store(),
     );
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(lb_pool) = cfg
+        .lb_pool
+        .as_deref()
+        .map(lbipam::LbPool::parse)
+        .transpose()?
+    {
+        let c = client.clone();
+        tasks.spawn(async move { ("lbipam controller", lbipam::run(c, lb_pool).await) });
+    }
     tasks.spawn(async move { ("deployment informer", deployments.run().await) });
     tasks.spawn(async move { ("replicaset informer", replicasets.run().await) });
     tasks.spawn(async move { ("pod informer", pods.run().await) });
