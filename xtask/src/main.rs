@@ -305,6 +305,8 @@ fn demo(name: &str) -> Result<()> {
     if !nix_is_root() {
         bail!("the demo creates network namespaces and loads eBPF: run it as root");
     }
+    // The demo can be run again: an earlier demo cluster of this name goes first.
+    run(Command::new(&keelson).args(["down", "--name", name]))?;
     let up = output(Command::new(&keelson).args(["up", "--nodes", "2", "--name", name]))?;
     print!("{up}");
     let kubeconfig = up
@@ -317,6 +319,12 @@ fn demo(name: &str) -> Result<()> {
     };
     let manifest = root.join("examples/demo.yaml");
     println!("{}", k(&["apply", "-f", manifest.to_str().context("path")?])?);
+    // `kubectl wait -l` fails while nothing matches: first let the controllers create the Pods.
+    let start = std::time::Instant::now();
+    while k(&["get", "pods", "-l", "app=hello", "-o", "name"])?.lines().count() < 3 {
+        ensure!(start.elapsed().as_secs() < 60, "the hello Pods were not created within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     println!(
         "{}",
         k(&["wait", "--for=condition=Ready", "pod", "-l", "app=hello", "--timeout=120s"])?
