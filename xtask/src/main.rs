@@ -46,7 +46,7 @@ enum Cmd {
     Setup,
     /// Build the eBPF programs alone (the agent's build script does it too).
     BuildEbpf,
-    /// Set up, build and run the whole test suite.
+    /// Set up, build and run the whole test suite, then the lints.
     Test {
         /// Extra arguments for `cargo test` (e.g. a filter).
         #[arg(trailing_var_arg = true)]
