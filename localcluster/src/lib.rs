@@ -202,15 +202,33 @@ fn free_port() -> Result<u16, Error> {
 fn spawn_detached(cmd: &mut Command, log: &Path, cgroup: &Path) -> Result<(), Error> {
     let out = fs::File::create(log).map_err(io(log))?;
     let err = out.try_clone().map_err(io(log))?;
-    let procs = CString::new(cgroup.join("cgroup.procs").to_string_lossy().into_owned())
-        .map_err(|_| Error::InvalidName(format!("{} contains NUL", cgroup.display())))?;
-    // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (setsid, open, write, close) on memory prepared before the fork.
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid, which
+    // is async-signal-safe.
     unsafe {
-        cmd.pre_exec(move || {
+        cmd.pre_exec(|| {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            Ok(())
+        });
+    }
+    join_cgroup_on_exec(cmd, cgroup)?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.spawn().map(drop).map_err(|e| Error::Spawn {
+        what: format!("{cmd:?}"),
+        source: e,
+    })
+}
+
+/// Makes the command's process move itself into the cgroup v2 directory `cgroup` between fork
+/// and exec, so it (and everything it forks) is in the cgroup before it runs any code.
+pub fn join_cgroup_on_exec(cmd: &mut Command, cgroup: &Path) -> Result<(), Error> {
+    let procs = CString::new(cgroup.join("cgroup.procs").to_string_lossy().into_owned())
+        .map_err(|_| Error::InvalidName(format!("{} contains NUL", cgroup.display())))?;
+    // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
+    // functions (open, write, close) on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
             // Writing "0" to cgroup.procs moves the writing process itself (cgroup v2).
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 {
@@ -224,11 +242,7 @@ fn spawn_detached(cmd: &mut Command, log: &Path, cgroup: &Path) -> Result<(), Er
             Ok(())
         });
     }
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    cmd.spawn().map(drop).map_err(|e| Error::Spawn {
-        what: format!("{cmd:?}"),
-        source: e,
-    })
+    Ok(())
 }
 
 fn log_tail(path: &Path, lines: usize) -> String {

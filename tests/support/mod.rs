@@ -8,8 +8,6 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::CString,
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::Duration,
@@ -17,25 +15,7 @@ use std::{
 
 /// Makes the command's process move itself into `cgroup` between fork and exec.
 fn join_cgroup_on_exec(cmd: &mut Command, cgroup: &Path) {
-    let procs =
-        CString::new(cgroup.join("cgroup.procs").to_string_lossy().into_owned()).expect("path");
-    // SAFETY: only async-signal-safe calls (open, write, close) on memory prepared before the
-    // fork; writing "0" to cgroup.procs moves the calling process (cgroup v2).
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    keelson_localcluster::join_cgroup_on_exec(cmd, cgroup).expect("cgroup path");
 }
 
 pub fn keelson() -> PathBuf {
