@@ -138,7 +138,8 @@ async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
             .arg("server")
             .arg("--data-dir")
             .arg(&server_dir)
-            .args(["--listen", &format!("127.0.0.1:{api_port}")]),
+            .args(["--listen", &format!("127.0.0.1:{api_port}")])
+            .args(["--lb-pool", names::LB_POOL]),
         &server_log,
         &system_cg,
     )?;

@@ -14,6 +14,11 @@ pub const RUN_DIR: &str = "/run/keelson/clusters";
 /// Underlay subnet: node i gets 10.250.0.(10+i).
 pub const UNDERLAY_PREFIX: &str = "10.250.0";
 pub const UNDERLAY_PREFIX_LEN: u8 = 24;
+/// LoadBalancer pool the server assigns `status.loadBalancer.ingress` addresses from. It lies
+/// outside the underlay subnet on purpose: like addresses a BGP speaker announces, they are on
+/// no link and are reached through a route via a node IP, so traffic to them crosses the
+/// node's uplink and meets the LoadBalancer datapath there.
+pub const LB_POOL: &str = "10.250.128.0/24";
 
 /// A cluster name is short and alphanumeric, so that every derived name (node, namespace,
 /// interface) stays within the kernel's limits and one cluster's names never match another's.
@@ -130,5 +135,30 @@ mod tests {
         assert!(!is_cluster_node("a", "a-n1x"));
         assert_eq!(node_netns(&node_name("c", 2)), "kls-c-n2");
         assert_eq!(node_ip(2), "10.250.0.12");
+    }
+
+    /// Parses `a.b.c.d/len` into (network address as u32, prefix length).
+    fn cidr(s: &str) -> (u32, u32) {
+        let (ip, len) = s.split_once('/').expect("a/len");
+        let ip: std::net::Ipv4Addr = ip.parse().expect("IPv4 address");
+        (u32::from(ip), len.parse().expect("prefix length"))
+    }
+
+    #[test]
+    fn lb_pool_lies_outside_the_underlay() {
+        let (pool, pool_len) = cidr(LB_POOL);
+        let (underlay, underlay_len) = cidr(&format!("{UNDERLAY_PREFIX}.0/{UNDERLAY_PREFIX_LEN}"));
+        let shorter = pool_len.min(underlay_len);
+        let mask = u32::MAX << (32 - shorter);
+        assert_ne!(
+            pool & mask,
+            underlay & mask,
+            "{LB_POOL} overlaps the underlay"
+        );
+        assert_eq!(
+            pool & !(u32::MAX << (32 - pool_len)),
+            0,
+            "{LB_POOL} is not a network address"
+        );
     }
 }
