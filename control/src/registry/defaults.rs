@@ -144,7 +144,8 @@ fn container(c: &mut Map<String, Value>) {
 }
 
 /// Service spec defaults (type ClusterIP, sessionAffinity None, TCP, targetPort = port, IPv4
-/// single stack, internalTrafficPolicy Cluster). ClusterIP/NodePort allocation happens elsewhere.
+/// single stack, internalTrafficPolicy Cluster, externalTrafficPolicy Cluster for externally
+/// reachable Services). ClusterIP/NodePort allocation happens elsewhere.
 fn service_spec(spec: &mut Map<String, Value>) {
     set_default(spec, "type", json!("ClusterIP"));
     set_default(spec, "sessionAffinity", json!("None"));
@@ -158,7 +159,17 @@ fn service_spec(spec: &mut Map<String, Value>) {
         set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
         set_default(spec, "internalTrafficPolicy", json!("Cluster"));
     }
-    if ty == "NodePort" || ty == "LoadBalancer" {
+    // SetDefaults_Service defaults externalTrafficPolicy for every externally-accessible
+    // Service, which includes a ClusterIP Service with externalIPs; an empty string is unset
+    // there (the field is a plain string in the Go type).
+    let has_external_ips = spec
+        .get("externalIPs")
+        .and_then(Value::as_array)
+        .is_some_and(|ips| !ips.is_empty());
+    if spec.get("externalTrafficPolicy") == Some(&json!("")) {
+        spec.remove("externalTrafficPolicy");
+    }
+    if ty == "NodePort" || ty == "LoadBalancer" || (ty == "ClusterIP" && has_external_ips) {
         set_default(spec, "externalTrafficPolicy", json!("Cluster"));
     }
     if ty == "LoadBalancer" {
@@ -206,6 +217,7 @@ mod tests {
         assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
         assert_eq!(s["spec"]["ipFamilies"], json!(["IPv4"]));
         assert_eq!(s["spec"]["internalTrafficPolicy"], "Cluster");
+        assert!(s["spec"].get("externalTrafficPolicy").is_none());
 
         let dep = lookup("apps", "v1", "deployments").expect("deployments");
         let mut d = json!({"metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "nginx:1.27"}]}}}});
@@ -219,5 +231,35 @@ mod tests {
             d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
             "IfNotPresent"
         );
+    }
+
+    #[test]
+    fn registry_defaults_service_traffic_policies() {
+        let info = lookup("", "v1", "services").expect("services");
+        let defaulted = |spec: Value| {
+            let mut s = json!({"metadata": {"name": "s"}, "spec": spec});
+            apply(info, &mut s);
+            s["spec"].clone()
+        };
+        for ty in ["NodePort", "LoadBalancer"] {
+            let spec = defaulted(json!({"type": ty, "ports": [{"port": 80}]}));
+            assert_eq!(spec["externalTrafficPolicy"], "Cluster", "{ty}");
+            assert_eq!(spec["internalTrafficPolicy"], "Cluster", "{ty}");
+        }
+        let spec = defaulted(json!({"externalIPs": ["192.0.2.10"], "ports": [{"port": 80}]}));
+        assert_eq!(spec["externalTrafficPolicy"], "Cluster");
+        let spec = defaulted(
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "", "ports": [{"port": 80}]}),
+        );
+        assert_eq!(spec["externalTrafficPolicy"], "Cluster");
+        let spec = defaulted(
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            "internalTrafficPolicy": "Local", "ports": [{"port": 80}]}),
+        );
+        assert_eq!(spec["externalTrafficPolicy"], "Local");
+        assert_eq!(spec["internalTrafficPolicy"], "Local");
+        let spec = defaulted(json!({"type": "ExternalName", "externalName": "example.com"}));
+        assert!(spec.get("internalTrafficPolicy").is_none());
+        assert!(spec.get("externalTrafficPolicy").is_none());
     }
 }
