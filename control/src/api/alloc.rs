@@ -1,18 +1,24 @@
-//! Service admission: ClusterIP allocation from the Service CIDR and NodePort allocation from
-//! 30000-32767. Allocations are derived from the stored Services on every request, so they
-//! survive restarts without a separate bitmap (kube-apiserver keeps one; we keep it implicit).
+//! Service admission: ClusterIP allocation from the Service CIDR, NodePort and
+//! healthCheckNodePort allocation from 30000-32767. Allocations are derived from the stored
+//! Services on every request, so they survive restarts without a separate bitmap (kube-apiserver
+//! keeps one; we keep it implicit).
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use serde_json::{Value, json};
 
 use super::{ApiConfig, error::Cause};
+use crate::registry::validation::{externally_accessible, needs_health_check_node_port};
+
+/// The protocol a healthCheckNodePort is served over: kube-proxy (and keelson's agent) answer
+/// the load balancer's HTTP probe on it, so it occupies the TCP nodePort of that number.
+const HEALTH_CHECK_PROTOCOL: &str = "TCP";
 
 /// What the stored Services (other than the one being admitted) already use.
 #[derive(Debug, Default)]
 pub struct Allocated {
     pub ips: BTreeSet<Ipv4Addr>,
-    /// (nodePort, protocol)
+    /// (nodePort, protocol); a healthCheckNodePort counts as a TCP nodePort.
     pub node_ports: BTreeSet<(u16, String)>,
 }
 
@@ -49,14 +55,24 @@ impl Allocated {
                         .insert((np, p["protocol"].as_str().unwrap_or("TCP").to_string()));
                 }
             }
+            if let Some(hc) = spec["healthCheckNodePort"]
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n != 0)
+            {
+                out.node_ports
+                    .insert((hc, HEALTH_CHECK_PROTOCOL.to_string()));
+            }
         }
         out
     }
 }
 
-/// Fills in `spec.clusterIP(s)` and NodePorts of a (defaulted) Service, honouring requested
-/// values when they are free and in range. `old` is the stored Service on update: its
-/// allocations are kept when the request leaves them out.
+/// Fills in `spec.clusterIP(s)`, NodePorts and the healthCheckNodePort of a (defaulted,
+/// validated) Service, honouring requested values when they are free and in range. `old` is the
+/// stored Service on update: its allocations are kept when the request leaves them out, and
+/// fields its new type no longer uses are dropped (their numbers are free again, as
+/// kube-apiserver releases them).
 pub fn admit_service(
     cfg: &ApiConfig,
     svc: &mut Value,
@@ -68,9 +84,38 @@ pub fn admit_service(
         .as_str()
         .unwrap_or("ClusterIP")
         .to_string();
+    let accessible = externally_accessible(&svc["spec"]);
+    let needs_health_check = needs_health_check_node_port(&svc["spec"]);
     let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) else {
         return causes;
     };
+    // Validation let through only values carried over from the stored Service
+    // (dropTypeDependentFields); a type that does not use them loses them here.
+    if !accessible {
+        spec.remove("externalTrafficPolicy");
+    }
+    if !needs_health_check {
+        spec.remove("healthCheckNodePort");
+    }
+    // The healthCheckNodePort the request asks for, or the one the stored Service keeps.
+    let health_check_request = needs_health_check
+        .then(|| {
+            spec.get("healthCheckNodePort")
+                .and_then(Value::as_i64)
+                .filter(|n| *n != 0)
+                .or_else(|| {
+                    old.filter(|o| needs_health_check_node_port(&o["spec"]))
+                        .and_then(|o| o["spec"]["healthCheckNodePort"].as_i64())
+                        .filter(|n| *n != 0)
+                })
+        })
+        .flatten();
+    // Ports picked for this Service must not take the healthCheckNodePort it asks for.
+    let health_check_reserved: BTreeSet<(u16, String)> = health_check_request
+        .and_then(|n| u16::try_from(n).ok())
+        .map(|n| (n, HEALTH_CHECK_PROTOCOL.to_string()))
+        .into_iter()
+        .collect();
 
     if ty == "ExternalName" {
         spec.remove("clusterIP");
@@ -208,7 +253,12 @@ pub fn admit_service(
                     }
                     n
                 }
-                None => match allocate_port(cfg, used, &taken_here, &proto) {
+                None => match allocate_port(
+                    cfg,
+                    used,
+                    &taken_here.union(&health_check_reserved).cloned().collect(),
+                    &proto,
+                ) {
                     Some(n) => n,
                     None => {
                         causes.push(Cause::invalid(field, &json!(0), "range is full"));
@@ -218,6 +268,51 @@ pub fn admit_service(
             };
             taken_here.insert((chosen, proto));
             pm.insert("nodePort".into(), json!(chosen));
+        }
+    }
+
+    if needs_health_check {
+        let (lo, hi) = cfg.node_port_range;
+        let field = "spec.healthCheckNodePort";
+        let hc_key = |n: u16| (n, HEALTH_CHECK_PROTOCOL.to_string());
+        // kube-apiserver words these "failed to allocate requested HealthCheck NodePort <n>:
+        // <allocator error>"; it returns them as an internal error, here they name the field.
+        let chosen = match health_check_request {
+            Some(n) if n < i64::from(lo) || n > i64::from(hi) => {
+                causes.push(Cause::invalid(
+                    field,
+                    &json!(n),
+                    &format!("failed to allocate requested HealthCheck NodePort {n}: provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
+                ));
+                None
+            }
+            Some(n) => {
+                let n = u16::try_from(n).unwrap_or(lo);
+                if used.node_ports.contains(&hc_key(n)) || taken_here.contains(&hc_key(n)) {
+                    causes.push(Cause::invalid(
+                        field,
+                        &json!(n),
+                        &format!("failed to allocate requested HealthCheck NodePort {n}: provided port is already allocated"),
+                    ));
+                    None
+                } else {
+                    Some(n)
+                }
+            }
+            None => {
+                let n = allocate_port(cfg, used, &taken_here, HEALTH_CHECK_PROTOCOL);
+                if n.is_none() {
+                    causes.push(Cause::invalid(
+                        field,
+                        &json!(0),
+                        "failed to allocate a HealthCheck NodePort: range is full",
+                    ));
+                }
+                n
+            }
+        };
+        if let Some(n) = chosen {
+            spec.insert("healthCheckNodePort".into(), json!(n));
         }
     }
     causes
@@ -312,5 +407,139 @@ mod tests {
             .as_u64()
             .expect("nodePort allocated");
         assert!((30000..=32767).contains(&port) && port != 30080);
+    }
+
+    fn lb_local(name: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": "d"},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                     "ports": [{"port": 80, "protocol": "TCP"}]}})
+    }
+
+    fn hc_port(svc: &Value) -> Option<u64> {
+        svc["spec"]["healthCheckNodePort"].as_u64()
+    }
+
+    #[test]
+    fn api_alloc_health_check_node_port_on_create() {
+        let cfg = ApiConfig::with_admin_token("10.96.0.0/16".parse().expect("cidr"), "t".into());
+        // A single free port in a tiny range goes to the health check, never to a nodePort.
+        let mut tight = cfg.clone();
+        tight.node_port_range = (30000, 30001);
+        let mut svc = lb_local("a");
+        svc["spec"]["healthCheckNodePort"] = json!(30000);
+        let used = Allocated::default();
+        assert!(admit_service(&tight, &mut svc, None, &used).is_empty());
+        assert_eq!(hc_port(&svc), Some(30000));
+        assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30001);
+
+        // Allocated when absent, distinct from the nodePort, and counted as used afterwards.
+        let mut svc = lb_local("b");
+        assert!(admit_service(&cfg, &mut svc, None, &used).is_empty());
+        let hc = hc_port(&svc).expect("healthCheckNodePort allocated");
+        assert!((30000..=32767).contains(&hc));
+        assert_ne!(Some(hc), svc["spec"]["ports"][0]["nodePort"].as_u64());
+        let used = Allocated::from_services(std::iter::once(&svc), ("d", "other"));
+        let hc16 = u16::try_from(hc).expect("port");
+        assert!(used.node_ports.contains(&(hc16, "TCP".to_string())));
+
+        // Cluster policy and other types get none.
+        for spec in [
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Cluster", "ports": [{"port": 80}]}),
+            json!({"type": "NodePort", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}),
+        ] {
+            let mut svc = json!({"metadata": {"name": "c", "namespace": "d"}, "spec": spec});
+            assert!(admit_service(&cfg, &mut svc, None, &used).is_empty());
+            assert_eq!(hc_port(&svc), None, "{svc}");
+        }
+    }
+
+    #[test]
+    fn api_alloc_health_check_node_port_refused_when_taken_or_out_of_range() {
+        let cfg = ApiConfig::with_admin_token("10.96.0.0/16".parse().expect("cidr"), "t".into());
+        let existing = json!({"metadata": {"name": "a", "namespace": "d"},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "clusterIP": "10.96.0.10",
+                     "healthCheckNodePort": 31000,
+                     "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}});
+        let used = Allocated::from_services(std::iter::once(&existing), ("d", "b"));
+        for (taken, message) in [
+            (
+                30080,
+                "Invalid value: 30080: failed to allocate requested HealthCheck NodePort 30080: provided port is already allocated",
+            ),
+            (
+                31000,
+                "Invalid value: 31000: failed to allocate requested HealthCheck NodePort 31000: provided port is already allocated",
+            ),
+            (
+                40000,
+                "Invalid value: 40000: failed to allocate requested HealthCheck NodePort 40000: provided port is not in the valid range. The range of valid ports is 30000-32767",
+            ),
+        ] {
+            let mut svc = lb_local("b");
+            svc["spec"]["healthCheckNodePort"] = json!(taken);
+            let causes = admit_service(&cfg, &mut svc, None, &used);
+            assert_eq!(causes.len(), 1, "{causes:?}");
+            assert_eq!(causes[0].field, "spec.healthCheckNodePort");
+            assert_eq!(causes[0].message, message);
+        }
+        // A nodePort may not take a stored Service's healthCheckNodePort either.
+        let mut np = json!({"metadata": {"name": "b", "namespace": "d"},
+            "spec": {"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 31000}]}});
+        let causes = admit_service(&cfg, &mut np, None, &used);
+        assert_eq!(causes[0].field, "spec.ports[0].nodePort");
+        // Nor its own: a requested nodePort equal to the requested health check port.
+        let mut own = lb_local("b");
+        own["spec"]["ports"][0]["nodePort"] = json!(30500);
+        own["spec"]["healthCheckNodePort"] = json!(30500);
+        let causes = admit_service(&cfg, &mut own, None, &used);
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].field, "spec.healthCheckNodePort");
+        // The range full: no nodePort is left for the health check.
+        let mut full = cfg.clone();
+        full.node_port_range = (30080, 30080);
+        let mut svc = lb_local("b");
+        svc["spec"]["allocateLoadBalancerNodePorts"] = json!(false);
+        let causes = admit_service(&full, &mut svc, None, &used);
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].field, "spec.healthCheckNodePort");
+    }
+
+    #[test]
+    fn api_alloc_health_check_node_port_kept_and_dropped_on_update() {
+        let cfg = ApiConfig::with_admin_token("10.96.0.0/16".parse().expect("cidr"), "t".into());
+        let used = Allocated::default();
+        let mut stored = lb_local("a");
+        assert!(admit_service(&cfg, &mut stored, None, &used).is_empty());
+        let hc = hc_port(&stored).expect("allocated");
+
+        // An update that leaves it out keeps it.
+        let mut upd = lb_local("a");
+        upd["spec"]["ports"][0]["port"] = json!(8080);
+        assert!(admit_service(&cfg, &mut upd, Some(&stored), &used).is_empty());
+        assert_eq!(hc_port(&upd), Some(hc));
+
+        // Switching to Cluster drops it, even when the request carries the old value.
+        let mut cluster = stored.clone();
+        cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
+        assert!(admit_service(&cfg, &mut cluster, Some(&stored), &used).is_empty());
+        assert_eq!(hc_port(&cluster), None);
+        // ... and its number is free for others once that is stored.
+        let used_after = Allocated::from_services(std::iter::once(&cluster), ("d", "b"));
+        let hc16 = u16::try_from(hc).expect("port");
+        assert!(!used_after.node_ports.contains(&(hc16, "TCP".to_string())));
+
+        // Turning ClusterIP drops the carried externalTrafficPolicy and the health check port.
+        let mut clusterip = stored.clone();
+        clusterip["spec"]["type"] = json!("ClusterIP");
+        assert!(admit_service(&cfg, &mut clusterip, Some(&stored), &used).is_empty());
+        assert_eq!(hc_port(&clusterip), None);
+        assert!(clusterip["spec"].get("externalTrafficPolicy").is_none());
+        assert!(clusterip["spec"]["ports"][0].get("nodePort").is_none());
+
+        // Back from Cluster to Local allocates one again.
+        let mut local = cluster.clone();
+        local["spec"]["externalTrafficPolicy"] = json!("Local");
+        assert!(admit_service(&cfg, &mut local, Some(&cluster), &used).is_empty());
+        assert!(hc_port(&local).is_some());
     }
 }

@@ -1,7 +1,7 @@
 //! Validation: the checks kube-apiserver makes (pkg/apis/*/validation), worded as it words them so
 //! kubectl users see familiar messages. Each function returns the causes it found; none means valid.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use serde_json::{Value, json};
 
@@ -383,6 +383,8 @@ fn service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
             ));
         }
     }
+    external_ips(spec, causes);
+    traffic_policies(spec, old.map(|o| &o["spec"]), causes);
     if let Some(old) = old {
         let (was, is) = (&old["spec"]["clusterIP"], &spec["clusterIP"]);
         if was.as_str().is_some_and(|s| !s.is_empty())
@@ -394,6 +396,148 @@ fn service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
                 "spec.clusterIPs[0]",
                 is,
                 "may not change once set",
+            ));
+        }
+    }
+}
+
+/// Whether a Service spec is reachable from outside the cluster (kube-apiserver's
+/// `ExternallyAccessible`): NodePort, LoadBalancer, or ClusterIP with externalIPs. Only these
+/// may carry `externalTrafficPolicy`.
+pub fn externally_accessible(spec: &Value) -> bool {
+    match spec["type"].as_str().unwrap_or("ClusterIP") {
+        "NodePort" | "LoadBalancer" => true,
+        "ClusterIP" => spec["externalIPs"]
+            .as_array()
+            .is_some_and(|ips| !ips.is_empty()),
+        _ => false,
+    }
+}
+
+/// Whether a Service spec gets a `healthCheckNodePort` (kube-apiserver's `NeedsHealthCheck`):
+/// type LoadBalancer with `externalTrafficPolicy: Local`, so that a load balancer can ask each
+/// node whether it has local endpoints.
+pub fn needs_health_check_node_port(spec: &Value) -> bool {
+    spec["type"] == "LoadBalancer" && spec["externalTrafficPolicy"] == "Local"
+}
+
+/// `spec.externalIPs[i]`: each a valid IP address that is not unspecified, loopback or
+/// link-local (ValidateService with ValidateNonSpecialIP).
+fn external_ips(spec: &Value, causes: &mut Vec<Cause>) {
+    for (i, v) in spec["externalIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let path = format!("spec.externalIPs[{i}]");
+        let Some(ip) = v.as_str().and_then(|s| s.parse::<IpAddr>().ok()) else {
+            causes.push(Cause::invalid(
+                path,
+                v,
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            ));
+            continue;
+        };
+        for detail in special_ip(ip) {
+            causes.push(Cause::invalid(path.clone(), v, &detail));
+        }
+    }
+}
+
+/// Why `ip` may not be an external or endpoint address, as Go's `net.IP` classifies it
+/// (IPv4-mapped IPv6 addresses count as IPv4).
+fn special_ip(ip: IpAddr) -> Vec<String> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 @ IpAddr::V4(_) => v4,
+    };
+    let (unspecified, loopback, link_local, link_local_multicast) = match ip {
+        IpAddr::V4(v4) => (
+            v4.is_unspecified(),
+            v4.is_loopback(),
+            v4.is_link_local(),
+            v4.octets()[..3] == [224, 0, 0],
+        ),
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            (
+                v6.is_unspecified(),
+                v6.is_loopback(),
+                first & 0xffc0 == 0xfe80,
+                first & 0xff0f == 0xff02,
+            )
+        }
+    };
+    let mut out = Vec::new();
+    if unspecified {
+        out.push(format!("may not be unspecified ({ip})"));
+    }
+    if loopback {
+        out.push("may not be in the loopback range (127.0.0.0/8, ::1/128)".into());
+    }
+    if link_local {
+        out.push("may not be in the link-local range (169.254.0.0/16, fe80::/10)".into());
+    }
+    if link_local_multicast {
+        out.push("may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)".into());
+    }
+    out
+}
+
+/// `spec.externalTrafficPolicy`, `spec.internalTrafficPolicy` and `spec.healthCheckNodePort`
+/// (validateServiceExternalTrafficPolicy, validateServiceInternalTrafficFieldsValue).
+///
+/// On update, a value the stored Service carried into a type that no longer uses it (a NodePort
+/// Service turned ClusterIP still holding `externalTrafficPolicy: Cluster`, a LoadBalancer
+/// switched to `Cluster` still holding its `healthCheckNodePort`) is not refused: admission
+/// drops it, as kube-apiserver's dropTypeDependentFields does, so `kubectl apply` of the new
+/// type works. A value the request changed is refused.
+fn traffic_policies(spec: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let carried = |field: &str, used_by: fn(&Value) -> bool| {
+        old.is_some_and(|o| used_by(o) && o[field] == spec[field])
+    };
+    let etp = &spec["externalTrafficPolicy"];
+    if !etp.is_null() && etp != "" {
+        if !externally_accessible(spec) {
+            if !carried("externalTrafficPolicy", externally_accessible) {
+                causes.push(Cause::invalid(
+                    "spec.externalTrafficPolicy",
+                    etp,
+                    "may only be set for externally-accessible services",
+                ));
+            }
+        } else if !matches!(etp.as_str(), Some("Cluster" | "Local")) {
+            causes.push(Cause::not_supported(
+                "spec.externalTrafficPolicy",
+                etp,
+                &["Cluster", "Local"],
+            ));
+        }
+    }
+    let itp = &spec["internalTrafficPolicy"];
+    if !itp.is_null() && !matches!(itp.as_str(), Some("Cluster" | "Local")) {
+        causes.push(Cause::not_supported(
+            "spec.internalTrafficPolicy",
+            itp,
+            &["Cluster", "Local"],
+        ));
+    }
+    let hc = &spec["healthCheckNodePort"];
+    if !hc.is_null() && hc != 0 {
+        if !needs_health_check_node_port(spec) {
+            if !carried("healthCheckNodePort", needs_health_check_node_port) {
+                causes.push(Cause::invalid(
+                    "spec.healthCheckNodePort",
+                    hc,
+                    "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+                ));
+            }
+        } else if !hc.as_i64().is_some_and(|n| (1..=65535).contains(&n)) {
+            causes.push(Cause::invalid(
+                "spec.healthCheckNodePort",
+                hc,
+                "must be between 1 and 65535, inclusive",
             ));
         }
     }
