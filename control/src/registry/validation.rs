@@ -693,4 +693,139 @@ mod tests {
             .collect();
         assert_eq!(fields, vec!["spec.containers"]);
     }
+
+    fn service_causes(spec: Value, old: Option<Value>) -> Vec<(String, String)> {
+        let info = lookup("", "v1", "services").expect("services");
+        let svc = json!({"metadata": {"name": "x", "namespace": "default"}, "spec": spec});
+        let old = old
+            .map(|spec| json!({"metadata": {"name": "x", "namespace": "default"}, "spec": spec}));
+        validate(info, &svc, old.as_ref())
+            .into_iter()
+            .map(|c| (c.field, c.message))
+            .collect()
+    }
+
+    #[test]
+    fn registry_validation_service_traffic_policies() {
+        let ports = json!([{"port": 80, "protocol": "TCP"}]);
+        let causes = service_causes(
+            json!({"type": "NodePort", "externalTrafficPolicy": "Global", "internalTrafficPolicy": "Node", "ports": ports}),
+            None,
+        );
+        assert_eq!(
+            causes,
+            [
+                (
+                    "spec.externalTrafficPolicy".to_string(),
+                    "Unsupported value: \"Global\": supported values: \"Cluster\", \"Local\""
+                        .to_string()
+                ),
+                (
+                    "spec.internalTrafficPolicy".to_string(),
+                    "Unsupported value: \"Node\": supported values: \"Cluster\", \"Local\""
+                        .to_string()
+                ),
+            ]
+        );
+        let causes = service_causes(
+            json!({"type": "ClusterIP", "externalTrafficPolicy": "Local", "ports": ports}),
+            None,
+        );
+        assert_eq!(
+            causes,
+            [(
+                "spec.externalTrafficPolicy".to_string(),
+                "Invalid value: \"Local\": may only be set for externally-accessible services"
+                    .to_string()
+            )]
+        );
+        // externalIPs make a ClusterIP Service externally accessible.
+        assert!(
+            service_causes(
+                json!({"type": "ClusterIP", "externalIPs": ["192.0.2.1"], "externalTrafficPolicy": "Local", "ports": ports}),
+                None
+            )
+            .is_empty()
+        );
+        // Carried over from a NodePort Service turned ClusterIP: dropped on admission, not refused.
+        let np = json!({"type": "NodePort", "externalTrafficPolicy": "Cluster", "ports": ports});
+        assert!(
+            service_causes(
+                json!({"type": "ClusterIP", "externalTrafficPolicy": "Cluster", "ports": ports}),
+                Some(np.clone())
+            )
+            .is_empty()
+        );
+        // Changed in the same update: refused.
+        assert_eq!(
+            service_causes(
+                json!({"type": "ClusterIP", "externalTrafficPolicy": "Local", "ports": ports}),
+                Some(np)
+            )[0]
+            .0,
+            "spec.externalTrafficPolicy"
+        );
+    }
+
+    #[test]
+    fn registry_validation_service_health_check_node_port() {
+        let ports = json!([{"port": 80, "protocol": "TCP"}]);
+        let only_lb_local = "Invalid value: 30100: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'";
+        for spec in [
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Cluster", "healthCheckNodePort": 30100, "ports": ports}),
+            json!({"type": "NodePort", "externalTrafficPolicy": "Local", "healthCheckNodePort": 30100, "ports": ports}),
+            json!({"type": "ClusterIP", "healthCheckNodePort": 30100, "ports": ports}),
+        ] {
+            assert_eq!(
+                service_causes(spec.clone(), None),
+                [(
+                    "spec.healthCheckNodePort".to_string(),
+                    only_lb_local.to_string()
+                )],
+                "{spec}"
+            );
+        }
+        let lb_local = json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 30100, "ports": ports});
+        assert!(service_causes(lb_local.clone(), None).is_empty());
+        let mut bad = lb_local.clone();
+        bad["healthCheckNodePort"] = json!(70000);
+        assert_eq!(
+            service_causes(bad, None),
+            [(
+                "spec.healthCheckNodePort".to_string(),
+                "Invalid value: 70000: must be between 1 and 65535, inclusive".to_string()
+            )]
+        );
+        // Switching to Cluster while the request still holds the stored port: allowed (dropped
+        // on admission); holding another port: refused.
+        let mut cluster = lb_local.clone();
+        cluster["externalTrafficPolicy"] = json!("Cluster");
+        assert!(service_causes(cluster.clone(), Some(lb_local.clone())).is_empty());
+        cluster["healthCheckNodePort"] = json!(30101);
+        assert_eq!(
+            service_causes(cluster, Some(lb_local))[0].0,
+            "spec.healthCheckNodePort"
+        );
+    }
+
+    #[test]
+    fn registry_validation_service_external_ips() {
+        let causes = service_causes(
+            json!({"externalIPs": ["192.0.2.1", "2001:db8::1", "10.0.0.300", "127.0.0.1", "169.254.1.1", "0.0.0.0", "fe80::1", "224.0.0.5"],
+                   "ports": [{"port": 80}]}),
+            None,
+        );
+        assert_eq!(
+            causes,
+            [
+                ("spec.externalIPs[2]", "Invalid value: \"10.0.0.300\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"),
+                ("spec.externalIPs[3]", "Invalid value: \"127.0.0.1\": may not be in the loopback range (127.0.0.0/8, ::1/128)"),
+                ("spec.externalIPs[4]", "Invalid value: \"169.254.1.1\": may not be in the link-local range (169.254.0.0/16, fe80::/10)"),
+                ("spec.externalIPs[5]", "Invalid value: \"0.0.0.0\": may not be unspecified (0.0.0.0)"),
+                ("spec.externalIPs[6]", "Invalid value: \"fe80::1\": may not be in the link-local range (169.254.0.0/16, fe80::/10)"),
+                ("spec.externalIPs[7]", "Invalid value: \"224.0.0.5\": may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)"),
+            ]
+            .map(|(f, m)| (f.to_string(), m.to_string()))
+        );
+    }
 }
