@@ -2178,3 +2178,218 @@ async fn api_list_options_are_validated() {
             .is_some_and(|m| m.starts_with("invalid continue token: continue key is not valid"))
     );
 }
+
+fn lb_service(name: &str, etp: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+        "spec": {"type": "LoadBalancer", "externalTrafficPolicy": etp, "selector": {"app": name},
+                 "ports": [{"port": 80}]}})
+}
+
+fn first_cause(r: &Resp) -> (&str, &str) {
+    (
+        r.body["details"]["causes"][0]["field"]
+            .as_str()
+            .unwrap_or_default(),
+        r.body["details"]["causes"][0]["message"]
+            .as_str()
+            .unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn api_service_health_check_node_port_lifecycle() {
+    let h = harness().await;
+    let base = "/api/v1/namespaces/default/services";
+    let a = h.post(base, lb_service("hc-a", "Local")).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let hc = a.body["spec"]["healthCheckNodePort"]
+        .as_i64()
+        .expect("healthCheckNodePort allocated");
+    let np = a.body["spec"]["ports"][0]["nodePort"]
+        .as_i64()
+        .expect("nodePort allocated");
+    assert!((30000..=32767).contains(&hc) && hc != np, "{hc} {np}");
+    assert_eq!(a.body["spec"]["internalTrafficPolicy"], "Cluster");
+
+    // Taken by another Service, as its health check port or as its nodePort.
+    for taken in [hc, np] {
+        let mut b = lb_service("hc-b", "Local");
+        b["spec"]["healthCheckNodePort"] = json!(taken);
+        let r = h.post(base, b).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+        assert_eq!(
+            first_cause(&r),
+            (
+                "spec.healthCheckNodePort",
+                format!(
+                    "Invalid value: {taken}: failed to allocate requested HealthCheck NodePort {taken}: provided port is already allocated"
+                )
+                .as_str()
+            )
+        );
+    }
+    // A nodePort may not take the health check port.
+    let mut c = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hc-c"},
+        "spec": {"type": "NodePort", "selector": {"app": "c"}, "ports": [{"port": 80}]}});
+    c["spec"]["ports"][0]["nodePort"] = json!(hc);
+    let r = h.post(base, c).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(first_cause(&r).0, "spec.ports[0].nodePort");
+    // Out of range.
+    let mut b = lb_service("hc-b", "Local");
+    b["spec"]["healthCheckNodePort"] = json!(8080);
+    let r = h.post(base, b).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(first_cause(&r).0, "spec.healthCheckNodePort");
+    assert!(
+        first_cause(&r).1.ends_with(
+            "provided port is not in the valid range. The range of valid ports is 30000-32767"
+        ),
+        "{}",
+        r.body
+    );
+    // Not LoadBalancer + Local.
+    let mut b = lb_service("hc-b", "Cluster");
+    b["spec"]["healthCheckNodePort"] = json!(31999);
+    let r = h.post(base, b).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(
+        first_cause(&r),
+        (
+            "spec.healthCheckNodePort",
+            "Invalid value: 31999: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"
+        )
+    );
+    // A requested free one is kept.
+    let mut b = lb_service("hc-b", "Local");
+    b["spec"]["healthCheckNodePort"] = json!(31999);
+    let r = h.post(base, b).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["spec"]["healthCheckNodePort"], 31999);
+
+    // A PUT without the field keeps it.
+    let mut upd = a.body.clone();
+    upd["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("healthCheckNodePort");
+    upd["spec"]["selector"] = json!({"app": "changed"});
+    let r = h
+        .call(
+            "PUT",
+            &format!("{base}/hc-a"),
+            "application/json",
+            upd.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["spec"]["healthCheckNodePort"], hc);
+
+    // Switching to Cluster drops it (the patched object still holds the old value), and the
+    // number is free again.
+    let r = h
+        .call(
+            "PATCH",
+            &format!("{base}/hc-a"),
+            "application/merge-patch+json",
+            r#"{"spec":{"externalTrafficPolicy":"Cluster"}}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body["spec"].get("healthCheckNodePort").is_none(),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["spec"]["ports"][0]["nodePort"], np);
+    let mut d = lb_service("hc-d", "Local");
+    d["spec"]["healthCheckNodePort"] = json!(hc);
+    let r = h.post(base, d).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["spec"]["healthCheckNodePort"], hc);
+
+    // Turning the Service ClusterIP drops the carried externalTrafficPolicy too.
+    let r = h
+        .call(
+            "PATCH",
+            &format!("{base}/hc-d"),
+            "application/merge-patch+json",
+            r#"{"spec":{"type":"ClusterIP"}}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body["spec"].get("externalTrafficPolicy").is_none(),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["spec"].get("healthCheckNodePort").is_none(),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test]
+async fn api_service_traffic_policy_validation_and_defaults() {
+    let h = harness().await;
+    let base = "/api/v1/namespaces/default/services";
+    let svc = |name: &str, spec: Value| {
+        let mut s = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}});
+        for (k, v) in spec.as_object().into_iter().flatten() {
+            s["spec"][k] = v.clone();
+        }
+        s
+    };
+    let r = h.post(base, svc("np", json!({"type": "NodePort"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["spec"]["externalTrafficPolicy"], "Cluster");
+    assert_eq!(r.body["spec"]["internalTrafficPolicy"], "Cluster");
+    assert!(r.body["spec"].get("healthCheckNodePort").is_none());
+    let r = h
+        .post(base, svc("eip", json!({"externalIPs": ["192.0.2.7"]})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["spec"]["externalTrafficPolicy"], "Cluster");
+    let r = h.post(base, svc("cip", json!({}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(r.body["spec"].get("externalTrafficPolicy").is_none());
+    assert_eq!(r.body["spec"]["internalTrafficPolicy"], "Cluster");
+
+    for (spec, field, message) in [
+        (
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Global"}),
+            "spec.externalTrafficPolicy",
+            "Unsupported value: \"Global\": supported values: \"Cluster\", \"Local\"",
+        ),
+        (
+            json!({"externalTrafficPolicy": "Local"}),
+            "spec.externalTrafficPolicy",
+            "Invalid value: \"Local\": may only be set for externally-accessible services",
+        ),
+        (
+            json!({"internalTrafficPolicy": "Node"}),
+            "spec.internalTrafficPolicy",
+            "Unsupported value: \"Node\": supported values: \"Cluster\", \"Local\"",
+        ),
+        (
+            json!({"externalIPs": ["192.0.2.7", "not-an-ip"]}),
+            "spec.externalIPs[1]",
+            "Invalid value: \"not-an-ip\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+        ),
+    ] {
+        let r = h.post(base, svc("bad", spec.clone())).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{spec}: {}",
+            r.body
+        );
+        assert_eq!(first_cause(&r), (field, message), "{spec}");
+        assert_eq!(
+            r.body["message"],
+            format!("Service \"bad\" is invalid: {field}: {message}")
+        );
+    }
+}

@@ -328,6 +328,23 @@ fn service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         causes.push(Cause::required("spec.ports", ""));
     }
     let many = ports.is_some_and(|p| p.len() > 1);
+    // NodePorts a NodePort/LoadBalancer Service turned ClusterIP still holds (none added) are
+    // dropped on admission (dropTypeDependentFields), not refused.
+    let carried_node_ports = old.is_some_and(|o| {
+        let node_ports = |spec: &Value| -> BTreeSet<i64> {
+            spec["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["nodePort"].as_i64())
+                .filter(|n| *n != 0)
+                .collect()
+        };
+        matches!(
+            o["spec"]["type"].as_str(),
+            Some("NodePort" | "LoadBalancer")
+        ) && node_ports(&o["spec"]).is_superset(&node_ports(spec))
+    });
     let mut seen = BTreeSet::new();
     let mut names = BTreeSet::new();
     for (i, p) in ports.into_iter().flatten().enumerate() {
@@ -359,7 +376,7 @@ fn service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         if let Some(np) = p["nodePort"].as_i64()
             && np != 0
         {
-            if ty == "ClusterIP" {
+            if ty == "ClusterIP" && !carried_node_ports {
                 causes.push(Cause::forbidden(
                     format!("{path}.nodePort"),
                     "may not be used when `type` is 'ClusterIP'",
@@ -827,5 +844,22 @@ mod tests {
             ]
             .map(|(f, m)| (f.to_string(), m.to_string()))
         );
+    }
+
+    #[test]
+    fn registry_validation_service_node_ports_carried_into_cluster_ip() {
+        let np = json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]});
+        let mut cip = np.clone();
+        cip["type"] = json!("ClusterIP");
+        assert!(service_causes(cip.clone(), Some(np.clone())).is_empty());
+        cip["ports"][0]["nodePort"] = json!(30081);
+        assert_eq!(
+            service_causes(cip.clone(), Some(np)),
+            [(
+                "spec.ports[0].nodePort".to_string(),
+                "Forbidden: may not be used when `type` is 'ClusterIP'".to_string()
+            )]
+        );
+        assert_eq!(service_causes(cip, None)[0].0, "spec.ports[0].nodePort");
     }
 }
