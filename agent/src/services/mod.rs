@@ -6,6 +6,7 @@
 //! the maps rather than remembering what was written makes a restarted agent converge from
 //! what the kernel still holds, without flushing anything.
 
+pub mod health;
 pub mod maglev;
 pub mod model;
 pub mod plan;
