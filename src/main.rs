@@ -60,6 +60,11 @@ enum Cmd {
         /// Only the dataplane (a DaemonSet on an existing cluster): no Node registration, no Pods.
         #[arg(long)]
         no_kubelet: bool,
+        /// Backend selection for flows from outside the node (NodePort, LoadBalancer,
+        /// externalIPs): `random`, or `maglev` consistent hashing. A Service's annotation
+        /// `service.keelson.io/lb-algorithm` overrides it.
+        #[arg(long, default_value = "random", value_parser = ["random", "maglev"])]
+        lb_algorithm: String,
     },
     /// The CNI plugin (CNI 1.1): reads CNI_* variables and the network config on stdin.
     Cni,
@@ -175,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             api_listen,
             no_kubelet,
+            lb_algorithm,
         } => {
             init_tracing();
             let pin_dir = pin_dir.unwrap_or_else(|| default_pin_dir(&node_name));
@@ -189,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 api_listen,
                 cni_bin: std::env::current_exe().context("locating the keelson binary")?,
                 kubelet: !no_kubelet,
+                maglev_default: lb_algorithm == "maglev",
             };
             runtime()?.block_on(keelson_agent::run(cfg))?;
         }

@@ -29,4 +29,6 @@ pub struct AgentConfig {
     /// Whether this agent is also the Node's kubelet (standalone clusters) or only its
     /// dataplane (a DaemonSet on an existing cluster).
     pub kubelet: bool,
+    /// Flows from outside the node use Maglev unless a Service asks for random selection.
+    pub maglev_default: bool,
 }

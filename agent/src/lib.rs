@@ -22,7 +22,7 @@ use std::{path::Path, sync::Arc};
 
 use crate::{
     cni::server::{CniServer, CniServerError, EndpointSink},
-    links::IpRoute,
+    links::{IpRoute, NetOps as _},
     loader::{Datapath, DatapathConfig, LoaderError},
     node::{
         api::ApiError,
@@ -67,6 +67,10 @@ pub enum AgentError {
     Routing(#[source] RoutingError),
     #[error("service load balancing")]
     Services(#[source] ServicesError),
+    #[error("finding the uplink")]
+    Uplink(#[source] links::LinkError),
+    #[error("no interface of the node holds its address {0}")]
+    NoUplink(std::net::Ipv4Addr),
     #[error("the {0} task ended unexpectedly")]
     TaskEnded(&'static str),
 }
@@ -110,14 +114,28 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         })
         .map_err(AgentError::Datapath)?,
     );
+    // NodePorts and LoadBalancer IPs are served on the interface that holds the node's
+    // address.
+    let (uplink, uplink_ifindex) = IpRoute
+        .link_with_addr(cfg.node_netns.as_deref(), cfg.node_ip)
+        .map_err(AgentError::Uplink)?
+        .ok_or(AgentError::NoUplink(cfg.node_ip))?;
+    dp.attach_uplink(&uplink, uplink_ifindex, cfg.node_ip)
+        .map_err(AgentError::Datapath)?;
+    tracing::info!(%uplink, "uplink program attached");
     let mut tasks: tokio::task::JoinSet<(&'static str, Result<(), AgentError>)> =
         tokio::task::JoinSet::new();
     {
         let (client, dp) = (client.clone(), Arc::clone(&dp));
+        let node = services::plan::NodeContext {
+            node_name: cfg.node_name.clone(),
+            node_ips: vec![cfg.node_ip.into()],
+            maglev_default: cfg.maglev_default,
+        };
         tasks.spawn(async move {
             (
                 "services",
-                services::run(client, dp)
+                services::run(client, dp, node)
                     .await
                     .map_err(AgentError::Services),
             )

@@ -66,6 +66,12 @@ pub trait NetOps: Send + Sync {
     ) -> Result<(), LinkError>;
     /// The link named `name`, or `None` if there is none.
     fn link(&self, ns: Option<&Path>, name: &str) -> Result<Option<LinkInfo>, LinkError>;
+    /// The name and ifindex of the link that holds the address `ip`, if any.
+    fn link_with_addr(
+        &self,
+        ns: Option<&Path>,
+        ip: Ipv4Addr,
+    ) -> Result<Option<(String, u32)>, LinkError>;
     /// Deletes a link (and so a veth's peer); a missing link is not an error.
     fn delete_link(&self, ns: Option<&Path>, name: &str) -> Result<(), LinkError>;
     fn set_up(&self, ns: Option<&Path>, name: &str) -> Result<(), LinkError>;
@@ -124,6 +130,19 @@ impl IpRoute {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+#[derive(Deserialize)]
+struct JsonAddrLink {
+    ifindex: u32,
+    ifname: String,
+    #[serde(default)]
+    addr_info: Vec<JsonAddr>,
+}
+
+#[derive(Deserialize)]
+struct JsonAddr {
+    local: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -215,6 +234,29 @@ impl NetOps for IpRoute {
             ifindex: link.ifindex,
             mac,
         }))
+    }
+
+    fn link_with_addr(
+        &self,
+        ns: Option<&Path>,
+        ip: Ipv4Addr,
+    ) -> Result<Option<(String, u32)>, LinkError> {
+        let args = ["-json", "-4", "addr", "show"];
+        let out = self.ip(ns, &args)?;
+        let links: Vec<JsonAddrLink> =
+            serde_json::from_str(&out).map_err(|source| LinkError::Decode {
+                cmd: args.join(" "),
+                source,
+            })?;
+        let want = ip.to_string();
+        Ok(links
+            .into_iter()
+            .find(|l| {
+                l.addr_info
+                    .iter()
+                    .any(|a| a.local.as_deref() == Some(want.as_str()))
+            })
+            .map(|l| (l.ifname, l.ifindex)))
     }
 
     fn delete_link(&self, ns: Option<&Path>, name: &str) -> Result<(), LinkError> {

@@ -102,7 +102,13 @@ pub fn load_and_program(
     })?;
     let (svcs, slices) = objects(services);
     let start = Instant::now();
-    keelson_agent::services::reconcile(&dp, &svcs, &slices).context("programming the Services")?;
+    keelson_agent::services::reconcile(
+        &dp,
+        &svcs,
+        &slices,
+        &keelson_agent::services::plan::NodeContext::default(),
+    )
+    .context("programming the Services")?;
     let took = start.elapsed();
     let state = dp.read_lb().context("reading the maps back")?;
     ensure!(

@@ -22,8 +22,12 @@ pub mod names {
     pub const BACKENDS6: &str = "kls_backends6";
     pub const REVNAT6: &str = "kls_revnat6";
     pub const SOCK_REVNAT6: &str = "kls_sockrevnat6";
+    pub const CT: &str = "kls_ct";
+    pub const CONFIG: &str = "kls_config";
+    pub const MAGLEV: &str = "kls_maglev";
+    pub const SVC_NAMES: &str = "kls_svc_names";
     /// Every map the datapath pins, for loaders and dump tools that walk them all.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 15] = [
         SERVICES,
         BACKENDS,
         REVNAT,
@@ -35,6 +39,10 @@ pub mod names {
         BACKENDS6,
         REVNAT6,
         SOCK_REVNAT6,
+        CT,
+        CONFIG,
+        MAGLEV,
+        SVC_NAMES,
     ];
 
     /// Program names (the function names in the eBPF object).
@@ -47,6 +55,7 @@ pub mod names {
     pub const PROG_RECVMSG6: &str = "sock_recvmsg6";
     pub const PROG_GETPEERNAME6: &str = "sock_getpeername6";
     pub const PROG_FROM_CONTAINER: &str = "tc_from_container";
+    pub const PROG_FROM_NETDEV: &str = "tc_from_netdev";
 }
 
 /// Where things live on bpffs.
@@ -74,6 +83,18 @@ pub mod limits {
     pub const METRICS_SLOTS: u32 = 128;
     /// Highest number of backends one frontend may have (slots are `u16`).
     pub const MAX_BACKENDS_PER_SERVICE: u16 = u16::MAX - 1;
+    /// LRU conntrack of per-packet translated flows: two entries per flow.
+    pub const MAX_CT: u32 = 262_144;
+    /// Entries of a Maglev lookup table: a prime, well above 100 × the backends of a Service
+    /// so that each backend's share stays within 1% (Maglev paper, NSDI 2016, section 5.3).
+    pub const MAGLEV_TABLE_SIZE: u32 = 1021;
+    /// Frontends that use Maglev (their tables are allocated on demand, not preallocated).
+    pub const MAX_MAGLEV: u32 = 16_384;
+    /// Source ports the uplink program uses when it SNATs a flow to the node's address: above
+    /// Linux's default ephemeral range (32768-60999), so they never clash with the node's own
+    /// sockets, and above the NodePort range.
+    pub const SNAT_PORT_MIN: u16 = 61_000;
+    pub const SNAT_PORT_MAX: u16 = 65_535;
 }
 
 /// IP protocol numbers as found in `bpf_sock_addr.protocol` and IPv4 headers.
@@ -135,6 +156,16 @@ const _: () = assert!(size_of::<ServiceValue>() == 12);
 pub mod service_flags {
     /// `sessionAffinity: ClientIP`: a client keeps its backend for the timeout.
     pub const AFFINITY: u8 = 1;
+    /// A NodePort, LoadBalancer or external IP frontend: besides the socket hooks, the uplink
+    /// program translates packets addressed to it. ClusterIPs are not reachable from outside
+    /// the cluster, as with kube-proxy.
+    pub const EXTERNAL: u8 = 2;
+    /// Backends are chosen from the frontend's Maglev table by a hash of the flow, so that every
+    /// node picks the same backend for a flow and a backend change moves ~1/N of the flows.
+    pub const MAGLEV: u8 = 4;
+    /// `externalTrafficPolicy: Local`: the backends are this node's only and the client's
+    /// address is kept (no SNAT).
+    pub const LOCAL: u8 = 8;
 }
 
 /// Key of the `affinity` LRU map: one client of one frontend. The client is its network
@@ -289,6 +320,102 @@ pub struct SockRevNatValue6 {
 }
 const _: () = assert!(size_of::<SockRevNatValue6>() == 20);
 
+/// Key of the `ct` LRU map: one direction of a flow the uplink program translated, as its
+/// packets look when they reach the node (before any rewrite).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    /// Addresses and ports in network byte order.
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// [`ct_dir`].
+    pub dir: u8,
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<CtKey>() == 16);
+
+/// Directions of a [`CtKey`].
+pub mod ct_dir {
+    /// Client to frontend, as it arrives on the uplink.
+    pub const ORIGINAL: u8 = 0;
+    /// Backend to client (or to the SNAT address), as the backend sends it.
+    pub const REPLY: u8 = 1;
+}
+
+/// Value of the `ct` map: what a packet of this direction is rewritten to. For the original
+/// direction: the (possibly SNATed) source and the backend; for the reply: the frontend as
+/// source and the client as destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    pub nat_saddr: u32,
+    pub nat_daddr: u32,
+    pub nat_sport: u16,
+    pub nat_dport: u16,
+    pub backend_id: u32,
+    pub rev_nat_index: u16,
+    /// [`ct_flags`].
+    pub flags: u8,
+    pub pad: [u8; 5],
+    /// `bpf_ktime_get_ns` of the last packet.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<CtValue>() == 32);
+
+/// Bits of [`CtValue::flags`].
+pub mod ct_flags {
+    /// The source was rewritten to the node's address (the backend is on another node).
+    pub const SNAT: u8 = 1;
+    /// The backend is a Pod of this node.
+    pub const LOCAL_BACKEND: u8 = 2;
+}
+
+/// The single value of the `config` array: what the agent tells the programs about the node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeConfig {
+    /// The node's address on the uplink (SNAT source), network byte order.
+    pub node_ip: u32,
+    /// ifindex of the uplink in the node's network namespace; 0 until the agent attached it.
+    pub uplink_ifindex: u32,
+    /// SNAT source port range, host byte order.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    pub pad: [u8; 4],
+}
+const _: () = assert!(size_of::<NodeConfig>() == 16);
+
+/// Key of the `maglev` map: one frontend (its reverse-NAT index) and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MaglevKey {
+    pub rev_nat_index: u16,
+    pub proto: u8,
+    pub pad: u8,
+}
+const _: () = assert!(size_of::<MaglevKey>() == 4);
+
+/// Value of the `maglev` map: the lookup table, backend ids indexed by flow hash modulo its
+/// size (Cilium keeps the same shape in an inner map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MaglevTable {
+    pub backend_ids: [u32; limits::MAGLEV_TABLE_SIZE as usize],
+}
+const _: () = assert!(size_of::<MaglevTable>() == 4 * limits::MAGLEV_TABLE_SIZE as usize);
+
+/// Value of the `svc_names` map (key: [`RevNatKey`]): `namespace/name` of the Service a
+/// frontend belongs to, NUL-padded. Only the dump tools read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceName {
+    pub name: [u8; 128],
+}
+const _: () = assert!(size_of::<ServiceName>() == 128);
+
 /// Key of the `endpoints` map: a local Pod's IPv4 address (network byte order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -337,15 +464,24 @@ pub enum DropReason {
     Malformed = 4,
     /// The socket reverse-NAT map refused an entry.
     SockRevNatFull = 5,
+    /// The conntrack map refused an entry: the flow is not translated rather than half-done.
+    CtFull = 6,
+    /// No free SNAT source port towards the chosen backend.
+    NoSnatPort = 7,
+    /// A checksum or byte rewrite of the packet failed.
+    RewriteFailed = 8,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::InvalidSource,
         DropReason::NoBackend,
         DropReason::MissingBackend,
         DropReason::Malformed,
         DropReason::SockRevNatFull,
+        DropReason::CtFull,
+        DropReason::NoSnatPort,
+        DropReason::RewriteFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -355,6 +491,9 @@ impl DropReason {
             DropReason::MissingBackend => "missing_backend",
             DropReason::Malformed => "malformed",
             DropReason::SockRevNatFull => "sock_revnat_full",
+            DropReason::CtFull => "ct_full",
+            DropReason::NoSnatPort => "no_snat_port",
+            DropReason::RewriteFailed => "rewrite_failed",
         }
     }
 }
@@ -375,16 +514,26 @@ pub enum Counter {
     FromContainerLocal = 68,
     /// A Pod's packet was handed to the node's routing.
     FromContainerStack = 69,
+    /// A packet from outside addressed to a NodePort/LoadBalancer/external IP was translated.
+    NodePortXlated = 70,
+    /// A reply of such a flow was translated back, on the uplink (remote backend) or on the
+    /// backend's veth (local backend).
+    NodePortRevXlated = 71,
+    /// A new per-packet flow was recorded in conntrack.
+    CtCreated = 72,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 9] = [
         Counter::SockConnectXlated,
         Counter::SockSendmsgXlated,
         Counter::SockRecvmsgRevXlated,
         Counter::SockPeernameRevXlated,
         Counter::FromContainerLocal,
         Counter::FromContainerStack,
+        Counter::NodePortXlated,
+        Counter::NodePortRevXlated,
+        Counter::CtCreated,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -395,11 +544,14 @@ impl Counter {
             Counter::SockPeernameRevXlated => "sock_getpeername_revxlated",
             Counter::FromContainerLocal => "from_container_local",
             Counter::FromContainerStack => "from_container_stack",
+            Counter::NodePortXlated => "nodeport_xlated",
+            Counter::NodePortRevXlated => "nodeport_revxlated",
+            Counter::CtCreated => "ct_created",
         }
     }
 }
 
-const _: () = assert!((Counter::FromContainerStack as u32) < limits::METRICS_SLOTS);
+const _: () = assert!((Counter::CtCreated as u32) < limits::METRICS_SLOTS);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -438,4 +590,16 @@ mod pod {
     unsafe impl aya::Pod for SockRevNatValue6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for AffinityValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CtKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CtValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NodeConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for MaglevKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for MaglevTable {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServiceName {}
 }

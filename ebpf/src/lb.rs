@@ -7,11 +7,11 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
 };
 use keelson_common::{
-    AffinityKey, AffinityValue, Backend, Backend6, DropReason, ServiceKey, ServiceKey6,
-    ServiceValue, service_flags,
+    AffinityKey, AffinityValue, Backend, Backend6, DropReason, MaglevKey, ServiceKey, ServiceKey6,
+    ServiceValue, limits, service_flags,
 };
 
-use crate::maps::{AFFINITY, BACKENDS, BACKENDS6, SERVICES, SERVICES6};
+use crate::maps::{AFFINITY, BACKENDS, BACKENDS6, MAGLEV, SERVICES, SERVICES6};
 
 /// The maps of one address family.
 pub trait Lb {
@@ -78,24 +78,35 @@ pub enum Lookup<B> {
     /// The destination is not a Service frontend: leave it alone.
     NotService,
     /// A backend was chosen for the frontend whose reverse-NAT index is given.
-    Backend { backend: B, rev_nat_index: u16 },
+    Backend {
+        backend_id: u32,
+        backend: B,
+        rev_nat_index: u16,
+    },
 }
 
 const NSEC_PER_SEC: u64 = 1_000_000_000;
 
 /// Looks up `address:port/proto` (network byte order) and picks a backend: the client's
-/// previous one when the frontend has session affinity and it is still valid, else one at
-/// random. `client` identifies the caller for affinity (its network namespace cookie).
+/// previous one when the frontend has session affinity and it is still valid; else, for a
+/// Maglev frontend and a flow `hash`, the table's choice; else one at random. Frontends
+/// without all of `required_flags` are not Services to this caller. `client` identifies the
+/// caller for affinity.
 #[inline(always)]
 pub fn select_backend<L: Lb>(
     address: L::Addr,
     port: u16,
     proto: u8,
+    required_flags: u8,
+    hash: Option<u32>,
     client: impl FnOnce() -> u64,
 ) -> Result<Lookup<L::Backend>, DropReason> {
     let Some(master) = L::service(address, port, proto, 0) else {
         return Ok(Lookup::NotService);
     };
+    if master.flags & required_flags != required_flags {
+        return Ok(Lookup::NotService);
+    }
     if master.count == 0 {
         return Err(DropReason::NoBackend);
     }
@@ -109,14 +120,42 @@ pub fn select_backend<L: Lb>(
     let now = unsafe { bpf_ktime_get_ns() };
     if affinity {
         affinity_key.client = client();
-        if let Some(backend) =
+        if let Some((backend_id, backend)) =
             affinity_backend::<L>(address, port, proto, &master, &affinity_key, now)
         {
             return Ok(Lookup::Backend {
+                backend_id,
                 backend,
                 rev_nat_index: master.rev_nat_index,
             });
         }
+    }
+    if let (true, Some(hash)) = (master.flags & service_flags::MAGLEV != 0, hash) {
+        let key = MaglevKey {
+            rev_nat_index: master.rev_nat_index,
+            proto,
+            pad: 0,
+        };
+        let index = hash % limits::MAGLEV_TABLE_SIZE;
+        // The compiler turns `%` into multiplications the verifier cannot bound; re-reading the
+        // index through a volatile load keeps an explicit check the verifier does see.
+        // SAFETY: a read of a local variable.
+        let index = unsafe { core::ptr::read_volatile(&index) } as usize;
+        if index >= limits::MAGLEV_TABLE_SIZE as usize {
+            return Err(DropReason::MissingBackend);
+        }
+        // SAFETY: the table is read at `index` only, which is below its length.
+        let table = unsafe { MAGLEV.get(key) }.ok_or(DropReason::MissingBackend)?;
+        let backend_id = *table
+            .backend_ids
+            .get(index)
+            .ok_or(DropReason::MissingBackend)?;
+        let backend = L::backend(backend_id).ok_or(DropReason::MissingBackend)?;
+        return Ok(Lookup::Backend {
+            backend_id,
+            backend,
+            rev_nat_index: master.rev_nat_index,
+        });
     }
     // SAFETY: bpf_get_prandom_u32 has no preconditions.
     let random = unsafe { bpf_get_prandom_u32() };
@@ -133,6 +172,7 @@ pub fn select_backend<L: Lb>(
         let _ = AFFINITY.insert(affinity_key, value, u64::from(BPF_ANY));
     }
     Ok(Lookup::Backend {
+        backend_id,
         backend,
         rev_nat_index: master.rev_nat_index,
     })
@@ -161,7 +201,7 @@ fn affinity_backend<L: Lb>(
     master: &ServiceValue,
     key: &AffinityKey,
     now: u64,
-) -> Option<L::Backend> {
+) -> Option<(u32, L::Backend)> {
     let entry = AFFINITY.get_ptr_mut(key)?;
     // SAFETY: the pointer is a live LRU entry; the fields are plain integers, a racing update
     // at worst yields another valid backend choice.
@@ -177,5 +217,5 @@ fn affinity_backend<L: Lb>(
     }
     // SAFETY: as above.
     unsafe { (*entry).last_used_ns = now };
-    Some(backend)
+    Some((backend_id, backend))
 }

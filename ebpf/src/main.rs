@@ -1,11 +1,13 @@
 //! keelson's eBPF object: socket-level Service load balancing (cgroup sock_addr hooks) and the
-//! tc programs on the host side of each Pod's veth. One file per attach point.
+//! tc programs on the host side of each Pod's veth and on the node's uplink. One file per attach
+//! point.
 #![no_std]
 #![no_main]
 
 mod lb;
 mod maps;
 mod metrics;
+mod nat;
 mod sock;
 mod tc;
 

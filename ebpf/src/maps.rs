@@ -2,13 +2,15 @@
 //! literal names here must equal `keelson_common::names` (the agent's tests check it).
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use keelson_common::{
-    AffinityKey, AffinityValue, Backend, Backend6, BackendKey, EndpointInfo, EndpointKey,
-    MetricValue, RevNatKey, RevNatValue, RevNatValue6, ServiceKey, ServiceKey6, ServiceValue,
-    SockRevNatKey, SockRevNatKey6, SockRevNatValue, SockRevNatValue6, limits,
+    AffinityKey, AffinityValue, Backend, Backend6, BackendKey, CtKey, CtValue, EndpointInfo,
+    EndpointKey, MaglevKey, MaglevTable, MetricValue, NodeConfig, RevNatKey, RevNatValue,
+    RevNatValue6, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SockRevNatKey,
+    SockRevNatKey6, SockRevNatValue, SockRevNatValue6, limits,
 };
 
 #[map(name = "kls_services")]
@@ -49,3 +51,20 @@ pub static REVNAT6: HashMap<RevNatKey, RevNatValue6> = HashMap::pinned(limits::M
 #[map(name = "kls_sockrevnat6")]
 pub static SOCK_REVNAT6: LruHashMap<SockRevNatKey6, SockRevNatValue6> =
     LruHashMap::pinned(limits::MAX_SOCK_REVNAT, 0);
+
+#[map(name = "kls_ct")]
+pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(limits::MAX_CT, 0);
+
+#[map(name = "kls_config")]
+pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+
+/// Tables are 4 KiB each and only Maglev frontends have one: allocated on insert.
+#[map(name = "kls_maglev")]
+pub static MAGLEV: HashMap<MaglevKey, MaglevTable> =
+    HashMap::pinned(limits::MAX_MAGLEV, BPF_F_NO_PREALLOC);
+
+/// `namespace/name` per reverse-NAT index, for the dump tools; no program reads it, but it
+/// lives beside the maps it explains so that it survives agent restarts with them.
+#[map(name = "kls_svc_names")]
+pub static SVC_NAMES: HashMap<RevNatKey, ServiceName> =
+    HashMap::pinned(limits::MAX_REVNAT, BPF_F_NO_PREALLOC);

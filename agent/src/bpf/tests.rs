@@ -57,12 +57,14 @@ fn dump_renders_services_backends_and_endpoints() {
             count: 2,
             rev_nat_index: 1,
             affinity_timeout: None,
+            flags: 0,
         },
         MapOp::PutMaster {
             frontend: empty,
             count: 0,
             rev_nat_index: 2,
             affinity_timeout: None,
+            flags: 0,
         },
     ])
     .expect("apply");

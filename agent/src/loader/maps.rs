@@ -2,15 +2,17 @@
 //! running node: reading the load-balancer state back and applying [`MapOp`]s.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use keelson_common::{
-    Backend, Backend6, BackendKey, Counter, DropReason, EndpointInfo, EndpointKey, MetricValue,
-    RevNatKey, RevNatValue, RevNatValue6, ServiceKey, ServiceKey6, ServiceValue, SockRevNatKey,
-    SockRevNatValue, names, service_flags,
+    AffinityKey, AffinityValue, Backend, Backend6, BackendKey, Counter, CtKey, CtValue, DropReason,
+    EndpointInfo, EndpointKey, MaglevKey, MaglevTable, MetricValue, NodeConfig, RevNatKey,
+    RevNatValue, RevNatValue6, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SockRevNatKey,
+    SockRevNatValue, limits, names, service_flags,
 };
 
 use crate::services::model::{BackendAddr, Frontend, LbState, MapOp, Proto, ServiceEntry};
@@ -34,6 +36,8 @@ pub enum MapsError {
     },
     #[error("map {map} is full ({op})")]
     Full { map: &'static str, op: String },
+    #[error("map {map} cannot take {what}")]
+    Invalid { map: &'static str, what: String },
     #[error("{op} on map {map}")]
     Op {
         map: &'static str,
@@ -82,6 +86,11 @@ pub struct Maps {
     pub services6: HashMap<MapData, ServiceKey6, ServiceValue>,
     pub backends6: HashMap<MapData, BackendKey, Backend6>,
     pub revnat6: HashMap<MapData, RevNatKey, RevNatValue6>,
+    pub ct: HashMap<MapData, CtKey, CtValue>,
+    pub config: Array<MapData, NodeConfig>,
+    pub maglev: HashMap<MapData, MaglevKey, MaglevTable>,
+    pub svc_names: HashMap<MapData, RevNatKey, ServiceName>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -111,6 +120,11 @@ impl Maps {
             services6: typed(names::SERVICES6, take(names::SERVICES6)?)?,
             backends6: typed(names::BACKENDS6, take(names::BACKENDS6)?)?,
             revnat6: typed(names::REVNAT6, take(names::REVNAT6)?)?,
+            ct: typed(names::CT, take(names::CT)?)?,
+            config: typed(names::CONFIG, take(names::CONFIG)?)?,
+            maglev: typed(names::MAGLEV, take(names::MAGLEV)?)?,
+            svc_names: typed(names::SVC_NAMES, take(names::SVC_NAMES)?)?,
+            affinity: typed(names::AFFINITY, take(names::AFFINITY)?)?,
         })
     }
 
@@ -134,6 +148,11 @@ impl Maps {
             services6: typed(names::SERVICES6, open(names::SERVICES6)?)?,
             backends6: typed(names::BACKENDS6, open(names::BACKENDS6)?)?,
             revnat6: typed(names::REVNAT6, open(names::REVNAT6)?)?,
+            ct: typed(names::CT, open(names::CT)?)?,
+            config: typed(names::CONFIG, open(names::CONFIG)?)?,
+            maglev: typed(names::MAGLEV, open(names::MAGLEV)?)?,
+            svc_names: typed(names::SVC_NAMES, open(names::SVC_NAMES)?)?,
+            affinity: typed(names::AFFINITY, open(names::AFFINITY)?)?,
         })
     }
 
@@ -203,6 +222,7 @@ impl Maps {
             if slot == 0 {
                 entry.master = Some((v.count, v.rev_nat_index));
                 entry.affinity = (v.flags & service_flags::AFFINITY != 0).then_some(v.backend_id);
+                entry.flags = v.flags & !service_flags::AFFINITY;
             } else {
                 entry.slots.insert(slot, v.backend_id);
             }
@@ -217,7 +237,93 @@ impl Maps {
                 rn.proto = frontend.proto;
             }
         }
+        state.names = self.read_names()?;
+        for item in self.maglev.iter() {
+            let (k, v) = item.map_err(|source| op_err(names::MAGLEV, "iterate", source))?;
+            if let Some(proto) = Proto::from_number(k.proto) {
+                state
+                    .maglev
+                    .insert((k.rev_nat_index, proto), v.backend_ids.to_vec());
+            }
+        }
         Ok(state)
+    }
+
+    /// `namespace/name` per reverse-NAT index.
+    pub fn read_names(&self) -> Result<BTreeMap<u16, String>, MapsError> {
+        let mut out = BTreeMap::new();
+        for item in self.svc_names.iter() {
+            let (k, v) = item.map_err(|source| op_err(names::SVC_NAMES, "iterate", source))?;
+            let end = v.name.iter().position(|&b| b == 0).unwrap_or(v.name.len());
+            out.insert(k, String::from_utf8_lossy(&v.name[..end]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Tells the programs the node's address and uplink.
+    pub fn write_config(&mut self, config: NodeConfig) -> Result<(), MapsError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(|source| op_err(names::CONFIG, "write", source))
+    }
+
+    /// The node configuration the programs see.
+    pub fn read_config(&self) -> Result<NodeConfig, MapsError> {
+        self.config
+            .get(&0, 0)
+            .map_err(|source| op_err(names::CONFIG, "read", source))
+    }
+
+    /// Every conntrack entry, sorted by key.
+    pub fn read_ct(&self) -> Result<Vec<(CtKey, CtValue)>, MapsError> {
+        let mut out = Vec::new();
+        for item in self.ct.iter() {
+            match item {
+                Ok(kv) => out.push(kv),
+                // An LRU entry evicted between two steps of the walk.
+                Err(e) if is_not_found(&e) => continue,
+                Err(source) => return Err(op_err(names::CT, "iterate", source)),
+            }
+        }
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+
+    /// Deletes the conntrack entries (both directions) of flows whose backend is one of
+    /// `backend_ids`: their next packet is balanced again, onto a live backend (a UDP flow
+    /// keeps working, a TCP flow is reset by the new backend) instead of being sent to an
+    /// address nobody serves — the stale-flow bug of kube-proxy's kubernetes#56903.
+    pub fn purge_ct(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize, MapsError> {
+        if backend_ids.is_empty() {
+            return Ok(0);
+        }
+        let stale: Vec<CtKey> = self
+            .read_ct()?
+            .into_iter()
+            .filter(|(_, v)| backend_ids.contains(&v.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        for key in &stale {
+            match self.ct.remove(key) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(source) => return Err(op_err(names::CT, "delete", source)),
+            }
+        }
+        Ok(stale.len())
+    }
+
+    /// Every session-affinity entry.
+    pub fn read_affinity(&self) -> Result<Vec<(AffinityKey, AffinityValue)>, MapsError> {
+        let mut out = Vec::new();
+        for item in self.affinity.iter() {
+            match item {
+                Ok(kv) => out.push(kv),
+                Err(e) if is_not_found(&e) => continue,
+                Err(source) => return Err(op_err(names::AFFINITY, "iterate", source)),
+            }
+        }
+        Ok(out)
     }
 
     /// Applies `ops` in order. Stops at the first failure: the next reconcile reads the maps
@@ -230,7 +336,7 @@ impl Maps {
     }
 
     fn apply_one(&mut self, op: &MapOp) -> Result<(), MapsError> {
-        match *op {
+        match op.clone() {
             MapOp::PutBackend { id, backend } => {
                 let (port, proto) = (backend.port.to_be(), backend.proto.number());
                 match backend.address {
@@ -294,19 +400,63 @@ impl Maps {
                 count,
                 rev_nat_index,
                 affinity_timeout,
+                flags,
             } => {
+                let affinity = if affinity_timeout.is_some() {
+                    service_flags::AFFINITY
+                } else {
+                    0
+                };
                 let value = ServiceValue {
                     backend_id: affinity_timeout.unwrap_or(0),
                     count,
                     rev_nat_index,
-                    flags: if affinity_timeout.is_some() {
-                        service_flags::AFFINITY
-                    } else {
-                        0
-                    },
+                    flags: (flags & !service_flags::AFFINITY) | affinity,
                     pad: [0; 3],
                 };
                 self.put_service(&frontend, 0, value, op)
+            }
+            MapOp::PutName { index, name } => {
+                let mut value = ServiceName { name: [0; 128] };
+                // Namespace and name are DNS labels (at most 63 bytes each): they fit.
+                let bytes = name.as_bytes();
+                let n = bytes.len().min(value.name.len() - 1);
+                value.name[..n].copy_from_slice(&bytes[..n]);
+                insert(&mut self.svc_names, names::SVC_NAMES, index, value, op)
+            }
+            MapOp::PutMaglev {
+                index,
+                proto,
+                table,
+            } => {
+                let mut value = MaglevTable {
+                    backend_ids: [0; limits::MAGLEV_TABLE_SIZE as usize],
+                };
+                if table.len() != value.backend_ids.len() {
+                    return Err(MapsError::Invalid {
+                        map: names::MAGLEV,
+                        what: format!(
+                            "a table of {} entries, {} expected",
+                            table.len(),
+                            value.backend_ids.len()
+                        ),
+                    });
+                }
+                value.backend_ids.copy_from_slice(&table);
+                let key = MaglevKey {
+                    rev_nat_index: index,
+                    proto: proto.number(),
+                    pad: 0,
+                };
+                insert(&mut self.maglev, names::MAGLEV, key, value, op)
+            }
+            MapOp::DeleteMaglev { index, proto } => {
+                let key = MaglevKey {
+                    rev_nat_index: index,
+                    proto: proto.number(),
+                    pad: 0,
+                };
+                remove(&mut self.maglev, names::MAGLEV, &key, op)
             }
             MapOp::DeleteSlot { frontend, slot } => {
                 let (port, proto) = (frontend.port.to_be(), frontend.proto.number());
@@ -324,7 +474,8 @@ impl Maps {
             // Indexes and ids are unique over both families: delete from both maps.
             MapOp::DeleteRevNat { index } => {
                 remove(&mut self.revnat, names::REVNAT, &index, op)?;
-                remove(&mut self.revnat6, names::REVNAT6, &index, op)
+                remove(&mut self.revnat6, names::REVNAT6, &index, op)?;
+                remove(&mut self.svc_names, names::SVC_NAMES, &index, op)
             }
             MapOp::DeleteBackend { id } => {
                 remove(&mut self.backends, names::BACKENDS, &id, op)?;

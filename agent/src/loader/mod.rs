@@ -1,5 +1,6 @@
 //! Loads the eBPF object, pins its maps under the node's bpffs directory and attaches the
-//! programs: socket hooks to the node's cgroup root, tc programs to each endpoint's host veth.
+//! programs: socket hooks to the node's cgroup root, tc programs to each endpoint's host veth
+//! and to the node's uplink.
 //!
 //! Everything the kernel needs to keep serving lives in bpffs: the maps (reused on the next
 //! load, so an agent restart keeps every translation) and the links (so the programs stay
@@ -23,7 +24,7 @@ use aya::{
         tc::TcAttachOptions,
     },
 };
-use keelson_common::{EndpointInfo, names, paths};
+use keelson_common::{EndpointInfo, NodeConfig, limits, names, paths};
 
 pub use maps::{Maps, MapsError, MetricKind, MetricSample};
 
@@ -164,11 +165,11 @@ impl Datapath {
             let link_path = links_dir.join(format!("{name}_link"));
             attach_sock(prog, name, &cgroup, &link_path)?;
         }
-        let tc: &mut SchedClassifier = program_mut(&mut ebpf, names::PROG_FROM_CONTAINER)?;
-        tc.load().map_err(|source| LoaderError::Program {
-            name: names::PROG_FROM_CONTAINER,
-            source,
-        })?;
+        for name in [names::PROG_FROM_CONTAINER, names::PROG_FROM_NETDEV] {
+            let tc: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
+            tc.load()
+                .map_err(|source| LoaderError::Program { name, source })?;
+        }
 
         let maps = Maps::take_from(&mut ebpf).map_err(LoaderError::Maps)?;
         Ok(Self {
@@ -201,16 +202,68 @@ impl Datapath {
             .put_endpoint(ep.ip, info)
             .map_err(LoaderError::Maps)?;
         let link_path = self.tc_link_path(ep.ip);
-        let name = names::PROG_FROM_CONTAINER;
+        self.attach_tc(
+            &mut inner,
+            names::PROG_FROM_CONTAINER,
+            &ep.host_ifname,
+            ep.host_ifindex,
+            &link_path,
+        )
+    }
+
+    /// Attaches the uplink program to the node's interface `ifname` (the one holding
+    /// `node_ip`) and tells the programs about it. Idempotent, like [`Self::add_endpoint`].
+    pub fn attach_uplink(
+        &self,
+        ifname: &str,
+        ifindex: u32,
+        node_ip: Ipv4Addr,
+    ) -> Result<(), LoaderError> {
+        let mut inner = self.lock();
+        let link_path = self
+            .cfg
+            .pin_dir
+            .join(paths::LINKS_DIR)
+            .join(format!("{}_{ifname}", names::PROG_FROM_NETDEV));
+        // The configuration first: the program passes everything until it has an uplink.
+        inner
+            .maps
+            .write_config(NodeConfig {
+                node_ip: maps::ip_to_net(node_ip),
+                uplink_ifindex: ifindex,
+                snat_port_min: limits::SNAT_PORT_MIN,
+                snat_port_max: limits::SNAT_PORT_MAX,
+                pad: [0; 4],
+            })
+            .map_err(LoaderError::Maps)?;
+        self.attach_tc(
+            &mut inner,
+            names::PROG_FROM_NETDEV,
+            ifname,
+            ifindex,
+            &link_path,
+        )
+    }
+
+    /// Attaches tc program `name` at the ingress of `ifname` through a pinned tcx link, or
+    /// swaps the current program into the link an earlier agent pinned there.
+    fn attach_tc(
+        &self,
+        inner: &mut Inner,
+        name: &'static str,
+        ifname: &str,
+        ifindex: u32,
+        link_path: &Path,
+    ) -> Result<(), LoaderError> {
         let prog: &mut SchedClassifier = program_mut(&mut inner.ebpf, name)?;
-        // An earlier agent's link on this very veth: swap the program in place (tcx refuses
-        // the same program twice on one hook, and a swap leaves no unprotected moment).
+        // An earlier agent's link on this very interface: swap the program in place (tcx
+        // refuses the same program twice on one hook, and a swap leaves no unprotected moment).
         if link_path.exists() {
             let prog_fd = prog
                 .fd()
                 .map_err(|source| LoaderError::Program { name, source })?;
-            let reused = sys::obj_get(&link_path).and_then(|link| {
-                if sys::link_ifindex(link.as_fd())? != ep.host_ifindex {
+            let reused = sys::obj_get(link_path).and_then(|link| {
+                if sys::link_ifindex(link.as_fd())? != ifindex {
                     return Err(io::Error::other("link belongs to another interface"));
                 }
                 sys::link_update(link.as_fd(), prog_fd.as_fd())
@@ -220,11 +273,10 @@ impl Datapath {
                 // A link of a previous Pod with this address (its veth gone or going).
                 Err(e) => {
                     tracing::debug!(path = %link_path.display(), error = %e, "replacing link");
-                    remove_pin(&link_path)?;
+                    remove_pin(link_path)?;
                 }
             }
         }
-        let ifname = ep.host_ifname.as_str();
         // tcx resolves the interface in the calling thread's network namespace.
         let link = sys::in_netns(self.cfg.node_netns.as_deref(), || {
             let id = prog
@@ -244,7 +296,7 @@ impl Datapath {
             path: format!("{:?}", self.cfg.node_netns),
             source,
         })??;
-        link.pin(&link_path).map_err(|source| LoaderError::Pin {
+        link.pin(link_path).map_err(|source| LoaderError::Pin {
             path: link_path.display().to_string(),
             source,
         })?;

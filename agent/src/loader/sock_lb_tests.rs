@@ -314,6 +314,7 @@ fn client_ip_affinity_keeps_a_client_on_one_backend() {
     let desired = DesiredState {
         services: BTreeMap::from([(f, ports.iter().map(|&p| loopback(p, Proto::Tcp)).collect())]),
         affinity: BTreeMap::from([(f, 60)]),
+        ..DesiredState::default()
     };
     program(&t, &desired);
     let script = format!(

@@ -78,6 +78,7 @@ fn reload_reuses_pinned_maps_and_links() {
             count: 1,
             rev_nat_index: 1,
             affinity_timeout: None,
+            flags: 0,
         },
     ])
     .expect("apply");

@@ -11,7 +11,7 @@ pub mod maglev;
 pub mod model;
 pub mod plan;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -22,6 +22,7 @@ use kube::{
 use tokio::sync::Notify;
 
 use crate::loader::{Datapath, MapsError};
+use model::MapOp;
 
 /// How often the maps are compared with the API even without a change (repairs a failed
 /// write, e.g. after a full map was drained).
@@ -41,7 +42,11 @@ pub enum ServicesError {
 }
 
 /// Keeps the datapath's service maps equal to the API's Services and EndpointSlices.
-pub async fn run(client: kube::Client, dp: Arc<Datapath>) -> Result<(), ServicesError> {
+pub async fn run(
+    client: kube::Client,
+    dp: Arc<Datapath>,
+    node: plan::NodeContext,
+) -> Result<(), ServicesError> {
     let notify = Arc::new(Notify::new());
     let (services, svc_writer) = reflector::store::<Service>();
     let (slices, eps_writer) = reflector::store::<EndpointSlice>();
@@ -92,7 +97,7 @@ pub async fn run(client: kube::Client, dp: Arc<Datapath>) -> Result<(), Services
         }
         let svcs: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
         let eps: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
-        if let Err(e) = reconcile(&dp, &svcs, &eps) {
+        if let Err(e) = reconcile(&dp, &svcs, &eps, &node) {
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "programming services failed; retrying");
         }
         let _ = tokio::time::timeout(RESYNC, notify.notified()).await;
@@ -100,22 +105,38 @@ pub async fn run(client: kube::Client, dp: Arc<Datapath>) -> Result<(), Services
     }
 }
 
-/// One pass: read the maps, plan, apply.
+/// One pass: read the maps, plan, apply; then forget the conntrack entries of backends that
+/// are gone, so their flows are balanced again.
 pub fn reconcile(
     dp: &Datapath,
     services: &[Service],
     slices: &[EndpointSlice],
+    node: &plan::NodeContext,
 ) -> Result<usize, ServicesError> {
-    let desired = plan::desired(services, slices);
+    let desired = plan::desired(services, slices, node);
     let current = dp.read_lb().map_err(ServicesError::Maps)?;
     let ops = plan::diff(&current, &desired);
-    if !ops.is_empty() {
-        tracing::debug!(
-            ops = ops.len(),
-            frontends = desired.services.len(),
-            "programming services"
-        );
-        dp.apply(&ops).map_err(ServicesError::Maps)?;
+    if ops.is_empty() {
+        return Ok(0);
+    }
+    tracing::debug!(
+        ops = ops.len(),
+        frontends = desired.services.len(),
+        "programming services"
+    );
+    dp.apply(&ops).map_err(ServicesError::Maps)?;
+    let removed: BTreeSet<u32> = ops
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::DeleteBackend { id } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let purged = dp
+        .with_maps(|m| m.purge_ct(&removed))
+        .map_err(ServicesError::Maps)?;
+    if purged > 0 {
+        tracing::debug!(purged, "conntrack entries of removed backends deleted");
     }
     Ok(ops.len())
 }

@@ -106,6 +106,11 @@ pub struct DesiredState {
     pub services: BTreeMap<Frontend, Vec<BackendAddr>>,
     /// Frontends with `sessionAffinity: ClientIP`: the timeout in seconds.
     pub affinity: BTreeMap<Frontend, u32>,
+    /// Master flags besides affinity ([`keelson_common::service_flags`]: `EXTERNAL`,
+    /// `MAGLEV`, `LOCAL`); absent means none.
+    pub flags: BTreeMap<Frontend, u8>,
+    /// `namespace/name` of the Service each frontend belongs to (for the dump tools).
+    pub names: BTreeMap<Frontend, String>,
 }
 
 /// One frontend as found in the `services` map.
@@ -115,6 +120,8 @@ pub struct ServiceEntry {
     pub master: Option<(u16, u16)>,
     /// The master's session-affinity timeout in seconds, if affinity is on.
     pub affinity: Option<u32>,
+    /// The master's other flags (everything but `AFFINITY`).
+    pub flags: u8,
     /// Backend slots `1..`: slot → backend id.
     pub slots: BTreeMap<u16, u32>,
 }
@@ -125,6 +132,10 @@ pub struct LbState {
     pub services: BTreeMap<Frontend, ServiceEntry>,
     pub backends: BTreeMap<u32, BackendAddr>,
     pub revnat: BTreeMap<u16, Frontend>,
+    /// `namespace/name` per reverse-NAT index.
+    pub names: BTreeMap<u16, String>,
+    /// Maglev tables per (reverse-NAT index, protocol).
+    pub maglev: BTreeMap<(u16, Proto), Vec<u32>>,
 }
 
 impl LbState {
@@ -148,7 +159,7 @@ impl LbState {
 
 /// One change to the maps. [`crate::services::plan::diff`] orders them so that the datapath
 /// never follows a reference to an entry not written yet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOp {
     PutBackend {
         id: u32,
@@ -169,6 +180,21 @@ pub enum MapOp {
         rev_nat_index: u16,
         /// Session-affinity timeout in seconds, `None` without affinity.
         affinity_timeout: Option<u32>,
+        /// Flags besides affinity.
+        flags: u8,
+    },
+    PutName {
+        index: u16,
+        name: String,
+    },
+    PutMaglev {
+        index: u16,
+        proto: Proto,
+        table: Vec<u32>,
+    },
+    DeleteMaglev {
+        index: u16,
+        proto: Proto,
     },
     DeleteSlot {
         frontend: Frontend,

@@ -7,12 +7,29 @@ use std::{
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use keelson_common::limits;
+use keelson_common::{limits, service_flags};
 
-use super::model::{BackendAddr, DesiredState, Frontend, LbState, MapOp, Proto};
+use super::{
+    maglev::{self, MaglevBackend},
+    model::{BackendAddr, DesiredState, Frontend, LbState, MapOp, Proto},
+};
 
 /// The label an EndpointSlice names its Service with.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Per-Service choice of the backend selection for per-packet flows: `maglev` or `random`
+/// (Cilium's `service.cilium.io/lb-algorithm` in spirit).
+pub const LB_ALGORITHM_ANNOTATION: &str = "service.keelson.io/lb-algorithm";
+
+/// What the planner needs to know about the node it plans for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    /// This node's name: endpoints with this `nodeName` are local (traffic policies `Local`).
+    pub node_name: String,
+    /// The node's addresses NodePorts are served on.
+    pub node_ips: Vec<IpAddr>,
+    /// The agent's default selection for per-packet flows is Maglev (`--lb-algorithm`).
+    pub maglev_default: bool,
+}
 
 /// One endpoint address of a Service port, with the conditions that decide whether traffic
 /// may go to it.
@@ -22,13 +39,22 @@ struct Candidate {
     ready: bool,
     serving: bool,
     terminating: bool,
+    /// The endpoint runs on this node.
+    local: bool,
 }
 
-/// Computes each ClusterIP frontend's backends from Services and their EndpointSlices.
+/// Computes each frontend's backends from Services and their EndpointSlices.
 ///
 /// - Only ClusterIP-bearing Services: headless (`clusterIP: None`) and ExternalName Services
 ///   have nothing to balance. Each ClusterIP (one per family on dual-stack Services) gets
 ///   the endpoints of the slices of its own family (`addressType` IPv4 or IPv6).
+/// - NodePort and LoadBalancer Services also get a frontend per node address and nodePort,
+///   LoadBalancer Services one per `status.loadBalancer.ingress[].ip`, and every Service one
+///   per `spec.externalIPs` entry: these are `EXTERNAL`, served per packet on the uplink.
+/// - `externalTrafficPolicy: Local` gives the external frontends this node's endpoints only
+///   (and `LOCAL`: the client's address is kept); `internalTrafficPolicy: Local` does the same
+///   for the ClusterIPs. Among local endpoints the ready/terminating rule below applies again
+///   (KEP-1669).
 /// - The backend port of a Service port is the port of the same name (and protocol) in each
 ///   EndpointSlice — slices carry the resolved targetPort, which may differ per Pod.
 /// - Ready endpoints are used; only when none is ready, endpoints that are serving and
@@ -36,7 +62,7 @@ struct Candidate {
 ///   unset `terminating` as false (EndpointConditions API docs).
 /// - A frontend without any usable endpoint is still programmed, with no backends, so that
 ///   connecting to it is refused rather than sent to an address nobody serves.
-pub fn desired(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
+pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &NodeContext) -> DesiredState {
     let mut state = DesiredState::default();
     // Index the slices once by the Service they belong to: looking them up per Service would
     // make a pass quadratic in the number of Services (10^8 comparisons at 10,000).
@@ -86,6 +112,49 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
                 .and_then(|t| u32::try_from(t).ok())
                 .unwrap_or(10_800)
         });
+        let svc_name = format!("{namespace}/{name}");
+        let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let maglev = match svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LB_ALGORITHM_ANNOTATION))
+            .map(String::as_str)
+        {
+            Some("maglev") => true,
+            Some("random") => false,
+            _ => node.maglev_default,
+        };
+        let mut external_flags = service_flags::EXTERNAL;
+        if maglev {
+            external_flags |= service_flags::MAGLEV;
+        }
+        if external_local {
+            external_flags |= service_flags::LOCAL;
+        }
+        // Addresses served per packet besides the node's: LoadBalancer ingress IPs (what the
+        // LB-IPAM controller or a cloud assigned) and externalIPs.
+        let mut external_ips: Vec<IpAddr> = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        if ty == "LoadBalancer" {
+            external_ips.extend(
+                svc.status
+                    .as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|lb| lb.ingress.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i.ip.as_deref())
+                    .filter_map(|ip| ip.parse::<IpAddr>().ok()),
+            );
+        }
+        let has_node_ports = ty == "NodePort" || ty == "LoadBalancer";
         for sp in spec.ports.iter().flatten() {
             let Some(proto) = Proto::from_k8s(sp.protocol.as_deref()) else {
                 continue;
@@ -94,19 +163,50 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice]) -> DesiredState {
                 continue;
             };
             let port_name = sp.name.as_deref().unwrap_or("");
-            let v4 = select(candidates(own_slices, "IPv4", port_name, proto));
-            let v6 = select(candidates(own_slices, "IPv6", port_name, proto));
-            for &address in &cluster_ips {
+            let all4 = candidates(own_slices, "IPv4", port_name, proto, &node.node_name);
+            let all6 = candidates(own_slices, "IPv6", port_name, proto, &node.node_name);
+            let pick = |ip: &IpAddr, local_only: bool| {
+                let all = if ip.is_ipv4() { &all4 } else { &all6 };
+                if local_only {
+                    select(all.iter().filter(|c| c.local).copied().collect())
+                } else {
+                    select(all.clone())
+                }
+            };
+            let mut put = |frontend: Frontend, backends: Vec<BackendAddr>, flags: u8| {
+                state.services.insert(frontend, backends);
+                if let Some(timeout) = affinity {
+                    state.affinity.insert(frontend, timeout);
+                }
+                if flags != 0 {
+                    state.flags.insert(frontend, flags);
+                }
+                state.names.insert(frontend, svc_name.clone());
+            };
+            for address in &cluster_ips {
+                let frontend = Frontend {
+                    address: *address,
+                    port,
+                    proto,
+                };
+                put(frontend, pick(address, internal_local), 0);
+            }
+            let node_port = sp
+                .node_port
+                .filter(|_| has_node_ports)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|&p| p != 0);
+            let node_frontends = node_port
+                .into_iter()
+                .flat_map(|np| node.node_ips.iter().map(move |ip| (*ip, np)));
+            let other_frontends = external_ips.iter().map(|ip| (*ip, port));
+            for (address, port) in node_frontends.chain(other_frontends) {
                 let frontend = Frontend {
                     address,
                     port,
                     proto,
                 };
-                let backends = if address.is_ipv4() { &v4 } else { &v6 };
-                state.services.insert(frontend, backends.clone());
-                if let Some(timeout) = affinity {
-                    state.affinity.insert(frontend, timeout);
-                }
+                put(frontend, pick(&address, external_local), external_flags);
             }
         }
     }
@@ -118,6 +218,7 @@ fn candidates(
     address_type: &str,
     port_name: &str,
     proto: Proto,
+    node_name: &str,
 ) -> BTreeSet<Candidate> {
     let mut out = BTreeSet::new();
     for slice in slices.iter().filter(|s| s.address_type == address_type) {
@@ -158,6 +259,7 @@ fn candidates(
                 ready,
                 serving,
                 terminating,
+                local: !node_name.is_empty() && ep.node_name.as_deref() == Some(node_name),
             });
         }
     }
@@ -230,6 +332,8 @@ pub fn diff(current: &LbState, desired: &DesiredState) -> Vec<MapOp> {
     let mut used_revnat: BTreeSet<u16> = current.revnat.keys().copied().collect();
     let mut next_revnat = 1u16;
     let mut wanted_revnat: BTreeSet<u16> = BTreeSet::new();
+    let mut wanted_maglev: BTreeSet<(u16, Proto)> = BTreeSet::new();
+    let mut named: BTreeSet<u16> = BTreeSet::new();
     let mut frontend_ops = Vec::new();
     for (frontend, backends) in &desired.services {
         let key = (frontend.address, frontend.port);
@@ -253,14 +357,45 @@ pub fn diff(current: &LbState, desired: &DesiredState) -> Vec<MapOp> {
             }
         };
         wanted_revnat.insert(rev_nat_index);
+        if let Some(name) = desired.names.get(frontend)
+            && current.names.get(&rev_nat_index) != Some(name)
+            && named.insert(rev_nat_index)
+        {
+            ops.push(MapOp::PutName {
+                index: rev_nat_index,
+                name: name.clone(),
+            });
+        }
 
-        let ids: Vec<u32> = backends
+        let usable: Vec<(u32, &BackendAddr)> = backends
             .iter()
-            .filter_map(|b| id_of.get(b).copied())
+            .filter_map(|b| id_of.get(b).map(|&id| (id, b)))
             .take(usize::from(limits::MAX_BACKENDS_PER_SERVICE))
             .collect();
+        let ids: Vec<u32> = usable.iter().map(|&(id, _)| id).collect();
         let count = ids.len() as u16;
         let cur = current.services.get(frontend);
+        let flags = desired.flags.get(frontend).copied().unwrap_or(0);
+        // The table is written before the master that enables it, like slots are.
+        if flags & service_flags::MAGLEV != 0 && !usable.is_empty() {
+            let members: Vec<MaglevBackend> = usable
+                .iter()
+                .map(|&(id, b)| MaglevBackend {
+                    id,
+                    key: b.to_string(),
+                })
+                .collect();
+            let table = maglev::table(&members, limits::MAGLEV_TABLE_SIZE);
+            let key = (rev_nat_index, frontend.proto);
+            wanted_maglev.insert(key);
+            if current.maglev.get(&key) != Some(&table) {
+                frontend_ops.push(MapOp::PutMaglev {
+                    index: rev_nat_index,
+                    proto: frontend.proto,
+                    table,
+                });
+            }
+        }
         for (i, &backend_id) in ids.iter().enumerate() {
             let slot = i as u16 + 1;
             if cur.and_then(|c| c.slots.get(&slot)) != Some(&backend_id) {
@@ -274,12 +409,14 @@ pub fn diff(current: &LbState, desired: &DesiredState) -> Vec<MapOp> {
         let affinity_timeout = desired.affinity.get(frontend).copied();
         if cur.and_then(|c| c.master) != Some((count, rev_nat_index))
             || cur.and_then(|c| c.affinity) != affinity_timeout
+            || cur.map(|c| c.flags) != Some(flags)
         {
             frontend_ops.push(MapOp::PutMaster {
                 frontend: *frontend,
                 count,
                 rev_nat_index,
                 affinity_timeout,
+                flags,
             });
         }
         for &slot in cur.iter().flat_map(|c| c.slots.keys()) {
@@ -311,6 +448,12 @@ pub fn diff(current: &LbState, desired: &DesiredState) -> Vec<MapOp> {
         }
     }
 
+    for &(index, proto) in current.maglev.keys() {
+        if !wanted_maglev.contains(&(index, proto)) {
+            ops.push(MapOp::DeleteMaglev { index, proto });
+        }
+    }
+    // Deleting a reverse-NAT index deletes its name too.
     for &index in current.revnat.keys() {
         if !wanted_revnat.contains(&index) {
             ops.push(MapOp::DeleteRevNat { index });
@@ -334,7 +477,7 @@ pub fn diff(current: &LbState, desired: &DesiredState) -> Vec<MapOp> {
 /// (and the agent's own consistency checks) see the outcome of a plan without a kernel.
 pub fn apply_to_state(state: &mut LbState, ops: &[MapOp]) {
     for op in ops {
-        match *op {
+        match op.clone() {
             MapOp::PutBackend { id, backend } => {
                 state.backends.insert(id, backend);
             }
@@ -358,16 +501,32 @@ pub fn apply_to_state(state: &mut LbState, ops: &[MapOp]) {
                 count,
                 rev_nat_index,
                 affinity_timeout,
+                flags,
             } => {
                 let entry = state.services.entry(frontend).or_default();
                 entry.master = Some((count, rev_nat_index));
                 entry.affinity = affinity_timeout;
+                entry.flags = flags;
+            }
+            MapOp::PutName { index, name } => {
+                state.names.insert(index, name);
+            }
+            MapOp::PutMaglev {
+                index,
+                proto,
+                table,
+            } => {
+                state.maglev.insert((index, proto), table);
+            }
+            MapOp::DeleteMaglev { index, proto } => {
+                state.maglev.remove(&(index, proto));
             }
             MapOp::DeleteSlot { frontend, slot } => {
                 if let Some(entry) = state.services.get_mut(&frontend) {
                     if slot == 0 {
                         entry.master = None;
                         entry.affinity = None;
+                        entry.flags = 0;
                     } else {
                         entry.slots.remove(&slot);
                     }
@@ -378,6 +537,7 @@ pub fn apply_to_state(state: &mut LbState, ops: &[MapOp]) {
             }
             MapOp::DeleteRevNat { index } => {
                 state.revnat.remove(&index);
+                state.names.remove(&index);
             }
             MapOp::DeleteBackend { id } => {
                 state.backends.remove(&id);

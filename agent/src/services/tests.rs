@@ -12,7 +12,7 @@ use k8s_openapi::{
 
 use super::{
     model::{BackendAddr, DesiredState, Frontend, LbState, MapOp, Proto},
-    plan::{SERVICE_NAME_LABEL, apply_to_state, desired, diff},
+    plan::{NodeContext, SERVICE_NAME_LABEL, apply_to_state, desired, diff},
 };
 
 fn svc(name: &str, cluster_ip: &str, ports: &[(Option<&str>, i32, &str)]) -> Service {
@@ -131,7 +131,7 @@ fn desired_resolves_ports_by_name_across_slices() {
         &[(Some("http"), 9090, "TCP")],
         &[("10.244.3.5", Some(true), None, None)],
     );
-    let d = desired(&[s], &[a, b]);
+    let d = desired(&[s], &[a, b], &NodeContext::default());
     assert_eq!(
         d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)],
         vec![
@@ -163,7 +163,7 @@ fn desired_skips_headless_external_name_and_other_services_slices() {
         &[(None, 80, "TCP")],
         &[("10.244.1.9", None, None, None)],
     );
-    let d = desired(&[headless, ext, plain], &[other]);
+    let d = desired(&[headless, ext, plain], &[other], &NodeContext::default());
     assert_eq!(d.services.len(), 1);
     // No endpoints: programmed with no backends, so connecting is refused.
     assert_eq!(d.services[&fe([10, 96, 0, 12], 80, Proto::Tcp)], vec![]);
@@ -183,7 +183,7 @@ fn desired_falls_back_to_serving_terminating_only_without_ready_endpoints() {
             ("10.244.1.3", Some(false), Some(false), Some(false)),
         ],
     );
-    let d = desired(std::slice::from_ref(&s), &[mixed]);
+    let d = desired(std::slice::from_ref(&s), &[mixed], &NodeContext::default());
     assert_eq!(
         d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)],
         vec![be([10, 244, 1, 1], 8080, Proto::Tcp)]
@@ -199,7 +199,7 @@ fn desired_falls_back_to_serving_terminating_only_without_ready_endpoints() {
             ("10.244.1.3", Some(false), Some(false), Some(false)),
         ],
     );
-    let d = desired(&[s], &[terminating]);
+    let d = desired(&[s], &[terminating], &NodeContext::default());
     assert_eq!(
         d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)],
         vec![be([10, 244, 1, 2], 8080, Proto::Tcp)]
@@ -271,7 +271,8 @@ fn diff_from_empty_writes_backends_before_services_and_converges() {
                 frontend: f,
                 count: 2,
                 rev_nat_index: 1,
-                affinity_timeout: None
+                affinity_timeout: None,
+                flags: 0,
             },
         ]
     );
@@ -312,7 +313,8 @@ fn diff_shrinks_master_first_and_removes_unused_backends_last() {
                 frontend: f,
                 count: 2,
                 rev_nat_index: 1,
-                affinity_timeout: None
+                affinity_timeout: None,
+                flags: 0,
             },
             MapOp::DeleteSlot {
                 frontend: f,
@@ -446,9 +448,17 @@ fn reconcile_programs_real_maps_and_a_restarted_agent_changes_nothing() {
             ("10.244.2.4", Some(true), None, None),
         ],
     );
-    let written = super::reconcile(&t.dp, std::slice::from_ref(&s), std::slice::from_ref(&eps))
-        .expect("reconcile");
-    assert_eq!(written, 6, "2 backends, 1 revnat, 2 slots, 1 master");
+    let written = super::reconcile(
+        &t.dp,
+        std::slice::from_ref(&s),
+        std::slice::from_ref(&eps),
+        &NodeContext::default(),
+    )
+    .expect("reconcile");
+    assert_eq!(
+        written, 7,
+        "2 backends, 1 revnat, 1 name, 2 slots, 1 master"
+    );
     let f = fe([10, 96, 0, 10], 80, Proto::Tcp);
     let state = t.dp.read_lb().expect("read");
     assert_eq!(
@@ -467,12 +477,20 @@ fn reconcile_programs_real_maps_and_a_restarted_agent_changes_nothing() {
     })
     .expect("reload");
     assert_eq!(
-        super::reconcile(&restarted, std::slice::from_ref(&s), &[eps]).expect("reconcile"),
+        super::reconcile(
+            &restarted,
+            std::slice::from_ref(&s),
+            &[eps],
+            &NodeContext::default()
+        )
+        .expect("reconcile"),
         0
     );
 
     // The Service loses its endpoints: programmed with no backends, backends removed.
-    assert!(super::reconcile(&restarted, &[s], &[]).expect("reconcile") > 0);
+    assert!(
+        super::reconcile(&restarted, &[s], &[], &NodeContext::default()).expect("reconcile") > 0
+    );
     let state = restarted.read_lb().expect("read");
     assert_eq!(state.backends_of(&f), vec![]);
     assert!(state.backends.is_empty());
@@ -556,7 +574,7 @@ async fn run_programs_the_maps_from_the_api() {
     let (url, server) = fake_api(vec![s], vec![eps]).await;
     let config = kube::Config::new(url.parse().expect("url"));
     let client = kube::Client::try_from(config).expect("client");
-    let task = tokio::spawn(super::run(client, dp.clone()));
+    let task = tokio::spawn(super::run(client, dp.clone(), NodeContext::default()));
 
     let f = fe([10, 96, 0, 53], 53, Proto::Udp);
     let want = vec![Some(be([10, 244, 1, 7], 5353, Proto::Udp))];
@@ -591,12 +609,20 @@ fn session_affinity_is_planned_and_toggled_on_the_master_entry() {
         &[("10.244.1.1", None, None, None)],
     );
     let f = fe([10, 96, 0, 20], 80, Proto::Tcp);
-    let plain = desired(std::slice::from_ref(&s), std::slice::from_ref(&eps));
+    let plain = desired(
+        std::slice::from_ref(&s),
+        std::slice::from_ref(&eps),
+        &NodeContext::default(),
+    );
     assert!(plain.affinity.is_empty());
     if let Some(spec) = s.spec.as_mut() {
         spec.session_affinity = Some("ClientIP".into());
     }
-    let sticky = desired(std::slice::from_ref(&s), std::slice::from_ref(&eps));
+    let sticky = desired(
+        std::slice::from_ref(&s),
+        std::slice::from_ref(&eps),
+        &NodeContext::default(),
+    );
     assert_eq!(
         sticky.affinity.get(&f),
         Some(&10_800),
@@ -609,7 +635,11 @@ fn session_affinity_is_planned_and_toggled_on_the_master_entry() {
             }),
         });
     }
-    let sticky = desired(std::slice::from_ref(&s), std::slice::from_ref(&eps));
+    let sticky = desired(
+        std::slice::from_ref(&s),
+        std::slice::from_ref(&eps),
+        &NodeContext::default(),
+    );
     assert_eq!(sticky.affinity.get(&f), Some(&60));
 
     // Turning affinity on and off rewrites only the master entry.
@@ -621,7 +651,8 @@ fn session_affinity_is_planned_and_toggled_on_the_master_entry() {
             frontend: f,
             count: 1,
             rev_nat_index: 1,
-            affinity_timeout: Some(60)
+            affinity_timeout: Some(60),
+            flags: 0,
         }]
     );
     assert_eq!(diff(&on, &sticky), vec![]);
@@ -632,7 +663,8 @@ fn session_affinity_is_planned_and_toggled_on_the_master_entry() {
             frontend: f,
             count: 1,
             rev_nat_index: 1,
-            affinity_timeout: None
+            affinity_timeout: None,
+            flags: 0,
         }]
     );
 }
@@ -656,7 +688,7 @@ fn dual_stack_services_get_backends_of_their_own_family() {
         &[("fd00:244::3", None, None, None)],
     );
     v6.address_type = "IPv6".into();
-    let d = desired(&[s], &[v4, v6]);
+    let d = desired(&[s], &[v4, v6], &NodeContext::default());
     let f6 = Frontend {
         address: "fd00:96::10".parse().expect("ip"),
         port: 80,

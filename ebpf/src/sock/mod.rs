@@ -290,12 +290,15 @@ fn xlate_fwd<F: Family>(ctx: &SockAddrContext, counter: Counter) -> Result<i32, 
     let Some(dst) = F::read(ctx) else {
         return Ok(SYS_PROCEED);
     };
-    let lookup = select_backend::<F::L>(dst.address, dst.port, dst.proto, || netns_cookie(ctx))?;
+    let lookup = select_backend::<F::L>(dst.address, dst.port, dst.proto, 0, None, || {
+        netns_cookie(ctx)
+    })?;
     let (backend, rev_nat_index) = match lookup {
         Lookup::NotService => return Ok(SYS_PROCEED),
         Lookup::Backend {
             backend,
             rev_nat_index,
+            ..
         } => (backend, rev_nat_index),
     };
     let backend = <F::L as Lb>::backend_addr(&backend);

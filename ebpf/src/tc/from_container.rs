@@ -1,5 +1,6 @@
 //! tcx ingress of a Pod's host-side veth, i.e. every packet leaving the Pod: anti-spoofing
-//! (the source must be the address of the endpoint behind this very veth), then delivery
+//! (the source must be the address of the endpoint behind this very veth), reverse
+//! translation of replies to NodePort flows the uplink program sent to this Pod, then delivery
 //! straight into a local destination Pod with `bpf_redirect_peer` (kernel 5.10, 9aa1206e8f48),
 //! or the node's routing for everything else.
 
@@ -9,16 +10,15 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use keelson_common::{Counter, DropReason, EndpointKey};
+use keelson_common::{Counter, DropReason, EndpointKey, ct_dir};
 
-use crate::{maps::ENDPOINTS, metrics};
+use crate::{
+    maps::ENDPOINTS,
+    metrics,
+    nat::{self, ETH_HLEN, ETH_P_IP, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF},
+};
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
 const IP_TTL_OFF: usize = ETH_HLEN + 8;
-const IP_CSUM_OFF: usize = ETH_HLEN + 10;
-const IP_SADDR_OFF: usize = ETH_HLEN + 12;
-const IP_DADDR_OFF: usize = ETH_HLEN + 16;
 const BPF_F_RECOMPUTE_CSUM_NONE: u64 = 0;
 
 #[classifier]
@@ -55,6 +55,18 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     }
 
     let len = u64::from(ctx.len());
+    // A reply to a client outside the node: the uplink program translated the flow towards
+    // this Pod, its conntrack entry turns the source back into the frontend. It leaves by the
+    // uplink directly: the stack would drop a packet from the node's own address arriving on
+    // a veth as martian.
+    if let Some(flow) = nat::parse(ctx)?
+        && let Some(entry) = nat::ct_lookup(&flow.key(ct_dir::REPLY))
+        && let Some(cfg) = nat::config()
+    {
+        nat::apply_ct(ctx, &flow, entry)?;
+        metrics::count(Counter::NodePortRevXlated, len);
+        return Ok(nat::redirect_neigh(cfg.uplink_ifindex));
+    }
     // SAFETY: copied out at once.
     let Some(dst) = (unsafe { ENDPOINTS.get(EndpointKey { address: daddr }) }).copied() else {
         metrics::count(Counter::FromContainerStack, len);
