@@ -10,6 +10,7 @@ pub mod health;
 pub mod maglev;
 pub mod model;
 pub mod plan;
+pub mod teardown;
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
