@@ -32,6 +32,9 @@ const IP_PROTO_OFF: usize = ETH_HLEN + 9;
 /// little-endian).
 const IP_FRAG_OFFSET_MASK: u16 = 0xff1f;
 const TCP_CSUM_OFF: usize = 16;
+const TCP_FLAGS_OFF: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 const UDP_CSUM_OFF: usize = 6;
 const EEXIST: i32 = -17;
 /// How many SNAT ports are tried for one new flow before it is refused.
@@ -47,6 +50,8 @@ pub struct Flow {
     pub proto: u8,
     /// Offset of the transport header.
     pub l4_off: usize,
+    /// A TCP SYN without ACK: the client opens a new connection.
+    pub syn: bool,
 }
 
 impl Flow {
@@ -87,6 +92,12 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
     }
     let l4_off = ETH_HLEN + usize::from(version_ihl & 0x0f) * 4;
     let ports: [u16; 2] = ctx.load(l4_off).map_err(|_| DropReason::Malformed)?;
+    let syn = proto == proto::TCP && {
+        let flags: u8 = ctx
+            .load(l4_off + TCP_FLAGS_OFF)
+            .map_err(|_| DropReason::Malformed)?;
+        flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    };
     Ok(Some(Flow {
         saddr: ctx.load(IP_SADDR_OFF).map_err(|_| DropReason::Malformed)?,
         daddr: ctx.load(IP_DADDR_OFF).map_err(|_| DropReason::Malformed)?,
@@ -94,6 +105,7 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
         dport: ports[1],
         proto,
         l4_off,
+        syn,
     }))
 }
 
@@ -177,6 +189,24 @@ pub fn apply_ct(ctx: &TcContext, flow: &Flow, entry: *mut CtValue) -> Result<CtV
         value.nat_dport,
     )?;
     Ok(value)
+}
+
+/// Forgets a flow: its original entry `key` and the reply entry its value implies. A SYN on
+/// a tuple conntrack still holds means the client opened a new connection from a reused port;
+/// it is balanced afresh rather than pinned to the old connection's backend.
+#[inline(always)]
+pub fn ct_forget(key: &CtKey, value: &CtValue) {
+    let reply = CtKey {
+        saddr: value.nat_daddr,
+        daddr: value.nat_saddr,
+        sport: value.nat_dport,
+        dport: value.nat_sport,
+        proto: key.proto,
+        dir: ct_dir::REPLY,
+        pad: [0; 2],
+    };
+    let _ = CT.remove(&reply);
+    let _ = CT.remove(key);
 }
 
 /// The conntrack entry of `key`, if any.

@@ -333,3 +333,96 @@ pub fn parse_probe(text: &str) -> ProbeResult {
         .unwrap_or_else(|| panic!("no probe output in {text:?}"));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("bad probe output {line:?}: {e}"))
 }
+
+/// A machine outside the cluster on its underlay: a network namespace of the test's own with a
+/// veth plugged into the underlay bridge. Removed (with its veth) on drop.
+pub struct ExternalClient {
+    pub netns: String,
+    pub ip: String,
+}
+
+impl ExternalClient {
+    /// Joins cluster `cluster`'s underlay with address `10.250.0.<host>`.
+    pub fn join(cluster: &str, host: u8) -> Self {
+        let netns = format!("kls-t-{cluster}-x{host}");
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &netns])
+            .output();
+        let client = ExternalClient {
+            netns: netns.clone(),
+            ip: format!("10.250.0.{host}"),
+        };
+        let underlay = format!("kls-{cluster}-ul");
+        let port = format!("x{host}{}", std::process::id() % 100_000);
+        let addr = format!("{}/24", client.ip);
+        for args in [
+            vec!["netns", "add", &netns],
+            vec![
+                "link", "add", "eth0", "netns", &netns, "type", "veth", "peer", "name", &port,
+                "netns", &underlay,
+            ],
+            vec!["-n", &underlay, "link", "set", &port, "master", "br0", "up"],
+            vec!["-n", &netns, "addr", "add", &addr, "dev", "eth0"],
+            vec!["-n", &netns, "link", "set", "lo", "up"],
+            vec!["-n", &netns, "link", "set", "eth0", "up"],
+        ] {
+            let out = Command::new("ip").args(&args).output().expect("ip");
+            assert!(out.status.success(), "ip {args:?}: {}", output_text(&out));
+        }
+        client
+    }
+
+    /// Routes `dst` through `via` (how a router or BGP speaker would send traffic for a
+    /// LoadBalancer address to a node).
+    pub fn route(&self, dst: &str, via: &str) {
+        let out = Command::new("ip")
+            .args(["-n", &self.netns, "route", "replace", dst, "via", via])
+            .output()
+            .expect("ip route");
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+
+    /// Runs `program args` in the client's namespace.
+    pub fn run(&self, program: &Path, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(program)
+            .args(args)
+            .output()
+            .expect("running in the external client")
+    }
+
+    /// Like [`Self::run`], in the background.
+    pub fn spawn(&self, program: &Path, args: &[&str]) -> Child {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(program)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting in the external client")
+    }
+}
+
+impl Drop for ExternalClient {
+    fn drop(&mut self) {
+        // The veth goes with the namespace; processes still inside are killed first.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.netns])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).output();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.netns])
+            .output();
+    }
+}
+
+/// The underlay address of node `i`.
+pub fn node_ip(i: u8) -> String {
+    format!("10.250.0.{}", 10 + u16::from(i))
+}

@@ -12,7 +12,7 @@ pub mod model;
 pub mod plan;
 pub mod teardown;
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, net::IpAddr, sync::Arc, time::Duration};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -23,7 +23,7 @@ use kube::{
 use tokio::sync::Notify;
 
 use crate::loader::{Datapath, MapsError};
-use model::MapOp;
+use model::{BackendAddr, MapOp};
 
 /// How often the maps are compared with the API even without a change (repairs a failed
 /// write, e.g. after a full map was drained).
@@ -89,6 +89,11 @@ pub async fn run(
         _ = &mut eps_task => return Err(ServicesError::WatchEnded("endpointslices")),
     }
 
+    // healthCheckNodePorts answer in the node's namespace, where load balancers probe them.
+    let mut health = health::HealthServers::new(
+        tokio::runtime::Handle::current(),
+        dp.config().node_netns.as_deref(),
+    );
     loop {
         if svc_task.is_finished() {
             return Err(ServicesError::WatchEnded("services"));
@@ -100,6 +105,9 @@ pub async fn run(
         let eps: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
         if let Err(e) = reconcile(&dp, &svcs, &eps, &node) {
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "programming services failed; retrying");
+        }
+        for (port, e) in health.sync(&health::desired(&svcs, &eps, &node.node_name)) {
+            tracing::warn!(port, error = %e, "healthCheckNodePort not served; retrying");
         }
         let _ = tokio::time::timeout(RESYNC, notify.notified()).await;
         tokio::time::sleep(DEBOUNCE).await;
@@ -138,6 +146,30 @@ pub fn reconcile(
         .map_err(ServicesError::Maps)?;
     if purged > 0 {
         tracing::debug!(purged, "conntrack entries of removed backends deleted");
+    }
+    // Sockets the socket hooks connected straight to a backend that no longer exists at all
+    // (its endpoint left every EndpointSlice: the Pod is gone) would wait on a dead address;
+    // they are destroyed so applications see an error at once. A backend that only stopped
+    // being ready keeps its connections (KEP-1669).
+    let listed: BTreeSet<IpAddr> = slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter().flatten())
+        .flat_map(|e| e.addresses.iter())
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let gone: Vec<BackendAddr> = removed
+        .iter()
+        .filter_map(|id| current.backends.get(id))
+        .filter(|b| !listed.contains(&b.address))
+        .copied()
+        .collect();
+    if !gone.is_empty() {
+        let cfg = dp.config();
+        match teardown::destroy_connections(&cfg.cgroup_root, cfg.node_netns.as_deref(), &gone) {
+            Ok(n) if n > 0 => tracing::info!(sockets = n, "connections to removed backends reset"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "resetting connections to removed backends"),
+        }
     }
     Ok(ops.len())
 }

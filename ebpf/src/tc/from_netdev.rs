@@ -48,10 +48,17 @@ fn try_from_netdev(ctx: &TcContext) -> Result<i32, DropReason> {
         metrics::count(Counter::NodePortRevXlated, len);
         return Ok(nat::redirect_neigh(ifindex));
     }
-    if let Some(entry) = nat::ct_lookup(&flow.key(ct_dir::ORIGINAL)) {
-        let value = nat::apply_ct(ctx, &flow, entry)?;
-        metrics::count(Counter::NodePortXlated, len);
-        return deliver(ctx, &value, ifindex);
+    let original = flow.key(ct_dir::ORIGINAL);
+    if let Some(entry) = nat::ct_lookup(&original) {
+        if flow.syn {
+            // SAFETY: copied out at once.
+            let old = unsafe { *entry };
+            nat::ct_forget(&original, &old);
+        } else {
+            let value = nat::apply_ct(ctx, &flow, entry)?;
+            metrics::count(Counter::NodePortXlated, len);
+            return deliver(ctx, &value, ifindex);
+        }
     }
     let Some(value) = nat::new_external_flow(&flow, &cfg)? else {
         return Ok(TC_ACT_OK);
