@@ -92,7 +92,7 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BpfCmd {
-    /// Print a map decoded: services, backends, endpoints.
+    /// Print a map decoded: services, backends, revnat, ct, affinity, maglev, endpoints, metrics.
     Dump {
         what: String,
         /// Node whose pins to read (/sys/fs/bpf/keelson/<node>).

@@ -4,13 +4,24 @@ use std::{net::Ipv4Addr, path::Path};
 
 use serde_json::{Value, json};
 
+use keelson_common::{ct_dir, ct_flags, service_flags};
+
 use crate::{
-    loader::{Maps, MapsError},
-    services::model::LbState,
+    loader::{Maps, MapsError, maps::ip_from_net},
+    services::model::{LbState, Proto},
 };
 
 /// What `keelson bpf dump` can show.
-pub const DUMPABLE: [&str; 5] = ["services", "backends", "revnat", "endpoints", "metrics"];
+pub const DUMPABLE: [&str; 8] = [
+    "services",
+    "backends",
+    "revnat",
+    "ct",
+    "affinity",
+    "maglev",
+    "endpoints",
+    "metrics",
+];
 
 /// Errors of reading pinned maps.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +42,8 @@ pub enum DumpError {
     },
 }
 
-/// Renders the map `what` (services, backends, revnat, endpoints, metrics) pinned under
-/// `pin_dir`: one line per entry, or a JSON array with `json`.
+/// Renders the map `what` (one of [`DUMPABLE`]) pinned under `pin_dir`: one line per entry,
+/// or a JSON array with `json`. Entries that belong to a Service show its `namespace/name`.
 pub fn dump(pin_dir: &Path, what: &str, json: bool) -> Result<String, DumpError> {
     if !DUMPABLE.contains(&what) {
         return Err(DumpError::UnknownMap(what.to_owned()));
@@ -49,6 +60,9 @@ pub fn dump(pin_dir: &Path, what: &str, json: bool) -> Result<String, DumpError>
         "services" => services(&maps.read_lb().map_err(maps_err)?),
         "backends" => backends(&maps.read_lb().map_err(maps_err)?),
         "revnat" => revnat(&maps.read_lb().map_err(maps_err)?),
+        "ct" => ct(&maps).map_err(maps_err)?,
+        "affinity" => affinity(&maps).map_err(maps_err)?,
+        "maglev" => maglev(&maps.read_lb().map_err(maps_err)?),
         "endpoints" => endpoints(&maps).map_err(maps_err)?,
         _ => metrics(&maps).map_err(maps_err)?,
     };
@@ -101,7 +115,17 @@ fn services(state: &LbState) -> Vec<Row> {
             if let Some(timeout) = entry.affinity {
                 text.push_str(&format!(" (affinity {timeout}s)"));
             }
+            let flags = flag_names(entry.flags);
+            if !flags.is_empty() {
+                text.push_str(&format!(" [{}]", flags.join(",")));
+            }
+            let service = state.names.get(&rev_nat_index);
+            if let Some(name) = service {
+                text = format!("{name:<30} {text}");
+            }
             let json = json!({
+                "service": service,
+                "flags": flags,
                 "frontend": frontend.to_string(),
                 "address": frontend.address.to_string(),
                 "port": frontend.port,
@@ -121,6 +145,173 @@ fn services(state: &LbState) -> Vec<Row> {
             Row { text, json }
         })
         .collect()
+}
+
+fn flag_names(flags: u8) -> Vec<&'static str> {
+    [
+        (service_flags::EXTERNAL, "external"),
+        (service_flags::MAGLEV, "maglev"),
+        (service_flags::LOCAL, "local"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, name)| name)
+    .collect()
+}
+
+/// Conntrack of per-packet translated flows: each direction as it arrives and what it is
+/// rewritten to, with the Service it belongs to.
+fn ct(maps: &Maps) -> Result<Vec<Row>, MapsError> {
+    let names = maps.read_names()?;
+    let now = monotonic_ns();
+    Ok(maps
+        .read_ct()?
+        .into_iter()
+        .map(|(k, v)| {
+            let proto = Proto::from_number(k.proto).map_or("?", Proto::as_str);
+            let dir = if k.dir == ct_dir::REPLY { "reply" } else { "original" };
+            let from = sock(k.saddr, k.sport);
+            let to = sock(k.daddr, k.dport);
+            let nat_from = sock(v.nat_saddr, v.nat_sport);
+            let nat_to = sock(v.nat_daddr, v.nat_dport);
+            let mut how = Vec::new();
+            if v.flags & ct_flags::SNAT != 0 {
+                how.push("snat");
+            }
+            if v.flags & ct_flags::LOCAL_BACKEND != 0 {
+                how.push("local-backend");
+            }
+            let service = names.get(&v.rev_nat_index);
+            let idle_s = now.saturating_sub(v.last_seen_ns) / 1_000_000_000;
+            Row {
+                text: format!(
+                    "{proto} {dir:<8} {from} -> {to} => {nat_from} -> {nat_to} backend {} [{}] idle {idle_s}s {}",
+                    v.backend_id,
+                    how.join(","),
+                    service.map_or("", String::as_str),
+                ),
+                json: json!({
+                    "protocol": proto,
+                    "direction": dir,
+                    "source": from,
+                    "destination": to,
+                    "nat_source": nat_from,
+                    "nat_destination": nat_to,
+                    "backend_id": v.backend_id,
+                    "rev_nat_index": v.rev_nat_index,
+                    "service": service,
+                    "snat": v.flags & ct_flags::SNAT != 0,
+                    "local_backend": v.flags & ct_flags::LOCAL_BACKEND != 0,
+                    "idle_seconds": idle_s,
+                }),
+            }
+        })
+        .collect())
+}
+
+/// Session-affinity entries: which client sticks to which backend of which Service.
+fn affinity(maps: &Maps) -> Result<Vec<Row>, MapsError> {
+    let names = maps.read_names()?;
+    let lb = maps.read_lb()?;
+    let now = monotonic_ns();
+    let mut rows: Vec<_> = maps.read_affinity()?;
+    rows.sort_by_key(|(k, _)| (k.rev_nat_index, k.client));
+    Ok(rows
+        .into_iter()
+        .map(|(k, v)| {
+            // Clients outside the node are keyed by address (high bit set), Pods by their
+            // network namespace cookie.
+            let client = if k.client & (1 << 63) != 0 {
+                Ipv4Addr::from((k.client as u32).to_ne_bytes()).to_string()
+            } else {
+                format!("netns-cookie:{}", k.client)
+            };
+            let backend = lb.backends.get(&v.backend_id).map(ToString::to_string);
+            let service = names.get(&k.rev_nat_index);
+            let idle_s = now.saturating_sub(v.last_used_ns) / 1_000_000_000;
+            Row {
+                text: format!(
+                    "{} client {client} -> backend {} ({}) idle {idle_s}s",
+                    service.map_or("?", String::as_str),
+                    v.backend_id,
+                    backend.as_deref().unwrap_or("gone"),
+                ),
+                json: json!({
+                    "service": service,
+                    "rev_nat_index": k.rev_nat_index,
+                    "client": client,
+                    "backend_id": v.backend_id,
+                    "backend": backend,
+                    "idle_seconds": idle_s,
+                }),
+            }
+        })
+        .collect())
+}
+
+/// Maglev tables: each backend's share of the table.
+fn maglev(state: &LbState) -> Vec<Row> {
+    state
+        .maglev
+        .iter()
+        .map(|((index, proto), table)| {
+            let mut share: std::collections::BTreeMap<u32, usize> = Default::default();
+            for id in table {
+                *share.entry(*id).or_default() += 1;
+            }
+            let service = state.names.get(index);
+            let frontend = state.revnat.get(index).map(|f| {
+                std::net::SocketAddr::new(f.address, f.port).to_string() + "/" + proto.as_str()
+            });
+            let parts: Vec<String> = share
+                .iter()
+                .map(|(id, n)| {
+                    let b = state
+                        .backends
+                        .get(id)
+                        .map_or("gone".to_owned(), ToString::to_string);
+                    format!("{b}: {n}")
+                })
+                .collect();
+            Row {
+                text: format!(
+                    "{} {} table of {}: {}",
+                    service.map_or("?", String::as_str),
+                    frontend.as_deref().unwrap_or("?"),
+                    table.len(),
+                    parts.join(", ")
+                ),
+                json: json!({
+                    "service": service,
+                    "rev_nat_index": index,
+                    "frontend": frontend,
+                    "size": table.len(),
+                    "share": share.iter().map(|(id, n)| json!({
+                        "backend_id": id,
+                        "backend": state.backends.get(id).map(ToString::to_string),
+                        "slots": n,
+                    })).collect::<Vec<_>>(),
+                }),
+            }
+        })
+        .collect()
+}
+
+fn sock(address: u32, port: u16) -> String {
+    std::net::SocketAddrV4::new(ip_from_net(address), u16::from_be(port)).to_string()
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
+        return 0;
+    }
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 fn backends(state: &LbState) -> Vec<Row> {

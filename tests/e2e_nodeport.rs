@@ -1,0 +1,494 @@
+//! Services reached from outside the cluster, through the uplink program: NodePort over TCP
+//! and UDP on every node, LoadBalancer addresses from the LB pool with
+//! `externalTrafficPolicy: Local` (client address kept, local endpoints only, a
+//! healthCheckNodePort per node), externalIPs, Maglev consistency across nodes, and stale UDP
+//! flows moved off a deleted backend (kubernetes#56903). The client is a network namespace of
+//! the test's own on the cluster's underlay.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use support::{ExternalClient, LocalCluster, PROBE, node_ip, output_text, parse_probe};
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Three Pods, each an HTTP server on 8080 and a UDP server on 9090 answering with the Pod's
+/// name and the client address it saw.
+const APP: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+        - name: http
+          image: example.invalid/web:1
+          command: ["/usr/bin/python3", "-c", "HTTP_SERVER", "8080"]
+          ports: [{name: http, containerPort: 8080}]
+          readinessProbe: {tcpSocket: {port: http}, periodSeconds: 1}
+        - name: udp
+          image: example.invalid/web:1
+          command: ["/usr/bin/python3", "-c", "UDP_SERVER", "9090"]
+          ports: [{name: udp, containerPort: 9090, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-np
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports:
+    - {name: http, port: 80, targetPort: http}
+    - {name: udp, port: 53, targetPort: udp, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-local
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-maglev
+  annotations: {service.keelson.io/lb-algorithm: maglev}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-ext
+spec:
+  externalIPs: [10.250.129.7]
+  selector: {app: web}
+  ports: [{name: http, port: 8088, targetPort: http}]
+"#;
+
+const HTTP_SERVER: &str = r#"import http.server, os, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ('%s %s\n' % (os.environ['HOSTNAME'], self.client_address[0])).encode()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(('0.0.0.0', int(sys.argv[1])), H).serve_forever()
+"#;
+
+const UDP_SERVER: &str = r#"import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', int(sys.argv[1])))
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(('%s %s\n' % (os.environ['HOSTNAME'], peer[0])).encode(), peer)
+"#;
+
+/// One request per source port, each from a fixed source port, so that a flow's tuple is
+/// known: prints {source port: answer}. TCP or UDP; for UDP `rounds` datagrams per port are
+/// sent `interval` seconds apart and every answer is kept (a stale flow shows as timeouts).
+const FLOWS: &str = r#"
+import json, socket, sys, time
+proto, host, port, first, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+out = {}
+for sport in range(first, first + count):
+    try:
+        if proto == "tcp":
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.settimeout(3)
+            s.bind(("0.0.0.0", sport))
+            s.connect((host, port))
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            out[sport] = data.split(b"\r\n\r\n", 1)[1].decode().split()[0]
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.settimeout(1)
+            s.bind(("0.0.0.0", sport))
+            s.sendto(b"ping", (host, port))
+            data, peer = s.recvfrom(2048)
+            out[sport] = data.decode().split()[0]
+        s.close()
+    except Exception as e:
+        out[sport] = "error: %s" % e
+print(json.dumps(out))
+"#;
+
+fn yaml_quoted(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn json(c: &LocalCluster, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&c.kubectl_ok(args)).expect("kubectl json")
+}
+
+/// Runs [`PROBE`] from the external client: `count` requests, each on a new socket.
+fn probe(
+    x: &ExternalClient,
+    dir: &Path,
+    proto: &str,
+    host: &str,
+    port: u16,
+    count: u32,
+) -> support::ProbeResult {
+    let p = dir.join("probe.py");
+    std::fs::write(&p, PROBE).expect("probe");
+    let out = x.run(
+        Path::new(PYTHON),
+        &[
+            &p.to_string_lossy(),
+            proto,
+            host,
+            &port.to_string(),
+            &count.to_string(),
+        ],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    parse_probe(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Runs [`FLOWS`]: source port → answering Pod.
+fn flows(
+    x: &ExternalClient,
+    dir: &Path,
+    proto: &str,
+    host: &str,
+    port: u16,
+    first: u16,
+    count: u16,
+) -> BTreeMap<u16, String> {
+    let p = dir.join("flows.py");
+    std::fs::write(&p, FLOWS).expect("flows");
+    let out = x.run(
+        Path::new(PYTHON),
+        &[
+            &p.to_string_lossy(),
+            proto,
+            host,
+            &port.to_string(),
+            &first.to_string(),
+            &count.to_string(),
+        ],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("flows output");
+    let raw: BTreeMap<String, String> = serde_json::from_str(line).expect("flows json");
+    raw.into_iter()
+        .map(|(k, v)| (k.parse().expect("port"), v))
+        .collect()
+}
+
+/// HTTP GET from the external client; (status, body).
+fn http_get(x: &ExternalClient, host: &str, port: u16) -> (u16, String) {
+    let script = format!(
+        "import urllib.request, urllib.error\n\
+         try:\n    r = urllib.request.urlopen('http://{host}:{port}/', timeout=3); print(r.status); print(r.read().decode())\n\
+         except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n"
+    );
+    let out = x.run(Path::new(PYTHON), &["-c", &script]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, body) = text.split_once('\n').unwrap_or((&text, ""));
+    (code.trim().parse().expect("status"), body.to_string())
+}
+
+fn service_port(c: &LocalCluster, svc: &str, field: &str, index: usize) -> u16 {
+    let v = json(c, &["get", "svc", svc, "-o", "json"]);
+    let port = if field == "healthCheckNodePort" {
+        v["spec"]["healthCheckNodePort"].as_u64()
+    } else {
+        v["spec"]["ports"][index][field].as_u64()
+    };
+    port.and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("{svc} has no {field}: {v}"))
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Pod name → (node, podIP) of the app's Pods that are Ready.
+fn ready_pods(c: &LocalCluster) -> BTreeMap<String, (String, String)> {
+    let v = json(c, &["get", "pods", "-l", "app=web", "-o", "json"]);
+    v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| {
+            p["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .map(|p| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                (
+                    p["spec"]["nodeName"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    p["status"]["podIP"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn services_from_outside_the_cluster() {
+    let name = format!("np{}", std::process::id());
+    let c = LocalCluster::up(&name, 2);
+    let dir = c.data_dir.path();
+    let manifest = dir.join("app.yaml");
+    std::fs::write(
+        &manifest,
+        APP.replace("HTTP_SERVER", &yaml_quoted(HTTP_SERVER))
+            .replace("UDP_SERVER", &yaml_quoted(UDP_SERVER)),
+    )
+    .expect("manifest");
+    c.kubectl_ok(&["apply", "-f", &manifest.to_string_lossy()]);
+    let pods = wait_for("3 ready Pods", Duration::from_secs(60), || {
+        let p = ready_pods(&c);
+        (p.len() == 3).then_some(p)
+    });
+    let x = ExternalClient::join(&name, 200);
+    let on_node = |n: &str| -> BTreeSet<String> {
+        pods.iter()
+            .filter(|(_, (node, _))| node == n)
+            .map(|(p, _)| p.clone())
+            .collect()
+    };
+    let all: BTreeSet<String> = pods.keys().cloned().collect();
+
+    // NodePort over TCP on each node: every Pod answers, whichever node it runs on. Pods of
+    // the entry node see the client's address; the others see the entry node's (SNAT), so
+    // their replies come back through it.
+    let np = service_port(&c, "web-np", "nodePort", 0);
+    for i in [1u8, 2] {
+        let entry = node_ip(i);
+        let local = on_node(&c.node(i));
+        let r = wait_for(
+            &format!("NodePort {np} on node {i}"),
+            Duration::from_secs(20),
+            || {
+                let r = probe(&x, dir, "tcp", &entry, np, 30);
+                (r.errors.is_empty() && r.answers.len() == 3).then_some(r)
+            },
+        );
+        for answer in r.answers.keys() {
+            let (pod, seen) = answer.split_once(' ').expect("answer");
+            assert!(all.contains(pod), "unknown answer {answer}");
+            let want = if local.contains(pod) {
+                x.ip.as_str()
+            } else {
+                entry.as_str()
+            };
+            assert_eq!(seen, want, "client address seen by {pod} through node {i}");
+        }
+    }
+
+    // NodePort over UDP: every reply comes from the address the client sent to (PROBE checks
+    // the peer), i.e. it was translated back.
+    let udp_np = service_port(&c, "web-np", "nodePort", 1);
+    let r = probe(&x, dir, "udp", &node_ip(1), udp_np, 30);
+    assert!(r.errors.is_empty(), "UDP NodePort: {:?}", r.errors);
+    assert_eq!(r.answers.len(), 3, "UDP NodePort answers: {:?}", r.answers);
+
+    // externalIPs: routed to node 2.
+    x.route("10.250.129.7/32", &node_ip(2));
+    let r = probe(&x, dir, "tcp", "10.250.129.7", 8088, 30);
+    assert!(r.errors.is_empty(), "externalIP: {:?}", r.errors);
+    assert_eq!(r.answers.len(), 3, "externalIP answers: {:?}", r.answers);
+
+    // LoadBalancer with externalTrafficPolicy Local, routed to a node with local Pods: only
+    // those answer, and they see the client's own address.
+    let lb_ip = wait_for("a LoadBalancer address", Duration::from_secs(20), || {
+        json(&c, &["get", "svc", "web-local", "-o", "json"])["status"]["loadBalancer"]["ingress"][0]
+            ["ip"]
+            .as_str()
+            .map(str::to_string)
+    });
+    let (with_pods, without_pods) = if on_node(&c.node(1)).is_empty() {
+        (2u8, 1u8)
+    } else {
+        (1u8, 2u8)
+    };
+    x.route(&format!("{lb_ip}/32"), &node_ip(with_pods));
+    let local = on_node(&c.node(with_pods));
+    let r = probe(&x, dir, "tcp", &lb_ip, 80, 30);
+    assert!(r.errors.is_empty(), "LB Local: {:?}", r.errors);
+    let seen: BTreeSet<&str> = r
+        .answers
+        .keys()
+        .map(|a| a.split_once(' ').expect("answer").0)
+        .collect();
+    assert_eq!(
+        seen,
+        local.iter().map(String::as_str).collect(),
+        "LB Local answers"
+    );
+    for answer in r.answers.keys() {
+        assert!(
+            answer.ends_with(&format!(" {}", x.ip)),
+            "source not preserved: {answer}"
+        );
+    }
+    // Its healthCheckNodePort: 200 and the local count where Pods run, 503 elsewhere.
+    let hc = service_port(&c, "web-local", "healthCheckNodePort", 0);
+    let (code, body) = wait_for("the health check", Duration::from_secs(10), || {
+        let got = http_get(&x, &node_ip(with_pods), hc);
+        (got.0 == 200).then_some(got)
+    });
+    let v: serde_json::Value = serde_json::from_str(&body).expect("health json");
+    assert_eq!(code, 200);
+    assert_eq!(
+        v["localEndpoints"].as_u64(),
+        Some(local.len() as u64),
+        "{body}"
+    );
+    assert_eq!(v["service"]["name"], "web-local");
+    if on_node(&c.node(without_pods)).is_empty() {
+        assert_eq!(http_get(&x, &node_ip(without_pods), hc).0, 503);
+    }
+
+    // Maglev: the same flows to the same LoadBalancer address pick the same backends through
+    // either node (every node computes the same table), and a change of backends moves only
+    // part of them.
+    let mlb = wait_for(
+        "a Maglev LoadBalancer address",
+        Duration::from_secs(20),
+        || {
+            json(&c, &["get", "svc", "web-maglev", "-o", "json"])["status"]["loadBalancer"]["ingress"][0]["ip"]
+            .as_str()
+            .map(str::to_string)
+        },
+    );
+    x.route(&format!("{mlb}/32"), &node_ip(1));
+    let via1 = flows(&x, dir, "tcp", &mlb, 80, 40_000, 60);
+    x.route(&format!("{mlb}/32"), &node_ip(2));
+    let via2 = flows(&x, dir, "tcp", &mlb, 80, 40_000, 60);
+    assert!(
+        via1.values().all(|p| all.contains(p)),
+        "Maglev via node 1: {via1:?}"
+    );
+    assert_eq!(via1, via2, "the nodes disagree on Maglev backends");
+    let used: BTreeSet<&String> = via1.values().collect();
+    assert_eq!(
+        used.len(),
+        3,
+        "60 flows should reach all 3 backends: {via1:?}"
+    );
+
+    c.kubectl_ok(&["scale", "deployment/web", "--replicas=4"]);
+    wait_for("4 ready Pods", Duration::from_secs(60), || {
+        (ready_pods(&c).len() == 4).then_some(())
+    });
+    let after = wait_for(
+        "the new backend in the Maglev table",
+        Duration::from_secs(10),
+        || {
+            let f = flows(&x, dir, "tcp", &mlb, 80, 40_000, 60);
+            (f.values().collect::<BTreeSet<_>>().len() == 4).then_some(f)
+        },
+    );
+    let moved: Vec<u16> = via2
+        .iter()
+        .filter(|(port, pod)| after.get(*port) != Some(*pod))
+        .map(|(port, _)| *port)
+        .collect();
+    let between_old = moved
+        .iter()
+        .filter(|port| after.get(*port).is_some_and(|p| all.contains(p)))
+        .count();
+    eprintln!(
+        "Maglev: {} of 60 flows moved when a 4th backend came, {between_old} of them between old backends",
+        moved.len()
+    );
+    // Ideal: 1/4 of the flows move, all onto the new backend (Maglev is near-minimal: a few
+    // table slots also change hands between old backends). Random selection would move ~3/4.
+    assert!(
+        moved.len() <= 27,
+        "{} of 60 flows moved when a 4th backend came: {via2:?} -> {after:?}",
+        moved.len()
+    );
+    assert!(
+        between_old <= 5,
+        "{between_old} flows moved between old backends: {via2:?} -> {after:?}"
+    );
+
+    // `bpf dump ct` shows the flows with their Service.
+    let out = std::process::Command::new(support::keelson())
+        .args(["bpf", "dump", "ct", "--pin-dir"])
+        .arg(c.pin_dir(2))
+        .output()
+        .expect("bpf dump ct");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let ct = String::from_utf8_lossy(&out.stdout);
+    assert!(ct.contains("default/web-maglev"), "{ct}");
+
+    // A stale UDP flow: a client keeps sending from one source port; its backend is deleted;
+    // the flow must move to a live backend instead of being sent to the dead one forever.
+    let first = flows(&x, dir, "udp", &node_ip(1), udp_np, 41_000, 1);
+    let victim = first[&41_000].clone();
+    assert!(ready_pods(&c).contains_key(&victim), "UDP answer {first:?}");
+    c.kubectl_ok(&["delete", "pod", &victim, "--wait=false"]);
+    let moved_to = wait_for(
+        "the UDP flow to leave the deleted Pod",
+        Duration::from_secs(15),
+        || {
+            let f = flows(&x, dir, "udp", &node_ip(1), udp_np, 41_000, 1);
+            let pod = f[&41_000].clone();
+            (!pod.starts_with("error") && pod != victim).then_some(pod)
+        },
+    );
+    assert_ne!(moved_to, victim);
+}
