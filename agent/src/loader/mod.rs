@@ -440,3 +440,6 @@ mod sock_lb_tests;
 
 #[cfg(test)]
 mod endpoint_tests;
+
+#[cfg(test)]
+mod from_netdev_tests;

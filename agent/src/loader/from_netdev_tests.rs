@@ -1,0 +1,897 @@
+//! BPF_PROG_TEST_RUN tests of the per-packet Service translation: `tc_from_netdev` (the
+//! uplink: NodePort/LoadBalancer/external IP flows, SNAT, conntrack, reverse NAT of replies)
+//! and the reverse-NAT step of `tc_from_container` (replies of local backends).
+//!
+//! As in the from_container tests, the program runs with `ifindex` 1 (`lo` of the test
+//! process's namespace, net/bpf/test_run.c); the redirect helpers only record their target in
+//! the per-CPU redirect state and return `TC_ACT_REDIRECT`, which the test run hands back as
+//! the verdict without sending anything anywhere.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use keelson_common::{
+    Counter, CtKey, CtValue, DropReason, EndpointInfo, NodeConfig, ct_dir, ct_flags, limits, names,
+    proto, service_flags,
+};
+
+use super::{maps::ip_to_net, testutil::TestDatapath};
+use crate::services::model::{BackendAddr, Frontend, MapOp, Proto};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+/// `struct __sk_buff` is 192 bytes; `ifindex` sits at offset 40 (include/uapi/linux/bpf.h).
+const SKB_CTX_LEN: usize = 192;
+const SKB_IFINDEX_OFF: usize = 40;
+const LO_IFINDEX: u32 = 1;
+
+const ETH_HLEN: usize = 14;
+const IP_HLEN: usize = 20;
+const L4: usize = ETH_HLEN + IP_HLEN;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const TCP_PSH_ACK: u8 = 0x18;
+
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 11);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
+const CLIENT_PORT: u16 = 45_678;
+const NODE_PORT: u16 = 30_080;
+const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// A backend on another node.
+const REMOTE_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 9);
+const REMOTE_BACKEND_2: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
+/// A backend Pod of this node (its host veth is `lo` in the test run, so the Pod's reply
+/// passes from_container's anti-spoofing check).
+const LOCAL_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+const LOCAL_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 1];
+const LOCAL_HOST_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 2];
+const BACKEND_PORT: u16 = 8080;
+const UPLINK_MAC: [u8; 6] = [0x02, 0x0e, 0, 0, 0, 1];
+const PEER_MAC: [u8; 6] = [0x02, 0x0f, 0, 0, 0, 1];
+const PAYLOAD: &[u8] = b"keelson";
+
+/// One's-complement sum of 16-bit words (RFC 1071), not yet inverted.
+fn ones_sum(data: &[u8], mut sum: u32) -> u32 {
+    for c in data.chunks(2) {
+        let word = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+fn ipv4_checksum(header: &[u8]) -> u16 {
+    !(ones_sum(header, 0) as u16)
+}
+
+/// The TCP/UDP checksum of `segment` (its checksum field included) over the IPv4
+/// pseudo-header: 0 for a segment whose checksum field is right.
+fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.push(0);
+    pseudo.push(proto);
+    pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    !(ones_sum(segment, ones_sum(&pseudo, 0)) as u16)
+}
+
+/// How a test frame's transport header looks.
+#[derive(Clone, Copy)]
+enum L4Kind {
+    Tcp {
+        flags: u8,
+    },
+    /// UDP with a computed checksum (`true`) or checksum 0, "none" (RFC 768).
+    Udp {
+        checksum: bool,
+    },
+}
+
+/// An Ethernet/IPv4/TCP-or-UDP frame with a short payload and correct checksums.
+fn frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, kind: L4Kind) -> Vec<u8> {
+    let (proto, mut l4) = match kind {
+        L4Kind::Tcp { flags } => {
+            let mut tcp = vec![0u8; 20];
+            tcp[4..8].copy_from_slice(&0x1000_0001u32.to_be_bytes()); // seq
+            if flags & TCP_ACK != 0 {
+                tcp[8..12].copy_from_slice(&0x2000_0001u32.to_be_bytes());
+            }
+            tcp[12] = 5 << 4;
+            tcp[13] = flags;
+            tcp[14..16].copy_from_slice(&64_240u16.to_be_bytes()); // window
+            (proto::TCP, tcp)
+        }
+        L4Kind::Udp { .. } => {
+            let mut udp = vec![0u8; 8];
+            udp[4..6].copy_from_slice(&((8 + PAYLOAD.len()) as u16).to_be_bytes());
+            (proto::UDP, udp)
+        }
+    };
+    l4[0..2].copy_from_slice(&sport.to_be_bytes());
+    l4[2..4].copy_from_slice(&dport.to_be_bytes());
+    l4.extend_from_slice(PAYLOAD);
+    let csum_off = if proto == proto::TCP { 16 } else { 6 };
+    if !matches!(kind, L4Kind::Udp { checksum: false }) {
+        let mut csum = l4_checksum(src, dst, proto, &l4);
+        if proto == proto::UDP && csum == 0 {
+            csum = 0xffff;
+        }
+        l4[csum_off..csum_off + 2].copy_from_slice(&csum.to_be_bytes());
+    }
+
+    let mut f = Vec::new();
+    f.extend_from_slice(&UPLINK_MAC);
+    f.extend_from_slice(&PEER_MAC);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (IP_HLEN + l4.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, proto, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let csum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&l4);
+    f
+}
+
+fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    frame(src, sport, dst, dport, L4Kind::Tcp { flags })
+}
+
+/// The addresses and ports of a frame, as the test reads them back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tuple {
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+}
+
+fn tuple(f: &[u8]) -> Tuple {
+    let ip = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
+    let port = |o: usize| u16::from_be_bytes([f[o], f[o + 1]]);
+    Tuple {
+        src: ip(ETH_HLEN + 12),
+        sport: port(L4),
+        dst: ip(ETH_HLEN + 16),
+        dport: port(L4 + 2),
+    }
+}
+
+/// Asserts that the IPv4 header checksum and the transport checksum of `f` are right for its
+/// (rewritten) contents, and that nothing past the ports but the checksum changed.
+fn assert_checksums_and_payload(f: &[u8], original: &[u8]) {
+    assert_eq!(f.len(), original.len(), "frame length kept");
+    assert_eq!(
+        ipv4_checksum(&f[ETH_HLEN..L4]),
+        0,
+        "IPv4 header checksum valid"
+    );
+    let t = tuple(f);
+    let proto = f[ETH_HLEN + 9];
+    let csum_off = if proto == proto::TCP { 16 } else { 6 };
+    let csum = u16::from_be_bytes([f[L4 + csum_off], f[L4 + csum_off + 1]]);
+    if proto == proto::UDP && csum == 0 {
+        // "No checksum" is only valid if the sender sent none.
+        assert_eq!(original[L4 + 6..L4 + 8], [0, 0], "UDP checksum 0 kept as 0");
+    } else {
+        assert_eq!(
+            l4_checksum(t.src, t.dst, proto, &f[L4..]),
+            0,
+            "transport checksum valid over the pseudo-header"
+        );
+    }
+    // Everything in the transport header after the ports except the checksum, and the payload.
+    let strip = |x: &[u8]| {
+        let mut v = x[L4 + 4..].to_vec();
+        v[csum_off - 4] = 0;
+        v[csum_off - 3] = 0;
+        v
+    };
+    assert_eq!(strip(f), strip(original), "rest of the segment untouched");
+    // IPv4 header besides addresses and checksum.
+    assert_eq!(
+        f[ETH_HLEN..ETH_HLEN + 10],
+        original[ETH_HLEN..ETH_HLEN + 10]
+    );
+}
+
+/// Runs program `prog` on `frame`; returns the verdict and the frame as the program left it.
+fn run(t: &TestDatapath, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut ctx = [0u8; SKB_CTX_LEN];
+    ctx[SKB_IFINDEX_OFF..SKB_IFINDEX_OFF + 4].copy_from_slice(&LO_IFINDEX.to_ne_bytes());
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = t.dp.with_ebpf(|ebpf| {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(prog)
+            .expect("program")
+            .try_into()
+            .expect("tc program");
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        prog.test_run(opts).expect("BPF_PROG_TEST_RUN")
+    });
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+fn netdev(t: &TestDatapath, frame: &[u8]) -> (u32, Vec<u8>) {
+    run(t, names::PROG_FROM_NETDEV, frame)
+}
+
+fn metric(t: &TestDatapath, index: u32) -> u64 {
+    t.dp.with_maps(|m| m.metric(index)).expect("metric").packets
+}
+
+fn ct(t: &TestDatapath) -> Vec<(CtKey, CtValue)> {
+    t.dp.with_maps(|m| m.read_ct()).expect("read ct")
+}
+
+fn ct_key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8, dir: u8) -> CtKey {
+    CtKey {
+        saddr: ip_to_net(src),
+        daddr: ip_to_net(dst),
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto,
+        dir,
+        pad: [0; 2],
+    }
+}
+
+fn ct_get(t: &TestDatapath, key: &CtKey) -> Option<CtValue> {
+    ct(t).into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+fn fe(ip: Ipv4Addr, port: u16, proto: Proto) -> Frontend {
+    Frontend {
+        address: IpAddr::V4(ip),
+        port,
+        proto,
+    }
+}
+
+fn be(ip: Ipv4Addr, port: u16, proto: Proto) -> BackendAddr {
+    BackendAddr {
+        address: IpAddr::V4(ip),
+        port,
+        proto,
+    }
+}
+
+/// A frontend with `backends` (id, address) in slots `1..`, written through the same
+/// [`MapOp`]s the planner emits.
+fn put_service(
+    t: &TestDatapath,
+    frontend: Frontend,
+    rev_nat_index: u16,
+    flags: u8,
+    backends: &[(u32, Ipv4Addr)],
+) {
+    let mut ops = Vec::new();
+    for &(id, ip) in backends {
+        ops.push(MapOp::PutBackend {
+            id,
+            backend: be(ip, BACKEND_PORT, frontend.proto),
+        });
+    }
+    ops.push(MapOp::PutRevNat {
+        index: rev_nat_index,
+        frontend,
+    });
+    for (i, &(id, _)) in backends.iter().enumerate() {
+        ops.push(MapOp::PutSlot {
+            frontend,
+            slot: i as u16 + 1,
+            backend_id: id,
+        });
+    }
+    ops.push(MapOp::PutMaster {
+        frontend,
+        count: backends.len() as u16,
+        rev_nat_index,
+        affinity_timeout: None,
+        flags,
+    });
+    t.dp.apply(&ops).expect("apply service ops");
+}
+
+fn write_config(t: &TestDatapath) {
+    t.dp.with_maps(|m| {
+        m.write_config(NodeConfig {
+            node_ip: ip_to_net(NODE_IP),
+            uplink_ifindex: LO_IFINDEX,
+            snat_port_min: limits::SNAT_PORT_MIN,
+            snat_port_max: limits::SNAT_PORT_MAX,
+            pad: [0; 4],
+        })
+    })
+    .expect("write config");
+}
+
+fn put_local_endpoint(t: &TestDatapath) {
+    t.dp.with_maps(|m| {
+        m.put_endpoint(
+            LOCAL_BACKEND,
+            EndpointInfo {
+                ifindex: LO_IFINDEX,
+                flags: 0,
+                identity: 0,
+                pod_mac: LOCAL_MAC,
+                host_mac: LOCAL_HOST_MAC,
+            },
+        )
+    })
+    .expect("put endpoint");
+}
+
+/// A datapath with the node configured and a NodePort frontend (TCP) whose only backend is
+/// on another node.
+fn nodeport_remote() -> TestDatapath {
+    let t = TestDatapath::load("fnd", None);
+    write_config(&t);
+    put_service(
+        &t,
+        fe(NODE_IP, NODE_PORT, Proto::Tcp),
+        1,
+        service_flags::EXTERNAL,
+        &[(1, REMOTE_BACKEND)],
+    );
+    t
+}
+
+fn snat_range() -> std::ops::RangeInclusive<u16> {
+    limits::SNAT_PORT_MIN..=limits::SNAT_PORT_MAX
+}
+
+#[test]
+fn new_flow_to_remote_backend_is_snated_and_dnated() {
+    let t = nodeport_remote();
+    let syn = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
+    let (verdict, out) = netdev(&t, &syn);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "sent back out (redirect_neigh)");
+    let got = tuple(&out);
+    assert_eq!(got.src, NODE_IP, "SNAT to the node's address");
+    assert_eq!(got.dst, REMOTE_BACKEND);
+    assert_eq!(got.dport, BACKEND_PORT);
+    assert!(snat_range().contains(&got.sport), "SNAT port {}", got.sport);
+    assert_checksums_and_payload(&out, &syn);
+    assert_eq!(
+        out[0..12],
+        syn[0..12],
+        "MACs left to the neighbour subsystem"
+    );
+
+    let entries = ct(&t);
+    assert_eq!(entries.len(), 2, "one entry per direction: {entries:?}");
+    let orig = ct_get(
+        &t,
+        &ct_key(
+            CLIENT,
+            CLIENT_PORT,
+            NODE_IP,
+            NODE_PORT,
+            proto::TCP,
+            ct_dir::ORIGINAL,
+        ),
+    )
+    .expect("original entry");
+    assert_eq!(orig.nat_saddr, ip_to_net(NODE_IP));
+    assert_eq!(orig.nat_sport, got.sport.to_be());
+    assert_eq!(orig.nat_daddr, ip_to_net(REMOTE_BACKEND));
+    assert_eq!(orig.nat_dport, BACKEND_PORT.to_be());
+    assert_eq!(orig.backend_id, 1);
+    assert_eq!(orig.rev_nat_index, 1);
+    assert_eq!(orig.flags, ct_flags::SNAT);
+    assert_ne!(orig.last_seen_ns, 0);
+    let reply = ct_get(
+        &t,
+        &ct_key(
+            REMOTE_BACKEND,
+            BACKEND_PORT,
+            NODE_IP,
+            got.sport,
+            proto::TCP,
+            ct_dir::REPLY,
+        ),
+    )
+    .expect("reply entry keyed by the SNATed tuple");
+    assert_eq!(reply.nat_saddr, ip_to_net(NODE_IP));
+    assert_eq!(reply.nat_sport, NODE_PORT.to_be());
+    assert_eq!(reply.nat_daddr, ip_to_net(CLIENT));
+    assert_eq!(reply.nat_dport, CLIENT_PORT.to_be());
+    assert_eq!(reply.backend_id, 1);
+    assert_eq!(reply.flags, ct_flags::SNAT);
+
+    assert_eq!(metric(&t, Counter::CtCreated as u32), 1);
+    assert_eq!(metric(&t, Counter::NodePortXlated as u32), 1);
+    assert_eq!(metric(&t, Counter::NodePortRevXlated as u32), 0);
+
+    // The next segment of the flow: the same translation from conntrack, nothing new created.
+    let ack = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_ACK);
+    let (verdict, out2) = netdev(&t, &ack);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(tuple(&out2), got);
+    assert_checksums_and_payload(&out2, &ack);
+    assert_eq!(ct(&t).len(), 2);
+    assert_eq!(metric(&t, Counter::CtCreated as u32), 1);
+    assert_eq!(metric(&t, Counter::NodePortXlated as u32), 2);
+}
+
+#[test]
+fn reply_of_remote_backend_is_translated_back_to_the_client() {
+    let t = nodeport_remote();
+    let (_, fwd) = netdev(&t, &tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN));
+    let snat_port = tuple(&fwd).sport;
+
+    let reply = tcp(
+        REMOTE_BACKEND,
+        BACKEND_PORT,
+        NODE_IP,
+        snat_port,
+        TCP_SYN | TCP_ACK,
+    );
+    let (verdict, out) = netdev(&t, &reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "back out of the uplink");
+    assert_eq!(
+        tuple(&out),
+        Tuple {
+            src: NODE_IP,
+            sport: NODE_PORT,
+            dst: CLIENT,
+            dport: CLIENT_PORT,
+        }
+    );
+    assert_checksums_and_payload(&out, &reply);
+    assert_eq!(metric(&t, Counter::NodePortRevXlated as u32), 1);
+    assert_eq!(metric(&t, Counter::CtCreated as u32), 1);
+    assert_eq!(ct(&t).len(), 2, "a reply creates nothing");
+
+    // A reply to a SNAT port no flow holds is not ours: the stack gets it untouched.
+    let stray = tcp(
+        REMOTE_BACKEND,
+        BACKEND_PORT,
+        NODE_IP,
+        if snat_port == limits::SNAT_PORT_MAX {
+            limits::SNAT_PORT_MIN
+        } else {
+            snat_port + 1
+        },
+        TCP_ACK,
+    );
+    let (verdict, out) = netdev(&t, &stray);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, stray);
+}
+
+#[test]
+fn load_balancer_ip_flow_replies_come_from_the_load_balancer_ip() {
+    let t = TestDatapath::load("fnd", None);
+    write_config(&t);
+    put_service(
+        &t,
+        fe(LB_IP, 80, Proto::Tcp),
+        3,
+        service_flags::EXTERNAL,
+        &[(4, REMOTE_BACKEND)],
+    );
+    let syn = tcp(CLIENT, CLIENT_PORT, LB_IP, 80, TCP_SYN);
+    let (verdict, out) = netdev(&t, &syn);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let fwd = tuple(&out);
+    assert_eq!(
+        (fwd.src, fwd.dst, fwd.dport),
+        (NODE_IP, REMOTE_BACKEND, 8080)
+    );
+    assert_checksums_and_payload(&out, &syn);
+
+    let reply = tcp(REMOTE_BACKEND, BACKEND_PORT, NODE_IP, fwd.sport, TCP_ACK);
+    let (verdict, out) = netdev(&t, &reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        tuple(&out),
+        Tuple {
+            src: LB_IP,
+            sport: 80,
+            dst: CLIENT,
+            dport: CLIENT_PORT,
+        }
+    );
+    assert_checksums_and_payload(&out, &reply);
+}
+
+#[test]
+fn local_backend_keeps_the_client_address_and_its_reply_leaves_as_the_frontend() {
+    let t = TestDatapath::load("fnd", None);
+    write_config(&t);
+    put_local_endpoint(&t);
+    put_service(
+        &t,
+        fe(NODE_IP, NODE_PORT, Proto::Tcp),
+        2,
+        service_flags::EXTERNAL,
+        &[(7, LOCAL_BACKEND)],
+    );
+
+    let syn = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
+    let (verdict, out) = netdev(&t, &syn);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "redirect_peer into the Pod");
+    assert_eq!(
+        tuple(&out),
+        Tuple {
+            src: CLIENT,
+            sport: CLIENT_PORT,
+            dst: LOCAL_BACKEND,
+            dport: BACKEND_PORT,
+        },
+        "DNAT only"
+    );
+    assert_eq!(out[0..6], LOCAL_MAC, "destination MAC: the Pod's");
+    assert_eq!(out[6..12], LOCAL_HOST_MAC, "source MAC: its host veth's");
+    assert_checksums_and_payload(&out, &syn);
+
+    let orig = ct_get(
+        &t,
+        &ct_key(
+            CLIENT,
+            CLIENT_PORT,
+            NODE_IP,
+            NODE_PORT,
+            proto::TCP,
+            ct_dir::ORIGINAL,
+        ),
+    )
+    .expect("original entry");
+    assert_eq!(orig.flags, ct_flags::LOCAL_BACKEND);
+    assert_eq!(orig.nat_saddr, ip_to_net(CLIENT));
+    assert_eq!(orig.nat_sport, CLIENT_PORT.to_be());
+    assert_eq!(orig.backend_id, 7);
+    assert_eq!(orig.rev_nat_index, 2);
+    let reply_key = ct_key(
+        LOCAL_BACKEND,
+        BACKEND_PORT,
+        CLIENT,
+        CLIENT_PORT,
+        proto::TCP,
+        ct_dir::REPLY,
+    );
+    let rev = ct_get(&t, &reply_key).expect("reply entry keyed by the Pod's reply");
+    assert_eq!(rev.flags, ct_flags::LOCAL_BACKEND);
+    assert_eq!(rev.nat_saddr, ip_to_net(NODE_IP));
+    assert_eq!(rev.nat_sport, NODE_PORT.to_be());
+    assert_eq!(ct(&t).len(), 2);
+    assert_eq!(metric(&t, Counter::CtCreated as u32), 1);
+    assert_eq!(metric(&t, Counter::NodePortXlated as u32), 1);
+
+    // The Pod answers through its veth: from_container turns the source into the frontend.
+    let reply = tcp(
+        LOCAL_BACKEND,
+        BACKEND_PORT,
+        CLIENT,
+        CLIENT_PORT,
+        TCP_SYN | TCP_ACK,
+    );
+    let (verdict, out) = run(&t, names::PROG_FROM_CONTAINER, &reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "straight out of the uplink");
+    assert_eq!(
+        tuple(&out),
+        Tuple {
+            src: NODE_IP,
+            sport: NODE_PORT,
+            dst: CLIENT,
+            dport: CLIENT_PORT,
+        }
+    );
+    assert_checksums_and_payload(&out, &reply);
+    assert_eq!(
+        out[ETH_HLEN + 8],
+        reply[ETH_HLEN + 8],
+        "TTL left to the uplink"
+    );
+    assert_eq!(metric(&t, Counter::NodePortRevXlated as u32), 1);
+    assert_eq!(metric(&t, Counter::FromContainerLocal as u32), 0);
+    assert_eq!(metric(&t, Counter::FromContainerStack as u32), 0);
+
+    // Without a conntrack entry the Pod's traffic to the client is plain routing.
+    t.dp.with_maps(|m| m.ct.remove(&reply_key))
+        .expect("delete reply entry");
+    let (verdict, out) = run(&t, names::PROG_FROM_CONTAINER, &reply);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, reply);
+    assert_eq!(metric(&t, Counter::FromContainerStack as u32), 1);
+}
+
+#[test]
+fn udp_checksum_zero_stays_zero_and_a_real_one_is_updated() {
+    let t = TestDatapath::load("fnd", None);
+    write_config(&t);
+    put_service(
+        &t,
+        fe(NODE_IP, NODE_PORT, Proto::Udp),
+        1,
+        service_flags::EXTERNAL,
+        &[(1, REMOTE_BACKEND)],
+    );
+
+    let no_csum = frame(
+        CLIENT,
+        CLIENT_PORT,
+        NODE_IP,
+        NODE_PORT,
+        L4Kind::Udp { checksum: false },
+    );
+    let (verdict, out) = netdev(&t, &no_csum);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let got = tuple(&out);
+    assert_eq!(
+        (got.src, got.dst, got.dport),
+        (NODE_IP, REMOTE_BACKEND, 8080)
+    );
+    assert!(snat_range().contains(&got.sport));
+    assert_eq!(out[L4 + 6..L4 + 8], [0, 0], "UDP checksum 0 stays 0");
+    assert_checksums_and_payload(&out, &no_csum);
+    let orig = ct_get(
+        &t,
+        &ct_key(
+            CLIENT,
+            CLIENT_PORT,
+            NODE_IP,
+            NODE_PORT,
+            proto::UDP,
+            ct_dir::ORIGINAL,
+        ),
+    )
+    .expect("UDP original entry");
+    assert_eq!(orig.flags, ct_flags::SNAT);
+
+    // Another client with a checksum: it is updated, not zeroed.
+    let other = Ipv4Addr::new(192, 0, 2, 51);
+    let with_csum = frame(
+        other,
+        CLIENT_PORT,
+        NODE_IP,
+        NODE_PORT,
+        L4Kind::Udp { checksum: true },
+    );
+    let (verdict, out) = netdev(&t, &with_csum);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_ne!(out[L4 + 6..L4 + 8], [0, 0]);
+    assert_checksums_and_payload(&out, &with_csum);
+    assert_eq!(ct(&t).len(), 4);
+}
+
+#[test]
+fn cluster_ip_and_unknown_destinations_pass_untouched() {
+    let t = nodeport_remote();
+    // A ClusterIP frontend: served by the socket hooks only, not reachable from outside.
+    put_service(
+        &t,
+        fe(CLUSTER_IP, 80, Proto::Tcp),
+        5,
+        0,
+        &[(9, REMOTE_BACKEND_2)],
+    );
+    for f in [
+        tcp(CLIENT, CLIENT_PORT, CLUSTER_IP, 80, TCP_SYN),
+        // Unknown address, and the node's address on a port that is no NodePort.
+        tcp(
+            CLIENT,
+            CLIENT_PORT,
+            Ipv4Addr::new(10, 250, 0, 99),
+            80,
+            TCP_SYN,
+        ),
+        tcp(CLIENT, CLIENT_PORT, NODE_IP, 22, TCP_SYN),
+        // The NodePort, but UDP while only TCP is served.
+        frame(
+            CLIENT,
+            CLIENT_PORT,
+            NODE_IP,
+            NODE_PORT,
+            L4Kind::Udp { checksum: true },
+        ),
+    ] {
+        let (verdict, out) = netdev(&t, &f);
+        assert_eq!(verdict, TC_ACT_OK, "{:?}", tuple(&f));
+        assert_eq!(out, f, "bytes identical");
+    }
+    // Not IPv4 at all.
+    let mut arp = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert_eq!(netdev(&t, &arp), (TC_ACT_OK, arp.clone()));
+    assert!(ct(&t).is_empty());
+    assert_eq!(metric(&t, Counter::NodePortXlated as u32), 0);
+    assert_eq!(metric(&t, Counter::CtCreated as u32), 0);
+}
+
+#[test]
+fn external_frontend_without_backends_drops_and_counts() {
+    let t = TestDatapath::load("fnd", None);
+    write_config(&t);
+    put_service(
+        &t,
+        fe(NODE_IP, NODE_PORT, Proto::Tcp),
+        1,
+        service_flags::EXTERNAL,
+        &[],
+    );
+    let syn = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
+    assert_eq!(netdev(&t, &syn).0, TC_ACT_SHOT);
+    assert_eq!(metric(&t, DropReason::NoBackend as u32), 1);
+    let bytes =
+        t.dp.with_maps(|m| m.metric(DropReason::NoBackend as u32))
+            .expect("metric")
+            .bytes;
+    assert_eq!(bytes, syn.len() as u64);
+    assert!(ct(&t).is_empty());
+    assert_eq!(metric(&t, Counter::CtCreated as u32), 0);
+}
+
+#[test]
+fn maglev_frontend_uses_its_table() {
+    let t = TestDatapath::load("fnd", None);
+    write_config(&t);
+    let frontend = fe(NODE_IP, NODE_PORT, Proto::Tcp);
+    // Both backends in the slots; the table names only the second: a random pick would
+    // choose the first half of the time.
+    put_service(
+        &t,
+        frontend,
+        4,
+        service_flags::EXTERNAL | service_flags::MAGLEV,
+        &[(1, REMOTE_BACKEND), (2, REMOTE_BACKEND_2)],
+    );
+    t.dp.apply(&[MapOp::PutMaglev {
+        index: 4,
+        proto: Proto::Tcp,
+        table: vec![2; limits::MAGLEV_TABLE_SIZE as usize],
+    }])
+    .expect("put maglev table");
+
+    for i in 0..16u16 {
+        let client = Ipv4Addr::new(192, 0, 2, 100 + i as u8);
+        let syn = tcp(client, 40_000 + i * 7, NODE_IP, NODE_PORT, TCP_SYN);
+        let (verdict, out) = netdev(&t, &syn);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(tuple(&out).dst, REMOTE_BACKEND_2, "flow {i}");
+        assert_checksums_and_payload(&out, &syn);
+    }
+    let entries = ct(&t);
+    assert_eq!(entries.len(), 32);
+    assert!(entries.iter().all(|(_, v)| v.backend_id == 2));
+
+    // A Maglev frontend whose table is missing is refused, not balanced at random.
+    t.dp.apply(&[MapOp::DeleteMaglev {
+        index: 4,
+        proto: Proto::Tcp,
+    }])
+    .expect("delete maglev table");
+    let syn = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
+    assert_eq!(netdev(&t, &syn).0, TC_ACT_SHOT);
+    assert_eq!(metric(&t, DropReason::MissingBackend as u32), 1);
+}
+
+#[test]
+fn syn_on_a_known_tuple_rebalances_while_the_old_flow_keeps_its_backend() {
+    let t = nodeport_remote();
+    let (_, out) = netdev(&t, &tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN));
+    let old = tuple(&out);
+    assert_eq!(old.dst, REMOTE_BACKEND);
+
+    // The Service's only backend changes.
+    t.dp.apply(&[
+        MapOp::PutBackend {
+            id: 2,
+            backend: be(REMOTE_BACKEND_2, BACKEND_PORT, Proto::Tcp),
+        },
+        MapOp::PutSlot {
+            frontend: fe(NODE_IP, NODE_PORT, Proto::Tcp),
+            slot: 1,
+            backend_id: 2,
+        },
+    ])
+    .expect("swap backend");
+
+    // A segment of the established flow stays with its backend.
+    let data = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_PSH_ACK);
+    let (verdict, out) = netdev(&t, &data);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(tuple(&out), old);
+    assert_checksums_and_payload(&out, &data);
+
+    // A new connection from the same port: balanced afresh onto the new backend.
+    let syn = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
+    let (verdict, out) = netdev(&t, &syn);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let new = tuple(&out);
+    assert_eq!(new.dst, REMOTE_BACKEND_2);
+    assert_eq!(new.src, NODE_IP);
+    assert_checksums_and_payload(&out, &syn);
+
+    let entries = ct(&t);
+    assert_eq!(entries.len(), 2, "old entries replaced: {entries:?}");
+    let orig = ct_get(
+        &t,
+        &ct_key(
+            CLIENT,
+            CLIENT_PORT,
+            NODE_IP,
+            NODE_PORT,
+            proto::TCP,
+            ct_dir::ORIGINAL,
+        ),
+    )
+    .expect("original entry");
+    assert_eq!(orig.backend_id, 2);
+    assert_eq!(orig.nat_daddr, ip_to_net(REMOTE_BACKEND_2));
+    assert!(
+        ct_get(
+            &t,
+            &ct_key(
+                REMOTE_BACKEND_2,
+                BACKEND_PORT,
+                NODE_IP,
+                new.sport,
+                proto::TCP,
+                ct_dir::REPLY
+            )
+        )
+        .is_some()
+    );
+    assert!(
+        ct_get(
+            &t,
+            &ct_key(
+                REMOTE_BACKEND,
+                BACKEND_PORT,
+                NODE_IP,
+                old.sport,
+                proto::TCP,
+                ct_dir::REPLY
+            )
+        )
+        .is_none(),
+        "the old backend's reply entry is gone"
+    );
+    assert_eq!(metric(&t, Counter::CtCreated as u32), 2);
+}
+
+#[test]
+fn without_node_config_everything_passes() {
+    let t = TestDatapath::load("fnd", None);
+    put_service(
+        &t,
+        fe(NODE_IP, NODE_PORT, Proto::Tcp),
+        1,
+        service_flags::EXTERNAL,
+        &[(1, REMOTE_BACKEND)],
+    );
+    assert_eq!(
+        t.dp.with_maps(|m| m.read_config()).expect("config"),
+        NodeConfig::default(),
+        "uplink_ifindex 0 until attach_uplink"
+    );
+    let syn = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
+    let (verdict, out) = netdev(&t, &syn);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, syn);
+    let udp = frame(
+        CLIENT,
+        CLIENT_PORT,
+        NODE_IP,
+        NODE_PORT,
+        L4Kind::Udp { checksum: true },
+    );
+    assert_eq!(netdev(&t, &udp), (TC_ACT_OK, udp.clone()));
+    assert!(ct(&t).is_empty());
+    assert_eq!(metric(&t, Counter::NodePortXlated as u32), 0);
+}
