@@ -1,6 +1,7 @@
 //! The agent restarts without hurting traffic: while a node's agent is killed with SIGKILL and
-//! started again three times, a steady loop of new connections to a ClusterIP loses nothing
-//! and a long-lived TCP connection through the ClusterIP survives. The pinned maps and links
+//! started again three times, steady loops of new connections to a ClusterIP (from the node,
+//! through the socket hooks) and to a NodePort (from outside, through the uplink program and
+//! its conntrack) lose nothing, and a long-lived TCP connection through each survives. The pinned maps and links
 //! keep serving while no agent runs, and the restarted agent reconciles them with the API
 //! without a flush (it still follows a scale-down afterwards).
 
@@ -11,20 +12,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{LocalCluster, output_text};
+use support::{ExternalClient, LocalCluster, node_ip, output_text};
 
-/// For `seconds`: a new TCP connection + HTTP request to `vip:80` every 20 ms, and a line
-/// echoed over one long-lived connection to `vip:7000`; prints the tallies.
+/// For `seconds`: a new TCP connection + HTTP request to `vip:<http port>` every 20 ms, and a
+/// line echoed over one long-lived connection to `vip:<echo port>`; prints the tallies.
 const STEADY: &str = r#"
 import json, socket, sys, time
-vip, seconds = sys.argv[1], float(sys.argv[2])
-long = socket.create_connection((vip, 7000), timeout=2)
+vip, http_port, echo_port, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+long = socket.create_connection((vip, echo_port), timeout=2)
 lf = long.makefile("rwb")
 stats = {"requests": 0, "failures": [], "echoes": 0, "echo_failures": []}
 end = time.time() + seconds
 while time.time() < end:
     try:
-        s = socket.create_connection((vip, 80), timeout=2)
+        s = socket.create_connection((vip, http_port), timeout=2)
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
         data = b""
         while True:
@@ -96,6 +97,7 @@ kind: Service
 metadata:
   name: svc
 spec:
+  type: NodePort
   selector: {app: svc}
   ports:
     - {name: http, port: 80, targetPort: 8080}
@@ -141,30 +143,48 @@ fn agent_restarts_keep_every_connection() {
     std::fs::write(&steady, STEADY).expect("probe");
     let python = Path::new("/usr/bin/python3");
 
-    let probe = c.spawn_on_node(1, python, &[&steady.to_string_lossy(), &vip, "12"]);
+    let node_port = |i: usize| {
+        c.kubectl_ok(&[
+            "get",
+            "svc",
+            "svc",
+            "-o",
+            &format!("jsonpath={{.spec.ports[{i}].nodePort}}"),
+        ])
+    };
+    let (http_np, echo_np) = (node_port(0), node_port(1));
+    let outside = ExternalClient::join(&name, 200);
+    let steady_path = steady.to_string_lossy().into_owned();
+    let from_node = c.spawn_on_node(1, python, &[&steady_path, &vip, "80", "7000", "12"]);
+    let from_outside = outside.spawn(
+        python,
+        &[&steady_path, &node_ip(1), &http_np, &echo_np, "12"],
+    );
     std::thread::sleep(Duration::from_secs(1));
     for _ in 0..3 {
         c.restart_agent(1);
         std::thread::sleep(Duration::from_secs(2));
     }
-    let out = probe.wait_with_output().expect("probe");
-    assert!(out.status.success(), "{}", output_text(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let r: Steady =
-        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {}", output_text(&out)));
-    println!("{r:?}");
-    assert!(
-        r.failures.is_empty(),
-        "requests lost across agent restarts: {r:?}"
-    );
-    assert!(
-        r.echo_failures.is_empty(),
-        "the long-lived connection broke: {r:?}"
-    );
-    assert!(
-        r.requests > 100 && r.echoes > 100,
-        "too little traffic to mean anything: {r:?}"
-    );
+    for (what, probe) in [("ClusterIP", from_node), ("NodePort", from_outside)] {
+        let out = probe.wait_with_output().expect("probe");
+        assert!(out.status.success(), "{what}: {}", output_text(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let r: Steady = serde_json::from_str(text.trim())
+            .unwrap_or_else(|e| panic!("{what}: {e}: {}", output_text(&out)));
+        println!("{what}: {r:?}");
+        assert!(
+            r.failures.is_empty(),
+            "{what}: requests lost across agent restarts: {r:?}"
+        );
+        assert!(
+            r.echo_failures.is_empty(),
+            "{what}: the long-lived connection broke: {r:?}"
+        );
+        assert!(
+            r.requests > 100 && r.echoes > 100,
+            "{what}: too little traffic to mean anything: {r:?}"
+        );
+    }
 
     // The restarted agent still follows the API: after a scale-down only one backend answers.
     c.kubectl_ok(&["scale", "deployment/svc", "--replicas=1"]);
