@@ -226,6 +226,22 @@ fn http_get(x: &ExternalClient, host: &str, port: u16) -> (u16, String) {
     (code.trim().parse().expect("status"), body.to_string())
 }
 
+/// GET over plain HTTP/1.0 to an address of the root namespace; the body.
+fn http_get_local(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("agent API");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
 fn service_port(c: &LocalCluster, svc: &str, field: &str, index: usize) -> u16 {
     let v = json(c, &["get", "svc", svc, "-o", "json"]);
     let port = if field == "healthCheckNodePort" {
@@ -474,6 +490,27 @@ fn services_from_outside_the_cluster() {
     assert!(out.status.success(), "{}", output_text(&out));
     let ct = String::from_utf8_lossy(&out.stdout);
     assert!(ct.contains("default/web-maglev"), "{ct}");
+
+    // The agent's Prometheus endpoint counts what the uplink program did.
+    let api = c.kubectl_ok(&[
+        "get",
+        "node",
+        &c.node(2),
+        "-o",
+        "jsonpath={.metadata.annotations.keelson\\.io/agent-api}",
+    ]);
+    let metrics = http_get_local(api.trim(), "/metrics");
+    let translated = metrics
+        .lines()
+        .find(|l| l.starts_with("keelson_datapath_events_total{event=\"nodeport_xlated\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no nodeport_xlated in {metrics}"));
+    assert!(translated > 0, "{metrics}");
+    assert!(
+        metrics.contains("keelson_map_full_total{map=\"kls_ct\"} 0"),
+        "{metrics}"
+    );
 
     // A stale UDP flow: a client keeps sending from one source port; its backend is deleted;
     // the flow must move to a live backend instead of being sent to the dead one forever.

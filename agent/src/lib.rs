@@ -10,6 +10,7 @@ pub mod config;
 pub mod ipam;
 pub mod links;
 pub mod loader;
+pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod privileges;
@@ -142,11 +143,13 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         });
     }
     {
-        let (addr, dir) = (cfg.api_listen, cfg.data_dir.clone());
+        let (addr, dir, dp) = (cfg.api_listen, cfg.data_dir.clone(), Arc::clone(&dp));
         tasks.spawn(async move {
             (
                 "agent API",
-                node::api::serve(addr, dir).await.map_err(AgentError::Api),
+                node::api::serve(addr, dir, Some(dp))
+                    .await
+                    .map_err(AgentError::Api),
             )
         });
     }

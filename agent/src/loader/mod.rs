@@ -10,6 +10,7 @@ pub mod maps;
 pub mod sys;
 
 use std::{
+    collections::BTreeMap,
     fs, io,
     net::Ipv4Addr,
     os::{fd::AsFd, unix::fs::MetadataExt as _},
@@ -116,6 +117,8 @@ pub enum LoaderError {
 pub struct Datapath {
     cfg: DatapathConfig,
     inner: Mutex<Inner>,
+    /// Writes refused because a map was full, per map (exported as a metric).
+    map_full: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Debug)]
@@ -175,6 +178,7 @@ impl Datapath {
         Ok(Self {
             cfg,
             inner: Mutex::new(Inner { ebpf, maps }),
+            map_full: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -316,9 +320,27 @@ impl Datapath {
         self.lock().maps.read_lb()
     }
 
-    /// Applies planned map operations, in order.
+    /// Applies planned map operations, in order. A full map is an error for the caller and is
+    /// counted for [`Self::map_full_counts`].
     pub fn apply(&self, ops: &[MapOp]) -> Result<(), MapsError> {
-        self.lock().maps.apply(ops)
+        let result = self.lock().maps.apply(ops);
+        if let Err(MapsError::Full { map, .. }) = &result {
+            *self
+                .map_full
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(map)
+                .or_default() += 1;
+        }
+        result
+    }
+
+    /// How many writes each map refused because it was full, since this agent started.
+    pub fn map_full_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.map_full
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The datapath's drop and event counters (for the agent's Prometheus endpoint).

@@ -125,10 +125,18 @@ fn a_full_map_is_an_error_not_a_silent_drop() {
         id: u32::MAX,
         backend: backend(0),
     };
+    assert!(t.dp.map_full_counts().is_empty());
     match t.dp.apply(&[overflow]) {
         Err(super::MapsError::Full { map, .. }) => assert_eq!(map, names::BACKENDS),
         other => panic!("expected a full-map error, got {other:?}"),
     }
+    // ... and a metric.
+    assert_eq!(t.dp.map_full_counts().get(names::BACKENDS), Some(&1));
+    let text = crate::metrics::render(&t.dp).expect("metrics");
+    assert!(
+        text.contains("keelson_map_full_total{map=\"kls_backends\"} 1"),
+        "{text}"
+    );
     // Replacing an existing entry still works when the map is full.
     t.dp.apply(&[MapOp::PutBackend {
         id: 1,

@@ -1,11 +1,13 @@
 //! The agent's own HTTP API on `api_listen`, which the server proxies `pods/log` to:
 //! `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=` streams a container's
-//! log file, `GET /healthz` answers `ok`. Errors are Kubernetes `Status` objects.
+//! log file, `GET /healthz` answers `ok`, `GET /metrics` is Prometheus' scrape endpoint.
+//! Errors are Kubernetes `Status` objects.
 
 use std::{
     io::SeekFrom,
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -22,6 +24,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use super::process::PodRecord;
+use crate::loader::Datapath;
 
 /// How often a followed log is checked for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -45,6 +48,8 @@ pub enum ApiError {
         name: String,
         container: String,
     },
+    #[error("reading the datapath metrics: {0}")]
+    Metrics(String),
     #[error("reading log {path}")]
     Read {
         path: PathBuf,
@@ -83,25 +88,48 @@ pub struct LogQuery {
     pub tail_lines: Option<usize>,
 }
 
-/// The router, serving logs under `data_dir/pods`.
-pub fn router(data_dir: PathBuf) -> Router {
-    Router::new()
+/// The router, serving logs under `data_dir/pods` and, with a datapath, its metrics.
+pub fn router(data_dir: PathBuf, dp: Option<Arc<Datapath>>) -> Router {
+    let logs = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
-        .with_state(data_dir)
+        .with_state(data_dir);
+    match dp {
+        Some(dp) => logs.merge(Router::new().route("/metrics", get(metrics)).with_state(dp)),
+        None => logs,
+    }
 }
 
 /// Serves the API until the task is dropped.
-pub async fn serve(addr: SocketAddr, data_dir: PathBuf) -> Result<(), ApiError> {
+pub async fn serve(
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    dp: Option<Arc<Datapath>>,
+) -> Result<(), ApiError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ApiError::Bind { addr, source })?;
-    axum::serve(listener, router(data_dir))
+    axum::serve(listener, router(data_dir, dp))
         .await
         .map_err(ApiError::Serve)
+}
+
+async fn metrics(State(dp): State<Arc<Datapath>>) -> Result<Response, ApiError> {
+    let text = tokio::task::spawn_blocking(move || crate::metrics::render(&dp))
+        .await
+        .map_err(|e| ApiError::Metrics(e.to_string()))?
+        .map_err(|e| ApiError::Metrics(crate::cni::server::error_chain(&e)))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 /// The directory of the Pod `namespace/name` (the newest, if a Pod of that name was recreated).
@@ -280,7 +308,7 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(axum::serve(listener, router(dir.path().to_owned())).into_future());
+        tokio::spawn(axum::serve(listener, router(dir.path().to_owned(), None)).into_future());
 
         let mut s = get(addr, "/healthz").await;
         assert!(read_until(&mut s, "ok").await.contains("200 OK"));
