@@ -352,6 +352,26 @@ fn services_from_outside_the_cluster() {
         }
     }
 
+    // A host process of another node, outside every cgroup keelson hooks (so no socket hook
+    // translates for it): its packets to node 1's NodePort are translated on node 1's uplink.
+    let script = dir.join("probe.py");
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/kls-{}", c.node(2)))
+        .args([
+            PYTHON,
+            &script.to_string_lossy(),
+            "tcp",
+            &node_ip(1),
+            &np.to_string(),
+            "30",
+        ])
+        .output()
+        .expect("probe from node 2");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let r = parse_probe(&String::from_utf8_lossy(&out.stdout));
+    assert!(r.errors.is_empty(), "from node 2's host: {:?}", r.errors);
+    assert_eq!(r.answers.len(), 3, "from node 2's host: {:?}", r.answers);
+
     // NodePort over UDP: every reply comes from the address the client sent to (PROBE checks
     // the peer), i.e. it was translated back.
     let udp_np = service_port(&c, "web-np", "nodePort", 1);
