@@ -2,10 +2,13 @@
 //! frontend/backend set and writes the difference into the datapath's maps.
 //!
 //! [`plan`] is pure (desired state, diff); this module is the thin loop around it: two
-//! reflectors, and on every change (or every [`RESYNC`]) read the maps, diff, apply. Reading
-//! the maps rather than remembering what was written makes a restarted agent converge from
-//! what the kernel still holds, without flushing anything.
+//! watches feeding [`cache`], and on every change a pass (plan, diff against what the maps
+//! hold, apply). What the maps hold is read from the kernel on the first pass and on every
+//! [`RESYNC`], and between those carried forward in memory from the operations applied: a
+//! restarted agent converges from what the kernel still holds, without flushing anything,
+//! while one change costs a plan and a diff rather than a read of every map.
 
+pub mod cache;
 pub mod health;
 pub mod maglev;
 pub mod model;
@@ -14,22 +17,24 @@ pub mod teardown;
 
 use std::{collections::BTreeSet, net::IpAddr, sync::Arc, time::Duration};
 
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
-    Api,
-    runtime::{WatchStreamExt as _, reflector, watcher},
+    Api, Resource,
+    runtime::{WatchStreamExt as _, watcher},
 };
-use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::loader::{Datapath, MapsError};
-use model::{BackendAddr, MapOp};
+use cache::ObjectCache;
+use model::{BackendAddr, LbState, MapOp};
 
-/// How often the maps are compared with the API even without a change (repairs a failed
-/// write, e.g. after a full map was drained).
+/// How often the maps are read back and compared with the API even without a change
+/// (repairs a failed write, e.g. after a full map was drained, or an entry changed by hand).
 pub const RESYNC: Duration = Duration::from_secs(30);
-/// Changes arriving this close together are applied in one pass.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Most watch events taken into one pass: a long burst is programmed in steps rather than
+/// only when it ends.
+const MAX_EVENTS_PER_PASS: usize = 4096;
 
 /// Errors of the Service programming loop.
 #[derive(Debug, thiserror::Error)]
@@ -43,51 +48,33 @@ pub enum ServicesError {
 }
 
 /// Keeps the datapath's service maps equal to the API's Services and EndpointSlices.
+///
+/// A change is programmed as soon as it arrives when the loop is idle; changes that arrive
+/// while a pass runs are all taken into the next one, so a burst is batched by the cost of a
+/// pass itself and a lone change waits for nothing.
 pub async fn run(
     client: kube::Client,
     dp: Arc<Datapath>,
     node: plan::NodeContext,
 ) -> Result<(), ServicesError> {
-    let notify = Arc::new(Notify::new());
-    let (services, svc_writer) = reflector::store::<Service>();
-    let (slices, eps_writer) = reflector::store::<EndpointSlice>();
-
-    let svc_watch = reflector(
-        svc_writer,
-        watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    );
-    let eps_watch = reflector(
-        eps_writer,
-        watcher(
-            Api::<EndpointSlice>::all(client),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    );
-    let mut svc_task = tokio::spawn(drive(svc_watch, notify.clone(), "services"));
-    let mut eps_task = tokio::spawn(drive(eps_watch, notify.clone(), "endpointslices"));
-
-    // Program nothing before both caches hold a full list: a partial view would delete
-    // frontends a restarted agent's maps rightly still hold.
-    let ready = async {
-        services
-            .wait_until_ready()
-            .await
-            .map_err(|_| ServicesError::WatchEnded("services"))?;
-        slices
-            .wait_until_ready()
-            .await
-            .map_err(|_| ServicesError::WatchEnded("endpointslices"))
-    };
-    tokio::select! {
-        r = ready => r?,
-        _ = &mut svc_task => return Err(ServicesError::WatchEnded("services")),
-        _ = &mut eps_task => return Err(ServicesError::WatchEnded("endpointslices")),
-    }
+    let svc_watch = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let eps_watch = watcher(
+        Api::<EndpointSlice>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let mut svc_watch = std::pin::pin!(svc_watch);
+    let mut eps_watch = std::pin::pin!(eps_watch);
+    let mut services = ObjectCache::<Service>::default();
+    let mut slices = ObjectCache::<EndpointSlice>::default();
+    // What the maps hold after the last pass; None: read them on the next pass.
+    let mut programmed: Option<LbState> = None;
+    let mut next_resync = Instant::now() + RESYNC;
+    let mut dirty = false;
 
     // healthCheckNodePorts answer in the node's namespace, where load balancers probe them.
     let mut health = health::HealthServers::new(
@@ -95,22 +82,70 @@ pub async fn run(
         dp.config().node_netns.as_deref(),
     );
     loop {
-        if svc_task.is_finished() {
-            return Err(ServicesError::WatchEnded("services"));
+        tokio::select! {
+            event = svc_watch.next() => {
+                dirty |= take(&mut services, event, cache::slim_service, "services")?;
+            }
+            event = eps_watch.next() => {
+                dirty |= take(&mut slices, event, cache::slim_slice, "endpointslices")?;
+            }
+            () = tokio::time::sleep_until(next_resync) => {
+                programmed = None;
+                dirty = true;
+                next_resync = Instant::now() + RESYNC;
+            }
         }
-        if eps_task.is_finished() {
-            return Err(ServicesError::WatchEnded("endpointslices"));
+        // Whatever else has already arrived goes into the same pass.
+        let mut taken = 1;
+        while taken < MAX_EVENTS_PER_PASS {
+            let mut any = false;
+            if let Some(event) = svc_watch.next().now_or_never() {
+                dirty |= take(&mut services, event, cache::slim_service, "services")?;
+                any = true;
+                taken += 1;
+            }
+            if let Some(event) = eps_watch.next().now_or_never() {
+                dirty |= take(&mut slices, event, cache::slim_slice, "endpointslices")?;
+                any = true;
+                taken += 1;
+            }
+            if !any {
+                break;
+            }
         }
-        let svcs: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
-        let eps: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
-        if let Err(e) = reconcile(&dp, &svcs, &eps, &node) {
+        // Program nothing before both caches hold a full list: a partial view would delete
+        // frontends a restarted agent's maps rightly still hold.
+        if !dirty || !services.is_ready() || !slices.is_ready() {
+            continue;
+        }
+        dirty = false;
+        if programmed.is_none() {
+            next_resync = Instant::now() + RESYNC;
+        }
+        let (svcs, eps) = (services.items(), slices.items());
+        if let Err(e) = program(&dp, &mut programmed, svcs, eps, &node) {
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "programming services failed; retrying");
         }
-        for (port, e) in health.sync(&health::desired(&svcs, &eps, &node.node_name)) {
+        for (port, e) in health.sync(&health::desired(svcs, eps, &node.node_name)) {
             tracing::warn!(port, error = %e, "healthCheckNodePort not served; retrying");
         }
-        let _ = tokio::time::timeout(RESYNC, notify.notified()).await;
-        tokio::time::sleep(DEBOUNCE).await;
+    }
+}
+
+/// Takes one item of a watch into `cache`; returns whether the cached objects changed.
+fn take<K: Resource>(
+    cache: &mut ObjectCache<K>,
+    event: Option<Result<watcher::Event<K>, watcher::Error>>,
+    slim: fn(&mut K),
+    what: &'static str,
+) -> Result<bool, ServicesError> {
+    match event {
+        None => Err(ServicesError::WatchEnded(what)),
+        Some(Ok(event)) => Ok(cache.apply(event.modify(slim))),
+        Some(Err(e)) => {
+            tracing::warn!(watch = what, error = %e, "watch error; retrying");
+            Ok(false)
+        }
     }
 }
 
@@ -122,10 +157,27 @@ pub fn reconcile(
     slices: &[EndpointSlice],
     node: &plan::NodeContext,
 ) -> Result<usize, ServicesError> {
+    program(dp, &mut None, services, slices, node)
+}
+
+/// One pass against `known`, what the maps hold (read from them when None). On success
+/// `known` is what they hold afterwards; after a failed read or write it is None, so the next
+/// pass reads the maps again rather than trusting a half-applied plan.
+fn program(
+    dp: &Datapath,
+    known: &mut Option<LbState>,
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &plan::NodeContext,
+) -> Result<usize, ServicesError> {
+    let mut current = match known.take() {
+        Some(state) => state,
+        None => dp.read_lb().map_err(ServicesError::Maps)?,
+    };
     let desired = plan::desired(services, slices, node);
-    let current = dp.read_lb().map_err(ServicesError::Maps)?;
     let ops = plan::diff(&current, &desired);
     if ops.is_empty() {
+        *known = Some(current);
         return Ok(0);
     }
     tracing::debug!(
@@ -134,15 +186,21 @@ pub fn reconcile(
         "programming services"
     );
     dp.apply(&ops).map_err(ServicesError::Maps)?;
-    let removed: BTreeSet<u32> = ops
+    let removed: Vec<(u32, Option<BackendAddr>)> = ops
         .iter()
         .filter_map(|op| match op {
-            MapOp::DeleteBackend { id } => Some(*id),
+            MapOp::DeleteBackend { id } => Some((*id, current.backends.get(id).copied())),
             _ => None,
         })
         .collect();
+    plan::apply_to_state(&mut current, &ops);
+    *known = Some(current);
+    if removed.is_empty() {
+        return Ok(ops.len());
+    }
+    let removed_ids: BTreeSet<u32> = removed.iter().map(|&(id, _)| id).collect();
     let purged = dp
-        .with_maps(|m| m.purge_ct(&removed))
+        .with_maps(|m| m.purge_ct(&removed_ids))
         .map_err(ServicesError::Maps)?;
     if purged > 0 {
         tracing::debug!(purged, "conntrack entries of removed backends deleted");
@@ -159,9 +217,8 @@ pub fn reconcile(
         .collect();
     let gone: Vec<BackendAddr> = removed
         .iter()
-        .filter_map(|id| current.backends.get(id))
+        .filter_map(|&(_, addr)| addr)
         .filter(|b| !listed.contains(&b.address))
-        .copied()
         .collect();
     if !gone.is_empty() {
         let cfg = dp.config();
@@ -174,19 +231,8 @@ pub fn reconcile(
     Ok(ops.len())
 }
 
-async fn drive<S, T>(stream: S, notify: Arc<Notify>, what: &'static str)
-where
-    S: futures::Stream<Item = Result<T, watcher::Error>>,
-{
-    let mut stream = std::pin::pin!(stream);
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(_) => notify.notify_one(),
-            Err(e) => tracing::warn!(watch = what, error = %e, "watch error; retrying"),
-        }
-    }
-}
-
+#[cfg(test)]
+mod loop_tests;
 #[cfg(test)]
 mod tests;
 
