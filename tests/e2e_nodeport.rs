@@ -13,7 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{ExternalClient, LocalCluster, PROBE, node_ip, output_text, parse_probe};
+use support::{
+    ExternalClient, LocalCluster, PROBE, node_ip, output_text, parse_probe, wait_for, yaml_quoted,
+};
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -141,12 +143,6 @@ for sport in range(first, first + count):
 print(json.dumps(out))
 "#;
 
-fn yaml_quoted(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 fn json(c: &LocalCluster, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&c.kubectl_ok(args)).expect("kubectl json")
 }
@@ -242,6 +238,19 @@ fn http_get_local(addr: &str, path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The address LB-IPAM gave LoadBalancer Service `svc`, once it has one.
+fn lb_address(c: &LocalCluster, svc: &str) -> String {
+    wait_for(
+        &format!("an address for {svc}"),
+        Duration::from_secs(20),
+        || {
+            json(c, &["get", "svc", svc, "-o", "json"])["status"]["loadBalancer"]["ingress"][0]["ip"]
+            .as_str()
+            .map(str::to_string)
+        },
+    )
+}
+
 fn service_port(c: &LocalCluster, svc: &str, field: &str, index: usize) -> u16 {
     let v = json(c, &["get", "svc", svc, "-o", "json"]);
     let port = if field == "healthCheckNodePort" {
@@ -251,17 +260,6 @@ fn service_port(c: &LocalCluster, svc: &str, field: &str, index: usize) -> u16 {
     };
     port.and_then(|p| u16::try_from(p).ok())
         .unwrap_or_else(|| panic!("{svc} has no {field}: {v}"))
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 /// Pod name → (node, podIP) of the app's Pods that are Ready.
@@ -387,12 +385,7 @@ fn services_from_outside_the_cluster() {
 
     // LoadBalancer with externalTrafficPolicy Local, routed to a node with local Pods: only
     // those answer, and they see the client's own address.
-    let lb_ip = wait_for("a LoadBalancer address", Duration::from_secs(20), || {
-        json(&c, &["get", "svc", "web-local", "-o", "json"])["status"]["loadBalancer"]["ingress"][0]
-            ["ip"]
-            .as_str()
-            .map(str::to_string)
-    });
+    let lb_ip = lb_address(&c, "web-local");
     let (with_pods, without_pods) = if on_node(&c.node(1)).is_empty() {
         (2u8, 1u8)
     } else {
@@ -439,15 +432,7 @@ fn services_from_outside_the_cluster() {
     // Maglev: the same flows to the same LoadBalancer address pick the same backends through
     // either node (every node computes the same table), and a change of backends moves only
     // part of them.
-    let mlb = wait_for(
-        "a Maglev LoadBalancer address",
-        Duration::from_secs(20),
-        || {
-            json(&c, &["get", "svc", "web-maglev", "-o", "json"])["status"]["loadBalancer"]["ingress"][0]["ip"]
-            .as_str()
-            .map(str::to_string)
-        },
-    );
+    let mlb = lb_address(&c, "web-maglev");
     x.route(&format!("{mlb}/32"), &node_ip(1));
     let via1 = flows(&x, dir, "tcp", &mlb, 80, 40_000, 60);
     x.route(&format!("{mlb}/32"), &node_ip(2));

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{LocalCluster, PROBE, output_text, parse_probe};
+use support::{LocalCluster, PROBE, output_text, parse_probe, yaml_quoted};
 
 /// Two Deployments whose containers name their port `web` but listen on different numbers;
 /// one Service targets the name.
@@ -93,12 +93,6 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(('0.0.0.0', int(sys.argv[1])), H).serve_forever()
 "#;
-
-fn yaml_quoted(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
 
 fn probe(c: &LocalCluster, dir: &Path, vip: &str, n: u32) -> support::ProbeResult {
     let p = dir.join("probe.py");

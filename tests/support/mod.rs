@@ -426,3 +426,25 @@ impl Drop for ExternalClient {
 pub fn node_ip(i: u8) -> String {
     format!("10.250.0.{}", 10 + u16::from(i))
 }
+
+/// A script as one double-quoted YAML scalar (for `command: [python3, -c, "<script>"]`).
+pub fn yaml_quoted(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Polls `f` every 250 ms until it returns a value; fails the test after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

@@ -29,7 +29,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde::Serialize;
 use tokio::{runtime::Handle, sync::oneshot, task::JoinHandle};
 
-use super::plan::SERVICE_NAME_LABEL;
+use super::plan::slices_by_service;
 use crate::netns::{NetnsError, in_netns};
 
 /// What one health server reports.
@@ -70,18 +70,9 @@ pub fn desired(
     node_name: &str,
 ) -> BTreeMap<u16, HealthEntry> {
     let mut local: HashMap<(&str, &str), BTreeSet<&str>> = HashMap::new();
-    for slice in slices {
-        let Some(owner) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            continue;
-        };
-        let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
-        let addrs = local.entry((ns, owner.as_str())).or_default();
-        for ep in slice.endpoints.iter().flatten() {
+    for (service, own) in slices_by_service(slices) {
+        let addrs = local.entry(service).or_default();
+        for ep in own.iter().flat_map(|s| s.endpoints.iter().flatten()) {
             let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
             if !ready || node_name.is_empty() || ep.node_name.as_deref() != Some(node_name) {
                 continue;

@@ -64,21 +64,7 @@ struct Candidate {
 ///   connecting to it is refused rather than sent to an address nobody serves.
 pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &NodeContext) -> DesiredState {
     let mut state = DesiredState::default();
-    // Index the slices once by the Service they belong to: looking them up per Service would
-    // make a pass quadratic in the number of Services (10^8 comparisons at 10,000).
-    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-    for s in slices {
-        let Some(owner) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            continue;
-        };
-        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-        by_service.entry((ns, owner.as_str())).or_default().push(s);
-    }
+    let by_service = slices_by_service(slices);
     for svc in services {
         let Some(spec) = &svc.spec else { continue };
         if spec.type_.as_deref() == Some("ExternalName") {
@@ -211,6 +197,26 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &NodeContex
         }
     }
     state
+}
+
+/// The slices of each Service, by (namespace, name) from their `kubernetes.io/service-name`
+/// label. Indexed once per pass: looking slices up per Service would make a pass quadratic in
+/// the number of Services (10^8 comparisons at 10,000).
+pub fn slices_by_service(slices: &[EndpointSlice]) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for s in slices {
+        let Some(owner) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
+            continue;
+        };
+        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+        by_service.entry((ns, owner.as_str())).or_default().push(s);
+    }
+    by_service
 }
 
 fn candidates(
