@@ -956,3 +956,114 @@ fn backend_at_the_nodes_own_address_is_delivered_locally() {
         got.src, got.sport
     );
 }
+
+#[test]
+fn purged_flows_are_balanced_again_on_their_next_packet() {
+    let t = nodeport_remote();
+    let (_, out) = netdev(&t, &tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN));
+    assert_eq!(tuple(&out).dst, REMOTE_BACKEND);
+    // A flow of another backend that must survive the purge.
+    put_service(
+        &t,
+        fe(LB_IP, 80, Proto::Tcp),
+        2,
+        service_flags::EXTERNAL,
+        &[(3, REMOTE_BACKEND_2)],
+    );
+    netdev(&t, &tcp(CLIENT, CLIENT_PORT, LB_IP, 80, TCP_SYN));
+    assert_eq!(ct(&t).len(), 4);
+
+    // The backend goes away: the agent replaces it and forgets its flows.
+    t.dp.apply(&[
+        MapOp::PutBackend {
+            id: 2,
+            backend: be(REMOTE_BACKEND_2, BACKEND_PORT, Proto::Tcp),
+        },
+        MapOp::PutSlot {
+            frontend: fe(NODE_IP, NODE_PORT, Proto::Tcp),
+            slot: 1,
+            backend_id: 2,
+        },
+        MapOp::DeleteBackend { id: 1 },
+    ])
+    .expect("replace backend");
+    let purged = t.dp.with_maps(|m| m.purge_ct(&[1].into())).expect("purge");
+    assert_eq!(purged, 2, "both directions of the flow");
+    let left = ct(&t);
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|(_, v)| v.backend_id == 3));
+
+    // The next segment of the old flow (no SYN) gets a live backend.
+    let ack = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_PSH_ACK);
+    let (verdict, out) = netdev(&t, &ack);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(tuple(&out).dst, REMOTE_BACKEND_2);
+    assert_checksums_and_payload(&out, &ack);
+    assert_eq!(
+        t.dp.with_maps(|m| m.purge_ct(&Default::default()))
+            .expect("empty purge"),
+        0
+    );
+}
+
+#[test]
+fn maglev_tables_of_the_wrong_size_are_refused() {
+    let t = TestDatapath::load("fnd", None);
+    let err =
+        t.dp.apply(&[MapOp::PutMaglev {
+            index: 1,
+            proto: Proto::Tcp,
+            table: vec![1; 7],
+        }])
+        .expect_err("short table");
+    assert!(
+        matches!(err, super::MapsError::Invalid { map, .. } if map == names::MAGLEV),
+        "{err:?}"
+    );
+    assert!(t.dp.read_lb().expect("read").maglev.is_empty());
+}
+
+#[test]
+fn maglev_tables_and_names_read_back_and_go_with_their_index() {
+    let t = TestDatapath::load("fnd", None);
+    let frontend = fe(NODE_IP, NODE_PORT, Proto::Udp);
+    put_service(
+        &t,
+        frontend,
+        9,
+        service_flags::EXTERNAL | service_flags::MAGLEV,
+        &[(1, REMOTE_BACKEND), (2, REMOTE_BACKEND_2)],
+    );
+    let table: Vec<u32> = (0..limits::MAGLEV_TABLE_SIZE).map(|i| 1 + i % 2).collect();
+    t.dp.apply(&[
+        MapOp::PutMaglev {
+            index: 9,
+            proto: Proto::Udp,
+            table: table.clone(),
+        },
+        MapOp::PutName {
+            index: 9,
+            name: "shop/web".into(),
+        },
+    ])
+    .expect("apply");
+    let state = t.dp.read_lb().expect("read");
+    assert_eq!(state.maglev.get(&(9, Proto::Udp)), Some(&table));
+    assert_eq!(state.names.get(&9).map(String::as_str), Some("shop/web"));
+    assert_eq!(
+        state.services[&frontend].flags,
+        service_flags::EXTERNAL | service_flags::MAGLEV
+    );
+
+    t.dp.apply(&[
+        MapOp::DeleteMaglev {
+            index: 9,
+            proto: Proto::Udp,
+        },
+        MapOp::DeleteRevNat { index: 9 },
+    ])
+    .expect("delete");
+    let state = t.dp.read_lb().expect("read");
+    assert!(state.maglev.is_empty());
+    assert!(state.names.is_empty(), "the name goes with its index");
+}
