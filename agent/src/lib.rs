@@ -95,6 +95,9 @@ async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, AgentErr
     kube::Client::try_from(config).map_err(AgentError::Client)
 }
 
+/// How often idle conntrack entries are removed.
+const CT_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs the agent until the process is told to stop (SIGINT or SIGTERM) or a part of it fails.
 ///
 /// Order matters: privileges first (fail fast with the missing capability), then the datapath
@@ -126,6 +129,20 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     tracing::info!(%uplink, "uplink program attached");
     let mut tasks: tokio::task::JoinSet<(&'static str, Result<(), AgentError>)> =
         tokio::task::JoinSet::new();
+    {
+        let dp = Arc::clone(&dp);
+        tasks.spawn(async move {
+            loop {
+                tokio::time::sleep(CT_GC_INTERVAL).await;
+                let dp = Arc::clone(&dp);
+                match tokio::task::spawn_blocking(move || dp.gc_ct()).await {
+                    Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "conntrack GC"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "conntrack GC"),
+                    _ => {}
+                }
+            }
+        });
+    }
     {
         let (client, dp) = (client.clone(), Arc::clone(&dp));
         let node = services::plan::NodeContext {

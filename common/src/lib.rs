@@ -56,6 +56,7 @@ pub mod names {
     pub const PROG_GETPEERNAME6: &str = "sock_getpeername6";
     pub const PROG_FROM_CONTAINER: &str = "tc_from_container";
     pub const PROG_FROM_NETDEV: &str = "tc_from_netdev";
+    pub const PROG_TO_NETDEV: &str = "tc_to_netdev";
 }
 
 /// Where things live on bpffs.
@@ -95,6 +96,11 @@ pub mod limits {
     /// sockets, and above the NodePort range.
     pub const SNAT_PORT_MIN: u16 = 61_000;
     pub const SNAT_PORT_MAX: u16 = 65_535;
+    /// Conntrack entries idle this long are removed by the agent: TCP (Cilium's default
+    /// lifetime of established TCP entries), a TCP connection that saw FIN or RST, anything else.
+    pub const CT_TCP_IDLE_NS: u64 = 6 * 3600 * 1_000_000_000;
+    pub const CT_CLOSED_IDLE_NS: u64 = 10 * 1_000_000_000;
+    pub const CT_OTHER_IDLE_NS: u64 = 60 * 1_000_000_000;
 }
 
 /// IP protocol numbers as found in `bpf_sock_addr.protocol` and IPv4 headers.
@@ -371,6 +377,13 @@ pub mod ct_flags {
     pub const SNAT: u8 = 1;
     /// The backend is a Pod of this node.
     pub const LOCAL_BACKEND: u8 = 2;
+    /// A TCP FIN went this way.
+    pub const FIN: u8 = 4;
+    /// A TCP RST went this way: the connection is over.
+    pub const RST: u8 = 8;
+    /// The backend is a socket of the node itself (a hostNetwork Pod at the node's address):
+    /// the reply is translated back on the uplink's egress.
+    pub const HOST_BACKEND: u8 = 16;
 }
 
 /// The single value of the `config` array: what the agent tells the programs about the node.

@@ -33,7 +33,9 @@ const IP_PROTO_OFF: usize = ETH_HLEN + 9;
 const IP_FRAG_OFFSET_MASK: u16 = 0xff1f;
 const TCP_CSUM_OFF: usize = 16;
 const TCP_FLAGS_OFF: usize = 13;
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const UDP_CSUM_OFF: usize = 6;
 const EEXIST: i32 = -17;
@@ -52,6 +54,8 @@ pub struct Flow {
     pub l4_off: usize,
     /// A TCP SYN without ACK: the client opens a new connection.
     pub syn: bool,
+    /// [`ct_flags::FIN`] and/or [`ct_flags::RST`] if the segment carries them.
+    pub closing: u8,
 }
 
 impl Flow {
@@ -92,12 +96,20 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
     }
     let l4_off = ETH_HLEN + usize::from(version_ihl & 0x0f) * 4;
     let ports: [u16; 2] = ctx.load(l4_off).map_err(|_| DropReason::Malformed)?;
-    let syn = proto == proto::TCP && {
-        let flags: u8 = ctx
-            .load(l4_off + TCP_FLAGS_OFF)
-            .map_err(|_| DropReason::Malformed)?;
-        flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    let tcp_flags: u8 = if proto == proto::TCP {
+        ctx.load(l4_off + TCP_FLAGS_OFF)
+            .map_err(|_| DropReason::Malformed)?
+    } else {
+        0
     };
+    let syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let mut closing = 0;
+    if tcp_flags & TCP_FIN != 0 {
+        closing |= ct_flags::FIN;
+    }
+    if tcp_flags & TCP_RST != 0 {
+        closing |= ct_flags::RST;
+    }
     Ok(Some(Flow {
         saddr: ctx.load(IP_SADDR_OFF).map_err(|_| DropReason::Malformed)?,
         daddr: ctx.load(IP_DADDR_OFF).map_err(|_| DropReason::Malformed)?,
@@ -106,6 +118,7 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
         proto,
         l4_off,
         syn,
+        closing,
     }))
 }
 
@@ -175,9 +188,10 @@ pub fn rewrite(
 #[inline(always)]
 pub fn apply_ct(ctx: &TcContext, flow: &Flow, entry: *mut CtValue) -> Result<CtValue, DropReason> {
     // SAFETY: `entry` is a live value of the LRU map; it is copied out whole, and only the
-    // timestamp is written back (a racing update of it is harmless).
+    // timestamp and the FIN/RST bits are written back (a racing update of them is harmless).
     let value = unsafe {
         (*entry).last_seen_ns = bpf_ktime_get_ns();
+        (*entry).flags |= flow.closing;
         *entry
     };
     rewrite(
@@ -279,12 +293,18 @@ pub fn new_external_flow(flow: &Flow, cfg: &NodeConfig) -> Result<Option<CtValue
         dir: ct_dir::REPLY,
         pad: [0; 2],
     };
-    if local {
-        // The reply passes the backend's veth, where it is translated back: the client's
-        // address can stay (kube-proxy keeps it for local endpoints too).
-        fwd.flags = ct_flags::LOCAL_BACKEND;
+    if local || backend.address == cfg.node_ip {
+        // The reply passes the backend's veth (a Pod) or the uplink's egress (a socket of the
+        // node itself), where it is translated back: the client's address can stay
+        // (kube-proxy keeps it for local endpoints too).
+        let flag = if local {
+            ct_flags::LOCAL_BACKEND
+        } else {
+            ct_flags::HOST_BACKEND
+        };
+        fwd.flags = flag;
         let mut rev = rev;
-        rev.flags = ct_flags::LOCAL_BACKEND;
+        rev.flags = flag;
         CT.insert(reply_key, rev, u64::from(BPF_ANY))
             .map_err(|_| DropReason::CtFull)?;
     } else {
@@ -308,7 +328,15 @@ pub fn new_external_flow(flow: &Flow, cfg: &NodeConfig) -> Result<Option<CtValue
                     chosen = Some(port.to_be());
                     break;
                 }
-                Err(EEXIST) => continue,
+                Err(EEXIST) => {
+                    // The port is held by another flow: take it over if that flow is over.
+                    if reclaim(&reply_key, now) {
+                        CT.insert(reply_key, rev, u64::from(BPF_ANY))
+                            .map_err(|_| DropReason::CtFull)?;
+                        chosen = Some(port.to_be());
+                        break;
+                    }
+                }
                 Err(_) => return Err(DropReason::CtFull),
             }
         }
@@ -322,6 +350,42 @@ pub fn new_external_flow(flow: &Flow, cfg: &NodeConfig) -> Result<Option<CtValue
         return Err(DropReason::CtFull);
     }
     Ok(Some(fwd))
+}
+
+/// Whether the flow holding reply entry `reply_key` is over, so that its SNAT port may serve
+/// a new flow; if so its original entry is removed (the reply entry is then overwritten).
+/// Over means: a RST went either way, FINs went both ways, or nothing was seen for
+/// the idle limit of its protocol (the agent's conntrack GC uses the same ones).
+#[inline(always)]
+fn reclaim(reply_key: &CtKey, now: u64) -> bool {
+    // SAFETY: copied out at once.
+    let Some(reply) = (unsafe { CT.get(reply_key) }).copied() else {
+        return true;
+    };
+    let original = CtKey {
+        saddr: reply.nat_daddr,
+        daddr: reply.nat_saddr,
+        sport: reply.nat_dport,
+        dport: reply.nat_sport,
+        proto: reply_key.proto,
+        dir: ct_dir::ORIGINAL,
+        pad: [0; 2],
+    };
+    // SAFETY: copied out at once.
+    let orig_flags = (unsafe { CT.get(&original) }).map_or(ct_flags::RST, |v| v.flags);
+    let both = orig_flags | reply.flags;
+    let idle_limit = if reply_key.proto == proto::TCP {
+        limits::CT_TCP_IDLE_NS
+    } else {
+        limits::CT_OTHER_IDLE_NS
+    };
+    let over = both & ct_flags::RST != 0
+        || (orig_flags & reply.flags & ct_flags::FIN != 0)
+        || now.saturating_sub(reply.last_seen_ns) > idle_limit;
+    if over {
+        let _ = CT.remove(&original);
+    }
+    over
 }
 
 /// A hash of the flow's 5-tuple (a Jenkins-style mix): the Maglev table index and the first

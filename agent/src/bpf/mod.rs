@@ -163,7 +163,7 @@ fn flag_names(flags: u8) -> Vec<&'static str> {
 /// rewritten to, with the Service it belongs to.
 fn ct(maps: &Maps) -> Result<Vec<Row>, MapsError> {
     let names = maps.read_names()?;
-    let now = monotonic_ns();
+    let now = crate::loader::sys::monotonic_ns();
     Ok(maps
         .read_ct()?
         .into_iter()
@@ -213,7 +213,7 @@ fn ct(maps: &Maps) -> Result<Vec<Row>, MapsError> {
 fn affinity(maps: &Maps) -> Result<Vec<Row>, MapsError> {
     let names = maps.read_names()?;
     let lb = maps.read_lb()?;
-    let now = monotonic_ns();
+    let now = crate::loader::sys::monotonic_ns();
     let mut rows: Vec<_> = maps.read_affinity()?;
     rows.sort_by_key(|(k, _)| (k.rev_nat_index, k.client));
     Ok(rows
@@ -299,19 +299,6 @@ fn maglev(state: &LbState) -> Vec<Row> {
 
 fn sock(address: u32, port: u16) -> String {
     std::net::SocketAddrV4::new(ip_from_net(address), u16::from_be(port)).to_string()
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
-        return 0;
-    }
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 fn backends(state: &LbState) -> Vec<Row> {

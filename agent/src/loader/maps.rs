@@ -12,7 +12,7 @@ use keelson_common::{
     AffinityKey, AffinityValue, Backend, Backend6, BackendKey, Counter, CtKey, CtValue, DropReason,
     EndpointInfo, EndpointKey, MaglevKey, MaglevTable, MetricValue, NodeConfig, RevNatKey,
     RevNatValue, RevNatValue6, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SockRevNatKey,
-    SockRevNatValue, limits, names, service_flags,
+    SockRevNatValue, ct_flags, limits, names, service_flags,
 };
 
 use crate::services::model::{BackendAddr, Frontend, LbState, MapOp, Proto, ServiceEntry};
@@ -301,6 +301,35 @@ impl Maps {
             .read_ct()?
             .into_iter()
             .filter(|(_, v)| backend_ids.contains(&v.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        for key in &stale {
+            match self.ct.remove(key) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(source) => return Err(op_err(names::CT, "delete", source)),
+            }
+        }
+        Ok(stale.len())
+    }
+
+    /// Removes conntrack entries idle past their protocol's limit (`limits::CT_*_IDLE_NS`;
+    /// `now_ns` on the clock of `bpf_ktime_get_ns`). The uplink program takes over SNAT ports of
+    /// such flows by itself; this keeps the map from holding dead flows until LRU pressure.
+    pub fn gc_ct(&mut self, now_ns: u64) -> Result<usize, MapsError> {
+        let stale: Vec<CtKey> = self
+            .read_ct()?
+            .into_iter()
+            .filter(|(k, v)| {
+                let limit = if v.flags & (ct_flags::FIN | ct_flags::RST) != 0 {
+                    limits::CT_CLOSED_IDLE_NS
+                } else if k.proto == keelson_common::proto::TCP {
+                    limits::CT_TCP_IDLE_NS
+                } else {
+                    limits::CT_OTHER_IDLE_NS
+                };
+                now_ns.saturating_sub(v.last_seen_ns) > limit
+            })
             .map(|(k, _)| k)
             .collect();
         for key in &stale {

@@ -168,7 +168,11 @@ impl Datapath {
             let link_path = links_dir.join(format!("{name}_link"));
             attach_sock(prog, name, &cgroup, &link_path)?;
         }
-        for name in [names::PROG_FROM_CONTAINER, names::PROG_FROM_NETDEV] {
+        for name in [
+            names::PROG_FROM_CONTAINER,
+            names::PROG_FROM_NETDEV,
+            names::PROG_TO_NETDEV,
+        ] {
             let tc: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
             tc.load()
                 .map_err(|source| LoaderError::Program { name, source })?;
@@ -209,6 +213,7 @@ impl Datapath {
         self.attach_tc(
             &mut inner,
             names::PROG_FROM_CONTAINER,
+            TcAttachType::Ingress,
             &ep.host_ifname,
             ep.host_ifindex,
             &link_path,
@@ -243,18 +248,33 @@ impl Datapath {
         self.attach_tc(
             &mut inner,
             names::PROG_FROM_NETDEV,
+            TcAttachType::Ingress,
             ifname,
             ifindex,
             &link_path,
+        )?;
+        let egress_path = self
+            .cfg
+            .pin_dir
+            .join(paths::LINKS_DIR)
+            .join(format!("{}_{ifname}", names::PROG_TO_NETDEV));
+        self.attach_tc(
+            &mut inner,
+            names::PROG_TO_NETDEV,
+            TcAttachType::Egress,
+            ifname,
+            ifindex,
+            &egress_path,
         )
     }
 
-    /// Attaches tc program `name` at the ingress of `ifname` through a pinned tcx link, or
-    /// swaps the current program into the link an earlier agent pinned there.
+    /// Attaches tc program `name` at `hook` of `ifname` through a pinned tcx link, or swaps the
+    /// current program into the link an earlier agent pinned there.
     fn attach_tc(
         &self,
         inner: &mut Inner,
         name: &'static str,
+        hook: TcAttachType,
         ifname: &str,
         ifindex: u32,
         link_path: &Path,
@@ -286,7 +306,7 @@ impl Datapath {
             let id = prog
                 .attach_with_options(
                     ifname,
-                    TcAttachType::Ingress,
+                    hook,
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
                 .map_err(|source| LoaderError::Program { name, source })?;
@@ -346,6 +366,11 @@ impl Datapath {
     /// The datapath's drop and event counters (for the agent's Prometheus endpoint).
     pub fn metrics(&self) -> Result<Vec<MetricSample>, MapsError> {
         self.lock().maps.read_metrics()
+    }
+
+    /// Removes idle conntrack entries (see [`Maps::gc_ct`]).
+    pub fn gc_ct(&self) -> Result<usize, MapsError> {
+        self.lock().maps.gc_ct(sys::monotonic_ns())
     }
 
     /// Runs `f` with the maps (tests, metrics).

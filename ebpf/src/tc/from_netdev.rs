@@ -82,10 +82,14 @@ fn rewrite_new(ctx: &TcContext, flow: &Flow, v: &CtValue) -> Result<(), DropReas
 }
 
 /// Hands a translated packet to its backend: straight into a local Pod with
-/// `bpf_redirect_peer` (as from_container does), or back out of the uplink towards the node
-/// that hosts the backend.
+/// `bpf_redirect_peer` (as from_container does), to the node's own stack for a backend at the
+/// node's address, or back out of the uplink towards the node that hosts the backend.
 #[inline(always)]
 fn deliver(ctx: &TcContext, v: &CtValue, uplink: u32) -> Result<i32, DropReason> {
+    if v.flags & ct_flags::HOST_BACKEND != 0 {
+        // A socket of the node: the stack delivers it; its reply is translated on egress.
+        return Ok(TC_ACT_OK);
+    }
     if v.flags & ct_flags::LOCAL_BACKEND != 0 {
         // SAFETY: copied out at once.
         if let Some(ep) = unsafe {

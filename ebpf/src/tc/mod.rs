@@ -1,5 +1,6 @@
 //! tc programs (tcx links): on the host side of each Pod's veth (`from_container`) and on the
-//! node's uplink (`from_netdev`).
+//! node's uplink, ingress (`from_netdev`) and egress (`to_netdev`).
 
 mod from_container;
 mod from_netdev;
+mod to_netdev;
