@@ -1,9 +1,11 @@
 //! Services reached from outside the cluster, through the uplink program: NodePort over TCP
-//! and UDP on every node, LoadBalancer addresses from the LB pool with
-//! `externalTrafficPolicy: Local` (client address kept, local endpoints only, a
-//! healthCheckNodePort per node), externalIPs, Maglev consistency across nodes, and stale UDP
-//! flows moved off a deleted backend (kubernetes#56903). The client is a network namespace of
-//! the test's own on the cluster's underlay.
+//! and UDP on every node (also from a host process of another node), sessionAffinity for
+//! outside clients, a backend at a node's own address, externalIPs, LoadBalancer addresses
+//! from the LB pool with `externalTrafficPolicy: Local` (client address kept, local endpoints
+//! only, a healthCheckNodePort per node), `internalTrafficPolicy: Local`, Maglev consistency
+//! across nodes, the agent's metrics, and stale UDP flows moved off a deleted backend
+//! (kubernetes#56903). The client is a network namespace of the test's own on the cluster's
+//! underlay.
 
 mod support;
 
@@ -83,6 +85,45 @@ spec:
   externalIPs: [10.250.129.7]
   selector: {app: web}
   ports: [{name: http, port: 8088, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-sticky
+spec:
+  type: NodePort
+  sessionAffinity: ClientIP
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-itp
+spec:
+  internalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: host-np
+spec:
+  type: NodePort
+  ports: [{name: http, port: 80, targetPort: 8099}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: host-np-1
+  labels: {kubernetes.io/service-name: host-np}
+addressType: IPv4
+ports: [{name: http, port: 8099, protocol: TCP}]
+endpoints:
+  - addresses: [10.250.0.11]
+    nodeName: CLUSTER-n1
+    conditions: {ready: true}
 "#;
 
 const HTTP_SERVER: &str = r#"import http.server, os, sys
@@ -306,7 +347,8 @@ fn services_from_outside_the_cluster() {
     std::fs::write(
         &manifest,
         APP.replace("HTTP_SERVER", &yaml_quoted(HTTP_SERVER))
-            .replace("UDP_SERVER", &yaml_quoted(UDP_SERVER)),
+            .replace("UDP_SERVER", &yaml_quoted(UDP_SERVER))
+            .replace("CLUSTER", &name),
     )
     .expect("manifest");
     c.kubectl_ok(&["apply", "-f", &manifest.to_string_lossy()]);
@@ -377,6 +419,67 @@ fn services_from_outside_the_cluster() {
     assert!(r.errors.is_empty(), "UDP NodePort: {:?}", r.errors);
     assert_eq!(r.answers.len(), 3, "UDP NodePort answers: {:?}", r.answers);
 
+    // sessionAffinity ClientIP holds for clients outside the cluster too.
+    let sticky_np = service_port(&c, "web-sticky", "nodePort", 0);
+    let r = probe(&x, dir, "tcp", &node_ip(1), sticky_np, 20);
+    assert!(r.errors.is_empty(), "sticky: {:?}", r.errors);
+    assert_eq!(r.answers.len(), 1, "affinity broken: {:?}", r.answers);
+
+    // internalTrafficPolicy Local: a client on a node with Pods reaches only those.
+    let (with_pods, without_pods) = if on_node(&c.node(1)).is_empty() {
+        (2u8, 1u8)
+    } else {
+        (1u8, 2u8)
+    };
+    let itp = c.kubectl_ok(&["get", "svc", "web-itp", "-o", "jsonpath={.spec.clusterIP}"]);
+    let out = c.run_on_node(
+        with_pods,
+        Path::new(PYTHON),
+        &[&script.to_string_lossy(), "tcp", itp.trim(), "80", "30"],
+    );
+    let r = parse_probe(&String::from_utf8_lossy(&out.stdout));
+    assert!(r.errors.is_empty(), "iTP Local: {:?}", r.errors);
+    let seen: BTreeSet<String> = r
+        .answers
+        .keys()
+        .map(|a| a.split_once(' ').expect("answer").0.to_string())
+        .collect();
+    assert_eq!(seen, on_node(&c.node(with_pods)), "iTP Local answers");
+
+    // A backend that is a socket of node 1 itself (a hostNetwork Pod at the node's address):
+    // through node 1 the reply is translated on the uplink's egress, through node 2 it is
+    // SNATed there.
+    let host_server = dir.join("host_server.py");
+    std::fs::write(
+        &host_server,
+        HTTP_SERVER.replace("os.environ['HOSTNAME']", "'node-host'"),
+    )
+    .expect("host server");
+    let mut host = c.spawn_on_node(
+        1,
+        Path::new(PYTHON),
+        &[&host_server.to_string_lossy(), "8099"],
+    );
+    let host_np = service_port(&c, "host-np", "nodePort", 0);
+    for (i, seen_as) in [(1u8, x.ip.clone()), (2u8, node_ip(2))] {
+        let r = wait_for(
+            &format!("host backend via node {i}"),
+            Duration::from_secs(10),
+            || {
+                let r = probe(&x, dir, "tcp", &node_ip(i), host_np, 5);
+                r.errors.is_empty().then_some(r)
+            },
+        );
+        let want: Vec<String> = vec![format!("node-host {seen_as}")];
+        assert_eq!(
+            r.answers.keys().cloned().collect::<Vec<_>>(),
+            want,
+            "via node {i}"
+        );
+    }
+    let _ = host.kill();
+    let _ = host.wait();
+
     // externalIPs: routed to node 2.
     x.route("10.250.129.7/32", &node_ip(2));
     let r = probe(&x, dir, "tcp", "10.250.129.7", 8088, 30);
@@ -386,11 +489,6 @@ fn services_from_outside_the_cluster() {
     // LoadBalancer with externalTrafficPolicy Local, routed to a node with local Pods: only
     // those answer, and they see the client's own address.
     let lb_ip = lb_address(&c, "web-local");
-    let (with_pods, without_pods) = if on_node(&c.node(1)).is_empty() {
-        (2u8, 1u8)
-    } else {
-        (1u8, 2u8)
-    };
     x.route(&format!("{lb_ip}/32"), &node_ip(with_pods));
     let local = on_node(&c.node(with_pods));
     let r = probe(&x, dir, "tcp", &lb_ip, 80, 30);
