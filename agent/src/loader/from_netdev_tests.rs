@@ -1,6 +1,7 @@
 //! BPF_PROG_TEST_RUN tests of the per-packet Service translation: `tc_from_netdev` (the
 //! uplink: NodePort/LoadBalancer/external IP flows, SNAT, conntrack, reverse NAT of replies)
-//! and the reverse-NAT step of `tc_from_container` (replies of local backends).
+//! the reverse-NAT step of `tc_from_container` (replies of local backends) and `tc_to_netdev`
+//! (replies of the node's own sockets).
 //!
 //! As in the from_container tests, the program runs with `ifindex` 1 (`lo` of the test
 //! process's namespace, net/bpf/test_run.c); the redirect helpers only record their target in
@@ -899,9 +900,6 @@ fn without_node_config_everything_passes() {
 const TCP_RST: u8 = 0x04;
 
 #[test]
-#[ignore = "datapath bug: conntrack entries never expire and a TCP RST/FIN does not end them, so \
-            the SNAT ports towards one backend (4536) run out after that many connections and \
-            every later new flow is dropped as no_snat_port until the LRU map (262144) fills"]
 fn closed_connections_do_not_exhaust_snat_ports() {
     let t = nodeport_remote();
     let span = u32::from(limits::SNAT_PORT_MAX - limits::SNAT_PORT_MIN) + 1;
@@ -928,11 +926,7 @@ fn closed_connections_do_not_exhaust_snat_ports() {
 }
 
 #[test]
-#[ignore = "datapath bug: a backend at the node's own address (a hostNetwork Pod of this node) \
-            is treated as remote: the flow is SNATed to the node's address and redirected back \
-            out of the uplink to itself instead of being handed to the local stack (whose reply \
-            would then also need translating back)"]
-fn backend_at_the_nodes_own_address_is_delivered_locally() {
+fn backend_at_the_nodes_own_address_is_answered_through_the_uplink_egress() {
     let t = TestDatapath::load("fnd", None);
     write_config(&t);
     put_service(
@@ -946,15 +940,85 @@ fn backend_at_the_nodes_own_address_is_delivered_locally() {
     let (verdict, out) = netdev(&t, &syn);
     let got = tuple(&out);
     assert_eq!(
-        (got.dst, got.dport),
-        (NODE_IP, BACKEND_PORT),
-        "DNAT to the backend"
-    );
-    assert_eq!(
         verdict, TC_ACT_OK,
         "handed to this node's stack, not sent out of the uplink from {}:{} to its own address",
         got.src, got.sport
     );
+    assert_eq!(
+        got,
+        Tuple {
+            src: CLIENT,
+            sport: CLIENT_PORT,
+            dst: NODE_IP,
+            dport: BACKEND_PORT,
+        },
+        "DNAT only: the client's address is kept"
+    );
+    assert_checksums_and_payload(&out, &syn);
+    let reply_key = ct_key(
+        NODE_IP,
+        BACKEND_PORT,
+        CLIENT,
+        CLIENT_PORT,
+        proto::TCP,
+        ct_dir::REPLY,
+    );
+    let rev = ct_get(&t, &reply_key).expect("reply entry keyed by the node socket's reply");
+    assert_eq!(rev.flags, ct_flags::HOST_BACKEND);
+    assert_eq!(ct(&t).len(), 2);
+
+    // The node's socket answers; the uplink's egress turns the source back into the frontend.
+    let reply = tcp(
+        NODE_IP,
+        BACKEND_PORT,
+        CLIENT,
+        CLIENT_PORT,
+        TCP_SYN | TCP_ACK,
+    );
+    let (verdict, out) = run(&t, names::PROG_TO_NETDEV, &reply);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        tuple(&out),
+        Tuple {
+            src: NODE_IP,
+            sport: NODE_PORT,
+            dst: CLIENT,
+            dport: CLIENT_PORT,
+        }
+    );
+    assert_checksums_and_payload(&out, &reply);
+    assert_eq!(metric(&t, Counter::NodePortRevXlated as u32), 1);
+
+    // Other traffic of the node leaves untouched.
+    let other = tcp(NODE_IP, 22, CLIENT, CLIENT_PORT, TCP_ACK);
+    assert_eq!(
+        run(&t, names::PROG_TO_NETDEV, &other),
+        (TC_ACT_OK, other.clone())
+    );
+    assert_eq!(metric(&t, Counter::NodePortRevXlated as u32), 1);
+}
+
+#[test]
+fn uplink_egress_leaves_replies_translated_elsewhere_alone() {
+    // A Pod backend's reply entry (translated by from_container) matching a packet on the
+    // uplink's egress must not be applied a second time there.
+    let t = TestDatapath::load("fnd", None);
+    write_config(&t);
+    put_local_endpoint(&t);
+    put_service(
+        &t,
+        fe(NODE_IP, NODE_PORT, Proto::Tcp),
+        2,
+        service_flags::EXTERNAL,
+        &[(7, LOCAL_BACKEND)],
+    );
+    netdev(&t, &tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN));
+    let reply = tcp(LOCAL_BACKEND, BACKEND_PORT, CLIENT, CLIENT_PORT, TCP_ACK);
+    assert_eq!(
+        run(&t, names::PROG_TO_NETDEV, &reply),
+        (TC_ACT_OK, reply.clone())
+    );
+    assert_eq!(metric(&t, Counter::NodePortRevXlated as u32), 0);
 }
 
 #[test]
@@ -1066,4 +1130,54 @@ fn maglev_tables_and_names_read_back_and_go_with_their_index() {
     let state = t.dp.read_lb().expect("read");
     assert!(state.maglev.is_empty());
     assert!(state.names.is_empty(), "the name goes with its index");
+}
+
+/// `f` with 4 bytes of IPv4 options (NOPs) inserted, header length and checksum fixed.
+fn with_ip_options(f: &[u8]) -> Vec<u8> {
+    let mut out = f[..L4].to_vec();
+    out.extend_from_slice(&[1, 1, 1, 1]);
+    out.extend_from_slice(&f[L4..]);
+    out[ETH_HLEN] = 0x46;
+    let total = u16::from_be_bytes([out[ETH_HLEN + 2], out[ETH_HLEN + 3]]) + 4;
+    out[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&total.to_be_bytes());
+    out[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+    let csum = ipv4_checksum(&out[ETH_HLEN..L4 + 4]);
+    out[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&csum.to_be_bytes());
+    out
+}
+
+#[test]
+fn ip_options_shift_the_ports_and_later_fragments_pass() {
+    let t = nodeport_remote();
+    let syn = with_ip_options(&tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN));
+    let (verdict, out) = netdev(&t, &syn);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let l4 = L4 + 4;
+    assert_eq!(ipv4_checksum(&out[ETH_HLEN..l4]), 0);
+    assert_eq!(out[ETH_HLEN + 12..ETH_HLEN + 16], NODE_IP.octets());
+    assert_eq!(out[ETH_HLEN + 16..ETH_HLEN + 20], REMOTE_BACKEND.octets());
+    assert_eq!(out[L4..l4], [1, 1, 1, 1], "options untouched");
+    let sport = u16::from_be_bytes([out[l4], out[l4 + 1]]);
+    assert!(snat_range().contains(&sport));
+    assert_eq!(u16::from_be_bytes([out[l4 + 2], out[l4 + 3]]), BACKEND_PORT);
+    assert_eq!(
+        l4_checksum(NODE_IP, REMOTE_BACKEND, proto::TCP, &out[l4..]),
+        0,
+        "TCP checksum valid"
+    );
+
+    // A fragment past the first carries no ports: left to the stack as it is.
+    let mut frag = frame(
+        CLIENT,
+        CLIENT_PORT,
+        NODE_IP,
+        NODE_PORT,
+        L4Kind::Udp { checksum: true },
+    );
+    frag[ETH_HLEN + 6..ETH_HLEN + 8].copy_from_slice(&0x00b9u16.to_be_bytes());
+    frag[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+    let csum = ipv4_checksum(&frag[ETH_HLEN..L4]);
+    frag[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&csum.to_be_bytes());
+    assert_eq!(netdev(&t, &frag), (TC_ACT_OK, frag.clone()));
+    assert_eq!(ct(&t).len(), 2, "only the TCP flow");
 }
