@@ -631,4 +631,88 @@ fn services_from_outside_the_cluster() {
         },
     );
     assert_ne!(moved_to, victim);
+
+    // The same bug with a connected UDP socket of the node (translated once, at connect(), by
+    // the socket hooks): when its backend Pod is deleted the agent destroys the socket, the
+    // application gets an error at once and its next socket reaches a live backend.
+    let vip = c.kubectl_ok(&["get", "svc", "web-np", "-o", "jsonpath={.spec.clusterIP}"]);
+    let connected = dir.join("connected_udp.py");
+    std::fs::write(&connected, CONNECTED_UDP).expect("script");
+    let mut client = c.spawn_on_node(
+        1,
+        Path::new(PYTHON),
+        &[&connected.to_string_lossy(), vip.trim(), "53", "6"],
+    );
+    // The first answer names the backend the socket is connected to.
+    let stdout = client.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let first = lines.next().expect("a first line").expect("utf-8");
+    let victim = first
+        .strip_prefix("first ")
+        .expect("first answer")
+        .to_string();
+    c.kubectl_ok(&["delete", "pod", &victim, "--wait=false"]);
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let _ = client.wait();
+    let report = rest.last().cloned().unwrap_or_default();
+    let r: serde_json::Value =
+        serde_json::from_str(&report).unwrap_or_else(|e| panic!("{e}: {rest:?}"));
+    let aborted = r["aborted"].as_u64().unwrap_or(0);
+    let after: Vec<&str> = r["after_abort"]
+        .as_array()
+        .expect("after")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        aborted >= 1,
+        "the socket to the deleted Pod was not reset: {r}"
+    );
+    assert!(
+        !after.is_empty() && after.iter().all(|p| *p != victim),
+        "no live backend after the reset: {r}"
+    );
+    assert!(
+        r["timeouts"].as_u64().unwrap_or(99) <= 3,
+        "datagrams blackholed: {r}"
+    );
 }
+
+/// A client with one connected UDP socket to `vip:port`, asking every 100 ms for `seconds`:
+/// prints `first <pod>` after the first answer, then one JSON report: how often the socket
+/// failed with a reset (ECONNABORTED or ECONNREFUSED, then it opens a new one), the answers
+/// after that, and timeouts.
+const CONNECTED_UDP: &str = r#"
+import errno, json, socket, sys, time
+vip, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+def connect():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1)
+    s.connect((vip, port))
+    return s
+s = connect()
+report = {"aborted": 0, "after_abort": [], "timeouts": 0, "errors": []}
+first = True
+end = time.time() + seconds
+while time.time() < end:
+    try:
+        s.send(b"ping")
+        name = s.recv(2048).decode().split()[0]
+        if first:
+            print("first " + name, flush=True)
+            first = False
+        elif report["aborted"]:
+            report["after_abort"].append(name)
+    except socket.timeout:
+        report["timeouts"] += 1
+    except OSError as e:
+        # ECONNABORTED: the agent destroyed the socket; ECONNREFUSED: the Pod's port closed
+        # while it shut down (ICMP port unreachable). Either way the application knows.
+        if e.errno in (errno.ECONNABORTED, errno.ECONNREFUSED):
+            report["aborted"] += 1
+        else:
+            report["errors"].append(str(e))
+        s = connect()
+    time.sleep(0.1)
+print(json.dumps(report), flush=True)
+"#;
