@@ -994,36 +994,12 @@ mod tests {
     /// on a type change and on deletion, and a controller restart, all through the API.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn loop_allocates_and_releases_through_the_api() {
-        use crate::server::{ServerConfig, admin_client, run as run_server};
-        use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+        use crate::controllers::testutil::{Abort, start_server, wait_for};
+        use kube::api::{DeleteParams, Patch, PatchParams};
         use serde_json::json;
-        use std::future::Future;
         use std::time::Duration;
 
-        /// Aborts a task even when an assertion fails.
-        struct Abort(tokio::task::JoinHandle<()>);
-        impl Drop for Abort {
-            fn drop(&mut self) {
-                self.0.abort();
-            }
-        }
-        async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
-        where
-            F: FnMut() -> Fut,
-            Fut: Future<Output = Option<T>>,
-        {
-            let start = Instant::now();
-            loop {
-                if let Some(v) = f().await {
-                    return v;
-                }
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "timed out waiting for {what}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        const LIMIT: Duration = Duration::from_secs(20);
         fn spawn_controller(client: Client) -> Abort {
             Abort(tokio::spawn(async move {
                 if let Err(e) = run(client, pool("10.8.0.0/30")).await {
@@ -1032,38 +1008,8 @@ mod tests {
             }))
         }
 
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let cfg = ServerConfig {
-            data_dir: dir.path().to_path_buf(),
-            listen: format!("127.0.0.1:{port}").parse().expect("addr"),
-            service_cidr: "10.96.0.0/16".into(),
-            cluster_cidr: "10.244.0.0/16".into(),
-            node_cidr_mask: 24,
-            lb_pool: None,
-        };
-        let _server = Abort(tokio::spawn(async move {
-            if let Err(e) = run_server(cfg).await {
-                panic!("server failed: {e}");
-            }
-        }));
-        let kubeconfig = dir.path().join("admin.kubeconfig");
-        let client = wait_for("the API server", || {
-            let kc = kubeconfig.clone();
-            async move {
-                let c = admin_client(&kc).await.ok()?;
-                Api::<Service>::all(c.clone())
-                    .list(&ListParams::default())
-                    .await
-                    .ok()?;
-                Some(c)
-            }
-        })
-        .await;
+        let server = start_server().await;
+        let client = server.client.clone();
         let mut controller = spawn_controller(client.clone());
         let api: Api<Service> = Api::namespaced(client.clone(), "default");
         let create = |name: &'static str, annotations: serde_json::Value| {
@@ -1084,7 +1030,7 @@ mod tests {
         let expect = |name: &'static str, want: (Option<&'static str>, &'static str)| {
             let api = api.clone();
             async move {
-                wait_for(&format!("{name} to show {want:?}"), || {
+                wait_for(&format!("{name} to show {want:?}"), LIMIT, || {
                     let api = api.clone();
                     async move {
                         let s = api.get_status(name).await.ok()?;
@@ -1119,7 +1065,7 @@ mod tests {
         )
         .await
         .expect("make lb-a a ClusterIP Service");
-        wait_for("lb-a to lose its address and condition", || {
+        wait_for("lb-a to lose its address and condition", LIMIT, || {
             let api = api.clone();
             async move {
                 let s = api.get_status("lb-a").await.ok()?;

@@ -4,7 +4,6 @@
 //! garbage collection, all through the Kubernetes API.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -15,34 +14,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::server::{ServerConfig, admin_client, run};
-
-/// Polls `f` every 50 ms until it yields Some, failing after `limit`.
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Aborts the server task even when an assertion fails.
-struct ServerGuard(tokio::task::JoinHandle<()>);
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+use super::testutil::{start_server, wait_for};
 
 fn now_rfc3339() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
@@ -50,38 +22,8 @@ fn now_rfc3339() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_service_and_node_reconcile_through_the_api() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let cfg = ServerConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: format!("127.0.0.1:{port}").parse().expect("addr"),
-        service_cidr: "10.96.0.0/16".into(),
-        cluster_cidr: "10.244.0.0/16".into(),
-        node_cidr_mask: 24,
-        lb_pool: None,
-    };
-    let _server = ServerGuard(tokio::spawn(async move {
-        if let Err(e) = run(cfg).await {
-            panic!("server failed: {e}");
-        }
-    }));
-    let kubeconfig = dir.path().join("admin.kubeconfig");
-    let client = wait_for("the API server", Duration::from_secs(20), || {
-        let kc = kubeconfig.clone();
-        async move {
-            let c = admin_client(&kc).await.ok()?;
-            Api::<Node>::all(c.clone())
-                .list(&ListParams::default())
-                .await
-                .ok()?;
-            Some(c)
-        }
-    })
-    .await;
+    let server = start_server().await;
+    let client = server.client.clone();
 
     // A Node with a stand-in kubelet: Ready, allocatable, a fresh Lease.
     let nodes: Api<Node> = Api::all(client.clone());

@@ -20,6 +20,8 @@ pub mod nodelifecycle;
 pub mod objects;
 pub mod replicaset;
 pub mod runtime;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 /// What the controllers need to know about the cluster.
 #[derive(Debug, Clone)]
