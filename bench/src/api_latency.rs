@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// How many API writes are in flight at once while creating the Services.
-const CREATE_CONCURRENCY: usize = 32;
+pub const CREATE_CONCURRENCY: usize = 32;
 /// How many single EndpointSlice changes are timed.
 pub const CHANGES: usize = 100;
 const PROTO_TCP: u8 = 6;
@@ -39,6 +39,8 @@ const PROTO_TCP: u8 = 6;
 /// What this part measured.
 #[derive(Debug, Clone)]
 pub struct ApiFigures {
+    /// From the first create call to the answer of the last one (the API server's share).
+    pub api_writes: Duration,
     /// From the first create call to all Services in the node's maps.
     pub create_to_datapath: Duration,
     /// From each EndpointSlice patch call to its new endpoint in the maps, sorted.
@@ -269,6 +271,7 @@ async fn measure_async(services: &[BenchService]) -> Result<ApiFigures> {
     changes.sort();
     let rss_kib_after_changes = rss_kib(agent)?;
     Ok(ApiFigures {
+        api_writes: api_done,
         create_to_datapath,
         changes,
         rss_kib_programmed,

@@ -1,7 +1,10 @@
 //! keelson's side of the benchmark: the bench's Services as the API objects the agent
 //! watches (selector-less Services with hand-written EndpointSlices), programmed into a
 //! freshly loaded datapath through the agent's own services code path
-//! (`keelson_agent::services::reconcile`: plan from the objects, read the maps, diff, apply).
+//! (`keelson_agent::services::reconcile`: plan from the objects, read the maps, diff, apply),
+//! then changed one EndpointSlice at a time as the agent's loop does it
+//! (`keelson_agent::services::reconcile_known`: plan and diff against the state carried from the
+//! previous pass).
 
 use std::{collections::BTreeMap, path::Path, time::Duration, time::Instant};
 
@@ -81,14 +84,18 @@ pub fn objects(services: &[BenchService]) -> (Vec<Service>, Vec<EndpointSlice>) 
     (svcs, slices)
 }
 
+/// How many single-EndpointSlice passes are timed (half of them put an endpoint back).
+pub const CHANGE_PASSES: usize = 40;
+
 /// Loads the datapath with `cgroup` as its cgroup root and pins under `pins`, then programs
-/// `services` from nothing; returns the datapath and the programming time (the reconcile
-/// pass alone: the objects are built before the clock starts, as a watch cache holds them).
+/// `services` from nothing; returns the datapath, the programming time (the reconcile
+/// pass alone: the objects are built before the clock starts, as a watch cache holds them)
+/// and the sorted times of [`CHANGE_PASSES`] passes that each program one EndpointSlice change.
 pub fn load_and_program(
     cgroup: &Path,
     pins: &Path,
     services: &[BenchService],
-) -> Result<(Datapath, Duration)> {
+) -> Result<(Datapath, Duration, Vec<Duration>)> {
     let dp = Datapath::load(DatapathConfig {
         pin_dir: pins.to_path_buf(),
         cgroup_root: cgroup.to_path_buf(),
@@ -100,7 +107,7 @@ pub fn load_and_program(
             std::error::Error::source(&e)
         )
     })?;
-    let (svcs, slices) = objects(services);
+    let (svcs, mut slices) = objects(services);
     let start = Instant::now();
     keelson_agent::services::reconcile(
         &dp,
@@ -117,5 +124,41 @@ pub fn load_and_program(
         state.services.len(),
         services.len()
     );
-    Ok((dp, took))
+    let passes = change_passes(&dp, state, &svcs, &mut slices)?;
+    Ok((dp, took, passes))
+}
+
+/// The agent loop's cost of one EndpointSlice change once everything is programmed: each
+/// timed pass replaces the last endpoint of one slice with a fresh address, the next puts it
+/// back (so the datapath ends as it started, for the correctness check and the load).
+fn change_passes(
+    dp: &Datapath,
+    programmed: keelson_agent::services::model::LbState,
+    svcs: &[Service],
+    slices: &mut [EndpointSlice],
+) -> Result<Vec<Duration>> {
+    let node = keelson_agent::services::plan::NodeContext::default();
+    let mut known = Some(programmed);
+    let mut times = Vec::with_capacity(CHANGE_PASSES);
+    for c in 0..CHANGE_PASSES / 2 {
+        let i = (c * 97) % slices.len();
+        let last = slices[i]
+            .endpoints
+            .as_mut()
+            .and_then(|e| e.last_mut())
+            .context("a bench slice without endpoints")?;
+        let original = last.addresses.clone();
+        for addresses in [vec![format!("10.244.121.{}", c + 1)], original] {
+            if let Some(ep) = slices[i].endpoints.as_mut().and_then(|e| e.last_mut()) {
+                ep.addresses = addresses;
+            }
+            let start = Instant::now();
+            let ops = keelson_agent::services::reconcile_known(dp, &mut known, svcs, slices, &node)
+                .context("programming one change")?;
+            times.push(start.elapsed());
+            ensure!(ops > 0, "a changed endpoint was not programmed");
+        }
+    }
+    times.sort();
+    Ok(times)
 }

@@ -47,6 +47,7 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
     let max = opts.sizes.iter().copied().max().unwrap_or(0);
     let min = opts.sizes.iter().copied().min().unwrap_or(0);
     let mut goals = serde_json::Map::new();
+    let mut passes = Vec::new();
     for &size in &opts.sizes {
         let (Some(k), Some(i), Some(n)) = (
             get(points, Mode::Keelson, size),
@@ -109,6 +110,17 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
             goal,
             met,
         });
+        if let (Some(p50), Some(max)) = (
+            k.change_passes.get(k.change_passes.len() / 2),
+            k.change_passes.last(),
+        ) {
+            passes.push(format!(
+                "| keelson agent pass for one EndpointSlice change at {size} Services (ms, p50 / max of {}) | {:.2} / {:.2} | | | | | | |",
+                k.change_passes.len(),
+                p50.as_secs_f64() * 1e3,
+                max.as_secs_f64() * 1e3
+            ));
+        }
     }
     println!();
     println!(
@@ -128,6 +140,9 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
             r.goal,
             r.met
         );
+    }
+    for line in &passes {
+        println!("{line}");
     }
     if let (Some(kmax), Some(kmin)) = (
         get(points, Mode::Keelson, max),
@@ -170,6 +185,11 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
                 a.rss_kib_after_changes as f64 / 1024.0,
             );
             println!(
+                "| {max} Services and EndpointSlices created through the API, {} in flight (ms) | {:.0} | | | | | | |",
+                crate::api_latency::CREATE_CONCURRENCY,
+                ms(a.api_writes)
+            );
+            println!(
                 "| {max} Services created through the API -> all in the node's maps (ms) | {:.0} | | | | | (API write time included) | |",
                 ms(a.create_to_datapath)
             );
@@ -189,6 +209,7 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
                 "| agent RSS at {max} Services (MiB; after the changes) | {rss:.1} ({rss_after:.1}) | | | | | <= 64 MiB | {} |",
                 yes_no(ok)
             );
+            api_json.insert("api_writes_ms".into(), json!(ms(a.api_writes).round()));
             api_json.insert(
                 "create_to_datapath_ms".into(),
                 json!(ms(a.create_to_datapath).round()),
@@ -247,6 +268,7 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
                 "program_ms": (p.program.as_secs_f64() * 1e4).round() / 10.0,
                 "connections": p.connections,
                 "errors": p.errors,
+                "change_pass_us": p.change_passes.iter().map(|d| d.as_micros()).collect::<Vec<_>>(),
             })
         })
         .collect();

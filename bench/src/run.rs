@@ -64,6 +64,8 @@ pub struct Point {
     pub p99_us: u64,
     pub connections: u64,
     pub errors: u64,
+    /// keelson only: the agent's pass for one EndpointSlice change, sorted.
+    pub change_passes: Vec<Duration>,
 }
 
 /// A child process killed and reaped on drop.
@@ -189,11 +191,13 @@ fn measure(
     let _server = spawn_server(exe, &topo)?;
     // Declared after the topology: dropped (detached) before its pins and cgroup go.
     let mut datapath = None;
+    let mut change_passes = Vec::new();
     let program = match mode {
         Mode::Keelson => {
-            let (dp, took) =
+            let (dp, took, passes) =
                 keelson_mode::load_and_program(&topo.cgroup.0, &topo.pins.0, services)?;
             datapath = Some(dp);
+            change_passes = passes;
             took
         }
         Mode::Iptables => program_iptables(&topo, services)?,
@@ -235,6 +239,7 @@ fn measure(
         p99_us: r["p99_us"].as_u64().unwrap_or(0),
         connections: r["connections"].as_u64().unwrap_or(0),
         errors: r["errors"].as_u64().unwrap_or(0),
+        change_passes,
     };
     eprintln!(
         "bench: {} {size}: {:.0} conn/s, p50 {} us, p99 {} us, {} errors, programmed in {:.1} ms",

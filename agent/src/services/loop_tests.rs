@@ -11,7 +11,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use super::{model::LbState, plan::NodeContext, plan::SERVICE_NAME_LABEL, program};
+use super::{model::LbState, plan::NodeContext, plan::SERVICE_NAME_LABEL, reconcile_known};
 use crate::loader::testutil::TestDatapath;
 
 fn svc(name: &str, ip: &str, node_port: Option<i32>, affinity: bool) -> Service {
@@ -130,7 +130,7 @@ fn services_loop_carried_state_matches_the_maps_after_every_pass() {
     ];
     let mut known: Option<LbState> = None;
     for (i, (services, slices)) in steps.iter().enumerate() {
-        let written = program(&t.dp, &mut known, services, slices, &node).expect("pass");
+        let written = reconcile_known(&t.dp, &mut known, services, slices, &node).expect("pass");
         let read = t.dp.read_lb().expect("read maps");
         assert_eq!(known.as_ref(), Some(&read), "step {i}");
         if i == 3 {

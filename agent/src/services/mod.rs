@@ -123,7 +123,7 @@ pub async fn run(
             next_resync = Instant::now() + RESYNC;
         }
         let (svcs, eps) = (services.items(), slices.items());
-        if let Err(e) = program(&dp, &mut programmed, svcs, eps, &node) {
+        if let Err(e) = reconcile_known(&dp, &mut programmed, svcs, eps, &node) {
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "programming services failed; retrying");
         }
         for (port, e) in health.sync(&health::desired(svcs, eps, &node.node_name)) {
@@ -157,13 +157,13 @@ pub fn reconcile(
     slices: &[EndpointSlice],
     node: &plan::NodeContext,
 ) -> Result<usize, ServicesError> {
-    program(dp, &mut None, services, slices, node)
+    reconcile_known(dp, &mut None, services, slices, node)
 }
 
-/// One pass against `known`, what the maps hold (read from them when None). On success
-/// `known` is what they hold afterwards; after a failed read or write it is None, so the next
-/// pass reads the maps again rather than trusting a half-applied plan.
-fn program(
+/// One pass against `known`, what the maps hold (read from them when None), as the loop runs
+/// it. On success `known` is what they hold afterwards; after a failed read or write it is
+/// None, so the next pass reads the maps again rather than trusting a half-applied plan.
+pub fn reconcile_known(
     dp: &Datapath,
     known: &mut Option<LbState>,
     services: &[Service],
