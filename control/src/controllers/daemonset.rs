@@ -6,7 +6,7 @@
 //! Pods are created with spec.nodeName set (the controller places them itself, as Kubernetes
 //! did before DaemonSet Pods went through the scheduler). The template is identified by the
 //! `controller-revision-hash` label, whose value here is the template hash of
-//! [`super::deployment::template_hash`] (Kubernetes names a ControllerRevision instead).
+//! [`super::podtemplate::template_hash`] (Kubernetes names a ControllerRevision instead).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,17 +14,16 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::deployment::{scaled_value, template_hash};
+use super::deployment::scaled_value;
 use super::objects::{
-    controller_ref_to, is_controlled_by, is_terminating, pod_is_active, pod_is_available,
-    pod_is_ready,
+    is_controlled_by, is_terminating, pod_is_active, pod_is_available, pod_is_ready,
 };
+use super::podtemplate::{has_hash, pod_from_template, put_hash, template_hash};
 use super::replicaset::{deletion_order, seen_pod};
 use super::runtime::{Expectations, Reconciler, Requeue, is_not_found, split_key};
 use crate::scheduler::NodeInfo;
@@ -74,17 +73,20 @@ pub fn daemon_tolerations() -> Vec<Toleration> {
     ]
 }
 
-/// The Pod `ds` runs on `node`.
+/// The Pod `ds` runs on `node`: the template's Pod with the hash label, bound to `node`, with
+/// the DaemonSet tolerations.
 pub fn pod_for(ds: &DaemonSet, hash: &str, node: &str) -> Pod {
     let template = ds
         .spec
         .as_ref()
         .map(|s| s.template.clone())
         .unwrap_or_default();
-    let tmeta = template.metadata.unwrap_or_default();
-    let mut labels = tmeta.labels.unwrap_or_default();
-    labels.insert(HASH_LABEL.into(), hash.into());
-    let mut spec = template.spec.unwrap_or_default();
+    let mut pod = pod_from_template(ds, template);
+    // DaemonSet Pods do not carry the template's finalizers (Kubernetes' GetPodFromTemplate
+    // copies them for DaemonSets too).
+    pod.metadata.finalizers = None;
+    put_hash(&mut pod.metadata.labels, HASH_LABEL, hash);
+    let spec = pod.spec.get_or_insert_with(Default::default);
     spec.node_name = Some(node.into());
     let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
     for t in daemon_tolerations() {
@@ -92,21 +94,7 @@ pub fn pod_for(ds: &DaemonSet, hash: &str, node: &str) -> Pod {
             tolerations.push(t);
         }
     }
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!(
-                "{}-",
-                ds.metadata.name.as_deref().unwrap_or_default()
-            )),
-            namespace: ds.metadata.namespace.clone(),
-            labels: Some(labels),
-            annotations: tmeta.annotations,
-            owner_references: Some(vec![controller_ref_to(ds)]),
-            ..Default::default()
-        },
-        spec: Some(spec),
-        status: None,
-    }
+    pod
 }
 
 /// Whether the DaemonSet's Pod belongs on `node`: the template's node selection and the Node's
@@ -117,14 +105,6 @@ pub fn should_run(ds: &DaemonSet, node: &Node) -> bool {
     node.metadata.deletion_timestamp.is_none()
         && node_affinity(&candidate, &info).is_ok()
         && taint_toleration(&candidate, &info).is_ok()
-}
-
-fn hash_of(p: &Pod) -> Option<&str> {
-    p.metadata
-        .labels
-        .as_ref()?
-        .get(HASH_LABEL)
-        .map(String::as_str)
 }
 
 fn node_of(p: &Pod) -> Option<&str> {
@@ -206,7 +186,7 @@ pub fn plan(ds: &DaemonSet, snap: &Snapshot<'_>) -> Vec<Change> {
         } else {
             unavailable += 1;
         }
-        if hash_of(keep) == Some(hash.as_str()) {
+        if has_hash(&keep.metadata, HASH_LABEL, &hash) {
             updated += 1;
         } else {
             outdated.push(keep);
@@ -342,8 +322,9 @@ mod tests {
     use k8s_openapi::api::apps::v1::{
         DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
     };
-    use k8s_openapi::api::core::v1::{Container, NodeSpec, PodSpec, PodTemplateSpec, Taint};
+    use k8s_openapi::api::core::v1::{NodeSpec, Taint};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     const UID: &str = "ds-uid";
@@ -362,20 +343,7 @@ mod tests {
                     match_labels: Some(labels(&[("app", "agent")])),
                     ..Default::default()
                 },
-                template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(labels(&[("app", "agent")])),
-                        ..Default::default()
-                    }),
-                    spec: Some(PodSpec {
-                        containers: vec![Container {
-                            name: "c".into(),
-                            image: Some(image.into()),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }),
-                },
+                template: template(&[("app", "agent")], image),
                 ..Default::default()
             }),
             status: None,

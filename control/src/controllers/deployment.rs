@@ -2,11 +2,7 @@
 //! rolled out with the RollingUpdate or Recreate strategy, old ReplicaSets pruned to
 //! revisionHistoryLimit, and the Deployment's status and conditions reported.
 //!
-//! The template hash follows Kubernetes' `ComputeHash`: FNV-32a over the template (Kubernetes
-//! feeds it a spew dump of the Go struct; we feed the template's JSON, which is just as stable
-//! for our purpose: equal templates hash equal), then the collision count as 4 little-endian
-//! bytes when set, rendered as the decimal number's digits mapped through the safe-encode
-//! alphabet `bcdfghjklmnpqrstvwxz2456789` (`rand.SafeEncodeString`).
+//! The hash is Kubernetes' `ComputeHash` as [`super::podtemplate::template_hash`] computes it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,7 +10,6 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
-use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
@@ -25,6 +20,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use super::objects::{
     adopted_refs, can_adopt, controller_ref_to, is_controlled_by, is_terminating,
 };
+use super::podtemplate::{has_hash, put_hash, template_hash};
 use super::runtime::{Reconciler, Requeue, is_already_exists, is_not_found, split_key};
 
 /// The label that ties a ReplicaSet and its Pods to one template of a Deployment.
@@ -37,35 +33,6 @@ pub const DEFAULT_PROGRESS_DEADLINE: i32 = 600;
 pub const DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 /// revisionHistoryLimit when unset.
 pub const DEFAULT_HISTORY_LIMIT: i32 = 10;
-
-/// FNV-1a, 32 bits (the hash behind Kubernetes' `ComputeHash`).
-pub fn fnv32a(state: u32, bytes: &[u8]) -> u32 {
-    bytes
-        .iter()
-        .fold(state, |h, b| (h ^ u32::from(*b)).wrapping_mul(16_777_619))
-}
-
-/// The FNV-32 offset basis.
-pub const FNV32_OFFSET: u32 = 2_166_136_261;
-
-/// Kubernetes' `rand.SafeEncodeString`: each byte mapped into an alphabet without vowels or
-/// look-alike digits, so a hash never spells a word and is a valid label value.
-pub fn safe_encode(s: &str) -> String {
-    const ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    s.bytes()
-        .map(|b| ALPHANUMS[usize::from(b) % ALPHANUMS.len()] as char)
-        .collect()
-}
-
-/// The pod-template-hash of `template` (see the module documentation).
-pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
-    let json = serde_json::to_vec(template).unwrap_or_default();
-    let mut h = fnv32a(FNV32_OFFSET, &json);
-    if let Some(c) = collision_count {
-        h = fnv32a(h, &(c as u32).to_le_bytes());
-    }
-    safe_encode(&h.to_string())
-}
 
 /// What the Deployment plan sees besides the Deployment.
 #[derive(Debug)]
@@ -182,15 +149,9 @@ pub fn new_replicaset(d: &Deployment, hash: &str, replicas: i32, revision: i64) 
     let spec = d.spec.clone().unwrap_or_default();
     let mut template = spec.template;
     let tmeta = template.metadata.get_or_insert_with(Default::default);
-    tmeta
-        .labels
-        .get_or_insert_with(BTreeMap::new)
-        .insert(TEMPLATE_HASH_LABEL.into(), hash.into());
+    put_hash(&mut tmeta.labels, TEMPLATE_HASH_LABEL, hash);
     let mut selector = spec.selector;
-    selector
-        .match_labels
-        .get_or_insert_with(BTreeMap::new)
-        .insert(TEMPLATE_HASH_LABEL.into(), hash.into());
+    put_hash(&mut selector.match_labels, TEMPLATE_HASH_LABEL, hash);
     let name = d.metadata.name.clone().unwrap_or_default();
     ReplicaSet {
         metadata: ObjectMeta {
@@ -244,13 +205,7 @@ pub fn plan(d: &Deployment, snap: &Snapshot<'_>) -> Vec<Change> {
             rs.metadata.name.clone(),
         )
     });
-    let is_new = |rs: &ReplicaSet| {
-        rs.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(TEMPLATE_HASH_LABEL))
-            == Some(&hash)
-    };
+    let is_new = |rs: &ReplicaSet| has_hash(&rs.metadata, TEMPLATE_HASH_LABEL, &hash);
     let new_rs = owned.iter().copied().find(|rs| is_new(rs));
     let old: Vec<&ReplicaSet> = owned.iter().copied().filter(|rs| !is_new(rs)).collect();
 
@@ -753,12 +708,11 @@ impl Reconciler for DeploymentLoop {
 
 #[cfg(test)]
 mod tests {
-    use super::super::objects::testutil::{labels, ts};
+    use super::super::objects::testutil::{labels, template, ts};
     use super::*;
     use k8s_openapi::api::apps::v1::{
         DeploymentSpec, DeploymentStrategy, ReplicaSetStatus, RollingUpdateDeployment,
     };
-    use k8s_openapi::api::core::v1::{Container, PodSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     const UID: &str = "d-uid";
@@ -778,20 +732,7 @@ mod tests {
                     match_labels: Some(labels(&[("app", "web")])),
                     ..Default::default()
                 },
-                template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(labels(&[("app", "web")])),
-                        ..Default::default()
-                    }),
-                    spec: Some(PodSpec {
-                        containers: vec![Container {
-                            name: "c".into(),
-                            image: Some(image.into()),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }),
-                },
+                template: template(&[("app", "web")], image),
                 ..Default::default()
             }),
             status: None,
@@ -845,28 +786,6 @@ mod tests {
             Change::UpdateStatus(s) => Some(&**s),
             _ => None,
         })
-    }
-
-    #[test]
-    fn hash_is_fnv32a_safe_encoded() {
-        // FNV-1a test vectors.
-        assert_eq!(fnv32a(FNV32_OFFSET, b""), 0x811c9dc5);
-        assert_eq!(fnv32a(FNV32_OFFSET, b"a"), 0xe40c292c);
-        assert_eq!(fnv32a(FNV32_OFFSET, b"foobar"), 0xbf9cf968);
-        // Digits are bytes 48..57: 48 % 27 = 21 -> '4', 57 % 27 = 3 -> 'f'.
-        assert_eq!(safe_encode("0129"), "456f");
-        let t = deployment(1, "a").spec.expect("spec").template;
-        let h = template_hash(&t, None);
-        assert_eq!(h, template_hash(&t, None), "stable");
-        assert_ne!(h, template_hash(&t, Some(1)), "collision count changes it");
-        assert_ne!(
-            h,
-            template_hash(&deployment(1, "b").spec.expect("spec").template, None)
-        );
-        assert!(
-            h.bytes()
-                .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
-        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod objects;
+pub mod podtemplate;
 pub mod replicaset;
 pub mod runtime;
 #[cfg(test)]

@@ -143,7 +143,9 @@ pub fn map_selects(
 pub(crate) mod testutil {
     //! Builders for the plan tests.
     use super::*;
-    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::api::core::v1::{
+        Container, PodCondition, PodSpec, PodStatus, PodTemplateSpec,
+    };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -155,6 +157,24 @@ pub(crate) mod testutil {
 
     pub fn ts(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).expect("valid timestamp")
+    }
+
+    /// A Pod template with these labels and one container "c" running `image`.
+    pub fn template(pairs: &[(&str, &str)], image: &str) -> PodTemplateSpec {
+        PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(labels(pairs)),
+                ..Default::default()
+            }),
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "c".into(),
+                    image: Some(image.into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }
     }
 
     /// A Pod named `name` in "default" with uid "uid-<name>", created at `ts(created)`.

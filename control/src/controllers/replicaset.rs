@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::objects::{
-    adopted_refs, can_adopt, controller_ref_to, is_controlled_by, is_terminating, map_selects,
-    pod_is_active, pod_is_available, pod_is_ready, pod_phase, pod_ready_since,
+    adopted_refs, can_adopt, is_controlled_by, is_terminating, map_selects, pod_is_active,
+    pod_is_available, pod_is_ready, pod_phase, pod_ready_since,
 };
+use super::podtemplate;
 use super::runtime::{Expectations, Reconciler, Requeue, Seen, is_not_found, split_key};
 
 /// Most Pods created or deleted by one reconcile (Kubernetes' `burstReplicas`).
@@ -127,11 +128,7 @@ pub fn plan(rs: &ReplicaSet, snap: &Snapshot<'_>) -> Vec<Change> {
 pub fn status_of(rs: &ReplicaSet, owned: &[&Pod], now: Timestamp) -> ReplicaSetStatus {
     let spec = rs.spec.as_ref();
     let min_ready = spec.and_then(|s| s.min_ready_seconds).unwrap_or(0);
-    let template_labels = spec
-        .and_then(|s| s.template.as_ref())
-        .and_then(|t| t.metadata.as_ref())
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
+    let template_labels = template_labels(rs);
     let active: Vec<&&Pod> = owned.iter().filter(|p| pod_is_active(p)).collect();
     let count = |f: &dyn Fn(&Pod) -> bool| active.iter().filter(|p| f(p)).count() as i32;
     let terminating = owned.iter().filter(|p| is_terminating(&p.metadata)).count() as i32;
@@ -156,23 +153,7 @@ pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
         .as_ref()
         .and_then(|s| s.template.clone())
         .unwrap_or_default();
-    let tmeta = template.metadata.unwrap_or_default();
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!(
-                "{}-",
-                rs.metadata.name.as_deref().unwrap_or_default()
-            )),
-            namespace: rs.metadata.namespace.clone(),
-            labels: tmeta.labels,
-            annotations: tmeta.annotations,
-            finalizers: tmeta.finalizers,
-            owner_references: Some(vec![controller_ref_to(rs)]),
-            ..Default::default()
-        },
-        spec: template.spec,
-        status: None,
-    }
+    podtemplate::pod_from_template(rs, template)
 }
 
 fn phase_rank(p: &Pod) -> u8 {
@@ -358,8 +339,9 @@ mod tests {
     use super::super::objects::testutil::*;
     use super::*;
     use k8s_openapi::api::apps::v1::ReplicaSetSpec;
-    use k8s_openapi::api::core::v1::{Container, ContainerStatus, PodSpec, PodTemplateSpec};
+    use k8s_openapi::api::core::v1::ContainerStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     const UID: &str = "rs-uid";
 
@@ -378,20 +360,10 @@ mod tests {
                     match_labels: Some(labels(&[("app", "web")])),
                     ..Default::default()
                 },
-                template: Some(PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(labels(&[("app", "web"), ("pod-template-hash", "abc")])),
-                        ..Default::default()
-                    }),
-                    spec: Some(PodSpec {
-                        containers: vec![Container {
-                            name: "c".into(),
-                            image: Some("img".into()),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }),
-                }),
+                template: Some(template(
+                    &[("app", "web"), ("pod-template-hash", "abc")],
+                    "img",
+                )),
                 ..Default::default()
             }),
             status: None,
