@@ -716,3 +716,194 @@ while time.time() < end:
     time.sleep(0.1)
 print(json.dumps(report), flush=True)
 "#;
+
+/// Echo servers that keep serving through their termination grace period (they ignore
+/// SIGTERM), each line answered with the Pod's name.
+const DRAIN_APP: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: drain
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: drain}
+  template:
+    metadata:
+      labels: {app: drain}
+    spec:
+      terminationGracePeriodSeconds: 60
+      containers:
+        - name: echo
+          image: example.invalid/echo:1
+          command: ["/usr/bin/python3", "-c", "ECHO_SERVER", "7000"]
+          ports: [{name: echo, containerPort: 7000}]
+          readinessProbe: {tcpSocket: {port: echo}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: drain
+spec:
+  type: NodePort
+  selector: {app: drain}
+  ports: [{name: echo, port: 7000, targetPort: echo}]
+"#;
+
+const ECHO_SERVER: &str = r#"import os, signal, socketserver, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(os.environ['HOSTNAME'].encode() + b' ' + line)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(('0.0.0.0', int(sys.argv[1])), Echo).serve_forever()
+"#;
+
+/// One long-lived connection: prints the Pod that answers the first line, then waits for a
+/// line on stdin and sends 20 more lines, 100 ms apart, printing a JSON report of who answered
+/// and what failed.
+const LONG_LIVED: &str = r#"
+import json, socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+f = s.makefile("rwb")
+f.write(b"hello\n"); f.flush()
+print("first " + f.readline().decode().split()[0], flush=True)
+sys.stdin.readline()
+answers, errors = [], []
+for i in range(20):
+    try:
+        f.write(b"line %d\n" % i); f.flush()
+        line = f.readline()
+        if not line:
+            raise Exception("connection closed")
+        answers.append(line.decode().split()[0])
+    except Exception as e:
+        errors.append(str(e))
+    time.sleep(0.1)
+print(json.dumps({"answers": answers, "errors": errors}), flush=True)
+"#;
+
+/// KEP-1669 through the per-packet path: a backend that is terminating takes no new
+/// connections while others are ready, but its established connections keep working until it
+/// exits.
+#[test]
+fn terminating_backends_keep_their_established_connections() {
+    use std::io::{BufRead as _, Write as _};
+
+    let name = format!("dr{}", std::process::id());
+    let c = LocalCluster::up(&name, 1);
+    let dir = c.data_dir.path();
+    let manifest = dir.join("drain.yaml");
+    std::fs::write(
+        &manifest,
+        DRAIN_APP.replace("ECHO_SERVER", &yaml_quoted(ECHO_SERVER)),
+    )
+    .expect("manifest");
+    c.kubectl_ok(&["apply", "-f", &manifest.to_string_lossy()]);
+    wait_for("2 ready echo Pods", Duration::from_secs(60), || {
+        let ready = c.kubectl_ok(&[
+            "get",
+            "deployment",
+            "drain",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ]);
+        (ready.trim() == "2").then_some(())
+    });
+    let x = ExternalClient::join(&name, 201);
+    let np = service_port(&c, "drain", "nodePort", 0);
+    let script = dir.join("long_lived.py");
+    std::fs::write(&script, LONG_LIVED).expect("script");
+    let mut client = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", x.netns))
+        .args([
+            PYTHON,
+            &script.to_string_lossy(),
+            &node_ip(1),
+            &np.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("client");
+    let mut lines = std::io::BufReader::new(client.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("first line").expect("utf-8");
+    let pod = first
+        .strip_prefix("first ")
+        .expect("first answer")
+        .to_string();
+
+    // The Pod starts terminating: its endpoint turns not-ready and terminating.
+    c.kubectl_ok(&["delete", "pod", &pod, "--wait=false"]);
+    wait_for(
+        "the endpoint to be terminating",
+        Duration::from_secs(20),
+        || {
+            let slices = json(
+                &c,
+                &[
+                    "get",
+                    "endpointslices",
+                    "-l",
+                    "kubernetes.io/service-name=drain",
+                    "-o",
+                    "json",
+                ],
+            );
+            slices["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
+                .any(|e| {
+                    e["targetRef"]["name"] == pod.as_str() && e["conditions"]["terminating"] == true
+                })
+                .then_some(())
+        },
+    );
+    // New connections go to the other, ready Pod only.
+    let r = probe_echo(&x, dir, &node_ip(1), np, 10);
+    assert!(
+        !r.contains(&pod),
+        "a terminating Pod took new connections: {r:?}"
+    );
+    // The established one still reaches its Pod.
+    let mut stdin = client.stdin.take().expect("stdin");
+    writeln!(stdin, "go").expect("go");
+    let report = lines.next().expect("report").expect("utf-8");
+    let _ = client.wait();
+    let v: serde_json::Value = serde_json::from_str(&report).expect("report json");
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(0), "{v}");
+    let answers: Vec<&str> = v["answers"]
+        .as_array()
+        .expect("answers")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert_eq!(answers.len(), 20, "{v}");
+    assert!(answers.iter().all(|a| *a == pod), "{v}");
+}
+
+/// New connections to an echo Service from the external client: the Pods that answered.
+fn probe_echo(x: &ExternalClient, dir: &Path, host: &str, port: u16, n: u32) -> BTreeSet<String> {
+    let script = dir.join("probe_echo.py");
+    std::fs::write(
+        &script,
+        "import socket,sys\nfor i in range(int(sys.argv[3])):\n    s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=2)\n    f=s.makefile('rwb')\n    f.write(b'x\\n'); f.flush()\n    print(f.readline().decode().split()[0])\n    s.close()\n",
+    )
+    .expect("probe");
+    let out = x.run(
+        Path::new(PYTHON),
+        &[
+            &script.to_string_lossy(),
+            host,
+            &port.to_string(),
+            &n.to_string(),
+        ],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

@@ -3,7 +3,7 @@
 //! planner produces it, the map layer reads and writes it.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, SocketAddr},
 };
@@ -111,6 +111,11 @@ pub struct DesiredState {
     pub flags: BTreeMap<Frontend, u8>,
     /// `namespace/name` of the Service each frontend belongs to (for the dump tools).
     pub names: BTreeMap<Frontend, String>,
+    /// Every endpoint the EndpointSlices still list, whatever its conditions: a backend that
+    /// left every frontend's slots but is still listed (terminating, or not ready) keeps its
+    /// backend entry, and so its conntrack entries and established flows (KEP-1669); it is
+    /// removed, and its flows with it, once it is no longer listed at all.
+    pub retained: BTreeSet<BackendAddr>,
 }
 
 /// One frontend as found in the `services` map.

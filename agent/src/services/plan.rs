@@ -151,6 +151,9 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &NodeContex
             let port_name = sp.name.as_deref().unwrap_or("");
             let all4 = candidates(own_slices, "IPv4", port_name, proto, &node.node_name);
             let all6 = candidates(own_slices, "IPv6", port_name, proto, &node.node_name);
+            state
+                .retained
+                .extend(all4.iter().chain(all6.iter()).map(|c| c.backend));
             let pick = |ip: &IpAddr, local_only: bool| {
                 let all = if ip.is_ipv4() { &all4 } else { &all6 };
                 if local_only {
@@ -297,7 +300,7 @@ fn select(candidates: BTreeSet<Candidate>) -> Vec<BackendAddr> {
 /// 2. per frontend: backend slots, then the master entry (a growing service publishes its new
 ///    count only after the new slots exist), then the slots past a shrunk count;
 /// 3. frontends that are gone: master first (no new lookups), then their slots;
-/// 4. reverse-NAT entries and backends nothing refers to any more.
+/// 4. reverse-NAT entries, and backends no frontend uses and no EndpointSlice lists any more.
 ///
 /// Backend ids and reverse-NAT indexes already in the maps are kept, so an unchanged Service
 /// produces no operation at all (after an agent restart, too).
@@ -469,6 +472,7 @@ pub fn diff(current: &LbState, desired: &DesiredState) -> Vec<MapOp> {
         .services
         .values()
         .flatten()
+        .chain(desired.retained.iter())
         .filter_map(|b| id_of.get(b).copied())
         .collect();
     for &id in current.backends.keys() {

@@ -719,3 +719,59 @@ fn dual_stack_services_get_backends_of_their_own_family() {
     assert_eq!(revnat, vec![1, 2]);
     assert_eq!(next.backends.len(), 2);
 }
+
+#[test]
+fn listed_backends_outside_the_slots_keep_their_entry_until_unlisted() {
+    let s = svc("web", "10.96.0.10", &[(Some("http"), 80, "TCP")]);
+    let both = slice(
+        "web-a",
+        "web",
+        &[(Some("http"), 8080, "TCP")],
+        &[
+            ("10.244.1.3", Some(true), Some(true), Some(false)),
+            ("10.244.1.4", Some(false), Some(true), Some(true)),
+        ],
+    );
+    let f = fe([10, 96, 0, 10], 80, Proto::Tcp);
+    let terminating = be([10, 244, 1, 4], 8080, Proto::Tcp);
+    // Both served at first (the second was ready then).
+    let mut state = LbState::default();
+    let before = slice(
+        "web-a",
+        "web",
+        &[(Some("http"), 8080, "TCP")],
+        &[
+            ("10.244.1.3", Some(true), Some(true), Some(false)),
+            ("10.244.1.4", Some(true), Some(true), Some(false)),
+        ],
+    );
+    let first = desired(std::slice::from_ref(&s), &[before], &NodeContext::default());
+    let ops = diff(&state, &first);
+    apply_to_state(&mut state, &ops);
+    let id = *state
+        .backends
+        .iter()
+        .find(|(_, b)| **b == terminating)
+        .expect("backend")
+        .0;
+
+    // Terminating while another endpoint is ready: out of the slots, still in the backends
+    // map, so its conntrack entries (keyed by backend id) are not purged.
+    let d = desired(std::slice::from_ref(&s), &[both], &NodeContext::default());
+    assert_eq!(d.services[&f], vec![be([10, 244, 1, 3], 8080, Proto::Tcp)]);
+    assert!(d.retained.contains(&terminating));
+    let ops = diff(&state, &d);
+    assert!(!ops.contains(&MapOp::DeleteBackend { id }), "{ops:?}");
+    apply_to_state(&mut state, &ops);
+    assert_eq!(state.backends.get(&id), Some(&terminating));
+
+    // Gone from the slice: now the backend goes.
+    let gone = slice(
+        "web-a",
+        "web",
+        &[(Some("http"), 8080, "TCP")],
+        &[("10.244.1.3", Some(true), Some(true), Some(false))],
+    );
+    let d = desired(&[s], &[gone], &NodeContext::default());
+    assert!(diff(&state, &d).contains(&MapOp::DeleteBackend { id }));
+}
