@@ -21,6 +21,8 @@ pub use config::AgentConfig;
 
 use std::{path::Path, sync::Arc};
 
+use keelson_common::DropReason;
+
 use crate::{
     cni::server::{CniServer, CniServerError, EndpointSink},
     links::{IpRoute, NetOps as _},
@@ -132,13 +134,33 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     {
         let dp = Arc::clone(&dp);
         tasks.spawn(async move {
+            let mut refused_before = 0;
             loop {
                 tokio::time::sleep(CT_GC_INTERVAL).await;
                 let dp = Arc::clone(&dp);
-                match tokio::task::spawn_blocking(move || dp.gc_ct()).await {
-                    Ok(Ok(n)) if n > 0 => tracing::debug!(removed = n, "conntrack GC"),
+                let pass = tokio::task::spawn_blocking(move || {
+                    let removed = dp.gc_ct()?;
+                    let refused = dp.with_maps(|m| m.metric(DropReason::CtFull as u32))?;
+                    Ok::<_, loader::MapsError>((removed, refused.packets))
+                });
+                match pass.await {
+                    Ok(Ok((removed, refused))) => {
+                        if removed > 0 {
+                            tracing::debug!(removed, "conntrack GC");
+                        }
+                        // A full table refuses new flows: say so loudly, like netfilter's
+                        // "table full, dropping packet".
+                        if refused > refused_before {
+                            tracing::error!(
+                                refused = refused - refused_before,
+                                "conntrack map {} full: new flows refused",
+                                keelson_common::names::CT
+                            );
+                        }
+                        refused_before = refused;
+                    }
                     Ok(Err(e)) => tracing::warn!(error = %e, "conntrack GC"),
-                    _ => {}
+                    Err(_) => {}
                 }
             }
         });

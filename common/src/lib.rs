@@ -84,7 +84,8 @@ pub mod limits {
     pub const METRICS_SLOTS: u32 = 128;
     /// Highest number of backends one frontend may have (slots are `u16`).
     pub const MAX_BACKENDS_PER_SERVICE: u16 = u16::MAX - 1;
-    /// LRU conntrack of per-packet translated flows: two entries per flow.
+    /// Conntrack of per-packet translated flows: two entries per flow. Full means new flows
+    /// are refused (and counted), never that established ones are evicted.
     pub const MAX_CT: u32 = 262_144;
     /// Entries of a Maglev lookup table: a prime, well above 100 × the backends of a Service
     /// so that each backend's share stays within 1% (Maglev paper, NSDI 2016, section 5.3).
@@ -326,7 +327,7 @@ pub struct SockRevNatValue6 {
 }
 const _: () = assert!(size_of::<SockRevNatValue6>() == 20);
 
-/// Key of the `ct` LRU map: one direction of a flow the uplink program translated, as its
+/// Key of the `ct` map: one direction of a flow the uplink program translated, as its
 /// packets look when they reach the node (before any rewrite).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -52,8 +52,11 @@ pub static REVNAT6: HashMap<RevNatKey, RevNatValue6> = HashMap::pinned(limits::M
 pub static SOCK_REVNAT6: LruHashMap<SockRevNatKey6, SockRevNatValue6> =
     LruHashMap::pinned(limits::MAX_SOCK_REVNAT, 0);
 
+/// A plain hash, not an LRU: a full table refuses new flows (counted as `ct_full`, as
+/// netfilter's "table full, dropping packet") instead of silently evicting established ones.
+/// The agent's GC removes closed and idle flows.
 #[map(name = "kls_ct")]
-pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(limits::MAX_CT, 0);
+pub static CT: HashMap<CtKey, CtValue> = HashMap::pinned(limits::MAX_CT, 0);
 
 #[map(name = "kls_config")]
 pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);

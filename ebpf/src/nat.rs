@@ -187,7 +187,7 @@ pub fn rewrite(
 /// Applies a conntrack entry to a packet of its flow and refreshes the entry.
 #[inline(always)]
 pub fn apply_ct(ctx: &TcContext, flow: &Flow, entry: *mut CtValue) -> Result<CtValue, DropReason> {
-    // SAFETY: `entry` is a live value of the LRU map; it is copied out whole, and only the
+    // SAFETY: `entry` is a live value of the conntrack map; it is copied out whole, and only the
     // timestamp and the FIN/RST bits are written back (a racing update of them is harmless).
     let value = unsafe {
         (*entry).last_seen_ns = bpf_ktime_get_ns();

@@ -280,7 +280,7 @@ impl Maps {
         for item in self.ct.iter() {
             match item {
                 Ok(kv) => out.push(kv),
-                // An LRU entry evicted between two steps of the walk.
+                // An entry deleted (by the datapath or the GC) between two steps of the walk.
                 Err(e) if is_not_found(&e) => continue,
                 Err(source) => return Err(op_err(names::CT, "iterate", source)),
             }
@@ -315,7 +315,7 @@ impl Maps {
 
     /// Removes conntrack entries idle past their protocol's limit (`limits::CT_*_IDLE_NS`;
     /// `now_ns` on the clock of `bpf_ktime_get_ns`). The uplink program takes over SNAT ports of
-    /// such flows by itself; this keeps the map from holding dead flows until LRU pressure.
+    /// such flows by itself; this keeps dead flows from filling the map, which refuses new flows when full.
     pub fn gc_ct(&mut self, now_ns: u64) -> Result<usize, MapsError> {
         let stale: Vec<CtKey> = self
             .read_ct()?
