@@ -806,3 +806,61 @@ fn services_sharing_an_external_ip_port_converge() {
     assert_eq!(second_ops, vec![], "a second pass changes nothing");
     assert_eq!(diff(&second, &d), vec![]);
 }
+
+#[test]
+fn diff_removes_external_frontends_with_their_tables_and_names_when_the_type_changes() {
+    let (mut s, e) = web("LoadBalancer");
+    annotate(&mut s, "maglev");
+    set_ingress(
+        &mut s,
+        vec![LoadBalancerIngress {
+            ip: Some(Ipv4Addr::from(LB_IP).to_string()),
+            ..Default::default()
+        }],
+    );
+    let d = desired(
+        std::slice::from_ref(&s),
+        std::slice::from_ref(&e),
+        &node(false),
+    );
+    let (_, lb) = converge(&LbState::default(), &d);
+    // ClusterIP x2, node addresses x2 x2, LB IP x2.
+    assert_eq!(lb.services.len(), 8);
+    assert_eq!(lb.maglev.len(), 6);
+    // No two frontends share an (address, port): one reverse-NAT index and name each.
+    assert_eq!(lb.names.len(), 8);
+
+    spec(&mut s).type_ = Some("ClusterIP".into());
+    let d = desired(&[s], &[e], &node(false));
+    let (ops, cluster) = converge(&lb, &d);
+    assert_eq!(
+        cluster.services.keys().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([
+            fe(CLUSTER_IP, 80, Proto::Tcp),
+            fe(CLUSTER_IP, 53, Proto::Udp)
+        ])
+    );
+    assert!(cluster.maglev.is_empty());
+    assert_eq!(cluster.names.len(), 2);
+    assert!(cluster.names.values().all(|n| n == "shop/web"));
+    // Each removed external frontend stops being looked up (master gone) before its table.
+    for op in &ops {
+        if let MapOp::DeleteMaglev { index, proto } = op {
+            let frontend = lb
+                .services
+                .iter()
+                .find(|(f, e)| f.proto == *proto && e.master.map(|m| m.1) == Some(*index))
+                .map(|(f, _)| *f)
+                .expect("frontend of the table");
+            let master_gone = ops
+                .iter()
+                .position(
+                    |o| matches!(o, MapOp::DeleteSlot { frontend: f, slot: 0 } if *f == frontend),
+                )
+                .expect("master deleted");
+            let table_gone = ops.iter().position(|o| o == op).expect("op");
+            assert!(master_gone < table_gone, "{frontend}");
+        }
+    }
+    assert_eq!(diff(&cluster, &d), vec![]);
+}
