@@ -59,14 +59,17 @@ pub fn human_duration(secs: i64) -> String {
     }
 }
 
-fn age(obj: &Value) -> String {
-    obj["metadata"]["creationTimestamp"]
-        .as_str()
-        .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+/// How long ago RFC 3339 time `t` was, as kubectl shows it; `<unknown>` without a valid time.
+fn since(t: Option<&str>) -> String {
+    t.and_then(|s| s.parse::<jiff::Timestamp>().ok())
         .map_or_else(
             || "<unknown>".into(),
             |t| human_duration(jiff::Timestamp::now().as_second() - t.as_second()),
         )
+}
+
+fn age(obj: &Value) -> String {
+    since(obj["metadata"]["creationTimestamp"].as_str())
 }
 
 fn s(v: &Value) -> String {
@@ -89,8 +92,32 @@ fn arr(v: &Value) -> &[Value] {
     v.as_array().map_or(&[], Vec::as_slice)
 }
 
+/// The entries of a map (`data`, `binaryData`), 0 when absent.
+fn entries(v: &Value) -> usize {
+    v.as_object().map_or(0, |m| m.len())
+}
+
+/// A string map as `k1=v1,k2=v2` (a Service selector, a nodeSelector), `<none>` when empty.
+fn key_values(v: &Value) -> String {
+    let pairs: Vec<String> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", s(v)))
+        .collect();
+    or_none(pairs.join(","))
+}
+
 /// Column (name, type, priority): priority 1 columns show with `-o wide`.
 type Col = (&'static str, &'static str, u8);
+
+/// The columns of a Deployment or ReplicaSet after its counts, filled by [`template_cells`].
+const TEMPLATE_COLUMNS: [Col; 4] = [
+    ("Age", "string", 0),
+    ("Containers", "string", 1),
+    ("Images", "string", 1),
+    ("Selector", "string", 1),
+];
 
 fn columns(info: &ResourceInfo) -> Vec<Col> {
     match (info.group, info.kind) {
@@ -133,26 +160,26 @@ fn columns(info: &ResourceInfo) -> Vec<Col> {
             ("Endpoints", "string", 0),
             ("Age", "string", 0),
         ],
-        ("apps", "Deployment") => vec![
-            ("Name", "string", 0),
-            ("Ready", "string", 0),
-            ("Up-to-date", "integer", 0),
-            ("Available", "integer", 0),
-            ("Age", "string", 0),
-            ("Containers", "string", 1),
-            ("Images", "string", 1),
-            ("Selector", "string", 1),
-        ],
-        ("apps", "ReplicaSet") => vec![
-            ("Name", "string", 0),
-            ("Desired", "integer", 0),
-            ("Current", "integer", 0),
-            ("Ready", "integer", 0),
-            ("Age", "string", 0),
-            ("Containers", "string", 1),
-            ("Images", "string", 1),
-            ("Selector", "string", 1),
-        ],
+        ("apps", "Deployment") => [
+            &[
+                ("Name", "string", 0),
+                ("Ready", "string", 0),
+                ("Up-to-date", "integer", 0),
+                ("Available", "integer", 0),
+            ][..],
+            &TEMPLATE_COLUMNS,
+        ]
+        .concat(),
+        ("apps", "ReplicaSet") => [
+            &[
+                ("Name", "string", 0),
+                ("Desired", "integer", 0),
+                ("Current", "integer", 0),
+                ("Ready", "integer", 0),
+            ][..],
+            &TEMPLATE_COLUMNS,
+        ]
+        .concat(),
         ("apps", "DaemonSet") => vec![
             ("Name", "string", 0),
             ("Desired", "integer", 0),
@@ -211,6 +238,22 @@ fn containers_images(tpl_spec: &Value) -> (String, String) {
             .collect::<Vec<_>>()
             .join(","),
     )
+}
+
+/// The cells of a Deployment or ReplicaSet: its name and three counts, then
+/// [`TEMPLATE_COLUMNS`] (age, and the containers, images and selector of its template).
+fn template_cells(o: &Value, name: Value, counts: [Value; 3]) -> Vec<Value> {
+    let spec = &o["spec"];
+    let (containers, images) = containers_images(&spec["template"]["spec"]);
+    let mut cells = vec![name];
+    cells.extend(counts);
+    cells.extend([
+        json!(age(o)),
+        json!(containers),
+        json!(images),
+        json!(selector_string(&spec["selector"])),
+    ]);
+    cells
 }
 
 fn pod_status(pod: &Value) -> String {
@@ -344,12 +387,6 @@ fn row_cells(info: &ResourceInfo, o: &Value) -> Vec<Value> {
                     None => format!("{}/{}", n(&p["port"]), s(&p["protocol"])),
                 })
                 .collect();
-            let selector: Vec<String> = spec["selector"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={}", s(v)))
-                .collect();
             vec![
                 name,
                 json!(ty),
@@ -357,7 +394,7 @@ fn row_cells(info: &ResourceInfo, o: &Value) -> Vec<Value> {
                 json!(or_none(external.join(","))),
                 json!(or_none(ports.join(","))),
                 json!(age(o)),
-                json!(or_none(selector.join(","))),
+                json!(key_values(&spec["selector"])),
             ]
         }
         ("discovery.k8s.io", "EndpointSlice") => {
@@ -389,10 +426,10 @@ fn row_cells(info: &ResourceInfo, o: &Value) -> Vec<Value> {
                 json!(age(o)),
             ]
         }
-        ("apps", "Deployment") => {
-            let (c, i) = containers_images(&spec["template"]["spec"]);
-            vec![
-                name,
+        ("apps", "Deployment") => template_cells(
+            o,
+            name,
+            [
                 json!(format!(
                     "{}/{}",
                     n(&status["readyReplicas"]),
@@ -400,65 +437,45 @@ fn row_cells(info: &ResourceInfo, o: &Value) -> Vec<Value> {
                 )),
                 json!(n(&status["updatedReplicas"])),
                 json!(n(&status["availableReplicas"])),
-                json!(age(o)),
-                json!(c),
-                json!(i),
-                json!(selector_string(&spec["selector"])),
-            ]
-        }
-        ("apps", "ReplicaSet") => {
-            let (c, i) = containers_images(&spec["template"]["spec"]);
-            vec![
-                name,
+            ],
+        ),
+        ("apps", "ReplicaSet") => template_cells(
+            o,
+            name,
+            [
                 json!(n(&spec["replicas"])),
                 json!(n(&status["replicas"])),
                 json!(n(&status["readyReplicas"])),
-                json!(age(o)),
-                json!(c),
-                json!(i),
-                json!(selector_string(&spec["selector"])),
-            ]
-        }
-        ("apps", "DaemonSet") => {
-            let ns: Vec<String> = spec["template"]["spec"]["nodeSelector"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={}", s(v)))
-                .collect();
-            vec![
-                name,
-                json!(n(&status["desiredNumberScheduled"])),
-                json!(n(&status["currentNumberScheduled"])),
-                json!(n(&status["numberReady"])),
-                json!(n(&status["updatedNumberScheduled"])),
-                json!(n(&status["numberAvailable"])),
-                json!(or_none(ns.join(","))),
-                json!(age(o)),
-            ]
-        }
+            ],
+        ),
+        ("apps", "DaemonSet") => vec![
+            name,
+            json!(n(&status["desiredNumberScheduled"])),
+            json!(n(&status["currentNumberScheduled"])),
+            json!(n(&status["numberReady"])),
+            json!(n(&status["updatedNumberScheduled"])),
+            json!(n(&status["numberAvailable"])),
+            json!(key_values(&spec["template"]["spec"]["nodeSelector"])),
+            json!(age(o)),
+        ],
         ("", "Namespace") => vec![name, json!(s(&status["phase"])), json!(age(o))],
         ("", "ConfigMap") => {
-            let count = o["data"].as_object().map_or(0, |m| m.len())
-                + o["binaryData"].as_object().map_or(0, |m| m.len());
+            let count = entries(&o["data"]) + entries(&o["binaryData"]);
             vec![name, json!(count), json!(age(o))]
         }
         ("", "Secret") => vec![
             name,
             json!(s(&o["type"])),
-            json!(o["data"].as_object().map_or(0, |m| m.len())),
+            json!(entries(&o["data"])),
             json!(age(o)),
         ],
         ("", "Event") => {
-            let last = o["lastTimestamp"]
-                .as_str()
-                .or(o["eventTime"].as_str())
-                .or(o["metadata"]["creationTimestamp"].as_str())
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                .map_or_else(
-                    || "<unknown>".into(),
-                    |t| human_duration(jiff::Timestamp::now().as_second() - t.as_second()),
-                );
+            let last = since(
+                o["lastTimestamp"]
+                    .as_str()
+                    .or(o["eventTime"].as_str())
+                    .or(o["metadata"]["creationTimestamp"].as_str()),
+            );
             let inv = &o["involvedObject"];
             vec![
                 json!(last),
@@ -567,5 +584,109 @@ mod tests {
         assert_eq!(t["rows"][0]["cells"][5], "10.244.0.5");
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(t["metadata"]["resourceVersion"], "7");
+    }
+
+    /// The cells of `o` (a `resource` of `group`/`version`), checking there is one column
+    /// definition per cell.
+    fn cells(group: &str, version: &str, resource: &str, o: &Value) -> Vec<Value> {
+        let info = lookup(group, version, resource).expect("resource");
+        let t = to_table(info, o, "None", &HeaderMap::new());
+        let cells = t["rows"][0]["cells"].as_array().expect("cells").clone();
+        assert_eq!(
+            t["columnDefinitions"].as_array().expect("columns").len(),
+            cells.len(),
+            "{resource}"
+        );
+        cells
+    }
+
+    #[test]
+    fn api_table_workload_and_config_rows() {
+        let template = json!({"spec": {
+            "containers": [{"name": "a", "image": "img-a"}, {"name": "b", "image": "img-b"}],
+            "nodeSelector": {"disk": "ssd", "zone": "z1"}
+        }});
+        let selector = json!({"matchLabels": {"app": "web"}});
+        let d = json!({"kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": 3, "selector": selector, "template": template},
+            "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 1}});
+        assert_eq!(
+            cells("apps", "v1", "deployments", &d),
+            [
+                json!("web"),
+                json!("2/3"),
+                json!(3),
+                json!(1),
+                json!("<unknown>"),
+                json!("a,b"),
+                json!("img-a,img-b"),
+                json!("app=web")
+            ]
+        );
+        let rs = json!({"kind": "ReplicaSet", "metadata": {"name": "web-x"},
+            "spec": {"replicas": 3, "selector": selector, "template": template},
+            "status": {"replicas": 2, "readyReplicas": 1}});
+        assert_eq!(
+            cells("apps", "v1", "replicasets", &rs),
+            [
+                json!("web-x"),
+                json!(3),
+                json!(2),
+                json!(1),
+                json!("<unknown>"),
+                json!("a,b"),
+                json!("img-a,img-b"),
+                json!("app=web")
+            ]
+        );
+        let ds = json!({"kind": "DaemonSet", "metadata": {"name": "agent"},
+            "spec": {"selector": selector, "template": template},
+            "status": {"desiredNumberScheduled": 2, "currentNumberScheduled": 2, "numberReady": 1,
+                "updatedNumberScheduled": 2, "numberAvailable": 1}});
+        assert_eq!(
+            cells("apps", "v1", "daemonsets", &ds)[1..7],
+            [
+                json!(2),
+                json!(2),
+                json!(1),
+                json!(2),
+                json!(1),
+                json!("disk=ssd,zone=z1")
+            ]
+        );
+        let svc = json!({"kind": "Service", "metadata": {"name": "s"},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.9", "selector": {"app": "web"}}});
+        assert_eq!(cells("", "v1", "services", &svc)[6], "app=web");
+        let bare =
+            json!({"kind": "Service", "metadata": {"name": "s"}, "spec": {"type": "ClusterIP"}});
+        assert_eq!(cells("", "v1", "services", &bare)[6], "<none>");
+        let cm = json!({"kind": "ConfigMap", "metadata": {"name": "c"},
+            "data": {"a": "1", "b": "2"}, "binaryData": {"c": "AA=="}});
+        assert_eq!(cells("", "v1", "configmaps", &cm)[1], 3);
+        let secret = json!({"kind": "Secret", "metadata": {"name": "s"}, "type": "Opaque"});
+        assert_eq!(
+            cells("", "v1", "secrets", &secret)[1..3],
+            [json!("Opaque"), json!(0)]
+        );
+        let ev = json!({"kind": "Event", "metadata": {"name": "e"}, "type": "Normal",
+            "reason": "Created", "message": "m", "involvedObject": {"kind": "Pod", "name": "p"}});
+        assert_eq!(
+            cells("", "v1", "events", &ev),
+            [
+                json!("<unknown>"),
+                json!("Normal"),
+                json!("Created"),
+                json!("pod/p"),
+                json!("m")
+            ]
+        );
+        let recent =
+            (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3 * 86400)).to_string();
+        let mut ev = ev;
+        ev["metadata"]["creationTimestamp"] = json!(recent);
+        assert_eq!(cells("", "v1", "events", &ev)[0], "3d");
+        let cm =
+            json!({"kind": "ConfigMap", "metadata": {"name": "c", "creationTimestamp": recent}});
+        assert_eq!(cells("", "v1", "configmaps", &cm)[2], "3d");
     }
 }
