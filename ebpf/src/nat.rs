@@ -354,7 +354,7 @@ pub fn new_external_flow(flow: &Flow, cfg: &NodeConfig) -> Result<Option<CtValue
 
 /// Whether the flow holding reply entry `reply_key` is over, so that its SNAT port may serve
 /// a new flow; if so its original entry is removed (the reply entry is then overwritten).
-/// Over means: a RST went either way, FINs went both ways, or nothing was seen for
+/// Over means: a RST went either way, FINs went both ways, or neither direction was seen for
 /// the idle limit of its protocol (the agent's conntrack GC uses the same ones).
 #[inline(always)]
 fn reclaim(reply_key: &CtKey, now: u64) -> bool {
@@ -372,16 +372,24 @@ fn reclaim(reply_key: &CtKey, now: u64) -> bool {
         pad: [0; 2],
     };
     // SAFETY: copied out at once.
-    let orig_flags = (unsafe { CT.get(&original) }).map_or(ct_flags::RST, |v| v.flags);
+    let (orig_flags, orig_seen) =
+        (unsafe { CT.get(&original) }).map_or((ct_flags::RST, 0), |v| (v.flags, v.last_seen_ns));
     let both = orig_flags | reply.flags;
     let idle_limit = if reply_key.proto == proto::TCP {
         limits::CT_TCP_IDLE_NS
     } else {
         limits::CT_OTHER_IDLE_NS
     };
+    // A flow is idle only when neither direction was seen: a client sending one way (UDP
+    // without answers) keeps its port.
+    let last_seen = if orig_seen > reply.last_seen_ns {
+        orig_seen
+    } else {
+        reply.last_seen_ns
+    };
     let over = both & ct_flags::RST != 0
         || (orig_flags & reply.flags & ct_flags::FIN != 0)
-        || now.saturating_sub(reply.last_seen_ns) > idle_limit;
+        || now.saturating_sub(last_seen) > idle_limit;
     if over {
         let _ = CT.remove(&original);
     }

@@ -12,7 +12,7 @@ use keelson_common::{
     AffinityKey, AffinityValue, Backend, Backend6, BackendKey, Counter, CtKey, CtValue, DropReason,
     EndpointInfo, EndpointKey, MaglevKey, MaglevTable, MetricValue, NodeConfig, RevNatKey,
     RevNatValue, RevNatValue6, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SockRevNatKey,
-    SockRevNatValue, ct_flags, limits, names, service_flags,
+    SockRevNatValue, ct_dir, ct_flags, limits, names, service_flags,
 };
 
 use crate::services::model::{BackendAddr, Frontend, LbState, MapOp, Proto, ServiceEntry};
@@ -317,21 +317,36 @@ impl Maps {
     /// `now_ns` on the clock of `bpf_ktime_get_ns`). The uplink program takes over SNAT ports of
     /// such flows by itself; this keeps dead flows from filling the map, which refuses new flows when full.
     pub fn gc_ct(&mut self, now_ns: u64) -> Result<usize, MapsError> {
-        let stale: Vec<CtKey> = self
-            .read_ct()?
-            .into_iter()
-            .filter(|(k, v)| {
-                let limit = if v.flags & (ct_flags::FIN | ct_flags::RST) != 0 {
-                    limits::CT_CLOSED_IDLE_NS
-                } else if k.proto == keelson_common::proto::TCP {
-                    limits::CT_TCP_IDLE_NS
-                } else {
-                    limits::CT_OTHER_IDLE_NS
-                };
-                now_ns.saturating_sub(v.last_seen_ns) > limit
-            })
-            .map(|(k, _)| k)
-            .collect();
+        let entries: BTreeMap<CtKey, CtValue> = self.read_ct()?.into_iter().collect();
+        // A flow's two entries live and die together, judged by the newer of them: a flow
+        // active one way only (a UDP client sending without answers) is not idle.
+        let mut stale = Vec::new();
+        for (key, value) in &entries {
+            let partner_key = ct_partner(key, value);
+            let partner = entries.get(&partner_key);
+            if key.dir == ct_dir::REPLY && partner.is_some() {
+                // Judged with its original entry.
+                continue;
+            }
+            let flags = value.flags | partner.map_or(0, |p| p.flags);
+            let both_fin = partner.is_some_and(|p| value.flags & p.flags & ct_flags::FIN != 0);
+            let last_seen = value
+                .last_seen_ns
+                .max(partner.map_or(0, |p| p.last_seen_ns));
+            let limit = if flags & ct_flags::RST != 0 || both_fin {
+                limits::CT_CLOSED_IDLE_NS
+            } else if key.proto == keelson_common::proto::TCP {
+                limits::CT_TCP_IDLE_NS
+            } else {
+                limits::CT_OTHER_IDLE_NS
+            };
+            if now_ns.saturating_sub(last_seen) > limit {
+                stale.push(*key);
+                if partner.is_some() {
+                    stale.push(partner_key);
+                }
+            }
+        }
         for key in &stale {
             match self.ct.remove(key) {
                 Ok(()) => {}
@@ -657,6 +672,24 @@ fn op_err(map: &'static str, op: &str, source: MapError) -> MapsError {
         map,
         op: op.to_owned(),
         source,
+    }
+}
+
+/// The key of the other direction of the flow `key`/`value` belong to: a value holds the
+/// rewritten addresses, which are exactly the other direction's tuple reversed.
+pub fn ct_partner(key: &CtKey, value: &CtValue) -> CtKey {
+    CtKey {
+        saddr: value.nat_daddr,
+        daddr: value.nat_saddr,
+        sport: value.nat_dport,
+        dport: value.nat_sport,
+        proto: key.proto,
+        dir: if key.dir == ct_dir::REPLY {
+            ct_dir::ORIGINAL
+        } else {
+            ct_dir::REPLY
+        },
+        pad: [0; 2],
     }
 }
 

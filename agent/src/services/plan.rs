@@ -343,6 +343,19 @@ pub fn diff(current: &LbState, desired: &DesiredState) -> Vec<MapOp> {
     let mut wanted_revnat: BTreeSet<u16> = BTreeSet::new();
     let mut wanted_maglev: BTreeSet<(u16, Proto)> = BTreeSet::new();
     let mut named: BTreeSet<u16> = BTreeSet::new();
+    // One reverse-NAT index stands for an address and port, which a TCP and a UDP Service may
+    // share (a DNS Service split in two): its name lists them all.
+    let mut names_by_key: BTreeMap<(IpAddr, u16), BTreeSet<&str>> = BTreeMap::new();
+    for (f, name) in &desired.names {
+        names_by_key
+            .entry((f.address, f.port))
+            .or_default()
+            .insert(name.as_str());
+    }
+    let names_of: BTreeMap<(IpAddr, u16), String> = names_by_key
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().collect::<Vec<_>>().join(",")))
+        .collect();
     let mut frontend_ops = Vec::new();
     for (frontend, backends) in &desired.services {
         let key = (frontend.address, frontend.port);
@@ -366,7 +379,7 @@ pub fn diff(current: &LbState, desired: &DesiredState) -> Vec<MapOp> {
             }
         };
         wanted_revnat.insert(rev_nat_index);
-        if let Some(name) = desired.names.get(frontend)
+        if let Some(name) = names_of.get(&key)
             && current.names.get(&rev_nat_index) != Some(name)
             && named.insert(rev_nat_index)
         {
