@@ -1337,9 +1337,6 @@ fn udp_port_of_an_idle_flow_is_taken_over() {
 }
 
 #[test]
-#[ignore = "datapath bug: nat::reclaim judges a flow idle by its reply entry alone, so a UDP \
-            flow whose client keeps sending but whose backend has not answered for 60 s loses \
-            its SNAT port to the next flow"]
 fn udp_flow_sending_one_way_keeps_its_snat_port() {
     let t = single_snat_port();
     let port = limits::SNAT_PORT_MIN;
@@ -1380,9 +1377,6 @@ fn udp_flow_sending_one_way_keeps_its_snat_port() {
 }
 
 #[test]
-#[ignore = "agent bug: Maps::gc_ct expires each conntrack entry on its own last_seen_ns, so the \
-            reply entry of a UDP flow whose client keeps sending but whose backend answers less \
-            often than every 60 s is removed, and the backend's next answer is not translated"]
 fn conntrack_gc_keeps_both_directions_of_a_flow_that_is_active_one_way() {
     let t = single_snat_port();
     let port = limits::SNAT_PORT_MIN;

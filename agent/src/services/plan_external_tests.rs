@@ -785,9 +785,6 @@ fn maglev_frontend_without_backends_has_no_table() {
 }
 
 #[test]
-#[ignore = "planner bug: two Services sharing an external IP and port (TCP in one, UDP in the \
-            other) share a reverse-NAT index but have different names; diff rewrites the name \
-            on every pass and never converges"]
 fn services_sharing_an_external_ip_port_converge() {
     // The MetalLB-style split of one address between a TCP and a UDP Service.
     let mut tcp = svc("dns-tcp", "ClusterIP", &[("dns", 53, "TCP", None)]);
