@@ -1420,3 +1420,56 @@ fn conntrack_gc_removes_flows_idle_in_both_directions() {
     assert_eq!(t.dp.gc_ct().expect("gc"), 2);
     assert!(ct(&t).is_empty());
 }
+
+#[test]
+fn a_full_conntrack_refuses_new_flows_keeps_established_ones_and_counts() {
+    let t = nodeport_remote();
+    // An established flow first.
+    let syn = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
+    assert_eq!(netdev(&t, &syn).0, TC_ACT_REDIRECT);
+    // Fill the rest of the table from userspace with flows of other clients.
+    let filler = CtValue {
+        nat_saddr: 0,
+        nat_daddr: 0,
+        nat_sport: 0,
+        nat_dport: 0,
+        backend_id: 0,
+        rev_nat_index: 0,
+        flags: 0,
+        pad: [0; 5],
+        last_seen_ns: 0,
+    };
+    t.dp.with_maps(|m| {
+        let mut n: u32 = 0;
+        loop {
+            let key = ct_key(
+                Ipv4Addr::from(0x0a00_0000 + n),
+                1,
+                Ipv4Addr::new(203, 0, 113, 1),
+                1,
+                proto::UDP,
+                ct_dir::ORIGINAL,
+            );
+            match m.ct.insert(key, filler, 0) {
+                Ok(()) => n += 1,
+                Err(_) => break,
+            }
+        }
+        assert_eq!(n + 2, limits::MAX_CT, "the table holds MAX_CT entries");
+    });
+    // A new flow is refused and counted...
+    let other = tcp(
+        Ipv4Addr::new(192, 0, 2, 77),
+        40_000,
+        NODE_IP,
+        NODE_PORT,
+        TCP_SYN,
+    );
+    assert_eq!(netdev(&t, &other).0, TC_ACT_SHOT);
+    assert_eq!(metric(&t, DropReason::CtFull as u32), 1);
+    // ... while the established one is still translated.
+    let data = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_PSH_ACK);
+    let (verdict, out) = netdev(&t, &data);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(tuple(&out).dst, REMOTE_BACKEND);
+}
