@@ -276,15 +276,7 @@ impl Maps {
 
     /// Every conntrack entry, sorted by key.
     pub fn read_ct(&self) -> Result<Vec<(CtKey, CtValue)>, MapsError> {
-        let mut out = Vec::new();
-        for item in self.ct.iter() {
-            match item {
-                Ok(kv) => out.push(kv),
-                // An entry deleted (by the datapath or the GC) between two steps of the walk.
-                Err(e) if is_not_found(&e) => continue,
-                Err(source) => return Err(op_err(names::CT, "iterate", source)),
-            }
-        }
+        let mut out = walk(&self.ct, names::CT)?;
         out.sort_by_key(|(k, _)| *k);
         Ok(out)
     }
@@ -359,15 +351,7 @@ impl Maps {
 
     /// Every session-affinity entry.
     pub fn read_affinity(&self) -> Result<Vec<(AffinityKey, AffinityValue)>, MapsError> {
-        let mut out = Vec::new();
-        for item in self.affinity.iter() {
-            match item {
-                Ok(kv) => out.push(kv),
-                Err(e) if is_not_found(&e) => continue,
-                Err(source) => return Err(op_err(names::AFFINITY, "iterate", source)),
-            }
-        }
-        Ok(out)
+        walk(&self.affinity, names::AFFINITY)
     }
 
     /// Applies `ops` in order. Stops at the first failure: the next reconcile reads the maps
@@ -621,6 +605,23 @@ impl Maps {
                 bytes: acc.bytes + v.bytes,
             }))
     }
+}
+
+/// Every entry of a map the datapath changes while it is walked (LRU evictions, flows
+/// created and removed): an entry deleted between two steps of the walk is skipped.
+fn walk<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, MapsError> {
+    let mut out = Vec::new();
+    for item in map.iter() {
+        match item {
+            Ok(kv) => out.push(kv),
+            Err(e) if is_not_found(&e) => continue,
+            Err(source) => return Err(op_err(name, "iterate", source)),
+        }
+    }
+    Ok(out)
 }
 
 fn insert<K: aya::Pod, V: aya::Pod>(
