@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::deployment::scaled_value;
@@ -25,7 +25,7 @@ use super::objects::{
 };
 use super::podtemplate::{has_hash, pod_from_template, put_hash, template_hash};
 use super::replicaset::{deletion_order, seen_pod};
-use super::runtime::{Expectations, Reconciler, Requeue, is_not_found, split_key};
+use super::runtime::{Expectations, Reconciler, Requeue, delete_background, split_key};
 use crate::scheduler::NodeInfo;
 use crate::scheduler::filter::{node_affinity, taint_toleration};
 
@@ -284,15 +284,12 @@ impl Reconciler for DaemonSetLoop {
                     if seen_deletes.insert(n.clone(), ()).is_some() {
                         continue;
                     }
-                    match api.delete(&n, &DeleteParams::background()).await {
-                        Ok(_) => {
+                    delete_background(&api, &n).await.map(|gone| {
+                        if gone {
                             tracing::info!(daemonset = key, pod = n, "deleted pod");
                             deleted.push(n);
-                            Ok(())
                         }
-                        Err(e) if is_not_found(&e) => Ok(()),
-                        Err(e) => Err(e),
-                    }
+                    })
                 }
                 Change::UpdateStatus(status) => {
                     let mut obj = (*ds).clone();

@@ -14,14 +14,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::objects::{
     adopted_refs, can_adopt, controller_ref_to, is_controlled_by, is_terminating,
 };
 use super::podtemplate::{has_hash, put_hash, template_hash};
-use super::runtime::{Reconciler, Requeue, is_already_exists, is_not_found, split_key};
+use super::runtime::{Reconciler, Requeue, delete_background, is_already_exists, split_key};
 
 /// The label that ties a ReplicaSet and its Pods to one template of a Deployment.
 pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
@@ -683,16 +683,11 @@ impl Reconciler for DeploymentLoop {
                         "scaled replicaset"
                     );
                 }
-                Change::DeleteReplicaSet(name) => match api
-                    .delete(&name, &DeleteParams::background())
-                    .await
-                {
-                    Ok(_) => {
+                Change::DeleteReplicaSet(name) => {
+                    if delete_background(&api, &name).await? {
                         tracing::info!(deployment = key, replicaset = name, "pruned old replicaset")
                     }
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => return Err(e),
-                },
+                }
                 Change::UpdateStatus(status) => {
                     let mut obj = (*d).clone();
                     obj.status = Some(*status);

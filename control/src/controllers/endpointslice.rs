@@ -13,13 +13,13 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::objects::{
     controller_ref_to, is_terminating, map_selects, pod_is_ready, pod_is_terminal,
 };
-use super::runtime::{Expectations, Reconciler, Requeue, Seen, is_not_found, split_key};
+use super::runtime::{Expectations, Reconciler, Requeue, Seen, delete_background, split_key};
 
 /// Label naming the Service of a slice.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -430,14 +430,11 @@ impl Reconciler for EndpointSliceLoop {
                         .await
                         .map(|_| ())
                 }
-                Change::Delete(n) => match api.delete(&n, &DeleteParams::background()).await {
-                    Ok(_) => {
+                Change::Delete(n) => delete_background(&api, &n).await.map(|gone| {
+                    if gone {
                         deleted.push(n);
-                        Ok(())
                     }
-                    Err(e) if is_not_found(&e) => Ok(()),
-                    Err(e) => Err(e),
-                },
+                }),
             };
             if let Err(e) = step {
                 result = Err(e);

@@ -24,7 +24,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
 
-use super::runtime::{Reconciler, Requeue, is_not_found, key_of};
+use super::runtime::{Reconciler, Requeue, delete_background, is_not_found, key_of};
 
 /// The owner kinds whose objects we watch: (apiVersion, kind).
 pub const OWNER_KINDS: [(&str, &str); 4] = [
@@ -330,12 +330,8 @@ impl GcLoop {
                 }
             }
             let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
-            match api.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => {
-                    tracing::info!(kind = %K::kind(&()), namespace = ns, name, "garbage collected: owner gone")
-                }
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(e),
+            if delete_background(&api, &name).await? {
+                tracing::info!(kind = %K::kind(&()), namespace = ns, name, "garbage collected: owner gone")
             }
         }
         Ok(())

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::runtime::{Reconciler, Requeue, is_not_found};
+use super::runtime::{Reconciler, Requeue, delete_background};
 
 /// The finalizer the namespace controller owns.
 pub const FINALIZER: &str = "kubernetes";
@@ -157,10 +157,8 @@ impl Reconciler for NamespaceLoop {
                     let api: Api<DynamicObject> =
                         Api::namespaced_with(self.client.clone(), key, ar);
                     for name in names {
-                        match api.delete(name, &DeleteParams::background()).await {
-                            Ok(_) => tracing::debug!(namespace = key, resource, name, "deleted"),
-                            Err(e) if is_not_found(&e) => {}
-                            Err(e) => return Err(e),
+                        if delete_background(&api, name).await? {
+                            tracing::debug!(namespace = key, resource, name, "deleted");
                         }
                     }
                 }

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::objects::{
@@ -19,7 +19,7 @@ use super::objects::{
     pod_is_available, pod_is_ready, pod_phase, pod_ready_since,
 };
 use super::podtemplate;
-use super::runtime::{Expectations, Reconciler, Requeue, Seen, is_not_found, split_key};
+use super::runtime::{Expectations, Reconciler, Requeue, Seen, delete_background, split_key};
 
 /// Most Pods created or deleted by one reconcile (Kubernetes' `burstReplicas`).
 pub const BURST_REPLICAS: usize = 500;
@@ -290,17 +290,12 @@ async fn apply(
                 tracing::info!(replicaset = key, pod = n, "created pod");
                 created.push(n);
             }),
-            Change::DeletePod(name) => {
-                match pods.delete(&name, &DeleteParams::background()).await {
-                    Ok(_) => {
-                        tracing::info!(replicaset = key, pod = name, "deleted pod");
-                        deleted.push(name);
-                        Ok(())
-                    }
-                    Err(e) if is_not_found(&e) => Ok(()),
-                    Err(e) => Err(e),
+            Change::DeletePod(name) => delete_background(&pods, &name).await.map(|gone| {
+                if gone {
+                    tracing::info!(replicaset = key, pod = name, "deleted pod");
+                    deleted.push(name);
                 }
-            }
+            }),
             Change::UpdateStatus(status) => {
                 let mut obj = (**rs).clone();
                 obj.status = Some(status);
