@@ -188,6 +188,18 @@ fn json(c: &LocalCluster, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&c.kubectl_ok(args)).expect("kubectl json")
 }
 
+/// Writes `script` to `dir/file` and runs it with Python in the external client; its stdout.
+fn python_in(x: &ExternalClient, dir: &Path, file: &str, script: &str, args: &[String]) -> String {
+    let p = dir.join(file);
+    std::fs::write(&p, script).expect("script");
+    let mut argv = vec![p.to_string_lossy().into_owned()];
+    argv.extend_from_slice(args);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = x.run(Path::new(PYTHON), &argv);
+    assert!(out.status.success(), "{}", output_text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs [`PROBE`] from the external client: `count` requests, each on a new socket.
 fn probe(
     x: &ExternalClient,
@@ -197,20 +209,13 @@ fn probe(
     port: u16,
     count: u32,
 ) -> support::ProbeResult {
-    let p = dir.join("probe.py");
-    std::fs::write(&p, PROBE).expect("probe");
-    let out = x.run(
-        Path::new(PYTHON),
-        &[
-            &p.to_string_lossy(),
-            proto,
-            host,
-            &port.to_string(),
-            &count.to_string(),
-        ],
-    );
-    assert!(out.status.success(), "{}", output_text(&out));
-    parse_probe(&String::from_utf8_lossy(&out.stdout))
+    let args = [
+        proto.into(),
+        host.into(),
+        port.to_string(),
+        count.to_string(),
+    ];
+    parse_probe(&python_in(x, dir, "probe.py", PROBE, &args))
 }
 
 /// Runs [`FLOWS`]: source port → answering Pod.
@@ -223,21 +228,14 @@ fn flows(
     first: u16,
     count: u16,
 ) -> BTreeMap<u16, String> {
-    let p = dir.join("flows.py");
-    std::fs::write(&p, FLOWS).expect("flows");
-    let out = x.run(
-        Path::new(PYTHON),
-        &[
-            &p.to_string_lossy(),
-            proto,
-            host,
-            &port.to_string(),
-            &first.to_string(),
-            &count.to_string(),
-        ],
-    );
-    assert!(out.status.success(), "{}", output_text(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let args = [
+        proto.into(),
+        host.into(),
+        port.to_string(),
+        first.to_string(),
+        count.to_string(),
+    ];
+    let text = python_in(x, dir, "flows.py", FLOWS, &args);
     let line = text
         .lines()
         .rev()
@@ -886,23 +884,9 @@ fn terminating_backends_keep_their_established_connections() {
 
 /// New connections to an echo Service from the external client: the Pods that answered.
 fn probe_echo(x: &ExternalClient, dir: &Path, host: &str, port: u16, n: u32) -> BTreeSet<String> {
-    let script = dir.join("probe_echo.py");
-    std::fs::write(
-        &script,
-        "import socket,sys\nfor i in range(int(sys.argv[3])):\n    s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=2)\n    f=s.makefile('rwb')\n    f.write(b'x\\n'); f.flush()\n    print(f.readline().decode().split()[0])\n    s.close()\n",
-    )
-    .expect("probe");
-    let out = x.run(
-        Path::new(PYTHON),
-        &[
-            &script.to_string_lossy(),
-            host,
-            &port.to_string(),
-            &n.to_string(),
-        ],
-    );
-    assert!(out.status.success(), "{}", output_text(&out));
-    String::from_utf8_lossy(&out.stdout)
+    let script = "import socket,sys\nfor i in range(int(sys.argv[3])):\n    s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=2)\n    f=s.makefile('rwb')\n    f.write(b'x\\n'); f.flush()\n    print(f.readline().decode().split()[0])\n    s.close()\n";
+    let args = [host.into(), port.to_string(), n.to_string()];
+    python_in(x, dir, "probe_echo.py", script, &args)
         .lines()
         .map(str::to_string)
         .collect()
