@@ -759,6 +759,27 @@ mod tests {
         rs
     }
 
+    /// Plans `d` against these ReplicaSets at `ts(now)`.
+    fn plan_at(d: &Deployment, replicasets: &[&ReplicaSet], now: i64) -> Vec<Change> {
+        plan(
+            d,
+            &Snapshot {
+                replicasets: replicasets.to_vec(),
+                now: ts(now),
+            },
+        )
+    }
+
+    /// The condition of type `type_` in `st`.
+    fn condition_of(st: &DeploymentStatus, type_: &str) -> DeploymentCondition {
+        st.conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition in {st:?}"))
+            .clone()
+    }
+
     fn scales(changes: &[Change]) -> Vec<(String, i32)> {
         changes
             .iter()
@@ -786,13 +807,7 @@ mod tests {
     #[test]
     fn first_sync_creates_labelled_owned_replicaset() {
         let d = deployment(3, "a");
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[], 0);
         let rs = created(&changes).expect("create");
         let hash = template_hash(&d.spec.as_ref().expect("spec").template, None);
         assert_eq!(
@@ -838,25 +853,13 @@ mod tests {
     fn scaling_changes_replicaset_replicas() {
         let d = deployment(5, "a");
         let rs = rs_for(&d, 1, 3, 3);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&rs],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&rs], 0);
         assert_eq!(
             scales(&changes),
             vec![(rs.metadata.name.clone().expect("name"), 5)]
         );
         let d = deployment(1, "a");
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&rs],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&rs], 0);
         assert_eq!(
             scales(&changes),
             vec![(rs.metadata.name.clone().expect("name"), 1)]
@@ -871,13 +874,7 @@ mod tests {
         let old_name = old.metadata.name.clone().expect("name");
 
         // Step 1: the new ReplicaSet is created with maxSurge replicas.
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&old],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&old], 0);
         let new = created(&changes).expect("new rs");
         assert_eq!(new.spec.as_ref().and_then(|s| s.replicas), Some(1));
         assert_eq!(
@@ -893,62 +890,32 @@ mod tests {
         // Step 2: new has 1 (not yet available): old may drop by maxUnavailable only.
         let new_rs = rs_for(&d, 2, 1, 0);
         let new_name = new_rs.metadata.name.clone().expect("name");
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&old, &new_rs],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&old, &new_rs], 0);
         assert_eq!(scales(&changes), vec![(old_name.clone(), 3)]);
 
         // Step 3: old at 3, new 1 available: the new one can surge to 2.
         let old3 = rs_for(&old_d, 1, 3, 3);
         let new1 = rs_for(&d, 2, 1, 1);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&old3, &new1],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&old3, &new1], 0);
         assert_eq!(scales(&changes), vec![(new_name.clone(), 2)]);
 
         // Step 4: total 5 = 4 + surge; 4 available: old drops to 2 keeping 3 available.
         let new2 = rs_for(&d, 2, 2, 1);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&old3, &new2],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&old3, &new2], 0);
         assert_eq!(scales(&changes), vec![(old_name.clone(), 2)]);
 
         // Final: all new available, old scaled to 0.
         let old0 = rs_for(&old_d, 1, 0, 0);
         let new4 = rs_for(&d, 2, 4, 4);
         let mut d_done = d.clone();
-        let changes = plan(
-            &d_done,
-            &Snapshot {
-                replicasets: vec![&old0, &new4],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d_done, &[&old0, &new4], 0);
         assert!(scales(&changes).is_empty());
         let st = status(&changes).expect("status").clone();
         assert_eq!(
             (st.replicas, st.updated_replicas, st.available_replicas),
             (Some(4), Some(4), Some(4))
         );
-        let progressing = st
-            .conditions
-            .as_ref()
-            .expect("conds")
-            .iter()
-            .find(|c| c.type_ == "Progressing")
-            .expect("p");
+        let progressing = condition_of(&st, "Progressing");
         assert_eq!(
             progressing.reason.as_deref(),
             Some("NewReplicaSetAvailable")
@@ -960,14 +927,7 @@ mod tests {
             "2".to_string(),
         )]));
         assert!(
-            plan(
-                &d_done,
-                &Snapshot {
-                    replicasets: vec![&old0, &new4],
-                    now: ts(9)
-                }
-            )
-            .is_empty(),
+            plan_at(&d_done, &[&old0, &new4], 9).is_empty(),
             "steady state"
         );
     }
@@ -978,25 +938,13 @@ mod tests {
         let d = rolling(deployment(3, "b"), IntOrString::Int(1), IntOrString::Int(0));
         let old = rs_for(&old_d, 1, 3, 3);
         let new = rs_for(&d, 2, 1, 0);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&old, &new],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&old, &new], 0);
         assert!(
             scales(&changes).is_empty(),
             "new pod not available yet: {changes:?}"
         );
         let new = rs_for(&d, 2, 1, 1);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&old, &new],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&old, &new], 0);
         assert_eq!(
             scales(&changes),
             vec![(old.metadata.name.clone().expect("name"), 2)]
@@ -1010,13 +958,7 @@ mod tests {
         // Old has 2 replicas of which none are available (e.g. crash looping).
         let old = rs_for(&old_d, 1, 2, 0);
         let new = rs_for(&d, 2, 0, 0);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&old, &new],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&old, &new], 0);
         // maxScaledDown = 2 - 1 - 0 = 1: one unhealthy old Pod goes.
         assert_eq!(
             scales(&changes),
@@ -1053,13 +995,7 @@ mod tests {
             rolling_update: None,
         });
         let old = rs_for(&old_d, 1, 2, 2);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&old],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&old], 0);
         assert_eq!(
             scales(&changes),
             vec![(old.metadata.name.clone().expect("name"), 0)]
@@ -1069,23 +1005,11 @@ mod tests {
         // Scaled to 0 but Pods still running: wait.
         let mut old_draining = rs_for(&old_d, 1, 0, 0);
         old_draining.status.as_mut().expect("status").replicas = 2;
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&old_draining],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&old_draining], 0);
         assert!(created(&changes).is_none() && scales(&changes).is_empty());
 
         let old_gone = rs_for(&old_d, 1, 0, 0);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&old_gone],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&old_gone], 0);
         assert_eq!(
             created(&changes)
                 .and_then(|rs| rs.spec.as_ref())
@@ -1106,13 +1030,7 @@ mod tests {
         let cur = rs_for(&d, 4, 1, 1);
         let mut all: Vec<&ReplicaSet> = olds.iter().collect();
         all.push(&cur);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: all,
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &all, 0);
         let deleted: Vec<&str> = changes
             .iter()
             .filter_map(|c| match c {
@@ -1134,13 +1052,7 @@ mod tests {
         let d = deployment(1, "a");
         let cur = rs_for(&d, 1, 1, 1);
         let newer = rs_for(&deployment(1, "b"), 2, 0, 0);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&cur, &newer],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&cur, &newer], 0);
         assert!(
             changes.contains(&Change::SetRevision {
                 name: cur.metadata.name.clone().expect("name"),
@@ -1160,13 +1072,7 @@ mod tests {
             REVISION_ANNOTATION.to_string(),
             "3".to_string(),
         )]));
-        let changes = plan(
-            &d3,
-            &Snapshot {
-                replicasets: vec![&cur3, &newer],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d3, &[&cur3, &newer], 0);
         assert!(
             !changes
                 .iter()
@@ -1180,22 +1086,9 @@ mod tests {
         let mut d = deployment(2, "a");
         d.spec.as_mut().expect("spec").progress_deadline_seconds = Some(60);
         let rs = rs_for(&d, 1, 2, 0);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&rs],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&rs], 0);
         let st = status(&changes).expect("status").clone();
-        let p = st
-            .conditions
-            .as_ref()
-            .expect("c")
-            .iter()
-            .find(|c| c.type_ == "Progressing")
-            .expect("p")
-            .clone();
+        let p = condition_of(&st, "Progressing");
         assert_eq!(
             (p.status.as_str(), p.reason.as_deref()),
             ("True", Some("ReplicaSetUpdated"))
@@ -1206,31 +1099,12 @@ mod tests {
         );
         d.status = Some(st);
         // No progress for 30 s: unchanged.
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&rs],
-                now: ts(30),
-            },
-        );
+        let changes = plan_at(&d, &[&rs], 30);
         assert!(status(&changes).is_none(), "{changes:?}");
         // Past the deadline: Progressing=False.
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&rs],
-                now: ts(61),
-            },
-        );
+        let changes = plan_at(&d, &[&rs], 61);
         let st = status(&changes).expect("status").clone();
-        let p = st
-            .conditions
-            .as_ref()
-            .expect("c")
-            .iter()
-            .find(|c| c.type_ == "Progressing")
-            .expect("p")
-            .clone();
+        let p = condition_of(&st, "Progressing");
         assert_eq!(
             (p.status.as_str(), p.reason.as_deref()),
             ("False", Some(DEADLINE_EXCEEDED))
@@ -1238,21 +1112,8 @@ mod tests {
         d.status = Some(st);
         // A Pod becoming available is progress again.
         let better = rs_for(&d, 1, 2, 1);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&better],
-                now: ts(70),
-            },
-        );
-        let p = status(&changes)
-            .expect("status")
-            .conditions
-            .clone()
-            .expect("c")
-            .into_iter()
-            .find(|c| c.type_ == "Progressing")
-            .expect("p");
+        let changes = plan_at(&d, &[&better], 70);
+        let p = condition_of(status(&changes).expect("status"), "Progressing");
         assert_eq!(
             (p.status.as_str(), p.reason.as_deref()),
             ("True", Some("ReplicaSetUpdated"))
@@ -1264,13 +1125,7 @@ mod tests {
         let d = deployment(2, "a");
         let mut orphan = rs_for(&d, 1, 2, 2);
         orphan.metadata.owner_references = None;
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&orphan],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&orphan], 0);
         assert!(
             matches!(&changes[0], Change::Adopt { name, owner_references }
             if Some(name) == orphan.metadata.name.as_ref() && owner_references[0].uid == UID)
@@ -1287,31 +1142,13 @@ mod tests {
         let d = deployment(2, "a");
         let mut foreign = rs_for(&d, 1, 2, 2);
         foreign.metadata.owner_references.as_mut().expect("owners")[0].uid = "other".into();
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&foreign],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&foreign], 0);
         assert!(created(&changes).is_some());
 
         let mine = rs_for(&d, 1, 2, 0);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                replicasets: vec![&mine],
-                now: ts(0),
-            },
-        );
+        let changes = plan_at(&d, &[&mine], 0);
         let st = status(&changes).expect("status");
-        let avail = st
-            .conditions
-            .as_ref()
-            .expect("c")
-            .iter()
-            .find(|c| c.type_ == "Available")
-            .expect("a");
+        let avail = condition_of(st, "Available");
         // maxUnavailable defaults to 25% of 2 = 0, so 0 available is below the minimum.
         assert_eq!(avail.status, "False");
         assert_eq!(st.unavailable_replicas, Some(2));
