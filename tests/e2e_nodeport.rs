@@ -12,7 +12,7 @@ mod support;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use support::{
