@@ -10,27 +10,26 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use keelson_common::{
     Counter, CtKey, CtValue, DropReason, EndpointInfo, NodeConfig, ct_dir, ct_flags, limits, names,
     proto, service_flags,
 };
 
-use super::{maps::ip_to_net, testutil::TestDatapath};
+use super::{
+    maps::ip_to_net,
+    packet_testutil::{
+        ETH_HLEN, IP_HLEN, LO_IFINDEX, Macs, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        assert_passes_untouched, eth_ipv4, ipv4_checksum, l4_checksum, refresh_ipv4_checksum,
+        run_tc,
+    },
+    testutil::{TestDatapath, metric, metric_bytes},
+};
 use crate::services::model::{BackendAddr, Frontend, MapOp, Proto};
 
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-/// `struct __sk_buff` is 192 bytes; `ifindex` sits at offset 40 (include/uapi/linux/bpf.h).
-const SKB_CTX_LEN: usize = 192;
-const SKB_IFINDEX_OFF: usize = 40;
-const LO_IFINDEX: u32 = 1;
-
-const ETH_HLEN: usize = 14;
-const IP_HLEN: usize = 20;
 const L4: usize = ETH_HLEN + IP_HLEN;
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH_ACK: u8 = 0x18;
 
@@ -52,34 +51,8 @@ const BACKEND_PORT: u16 = 8080;
 const UPLINK_MAC: [u8; 6] = [0x02, 0x0e, 0, 0, 0, 1];
 const PEER_MAC: [u8; 6] = [0x02, 0x0f, 0, 0, 0, 1];
 const PAYLOAD: &[u8] = b"keelson";
-
-/// One's-complement sum of 16-bit words (RFC 1071), not yet inverted.
-fn ones_sum(data: &[u8], mut sum: u32) -> u32 {
-    for c in data.chunks(2) {
-        let word = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum
-}
-
-fn ipv4_checksum(header: &[u8]) -> u16 {
-    !(ones_sum(header, 0) as u16)
-}
-
-/// The TCP/UDP checksum of `segment` (its checksum field included) over the IPv4
-/// pseudo-header: 0 for a segment whose checksum field is right.
-fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.push(0);
-    pseudo.push(proto);
-    pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
-    !(ones_sum(segment, ones_sum(&pseudo, 0)) as u16)
-}
+/// Longer ago than a UDP flow may stay silent.
+const PAST_UDP_IDLE_NS: u64 = limits::CT_OTHER_IDLE_NS + 1_000_000_000;
 
 /// How a test frame's transport header looks.
 #[derive(Clone, Copy)]
@@ -92,6 +65,8 @@ enum L4Kind {
         checksum: bool,
     },
 }
+
+const UDP: L4Kind = L4Kind::Udp { checksum: true };
 
 /// An Ethernet/IPv4/TCP-or-UDP frame with a short payload and correct checksums.
 fn frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, kind: L4Kind) -> Vec<u8> {
@@ -124,26 +99,36 @@ fn frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, kind: L4Kind) -> 
         }
         l4[csum_off..csum_off + 2].copy_from_slice(&csum.to_be_bytes());
     }
-
-    let mut f = Vec::new();
-    f.extend_from_slice(&UPLINK_MAC);
-    f.extend_from_slice(&PEER_MAC);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    let total = (IP_HLEN + l4.len()) as u16;
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, proto, 0, 0]);
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let csum = ipv4_checksum(&ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&l4);
-    f
+    let macs = Macs {
+        dst: UPLINK_MAC,
+        src: PEER_MAC,
+    };
+    eth_ipv4(macs, src, dst, 64, proto, &l4)
 }
 
 fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
     frame(src, sport, dst, dport, L4Kind::Tcp { flags })
+}
+
+/// A frame of `client` (from `CLIENT_PORT`) to the NodePort.
+fn to_node_port(client: Ipv4Addr, kind: L4Kind) -> Vec<u8> {
+    frame(client, CLIENT_PORT, NODE_IP, NODE_PORT, kind)
+}
+
+/// A frame of `REMOTE_BACKEND` (from `BACKEND_PORT`) to the node's `snat_port`.
+fn backend_reply(snat_port: u16, kind: L4Kind) -> Vec<u8> {
+    frame(REMOTE_BACKEND, BACKEND_PORT, NODE_IP, snat_port, kind)
+}
+
+/// A TCP segment of `backend` (from `BACKEND_PORT`) straight to `CLIENT`: the answer of a
+/// backend that saw the client's own address.
+fn dnat_reply(backend: Ipv4Addr, flags: u8) -> Vec<u8> {
+    tcp(backend, BACKEND_PORT, CLIENT, CLIENT_PORT, flags)
+}
+
+/// A TCP segment of `CLIENT` to the NodePort.
+fn client_tcp(flags: u8) -> Vec<u8> {
+    tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, flags)
 }
 
 /// The addresses and ports of a frame, as the test reads them back.
@@ -153,6 +138,24 @@ struct Tuple {
     sport: u16,
     dst: Ipv4Addr,
     dport: u16,
+}
+
+/// A reply of the NodePort to `CLIENT`, as the client must see it.
+const NODE_PORT_TO_CLIENT: Tuple = Tuple {
+    src: NODE_IP,
+    sport: NODE_PORT,
+    dst: CLIENT,
+    dport: CLIENT_PORT,
+};
+
+/// `CLIENT`'s flow to the NodePort with only its destination translated, to `backend`.
+fn dnat_only(backend: Ipv4Addr) -> Tuple {
+    Tuple {
+        src: CLIENT,
+        sport: CLIENT_PORT,
+        dst: backend,
+        dport: BACKEND_PORT,
+    }
 }
 
 fn tuple(f: &[u8]) -> Tuple {
@@ -204,33 +207,17 @@ fn assert_checksums_and_payload(f: &[u8], original: &[u8]) {
     );
 }
 
-/// Runs program `prog` on `frame`; returns the verdict and the frame as the program left it.
-fn run(t: &TestDatapath, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-    let mut ctx = [0u8; SKB_CTX_LEN];
-    ctx[SKB_IFINDEX_OFF..SKB_IFINDEX_OFF + 4].copy_from_slice(&LO_IFINDEX.to_ne_bytes());
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = t.dp.with_ebpf(|ebpf| {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(prog)
-            .expect("program")
-            .try_into()
-            .expect("tc program");
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        opts.ctx_in = Some(&ctx);
-        prog.test_run(opts).expect("BPF_PROG_TEST_RUN")
-    });
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
-}
-
 fn netdev(t: &TestDatapath, frame: &[u8]) -> (u32, Vec<u8>) {
-    run(t, names::PROG_FROM_NETDEV, frame)
+    run_tc(t, names::PROG_FROM_NETDEV, frame)
 }
 
-fn metric(t: &TestDatapath, index: u32) -> u64 {
-    t.dp.with_maps(|m| m.metric(index)).expect("metric").packets
+/// Runs `tc_from_netdev` on `frame`, asserts that it was redirected with valid checksums and
+/// its payload untouched, and returns the tuple it was translated to.
+fn netdev_redirected(t: &TestDatapath, frame: &[u8]) -> Tuple {
+    let (verdict, out) = netdev(t, frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_checksums_and_payload(&out, frame);
+    tuple(&out)
 }
 
 fn ct(t: &TestDatapath) -> Vec<(CtKey, CtValue)> {
@@ -247,6 +234,44 @@ fn ct_key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8, dir: 
         dir,
         pad: [0; 2],
     }
+}
+
+/// The key of the original direction of `CLIENT`'s flow to the NodePort.
+fn client_key(proto: u8) -> CtKey {
+    ct_key(
+        CLIENT,
+        CLIENT_PORT,
+        NODE_IP,
+        NODE_PORT,
+        proto,
+        ct_dir::ORIGINAL,
+    )
+}
+
+/// The key of the reply direction of a flow DNATed (not SNATed) to `backend`: its answer
+/// to `CLIENT`.
+fn dnat_reply_key(backend: Ipv4Addr) -> CtKey {
+    ct_key(
+        backend,
+        BACKEND_PORT,
+        CLIENT,
+        CLIENT_PORT,
+        proto::TCP,
+        ct_dir::REPLY,
+    )
+}
+
+/// The key of the reply direction of a SNATed flow: `backend` answering the node's
+/// `snat_port`.
+fn snat_reply_key(backend: Ipv4Addr, snat_port: u16, proto: u8) -> CtKey {
+    ct_key(
+        backend,
+        BACKEND_PORT,
+        NODE_IP,
+        snat_port,
+        proto,
+        ct_dir::REPLY,
+    )
 }
 
 fn ct_get(t: &TestDatapath, key: &CtKey) -> Option<CtValue> {
@@ -306,17 +331,59 @@ fn put_service(
     t.dp.apply(&ops).expect("apply service ops");
 }
 
-fn write_config(t: &TestDatapath) {
+/// The ops that make backend 2 (`REMOTE_BACKEND_2`) the only one of the TCP NodePort.
+fn move_node_port_to_backend_2() -> [MapOp; 2] {
+    [
+        MapOp::PutBackend {
+            id: 2,
+            backend: be(REMOTE_BACKEND_2, BACKEND_PORT, Proto::Tcp),
+        },
+        MapOp::PutSlot {
+            frontend: fe(NODE_IP, NODE_PORT, Proto::Tcp),
+            slot: 1,
+            backend_id: 2,
+        },
+    ]
+}
+
+/// A datapath with the node configured, a local backend Pod, and a NodePort frontend (TCP)
+/// whose only backend is that Pod.
+fn nodeport_local() -> TestDatapath {
+    let t = configured();
+    put_local_endpoint(&t);
+    put_service(
+        &t,
+        fe(NODE_IP, NODE_PORT, Proto::Tcp),
+        2,
+        service_flags::EXTERNAL,
+        &[(7, LOCAL_BACKEND)],
+    );
+    t
+}
+
+fn snat_range() -> std::ops::RangeInclusive<u16> {
+    limits::SNAT_PORT_MIN..=limits::SNAT_PORT_MAX
+}
+
+/// Writes the node's configuration: its address, `lo` as uplink, SNAT from `snat_ports`.
+fn write_config(t: &TestDatapath, snat_ports: std::ops::RangeInclusive<u16>) {
     t.dp.with_maps(|m| {
         m.write_config(NodeConfig {
             node_ip: ip_to_net(NODE_IP),
             uplink_ifindex: LO_IFINDEX,
-            snat_port_min: limits::SNAT_PORT_MIN,
-            snat_port_max: limits::SNAT_PORT_MAX,
+            snat_port_min: *snat_ports.start(),
+            snat_port_max: *snat_ports.end(),
             pad: [0; 4],
         })
     })
     .expect("write config");
+}
+
+/// A datapath with the node configured and no Service yet.
+fn configured() -> TestDatapath {
+    let t = TestDatapath::load("fnd", None);
+    write_config(&t, snat_range());
+    t
 }
 
 fn put_local_endpoint(t: &TestDatapath) {
@@ -338,8 +405,7 @@ fn put_local_endpoint(t: &TestDatapath) {
 /// A datapath with the node configured and a NodePort frontend (TCP) whose only backend is
 /// on another node.
 fn nodeport_remote() -> TestDatapath {
-    let t = TestDatapath::load("fnd", None);
-    write_config(&t);
+    let t = configured();
     put_service(
         &t,
         fe(NODE_IP, NODE_PORT, Proto::Tcp),
@@ -350,14 +416,10 @@ fn nodeport_remote() -> TestDatapath {
     t
 }
 
-fn snat_range() -> std::ops::RangeInclusive<u16> {
-    limits::SNAT_PORT_MIN..=limits::SNAT_PORT_MAX
-}
-
 #[test]
 fn new_flow_to_remote_backend_is_snated_and_dnated() {
     let t = nodeport_remote();
-    let syn = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
+    let syn = client_tcp(TCP_SYN);
     let (verdict, out) = netdev(&t, &syn);
     assert_eq!(verdict, TC_ACT_REDIRECT, "sent back out (redirect_neigh)");
     let got = tuple(&out);
@@ -374,18 +436,7 @@ fn new_flow_to_remote_backend_is_snated_and_dnated() {
 
     let entries = ct(&t);
     assert_eq!(entries.len(), 2, "one entry per direction: {entries:?}");
-    let orig = ct_get(
-        &t,
-        &ct_key(
-            CLIENT,
-            CLIENT_PORT,
-            NODE_IP,
-            NODE_PORT,
-            proto::TCP,
-            ct_dir::ORIGINAL,
-        ),
-    )
-    .expect("original entry");
+    let orig = ct_get(&t, &client_key(proto::TCP)).expect("original entry");
     assert_eq!(orig.nat_saddr, ip_to_net(NODE_IP));
     assert_eq!(orig.nat_sport, got.sport.to_be());
     assert_eq!(orig.nat_daddr, ip_to_net(REMOTE_BACKEND));
@@ -394,18 +445,8 @@ fn new_flow_to_remote_backend_is_snated_and_dnated() {
     assert_eq!(orig.rev_nat_index, 1);
     assert_eq!(orig.flags, ct_flags::SNAT);
     assert_ne!(orig.last_seen_ns, 0);
-    let reply = ct_get(
-        &t,
-        &ct_key(
-            REMOTE_BACKEND,
-            BACKEND_PORT,
-            NODE_IP,
-            got.sport,
-            proto::TCP,
-            ct_dir::REPLY,
-        ),
-    )
-    .expect("reply entry keyed by the SNATed tuple");
+    let reply = ct_get(&t, &snat_reply_key(REMOTE_BACKEND, got.sport, proto::TCP))
+        .expect("reply entry keyed by the SNATed tuple");
     assert_eq!(reply.nat_saddr, ip_to_net(NODE_IP));
     assert_eq!(reply.nat_sport, NODE_PORT.to_be());
     assert_eq!(reply.nat_daddr, ip_to_net(CLIENT));
@@ -418,11 +459,7 @@ fn new_flow_to_remote_backend_is_snated_and_dnated() {
     assert_eq!(metric(&t, Counter::NodePortRevXlated as u32), 0);
 
     // The next segment of the flow: the same translation from conntrack, nothing new created.
-    let ack = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_ACK);
-    let (verdict, out2) = netdev(&t, &ack);
-    assert_eq!(verdict, TC_ACT_REDIRECT);
-    assert_eq!(tuple(&out2), got);
-    assert_checksums_and_payload(&out2, &ack);
+    assert_eq!(netdev_redirected(&t, &client_tcp(TCP_ACK)), got);
     assert_eq!(ct(&t).len(), 2);
     assert_eq!(metric(&t, Counter::CtCreated as u32), 1);
     assert_eq!(metric(&t, Counter::NodePortXlated as u32), 2);
@@ -431,53 +468,38 @@ fn new_flow_to_remote_backend_is_snated_and_dnated() {
 #[test]
 fn reply_of_remote_backend_is_translated_back_to_the_client() {
     let t = nodeport_remote();
-    let (_, fwd) = netdev(&t, &tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN));
+    let (_, fwd) = netdev(&t, &client_tcp(TCP_SYN));
     let snat_port = tuple(&fwd).sport;
 
-    let reply = tcp(
-        REMOTE_BACKEND,
-        BACKEND_PORT,
-        NODE_IP,
+    let reply = backend_reply(
         snat_port,
-        TCP_SYN | TCP_ACK,
+        L4Kind::Tcp {
+            flags: TCP_SYN | TCP_ACK,
+        },
     );
     let (verdict, out) = netdev(&t, &reply);
     assert_eq!(verdict, TC_ACT_REDIRECT, "back out of the uplink");
-    assert_eq!(
-        tuple(&out),
-        Tuple {
-            src: NODE_IP,
-            sport: NODE_PORT,
-            dst: CLIENT,
-            dport: CLIENT_PORT,
-        }
-    );
+    assert_eq!(tuple(&out), NODE_PORT_TO_CLIENT);
     assert_checksums_and_payload(&out, &reply);
     assert_eq!(metric(&t, Counter::NodePortRevXlated as u32), 1);
     assert_eq!(metric(&t, Counter::CtCreated as u32), 1);
     assert_eq!(ct(&t).len(), 2, "a reply creates nothing");
 
     // A reply to a SNAT port no flow holds is not ours: the stack gets it untouched.
-    let stray = tcp(
-        REMOTE_BACKEND,
-        BACKEND_PORT,
-        NODE_IP,
+    let stray = backend_reply(
         if snat_port == limits::SNAT_PORT_MAX {
             limits::SNAT_PORT_MIN
         } else {
             snat_port + 1
         },
-        TCP_ACK,
+        L4Kind::Tcp { flags: TCP_ACK },
     );
-    let (verdict, out) = netdev(&t, &stray);
-    assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(out, stray);
+    assert_passes_untouched(&t, names::PROG_FROM_NETDEV, &stray);
 }
 
 #[test]
 fn load_balancer_ip_flow_replies_come_from_the_load_balancer_ip() {
-    let t = TestDatapath::load("fnd", None);
-    write_config(&t);
+    let t = configured();
     put_service(
         &t,
         fe(LB_IP, 80, Proto::Tcp),
@@ -485,21 +507,15 @@ fn load_balancer_ip_flow_replies_come_from_the_load_balancer_ip() {
         service_flags::EXTERNAL,
         &[(4, REMOTE_BACKEND)],
     );
-    let syn = tcp(CLIENT, CLIENT_PORT, LB_IP, 80, TCP_SYN);
-    let (verdict, out) = netdev(&t, &syn);
-    assert_eq!(verdict, TC_ACT_REDIRECT);
-    let fwd = tuple(&out);
+    let fwd = netdev_redirected(&t, &tcp(CLIENT, CLIENT_PORT, LB_IP, 80, TCP_SYN));
     assert_eq!(
         (fwd.src, fwd.dst, fwd.dport),
         (NODE_IP, REMOTE_BACKEND, 8080)
     );
-    assert_checksums_and_payload(&out, &syn);
 
-    let reply = tcp(REMOTE_BACKEND, BACKEND_PORT, NODE_IP, fwd.sport, TCP_ACK);
-    let (verdict, out) = netdev(&t, &reply);
-    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let reply = backend_reply(fwd.sport, L4Kind::Tcp { flags: TCP_ACK });
     assert_eq!(
-        tuple(&out),
+        netdev_redirected(&t, &reply),
         Tuple {
             src: LB_IP,
             sport: 80,
@@ -507,64 +523,27 @@ fn load_balancer_ip_flow_replies_come_from_the_load_balancer_ip() {
             dport: CLIENT_PORT,
         }
     );
-    assert_checksums_and_payload(&out, &reply);
 }
 
 #[test]
 fn local_backend_keeps_the_client_address_and_its_reply_leaves_as_the_frontend() {
-    let t = TestDatapath::load("fnd", None);
-    write_config(&t);
-    put_local_endpoint(&t);
-    put_service(
-        &t,
-        fe(NODE_IP, NODE_PORT, Proto::Tcp),
-        2,
-        service_flags::EXTERNAL,
-        &[(7, LOCAL_BACKEND)],
-    );
+    let t = nodeport_local();
 
-    let syn = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
+    let syn = client_tcp(TCP_SYN);
     let (verdict, out) = netdev(&t, &syn);
     assert_eq!(verdict, TC_ACT_REDIRECT, "redirect_peer into the Pod");
-    assert_eq!(
-        tuple(&out),
-        Tuple {
-            src: CLIENT,
-            sport: CLIENT_PORT,
-            dst: LOCAL_BACKEND,
-            dport: BACKEND_PORT,
-        },
-        "DNAT only"
-    );
+    assert_eq!(tuple(&out), dnat_only(LOCAL_BACKEND), "DNAT only");
     assert_eq!(out[0..6], LOCAL_MAC, "destination MAC: the Pod's");
     assert_eq!(out[6..12], LOCAL_HOST_MAC, "source MAC: its host veth's");
     assert_checksums_and_payload(&out, &syn);
 
-    let orig = ct_get(
-        &t,
-        &ct_key(
-            CLIENT,
-            CLIENT_PORT,
-            NODE_IP,
-            NODE_PORT,
-            proto::TCP,
-            ct_dir::ORIGINAL,
-        ),
-    )
-    .expect("original entry");
+    let orig = ct_get(&t, &client_key(proto::TCP)).expect("original entry");
     assert_eq!(orig.flags, ct_flags::LOCAL_BACKEND);
     assert_eq!(orig.nat_saddr, ip_to_net(CLIENT));
     assert_eq!(orig.nat_sport, CLIENT_PORT.to_be());
     assert_eq!(orig.backend_id, 7);
     assert_eq!(orig.rev_nat_index, 2);
-    let reply_key = ct_key(
-        LOCAL_BACKEND,
-        BACKEND_PORT,
-        CLIENT,
-        CLIENT_PORT,
-        proto::TCP,
-        ct_dir::REPLY,
-    );
+    let reply_key = dnat_reply_key(LOCAL_BACKEND);
     let rev = ct_get(&t, &reply_key).expect("reply entry keyed by the Pod's reply");
     assert_eq!(rev.flags, ct_flags::LOCAL_BACKEND);
     assert_eq!(rev.nat_saddr, ip_to_net(NODE_IP));
@@ -574,24 +553,10 @@ fn local_backend_keeps_the_client_address_and_its_reply_leaves_as_the_frontend()
     assert_eq!(metric(&t, Counter::NodePortXlated as u32), 1);
 
     // The Pod answers through its veth: from_container turns the source into the frontend.
-    let reply = tcp(
-        LOCAL_BACKEND,
-        BACKEND_PORT,
-        CLIENT,
-        CLIENT_PORT,
-        TCP_SYN | TCP_ACK,
-    );
-    let (verdict, out) = run(&t, names::PROG_FROM_CONTAINER, &reply);
+    let reply = dnat_reply(LOCAL_BACKEND, TCP_SYN | TCP_ACK);
+    let (verdict, out) = run_tc(&t, names::PROG_FROM_CONTAINER, &reply);
     assert_eq!(verdict, TC_ACT_REDIRECT, "straight out of the uplink");
-    assert_eq!(
-        tuple(&out),
-        Tuple {
-            src: NODE_IP,
-            sport: NODE_PORT,
-            dst: CLIENT,
-            dport: CLIENT_PORT,
-        }
-    );
+    assert_eq!(tuple(&out), NODE_PORT_TO_CLIENT);
     assert_checksums_and_payload(&out, &reply);
     assert_eq!(
         out[ETH_HLEN + 8],
@@ -605,16 +570,13 @@ fn local_backend_keeps_the_client_address_and_its_reply_leaves_as_the_frontend()
     // Without a conntrack entry the Pod's traffic to the client is plain routing.
     t.dp.with_maps(|m| m.ct.remove(&reply_key))
         .expect("delete reply entry");
-    let (verdict, out) = run(&t, names::PROG_FROM_CONTAINER, &reply);
-    assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(out, reply);
+    assert_passes_untouched(&t, names::PROG_FROM_CONTAINER, &reply);
     assert_eq!(metric(&t, Counter::FromContainerStack as u32), 1);
 }
 
 #[test]
 fn udp_checksum_zero_stays_zero_and_a_real_one_is_updated() {
-    let t = TestDatapath::load("fnd", None);
-    write_config(&t);
+    let t = configured();
     put_service(
         &t,
         fe(NODE_IP, NODE_PORT, Proto::Udp),
@@ -623,13 +585,7 @@ fn udp_checksum_zero_stays_zero_and_a_real_one_is_updated() {
         &[(1, REMOTE_BACKEND)],
     );
 
-    let no_csum = frame(
-        CLIENT,
-        CLIENT_PORT,
-        NODE_IP,
-        NODE_PORT,
-        L4Kind::Udp { checksum: false },
-    );
+    let no_csum = to_node_port(CLIENT, L4Kind::Udp { checksum: false });
     let (verdict, out) = netdev(&t, &no_csum);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let got = tuple(&out);
@@ -640,29 +596,12 @@ fn udp_checksum_zero_stays_zero_and_a_real_one_is_updated() {
     assert!(snat_range().contains(&got.sport));
     assert_eq!(out[L4 + 6..L4 + 8], [0, 0], "UDP checksum 0 stays 0");
     assert_checksums_and_payload(&out, &no_csum);
-    let orig = ct_get(
-        &t,
-        &ct_key(
-            CLIENT,
-            CLIENT_PORT,
-            NODE_IP,
-            NODE_PORT,
-            proto::UDP,
-            ct_dir::ORIGINAL,
-        ),
-    )
-    .expect("UDP original entry");
+    let orig = ct_get(&t, &client_key(proto::UDP)).expect("UDP original entry");
     assert_eq!(orig.flags, ct_flags::SNAT);
 
     // Another client with a checksum: it is updated, not zeroed.
     let other = Ipv4Addr::new(192, 0, 2, 51);
-    let with_csum = frame(
-        other,
-        CLIENT_PORT,
-        NODE_IP,
-        NODE_PORT,
-        L4Kind::Udp { checksum: true },
-    );
+    let with_csum = to_node_port(other, UDP);
     let (verdict, out) = netdev(&t, &with_csum);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_ne!(out[L4 + 6..L4 + 8], [0, 0]);
@@ -693,22 +632,16 @@ fn cluster_ip_and_unknown_destinations_pass_untouched() {
         ),
         tcp(CLIENT, CLIENT_PORT, NODE_IP, 22, TCP_SYN),
         // The NodePort, but UDP while only TCP is served.
-        frame(
-            CLIENT,
-            CLIENT_PORT,
-            NODE_IP,
-            NODE_PORT,
-            L4Kind::Udp { checksum: true },
-        ),
+        to_node_port(CLIENT, UDP),
     ] {
         let (verdict, out) = netdev(&t, &f);
         assert_eq!(verdict, TC_ACT_OK, "{:?}", tuple(&f));
         assert_eq!(out, f, "bytes identical");
     }
     // Not IPv4 at all.
-    let mut arp = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
+    let mut arp = client_tcp(TCP_SYN);
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    assert_eq!(netdev(&t, &arp), (TC_ACT_OK, arp.clone()));
+    assert_passes_untouched(&t, names::PROG_FROM_NETDEV, &arp);
     assert!(ct(&t).is_empty());
     assert_eq!(metric(&t, Counter::NodePortXlated as u32), 0);
     assert_eq!(metric(&t, Counter::CtCreated as u32), 0);
@@ -716,8 +649,7 @@ fn cluster_ip_and_unknown_destinations_pass_untouched() {
 
 #[test]
 fn external_frontend_without_backends_drops_and_counts() {
-    let t = TestDatapath::load("fnd", None);
-    write_config(&t);
+    let t = configured();
     put_service(
         &t,
         fe(NODE_IP, NODE_PORT, Proto::Tcp),
@@ -725,22 +657,20 @@ fn external_frontend_without_backends_drops_and_counts() {
         service_flags::EXTERNAL,
         &[],
     );
-    let syn = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
+    let syn = client_tcp(TCP_SYN);
     assert_eq!(netdev(&t, &syn).0, TC_ACT_SHOT);
     assert_eq!(metric(&t, DropReason::NoBackend as u32), 1);
-    let bytes =
-        t.dp.with_maps(|m| m.metric(DropReason::NoBackend as u32))
-            .expect("metric")
-            .bytes;
-    assert_eq!(bytes, syn.len() as u64);
+    assert_eq!(
+        metric_bytes(&t, DropReason::NoBackend as u32),
+        syn.len() as u64
+    );
     assert!(ct(&t).is_empty());
     assert_eq!(metric(&t, Counter::CtCreated as u32), 0);
 }
 
 #[test]
 fn maglev_frontend_uses_its_table() {
-    let t = TestDatapath::load("fnd", None);
-    write_config(&t);
+    let t = configured();
     let frontend = fe(NODE_IP, NODE_PORT, Proto::Tcp);
     // Both backends in the slots; the table names only the second: a random pick would
     // choose the first half of the time.
@@ -761,10 +691,11 @@ fn maglev_frontend_uses_its_table() {
     for i in 0..16u16 {
         let client = Ipv4Addr::new(192, 0, 2, 100 + i as u8);
         let syn = tcp(client, 40_000 + i * 7, NODE_IP, NODE_PORT, TCP_SYN);
-        let (verdict, out) = netdev(&t, &syn);
-        assert_eq!(verdict, TC_ACT_REDIRECT);
-        assert_eq!(tuple(&out).dst, REMOTE_BACKEND_2, "flow {i}");
-        assert_checksums_and_payload(&out, &syn);
+        assert_eq!(
+            netdev_redirected(&t, &syn).dst,
+            REMOTE_BACKEND_2,
+            "flow {i}"
+        );
     }
     let entries = ct(&t);
     assert_eq!(entries.len(), 32);
@@ -776,7 +707,7 @@ fn maglev_frontend_uses_its_table() {
         proto: Proto::Tcp,
     }])
     .expect("delete maglev table");
-    let syn = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
+    let syn = client_tcp(TCP_SYN);
     assert_eq!(netdev(&t, &syn).0, TC_ACT_SHOT);
     assert_eq!(metric(&t, DropReason::MissingBackend as u32), 1);
 }
@@ -784,83 +715,30 @@ fn maglev_frontend_uses_its_table() {
 #[test]
 fn syn_on_a_known_tuple_rebalances_while_the_old_flow_keeps_its_backend() {
     let t = nodeport_remote();
-    let (_, out) = netdev(&t, &tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN));
+    let (_, out) = netdev(&t, &client_tcp(TCP_SYN));
     let old = tuple(&out);
     assert_eq!(old.dst, REMOTE_BACKEND);
 
     // The Service's only backend changes.
-    t.dp.apply(&[
-        MapOp::PutBackend {
-            id: 2,
-            backend: be(REMOTE_BACKEND_2, BACKEND_PORT, Proto::Tcp),
-        },
-        MapOp::PutSlot {
-            frontend: fe(NODE_IP, NODE_PORT, Proto::Tcp),
-            slot: 1,
-            backend_id: 2,
-        },
-    ])
-    .expect("swap backend");
+    t.dp.apply(&move_node_port_to_backend_2())
+        .expect("swap backend");
 
     // A segment of the established flow stays with its backend.
-    let data = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_PSH_ACK);
-    let (verdict, out) = netdev(&t, &data);
-    assert_eq!(verdict, TC_ACT_REDIRECT);
-    assert_eq!(tuple(&out), old);
-    assert_checksums_and_payload(&out, &data);
+    assert_eq!(netdev_redirected(&t, &client_tcp(TCP_PSH_ACK)), old);
 
     // A new connection from the same port: balanced afresh onto the new backend.
-    let syn = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
-    let (verdict, out) = netdev(&t, &syn);
-    assert_eq!(verdict, TC_ACT_REDIRECT);
-    let new = tuple(&out);
+    let new = netdev_redirected(&t, &client_tcp(TCP_SYN));
     assert_eq!(new.dst, REMOTE_BACKEND_2);
     assert_eq!(new.src, NODE_IP);
-    assert_checksums_and_payload(&out, &syn);
 
     let entries = ct(&t);
     assert_eq!(entries.len(), 2, "old entries replaced: {entries:?}");
-    let orig = ct_get(
-        &t,
-        &ct_key(
-            CLIENT,
-            CLIENT_PORT,
-            NODE_IP,
-            NODE_PORT,
-            proto::TCP,
-            ct_dir::ORIGINAL,
-        ),
-    )
-    .expect("original entry");
+    let orig = ct_get(&t, &client_key(proto::TCP)).expect("original entry");
     assert_eq!(orig.backend_id, 2);
     assert_eq!(orig.nat_daddr, ip_to_net(REMOTE_BACKEND_2));
+    assert!(ct_get(&t, &snat_reply_key(REMOTE_BACKEND_2, new.sport, proto::TCP)).is_some());
     assert!(
-        ct_get(
-            &t,
-            &ct_key(
-                REMOTE_BACKEND_2,
-                BACKEND_PORT,
-                NODE_IP,
-                new.sport,
-                proto::TCP,
-                ct_dir::REPLY
-            )
-        )
-        .is_some()
-    );
-    assert!(
-        ct_get(
-            &t,
-            &ct_key(
-                REMOTE_BACKEND,
-                BACKEND_PORT,
-                NODE_IP,
-                old.sport,
-                proto::TCP,
-                ct_dir::REPLY
-            )
-        )
-        .is_none(),
+        ct_get(&t, &snat_reply_key(REMOTE_BACKEND, old.sport, proto::TCP)).is_none(),
         "the old backend's reply entry is gone"
     );
     assert_eq!(metric(&t, Counter::CtCreated as u32), 2);
@@ -881,23 +759,13 @@ fn without_node_config_everything_passes() {
         NodeConfig::default(),
         "uplink_ifindex 0 until attach_uplink"
     );
-    let syn = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
-    let (verdict, out) = netdev(&t, &syn);
-    assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(out, syn);
-    let udp = frame(
-        CLIENT,
-        CLIENT_PORT,
-        NODE_IP,
-        NODE_PORT,
-        L4Kind::Udp { checksum: true },
-    );
-    assert_eq!(netdev(&t, &udp), (TC_ACT_OK, udp.clone()));
+    let syn = client_tcp(TCP_SYN);
+    assert_passes_untouched(&t, names::PROG_FROM_NETDEV, &syn);
+    let udp = to_node_port(CLIENT, UDP);
+    assert_passes_untouched(&t, names::PROG_FROM_NETDEV, &udp);
     assert!(ct(&t).is_empty());
     assert_eq!(metric(&t, Counter::NodePortXlated as u32), 0);
 }
-
-const TCP_RST: u8 = 0x04;
 
 #[test]
 fn closed_connections_do_not_exhaust_snat_ports() {
@@ -927,8 +795,7 @@ fn closed_connections_do_not_exhaust_snat_ports() {
 
 #[test]
 fn backend_at_the_nodes_own_address_is_answered_through_the_uplink_egress() {
-    let t = TestDatapath::load("fnd", None);
-    write_config(&t);
+    let t = configured();
     put_service(
         &t,
         fe(NODE_IP, NODE_PORT, Proto::Tcp),
@@ -936,7 +803,7 @@ fn backend_at_the_nodes_own_address_is_answered_through_the_uplink_egress() {
         service_flags::EXTERNAL | service_flags::LOCAL,
         &[(1, NODE_IP)],
     );
-    let syn = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
+    let syn = client_tcp(TCP_SYN);
     let (verdict, out) = netdev(&t, &syn);
     let got = tuple(&out);
     assert_eq!(
@@ -946,55 +813,26 @@ fn backend_at_the_nodes_own_address_is_answered_through_the_uplink_egress() {
     );
     assert_eq!(
         got,
-        Tuple {
-            src: CLIENT,
-            sport: CLIENT_PORT,
-            dst: NODE_IP,
-            dport: BACKEND_PORT,
-        },
+        dnat_only(NODE_IP),
         "DNAT only: the client's address is kept"
     );
     assert_checksums_and_payload(&out, &syn);
-    let reply_key = ct_key(
-        NODE_IP,
-        BACKEND_PORT,
-        CLIENT,
-        CLIENT_PORT,
-        proto::TCP,
-        ct_dir::REPLY,
-    );
+    let reply_key = dnat_reply_key(NODE_IP);
     let rev = ct_get(&t, &reply_key).expect("reply entry keyed by the node socket's reply");
     assert_eq!(rev.flags, ct_flags::HOST_BACKEND);
     assert_eq!(ct(&t).len(), 2);
 
     // The node's socket answers; the uplink's egress turns the source back into the frontend.
-    let reply = tcp(
-        NODE_IP,
-        BACKEND_PORT,
-        CLIENT,
-        CLIENT_PORT,
-        TCP_SYN | TCP_ACK,
-    );
-    let (verdict, out) = run(&t, names::PROG_TO_NETDEV, &reply);
+    let reply = dnat_reply(NODE_IP, TCP_SYN | TCP_ACK);
+    let (verdict, out) = run_tc(&t, names::PROG_TO_NETDEV, &reply);
     assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(
-        tuple(&out),
-        Tuple {
-            src: NODE_IP,
-            sport: NODE_PORT,
-            dst: CLIENT,
-            dport: CLIENT_PORT,
-        }
-    );
+    assert_eq!(tuple(&out), NODE_PORT_TO_CLIENT);
     assert_checksums_and_payload(&out, &reply);
     assert_eq!(metric(&t, Counter::NodePortRevXlated as u32), 1);
 
     // Other traffic of the node leaves untouched.
     let other = tcp(NODE_IP, 22, CLIENT, CLIENT_PORT, TCP_ACK);
-    assert_eq!(
-        run(&t, names::PROG_TO_NETDEV, &other),
-        (TC_ACT_OK, other.clone())
-    );
+    assert_passes_untouched(&t, names::PROG_TO_NETDEV, &other);
     assert_eq!(metric(&t, Counter::NodePortRevXlated as u32), 1);
 }
 
@@ -1002,29 +840,17 @@ fn backend_at_the_nodes_own_address_is_answered_through_the_uplink_egress() {
 fn uplink_egress_leaves_replies_translated_elsewhere_alone() {
     // A Pod backend's reply entry (translated by from_container) matching a packet on the
     // uplink's egress must not be applied a second time there.
-    let t = TestDatapath::load("fnd", None);
-    write_config(&t);
-    put_local_endpoint(&t);
-    put_service(
-        &t,
-        fe(NODE_IP, NODE_PORT, Proto::Tcp),
-        2,
-        service_flags::EXTERNAL,
-        &[(7, LOCAL_BACKEND)],
-    );
-    netdev(&t, &tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN));
-    let reply = tcp(LOCAL_BACKEND, BACKEND_PORT, CLIENT, CLIENT_PORT, TCP_ACK);
-    assert_eq!(
-        run(&t, names::PROG_TO_NETDEV, &reply),
-        (TC_ACT_OK, reply.clone())
-    );
+    let t = nodeport_local();
+    netdev(&t, &client_tcp(TCP_SYN));
+    let reply = dnat_reply(LOCAL_BACKEND, TCP_ACK);
+    assert_passes_untouched(&t, names::PROG_TO_NETDEV, &reply);
     assert_eq!(metric(&t, Counter::NodePortRevXlated as u32), 0);
 }
 
 #[test]
 fn purged_flows_are_balanced_again_on_their_next_packet() {
     let t = nodeport_remote();
-    let (_, out) = netdev(&t, &tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN));
+    let (_, out) = netdev(&t, &client_tcp(TCP_SYN));
     assert_eq!(tuple(&out).dst, REMOTE_BACKEND);
     // A flow of another backend that must survive the purge.
     put_service(
@@ -1038,19 +864,9 @@ fn purged_flows_are_balanced_again_on_their_next_packet() {
     assert_eq!(ct(&t).len(), 4);
 
     // The backend goes away: the agent replaces it and forgets its flows.
-    t.dp.apply(&[
-        MapOp::PutBackend {
-            id: 2,
-            backend: be(REMOTE_BACKEND_2, BACKEND_PORT, Proto::Tcp),
-        },
-        MapOp::PutSlot {
-            frontend: fe(NODE_IP, NODE_PORT, Proto::Tcp),
-            slot: 1,
-            backend_id: 2,
-        },
-        MapOp::DeleteBackend { id: 1 },
-    ])
-    .expect("replace backend");
+    let [put_backend, put_slot] = move_node_port_to_backend_2();
+    t.dp.apply(&[put_backend, put_slot, MapOp::DeleteBackend { id: 1 }])
+        .expect("replace backend");
     let purged = t.dp.with_maps(|m| m.purge_ct(&[1].into())).expect("purge");
     assert_eq!(purged, 2, "both directions of the flow");
     let left = ct(&t);
@@ -1058,11 +874,10 @@ fn purged_flows_are_balanced_again_on_their_next_packet() {
     assert!(left.iter().all(|(_, v)| v.backend_id == 3));
 
     // The next segment of the old flow (no SYN) gets a live backend.
-    let ack = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_PSH_ACK);
-    let (verdict, out) = netdev(&t, &ack);
-    assert_eq!(verdict, TC_ACT_REDIRECT);
-    assert_eq!(tuple(&out).dst, REMOTE_BACKEND_2);
-    assert_checksums_and_payload(&out, &ack);
+    assert_eq!(
+        netdev_redirected(&t, &client_tcp(TCP_PSH_ACK)).dst,
+        REMOTE_BACKEND_2
+    );
     assert_eq!(
         t.dp.with_maps(|m| m.purge_ct(&Default::default()))
             .expect("empty purge"),
@@ -1140,16 +955,14 @@ fn with_ip_options(f: &[u8]) -> Vec<u8> {
     out[ETH_HLEN] = 0x46;
     let total = u16::from_be_bytes([out[ETH_HLEN + 2], out[ETH_HLEN + 3]]) + 4;
     out[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&total.to_be_bytes());
-    out[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
-    let csum = ipv4_checksum(&out[ETH_HLEN..L4 + 4]);
-    out[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&csum.to_be_bytes());
+    refresh_ipv4_checksum(&mut out);
     out
 }
 
 #[test]
 fn ip_options_shift_the_ports_and_later_fragments_pass() {
     let t = nodeport_remote();
-    let syn = with_ip_options(&tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN));
+    let syn = with_ip_options(&client_tcp(TCP_SYN));
     let (verdict, out) = netdev(&t, &syn);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let l4 = L4 + 4;
@@ -1167,37 +980,18 @@ fn ip_options_shift_the_ports_and_later_fragments_pass() {
     );
 
     // A fragment past the first carries no ports: left to the stack as it is.
-    let mut frag = frame(
-        CLIENT,
-        CLIENT_PORT,
-        NODE_IP,
-        NODE_PORT,
-        L4Kind::Udp { checksum: true },
-    );
+    let mut frag = to_node_port(CLIENT, UDP);
     frag[ETH_HLEN + 6..ETH_HLEN + 8].copy_from_slice(&0x00b9u16.to_be_bytes());
-    frag[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
-    let csum = ipv4_checksum(&frag[ETH_HLEN..L4]);
-    frag[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&csum.to_be_bytes());
-    assert_eq!(netdev(&t, &frag), (TC_ACT_OK, frag.clone()));
+    refresh_ipv4_checksum(&mut frag);
+    assert_passes_untouched(&t, names::PROG_FROM_NETDEV, &frag);
     assert_eq!(ct(&t).len(), 2, "only the TCP flow");
 }
-
-const TCP_FIN: u8 = 0x01;
 
 /// The node configured with a single SNAT port, so that every SNATed flow towards one backend
 /// competes for it; the NodePort is served for TCP and UDP.
 fn single_snat_port() -> TestDatapath {
     let t = nodeport_remote();
-    t.dp.with_maps(|m| {
-        m.write_config(NodeConfig {
-            node_ip: ip_to_net(NODE_IP),
-            uplink_ifindex: LO_IFINDEX,
-            snat_port_min: limits::SNAT_PORT_MIN,
-            snat_port_max: limits::SNAT_PORT_MIN,
-            pad: [0; 4],
-        })
-    })
-    .expect("write config");
+    write_config(&t, limits::SNAT_PORT_MIN..=limits::SNAT_PORT_MIN);
     put_service(
         &t,
         fe(NODE_IP, NODE_PORT, Proto::Udp),
@@ -1210,12 +1004,18 @@ fn single_snat_port() -> TestDatapath {
 
 /// Opens a flow from `client` with `kind`; returns the verdict and the SNAT port it got.
 fn open(t: &TestDatapath, client: Ipv4Addr, kind: L4Kind) -> (u32, u16) {
-    let (verdict, out) = netdev(t, &frame(client, CLIENT_PORT, NODE_IP, NODE_PORT, kind));
+    let (verdict, out) = netdev(t, &to_node_port(client, kind));
     (verdict, tuple(&out).sport)
 }
 
-fn backend_reply(snat_port: u16, kind: L4Kind) -> Vec<u8> {
-    frame(REMOTE_BACKEND, BACKEND_PORT, NODE_IP, snat_port, kind)
+/// [`single_snat_port`] with the port held by a UDP flow of `CLIENT`.
+fn udp_flow_on_single_snat_port() -> TestDatapath {
+    let t = single_snat_port();
+    assert_eq!(
+        open(&t, CLIENT, UDP),
+        (TC_ACT_REDIRECT, limits::SNAT_PORT_MIN)
+    );
+    t
 }
 
 #[test]
@@ -1258,18 +1058,7 @@ fn snat_port_is_taken_over_only_when_its_flow_is_over() {
         keys.iter()
             .all(|k| k.dir == ct_dir::REPLY || k.saddr == ip_to_net(b))
     );
-    let reply = ct_get(
-        &t,
-        &ct_key(
-            REMOTE_BACKEND,
-            BACKEND_PORT,
-            NODE_IP,
-            port,
-            proto::TCP,
-            ct_dir::REPLY,
-        ),
-    )
-    .expect("reply entry");
+    let reply = ct_get(&t, &snat_reply_key(REMOTE_BACKEND, port, proto::TCP)).expect("reply entry");
     assert_eq!(
         reply.nat_daddr,
         ip_to_net(b),
@@ -1287,88 +1076,66 @@ fn snat_port_is_taken_over_only_when_its_flow_is_over() {
     assert_eq!(ct(&t).len(), 2);
 }
 
-/// Pretends the reply direction of the flow holding `snat_port` was last seen `age_ns` ago.
-fn age_reply(t: &TestDatapath, snat_port: u16, proto: u8, age_ns: u64) {
-    let key = ct_key(
-        REMOTE_BACKEND,
-        BACKEND_PORT,
-        NODE_IP,
-        snat_port,
-        proto,
-        ct_dir::REPLY,
-    );
+/// Pretends the conntrack entry `key` was last seen `age_ns` ago.
+fn age(t: &TestDatapath, key: CtKey, age_ns: u64) {
     t.dp.with_maps(|m| {
-        let mut v = m.ct.get(&key, 0).expect("reply entry");
+        let mut v = m.ct.get(&key, 0).expect("conntrack entry");
         v.last_seen_ns = super::sys::monotonic_ns().saturating_sub(age_ns);
         m.ct.insert(key, v, 0)
     })
-    .expect("age reply entry");
+    .expect("age conntrack entry");
+}
+
+/// Pretends the reply direction of the UDP flow holding the single SNAT port has been silent
+/// past the idle limit.
+fn age_udp_reply(t: &TestDatapath) {
+    age(
+        t,
+        snat_reply_key(REMOTE_BACKEND, limits::SNAT_PORT_MIN, proto::UDP),
+        PAST_UDP_IDLE_NS,
+    );
+}
+
+/// Pretends both directions of `CLIENT`'s UDP flow have been silent past the idle limit.
+fn age_udp_flow(t: &TestDatapath) {
+    age_udp_reply(t);
+    age(t, client_key(proto::UDP), PAST_UDP_IDLE_NS);
 }
 
 #[test]
 fn udp_port_of_an_idle_flow_is_taken_over() {
-    let t = single_snat_port();
-    let port = limits::SNAT_PORT_MIN;
-    let udp = L4Kind::Udp { checksum: true };
-    assert_eq!(open(&t, CLIENT, udp), (TC_ACT_REDIRECT, port));
+    let t = udp_flow_on_single_snat_port();
     let other = Ipv4Addr::new(192, 0, 2, 61);
-    assert_eq!(open(&t, other, udp).0, TC_ACT_SHOT, "still in use");
+    assert_eq!(open(&t, other, UDP).0, TC_ACT_SHOT, "still in use");
 
     // Both directions silent past the idle limit.
-    let idle = limits::CT_OTHER_IDLE_NS + 1_000_000_000;
-    age_reply(&t, port, proto::UDP, idle);
-    let orig = ct_key(
-        CLIENT,
-        CLIENT_PORT,
-        NODE_IP,
-        NODE_PORT,
-        proto::UDP,
-        ct_dir::ORIGINAL,
+    age_udp_flow(&t);
+    assert_eq!(
+        open(&t, other, UDP),
+        (TC_ACT_REDIRECT, limits::SNAT_PORT_MIN)
     );
-    t.dp.with_maps(|m| {
-        let mut v = m.ct.get(&orig, 0).expect("original entry");
-        v.last_seen_ns = super::sys::monotonic_ns().saturating_sub(idle);
-        m.ct.insert(orig, v, 0)
-    })
-    .expect("age original entry");
-    assert_eq!(open(&t, other, udp), (TC_ACT_REDIRECT, port));
-    assert!(ct_get(&t, &orig).is_none(), "the idle flow is forgotten");
+    assert!(
+        ct_get(&t, &client_key(proto::UDP)).is_none(),
+        "the idle flow is forgotten"
+    );
     assert_eq!(ct(&t).len(), 2);
 }
 
 #[test]
 fn udp_flow_sending_one_way_keeps_its_snat_port() {
-    let t = single_snat_port();
+    let t = udp_flow_on_single_snat_port();
     let port = limits::SNAT_PORT_MIN;
-    let udp = L4Kind::Udp { checksum: true };
-    assert_eq!(open(&t, CLIENT, udp), (TC_ACT_REDIRECT, port));
     // The backend has been silent past the idle limit; the client sends right now.
-    age_reply(
-        &t,
-        port,
-        proto::UDP,
-        limits::CT_OTHER_IDLE_NS + 1_000_000_000,
-    );
-    assert_eq!(open(&t, CLIENT, udp), (TC_ACT_REDIRECT, port));
+    age_udp_reply(&t);
+    assert_eq!(open(&t, CLIENT, UDP), (TC_ACT_REDIRECT, port));
 
     let other = Ipv4Addr::new(192, 0, 2, 61);
     assert_eq!(
-        open(&t, other, udp).0,
+        open(&t, other, UDP).0,
         TC_ACT_SHOT,
         "the active flow's port must not be taken over"
     );
-    let reply = ct_get(
-        &t,
-        &ct_key(
-            REMOTE_BACKEND,
-            BACKEND_PORT,
-            NODE_IP,
-            port,
-            proto::UDP,
-            ct_dir::REPLY,
-        ),
-    )
-    .expect("reply entry");
+    let reply = ct_get(&t, &snat_reply_key(REMOTE_BACKEND, port, proto::UDP)).expect("reply entry");
     assert_eq!(
         reply.nat_daddr,
         ip_to_net(CLIENT),
@@ -1378,45 +1145,19 @@ fn udp_flow_sending_one_way_keeps_its_snat_port() {
 
 #[test]
 fn conntrack_gc_keeps_both_directions_of_a_flow_that_is_active_one_way() {
-    let t = single_snat_port();
-    let port = limits::SNAT_PORT_MIN;
-    let udp = L4Kind::Udp { checksum: true };
-    assert_eq!(open(&t, CLIENT, udp), (TC_ACT_REDIRECT, port));
-    age_reply(
-        &t,
-        port,
-        proto::UDP,
-        limits::CT_OTHER_IDLE_NS + 1_000_000_000,
-    );
+    let t = udp_flow_on_single_snat_port();
+    age_udp_reply(&t);
     assert_eq!(t.dp.gc_ct().expect("gc"), 0, "the flow is active");
-    let (verdict, out) = netdev(&t, &backend_reply(port, udp));
+    let (verdict, out) = netdev(&t, &backend_reply(limits::SNAT_PORT_MIN, UDP));
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(tuple(&out).dst, CLIENT);
 }
 
 #[test]
 fn conntrack_gc_removes_flows_idle_in_both_directions() {
-    let t = single_snat_port();
-    let port = limits::SNAT_PORT_MIN;
-    let udp = L4Kind::Udp { checksum: true };
-    assert_eq!(open(&t, CLIENT, udp), (TC_ACT_REDIRECT, port));
+    let t = udp_flow_on_single_snat_port();
     assert_eq!(t.dp.gc_ct().expect("gc"), 0, "fresh entries stay");
-    let idle = limits::CT_OTHER_IDLE_NS + 1_000_000_000;
-    age_reply(&t, port, proto::UDP, idle);
-    let orig = ct_key(
-        CLIENT,
-        CLIENT_PORT,
-        NODE_IP,
-        NODE_PORT,
-        proto::UDP,
-        ct_dir::ORIGINAL,
-    );
-    t.dp.with_maps(|m| {
-        let mut v = m.ct.get(&orig, 0).expect("original entry");
-        v.last_seen_ns = super::sys::monotonic_ns().saturating_sub(idle);
-        m.ct.insert(orig, v, 0)
-    })
-    .expect("age original entry");
+    age_udp_flow(&t);
     assert_eq!(t.dp.gc_ct().expect("gc"), 2);
     assert!(ct(&t).is_empty());
 }
@@ -1425,7 +1166,7 @@ fn conntrack_gc_removes_flows_idle_in_both_directions() {
 fn a_full_conntrack_refuses_new_flows_keeps_established_ones_and_counts() {
     let t = nodeport_remote();
     // An established flow first.
-    let syn = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_SYN);
+    let syn = client_tcp(TCP_SYN);
     assert_eq!(netdev(&t, &syn).0, TC_ACT_REDIRECT);
     // Fill the rest of the table from userspace with flows of other clients.
     let filler = CtValue {
@@ -1468,7 +1209,7 @@ fn a_full_conntrack_refuses_new_flows_keeps_established_ones_and_counts() {
     assert_eq!(netdev(&t, &other).0, TC_ACT_SHOT);
     assert_eq!(metric(&t, DropReason::CtFull as u32), 1);
     // ... while the established one is still translated.
-    let data = tcp(CLIENT, CLIENT_PORT, NODE_IP, NODE_PORT, TCP_PSH_ACK);
+    let data = client_tcp(TCP_PSH_ACK);
     let (verdict, out) = netdev(&t, &data);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(tuple(&out).dst, REMOTE_BACKEND);

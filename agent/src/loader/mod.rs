@@ -474,6 +474,8 @@ fn attach_sock(
 }
 
 #[cfg(test)]
+mod packet_testutil;
+#[cfg(test)]
 pub(crate) mod testutil;
 
 #[cfg(test)]

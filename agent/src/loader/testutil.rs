@@ -136,3 +136,13 @@ impl TestDatapath {
         Self { dp, pins, cgroup }
     }
 }
+
+/// The packets counted at `index` of the datapath's metrics map.
+pub fn metric(t: &TestDatapath, index: u32) -> u64 {
+    t.dp.with_maps(|m| m.metric(index)).expect("metric").packets
+}
+
+/// The bytes counted at `index` of the datapath's metrics map.
+pub fn metric_bytes(t: &TestDatapath, index: u32) -> u64 {
+    t.dp.with_maps(|m| m.metric(index)).expect("metric").bytes
+}
