@@ -502,6 +502,18 @@ mod tests {
         p
     }
 
+    /// Plans `svc` against these Pods and stored slices (no Node zones).
+    fn plan_with(svc: &Service, pods: &[&Pod], slices: &[&EndpointSlice]) -> Vec<Change> {
+        plan(
+            svc,
+            &Snapshot {
+                pods: pods.to_vec(),
+                slices: slices.to_vec(),
+                ..Default::default()
+            },
+        )
+    }
+
     fn created(changes: &[Change]) -> Vec<&EndpointSlice> {
         changes
             .iter()
@@ -585,11 +597,8 @@ mod tests {
             p.status.as_mut().expect("status").pod_ip = None;
             p
         };
-        let snap = Snapshot {
-            pods: vec![&ready, &not_ready, &term_ready, &term_not_ready, &no_ip],
-            ..Default::default()
-        };
-        let changes = plan(&svc, &snap);
+        let pods = [&ready, &not_ready, &term_ready, &term_not_ready, &no_ip];
+        let changes = plan_with(&svc, &pods, &[]);
         let eps = created(&changes)[0].endpoints.clone().expect("endpoints");
         assert_eq!(eps.len(), 4, "pods without an IP are left out");
         assert_eq!(conditions(&eps[0]), (Some(true), Some(true), Some(false)));
@@ -603,7 +612,7 @@ mod tests {
             .as_mut()
             .expect("spec")
             .publish_not_ready_addresses = Some(true);
-        let eps = created(&plan(&publish, &snap))[0]
+        let eps = created(&plan_with(&publish, &pods, &[]))[0]
             .endpoints
             .clone()
             .expect("endpoints");
@@ -617,11 +626,7 @@ mod tests {
         let a = web_pod("a", "10.0.0.1", true, &[("web", 8080)]);
         let b = web_pod("b", "10.0.0.2", true, &[("web", 9090)]);
         let c = web_pod("c", "10.0.0.3", true, &[("web", 8080)]);
-        let snap = Snapshot {
-            pods: vec![&a, &b, &c],
-            ..Default::default()
-        };
-        let changes = plan(&svc, &snap);
+        let changes = plan_with(&svc, &[&a, &b, &c], &[]);
         let slices = created(&changes);
         assert_eq!(slices.len(), 2);
         let mut seen: Vec<(i32, usize)> = slices
@@ -644,14 +649,7 @@ mod tests {
             port("raw", 81, IntOrString::Int(81)),
         ]);
         let a = web_pod("a", "10.0.0.1", true, &[("other", 1)]);
-        let s = created(&plan(
-            &svc,
-            &Snapshot {
-                pods: vec![&a],
-                ..Default::default()
-            },
-        ))[0]
-            .clone();
+        let s = created(&plan_with(&svc, &[&a], &[]))[0].clone();
         let ports = s.ports.expect("ports");
         assert_eq!(ports.len(), 1);
         assert_eq!(ports[0].port, Some(81));
@@ -685,39 +683,15 @@ mod tests {
     fn existing_slices_are_updated_kept_or_deleted() {
         let svc = service(vec![port("http", 80, IntOrString::Int(80))]);
         let a = web_pod("a", "10.0.0.1", true, &[]);
-        let first = created(&plan(
-            &svc,
-            &Snapshot {
-                pods: vec![&a],
-                ..Default::default()
-            },
-        ))[0]
-            .clone();
+        let first = created(&plan_with(&svc, &[&a], &[]))[0].clone();
         let mut stored = first.clone();
         stored.metadata.name = Some("web-x1".into());
         stored.metadata.resource_version = Some("7".into());
         // Same Pods: nothing to do.
-        assert!(
-            plan(
-                &svc,
-                &Snapshot {
-                    pods: vec![&a],
-                    slices: vec![&stored],
-                    ..Default::default()
-                }
-            )
-            .is_empty()
-        );
+        assert!(plan_with(&svc, &[&a], &[&stored]).is_empty());
         // A Pod turns not ready: the slice is replaced in place, keeping its name and version.
         let a2 = web_pod("a", "10.0.0.1", false, &[]);
-        let changes = plan(
-            &svc,
-            &Snapshot {
-                pods: vec![&a2],
-                slices: vec![&stored],
-                ..Default::default()
-            },
-        );
+        let changes = plan_with(&svc, &[&a2], &[&stored]);
         match &changes[..] {
             [Change::Update(s)] => {
                 assert_eq!(s.metadata.name.as_deref(), Some("web-x1"));
@@ -732,14 +706,7 @@ mod tests {
         // A duplicate slice is deleted; no Pods leaves one empty slice.
         let mut dup = stored.clone();
         dup.metadata.name = Some("web-x2".into());
-        let changes = plan(
-            &svc,
-            &Snapshot {
-                pods: vec![],
-                slices: vec![&stored, &dup],
-                ..Default::default()
-            },
-        );
+        let changes = plan_with(&svc, &[], &[&stored, &dup]);
         assert!(
             changes.contains(&Change::Delete("web-x2".into())),
             "{changes:?}"
@@ -754,37 +721,12 @@ mod tests {
         let mut svc = service(vec![port("http", 80, IntOrString::Int(80))]);
         svc.spec.as_mut().expect("spec").selector = None;
         let a = web_pod("a", "10.0.0.1", true, &[]);
-        assert!(
-            plan(
-                &svc,
-                &Snapshot {
-                    pods: vec![&a],
-                    ..Default::default()
-                }
-            )
-            .is_empty()
-        );
+        assert!(plan_with(&svc, &[&a], &[]).is_empty());
         svc.spec.as_mut().expect("spec").selector = Some(BTreeMap::new());
-        assert!(
-            plan(
-                &svc,
-                &Snapshot {
-                    pods: vec![&a],
-                    ..Default::default()
-                }
-            )
-            .is_empty()
-        );
+        assert!(plan_with(&svc, &[&a], &[]).is_empty());
 
         let with_sel = service(vec![port("http", 80, IntOrString::Int(80))]);
-        let mut s = created(&plan(
-            &with_sel,
-            &Snapshot {
-                pods: vec![&a],
-                ..Default::default()
-            },
-        ))[0]
-            .clone();
+        let mut s = created(&plan_with(&with_sel, &[&a], &[]))[0].clone();
         s.metadata.name = Some("web-1".into());
         let mut foreign = s.clone();
         foreign.metadata.name = Some("custom".into());
@@ -805,14 +747,7 @@ mod tests {
         let svc = service(vec![port("http", 80, IntOrString::Int(80))]);
         let mut done = web_pod("a", "10.0.0.1", false, &[]);
         done.status.as_mut().expect("status").phase = Some("Succeeded".into());
-        let eps = created(&plan(
-            &svc,
-            &Snapshot {
-                pods: vec![&done],
-                ..Default::default()
-            },
-        ))[0]
-            .clone();
+        let eps = created(&plan_with(&svc, &[&done], &[]))[0].clone();
         assert!(eps.endpoints.expect("e").is_empty());
         assert!(eps.ports.expect("p").is_empty());
     }
