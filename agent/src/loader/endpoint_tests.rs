@@ -14,7 +14,7 @@ use keelson_common::{Counter, DropReason};
 
 use super::{
     Endpoint,
-    testutil::{Netns, TestDatapath, unique},
+    testutil::{Netns, TestDatapath, metric, unique},
 };
 
 struct Pod {
@@ -148,10 +148,6 @@ fn tcx_programs(t: &TestDatapath, node: &Netns, ifname: &str) -> usize {
     })
     .expect("enter netns")
     .unwrap_or_else(|e| panic!("query tcx on {ifname} ({}): {e}", t.pins.0.display()))
-}
-
-fn metric(t: &TestDatapath, index: u32) -> u64 {
-    t.dp.with_maps(|m| m.metric(index)).expect("metric").packets
 }
 
 #[test]

@@ -15,12 +15,20 @@ use std::{
 
 use super::{
     sys,
-    testutil::{Netns, TestDatapath},
+    testutil::{ChildGuard, Netns, TestDatapath, metric, unique},
 };
 use crate::services::{
     model::{BackendAddr, DesiredState, Frontend, Proto},
     plan,
 };
+
+/// A network namespace and a datapath on a cgroup, both of the test's own, named after `name`.
+/// (Bound in this order, the datapath goes first when the test ends.)
+fn setup(name: &str) -> (Netns, TestDatapath) {
+    let ns = Netns::new(&unique(name));
+    let t = TestDatapath::load(name, None);
+    (ns, t)
+}
 
 /// Programs `desired` into the datapath the way the services loop does.
 fn program(t: &TestDatapath, desired: &DesiredState) {
@@ -98,7 +106,7 @@ fn client(t: &TestDatapath, ns: &Netns, script: &str) -> String {
             Ok(())
         });
     }
-    let mut child = super::testutil::ChildGuard(cmd.spawn().expect("spawn client"));
+    let mut child = ChildGuard(cmd.spawn().expect("spawn client"));
     let mut out = String::new();
     let mut err = String::new();
     if let Some(mut s) = child.0.stdout.take() {
@@ -110,6 +118,31 @@ fn client(t: &TestDatapath, ns: &Netns, script: &str) -> String {
     let status = child.0.wait().expect("wait client");
     assert!(status.success(), "client failed: {status}\n{out}\n{err}");
     out
+}
+
+/// A client script of AF_INET6 sockets to the IPv6 address `vip`: 40 TCP connections to
+/// port 80, each checked to show `vip` as its peer, then one datagram to port 53. Prints the
+/// backends the connections reached, then the datagram's answer and its source.
+fn ipv6_client(vip: &str) -> String {
+    format!(
+        r#"
+import socket
+seen = set()
+for _ in range(40):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(("{vip}", 80))
+    seen.add(s.makefile().readline().strip())
+    assert s.getpeername()[:2] == ("{vip}", 80), s.getpeername()
+    s.close()
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.sendto(b"ping", ("{vip}", 53))
+data, addr = u.recvfrom(512)
+print(" ".join(sorted(seen)))
+print(data.decode(), addr[0], addr[1])
+"#
+    )
 }
 
 fn frontend(vip: Ipv4Addr, port: u16, proto: Proto) -> Frontend {
@@ -128,19 +161,25 @@ fn loopback(port: u16, proto: Proto) -> BackendAddr {
     }
 }
 
+/// TCP backends on 127.0.0.1 at `ports`.
+fn loopback_tcp(ports: &[u16]) -> Vec<BackendAddr> {
+    ports.iter().map(|&p| loopback(p, Proto::Tcp)).collect()
+}
+
+/// A desired state of `services` and nothing else.
+fn only_services<const N: usize>(services: [(Frontend, Vec<BackendAddr>); N]) -> DesiredState {
+    DesiredState {
+        services: BTreeMap::from(services),
+        ..Default::default()
+    }
+}
+
 #[test]
 fn tcp_connect_to_cluster_ip_reaches_every_backend() {
-    let ns = Netns::new(&super::testutil::unique("socktcp"));
-    let t = TestDatapath::load("socktcp", None);
+    let (ns, t) = setup("socktcp");
     let ports = tcp_backends(&ns, 3);
     let vip = Ipv4Addr::new(10, 96, 7, 1);
-    let desired = DesiredState {
-        services: BTreeMap::from([(
-            frontend(vip, 80, Proto::Tcp),
-            ports.iter().map(|&p| loopback(p, Proto::Tcp)).collect(),
-        )]),
-        ..Default::default()
-    };
+    let desired = only_services([(frontend(vip, 80, Proto::Tcp), loopback_tcp(&ports))]);
     program(&t, &desired);
 
     let out = client(
@@ -170,22 +209,18 @@ for _ in range(60):
         lines.iter().all(|l| l.ends_with(&format!(" {vip} 80"))),
         "{out}"
     );
-    let xlated =
-        t.dp.with_maps(|m| m.metric(keelson_common::Counter::SockConnectXlated as u32))
-            .expect("metric");
-    assert_eq!(xlated.packets, 60);
+    assert_eq!(
+        metric(&t, keelson_common::Counter::SockConnectXlated as u32),
+        60
+    );
 }
 
 #[test]
 fn service_without_backends_refuses_connect_and_others_pass_untouched() {
-    let ns = Netns::new(&super::testutil::unique("sockrej"));
-    let t = TestDatapath::load("sockrej", None);
+    let (ns, t) = setup("sockrej");
     let ports = tcp_backends(&ns, 1);
     let vip = Ipv4Addr::new(10, 96, 7, 2);
-    let desired = DesiredState {
-        services: BTreeMap::from([(frontend(vip, 80, Proto::Tcp), vec![])]),
-        ..Default::default()
-    };
+    let desired = only_services([(frontend(vip, 80, Proto::Tcp), vec![])]);
     program(&t, &desired);
     let out = client(
         &t,
@@ -206,26 +241,19 @@ print(s.makefile().readline().strip())
         ),
     );
     assert_eq!(out, "refused EPERM\nbackend-0\n");
-    let refused =
-        t.dp.with_maps(|m| m.metric(keelson_common::DropReason::NoBackend as u32))
-            .expect("metric");
-    assert_eq!(refused.packets, 1);
+    assert_eq!(metric(&t, keelson_common::DropReason::NoBackend as u32), 1);
 }
 
 #[test]
 fn udp_replies_come_from_the_cluster_ip() {
-    let ns = Netns::new(&super::testutil::unique("sockudp"));
-    let t = TestDatapath::load("sockudp", None);
+    let (ns, t) = setup("sockudp");
     let a = udp_backend(&ns, "udp-a");
     let b = udp_backend(&ns, "udp-b");
     let vip = Ipv4Addr::new(10, 96, 7, 3);
-    let desired = DesiredState {
-        services: BTreeMap::from([(
-            frontend(vip, 53, Proto::Udp),
-            vec![loopback(a, Proto::Udp), loopback(b, Proto::Udp)],
-        )]),
-        ..Default::default()
-    };
+    let desired = only_services([(
+        frontend(vip, 53, Proto::Udp),
+        vec![loopback(a, Proto::Udp), loopback(b, Proto::Udp)],
+    )]);
     program(&t, &desired);
     let out = client(
         &t,
@@ -259,62 +287,31 @@ print(" ".join(sorted(seen)))
 
 #[test]
 fn dual_stack_sockets_reach_cluster_ips_through_ipv4_mapped_addresses() {
-    let ns = Netns::new(&super::testutil::unique("sock6"));
-    let t = TestDatapath::load("sock6", None);
+    let (ns, t) = setup("sock6");
     let ports = tcp_backends(&ns, 2);
     let udp = udp_backend(&ns, "udp-6");
     let vip = Ipv4Addr::new(10, 96, 7, 4);
-    let desired = DesiredState {
-        services: BTreeMap::from([
-            (
-                frontend(vip, 80, Proto::Tcp),
-                ports.iter().map(|&p| loopback(p, Proto::Tcp)).collect(),
-            ),
-            (
-                frontend(vip, 53, Proto::Udp),
-                vec![loopback(udp, Proto::Udp)],
-            ),
-        ]),
-        ..Default::default()
-    };
-    program(&t, &desired);
-    let out = client(
-        &t,
-        &ns,
-        &format!(
-            r#"
-import socket
-seen = set()
-for _ in range(40):
-    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    s.settimeout(5)
-    s.connect(("::ffff:{vip}", 80))
-    seen.add(s.makefile().readline().strip())
-    assert s.getpeername()[:2] == ("::ffff:{vip}", 80), s.getpeername()
-    s.close()
-u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-u.settimeout(5)
-u.sendto(b"ping", ("::ffff:{vip}", 53))
-data, addr = u.recvfrom(512)
-print(" ".join(sorted(seen)))
-print(data.decode(), addr[0], addr[1])
-"#
+    let desired = only_services([
+        (frontend(vip, 80, Proto::Tcp), loopback_tcp(&ports)),
+        (
+            frontend(vip, 53, Proto::Udp),
+            vec![loopback(udp, Proto::Udp)],
         ),
-    );
+    ]);
+    program(&t, &desired);
+    let out = client(&t, &ns, &ipv6_client(&format!("::ffff:{vip}")));
     assert_eq!(out, format!("backend-0 backend-1\nudp-6 ::ffff:{vip} 53\n"));
 }
 
 #[test]
 fn client_ip_affinity_keeps_a_client_on_one_backend() {
-    let ns = Netns::new(&super::testutil::unique("sockaff"));
-    let t = TestDatapath::load("sockaff", None);
+    let (ns, t) = setup("sockaff");
     let ports = tcp_backends(&ns, 4);
     let vip = Ipv4Addr::new(10, 96, 7, 5);
     let f = frontend(vip, 80, Proto::Tcp);
     let desired = DesiredState {
-        services: BTreeMap::from([(f, ports.iter().map(|&p| loopback(p, Proto::Tcp)).collect())]),
         affinity: BTreeMap::from([(f, 60)]),
-        ..DesiredState::default()
+        ..only_services([(f, loopback_tcp(&ports))])
     };
     program(&t, &desired);
     let script = format!(
@@ -342,8 +339,7 @@ for _ in range(30):
 
 #[test]
 fn ipv6_cluster_ips_are_balanced_and_reverse_translated() {
-    let ns = Netns::new(&super::testutil::unique("sockv6"));
-    let t = TestDatapath::load("sockv6", None);
+    let (ns, t) = setup("sockv6");
     let ports = tcp_backends_on(&ns, 2, "[::1]:0");
     let udp = udp_backend_on(&ns, "udp-v6", "[::1]:0");
     let vip: std::net::IpAddr = "fd00:96::7".parse().expect("vip");
@@ -363,38 +359,15 @@ fn ipv6_cluster_ips_are_balanced_and_reverse_translated() {
         port: 53,
         proto: Proto::Udp,
     };
-    let desired = DesiredState {
-        services: BTreeMap::from([
-            (
-                tcp_f,
-                ports.iter().map(|&p| backend(p, Proto::Tcp)).collect(),
-            ),
-            (udp_f, vec![backend(udp, Proto::Udp)]),
-        ]),
-        ..Default::default()
-    };
-    program(&t, &desired);
-    let out = client(
-        &t,
-        &ns,
-        &format!(
-            r#"
-import socket
-seen = set()
-for _ in range(40):
-    s = socket.create_connection(("{vip}", 80), timeout=5)
-    seen.add(s.makefile().readline().strip())
-    assert s.getpeername()[:2] == ("{vip}", 80), s.getpeername()
-    s.close()
-u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-u.settimeout(5)
-u.sendto(b"ping", ("{vip}", 53))
-data, addr = u.recvfrom(512)
-print(" ".join(sorted(seen)))
-print(data.decode(), addr[0], addr[1])
-"#
+    let desired = only_services([
+        (
+            tcp_f,
+            ports.iter().map(|&p| backend(p, Proto::Tcp)).collect(),
         ),
-    );
+        (udp_f, vec![backend(udp, Proto::Udp)]),
+    ]);
+    program(&t, &desired);
+    let out = client(&t, &ns, &ipv6_client(&vip.to_string()));
     assert_eq!(out, format!("backend-0 backend-1\nudp-v6 {vip} 53\n"));
     let dump = crate::bpf::dump(&t.pins.0, "services", false).expect("dump");
     assert!(
