@@ -16,6 +16,23 @@ use serde_json::json;
 
 use super::testutil::{start_server, wait_for};
 
+/// The Node of the test, with its stand-in kubelet.
+const NODE: &str = "kls-t-ctl-n1";
+
+/// The objects `api` lists with label selector `labels`; None while the list fails.
+async fn labelled<K>(api: &Api<K>, labels: &str) -> Option<Vec<K>>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let list = api.list(&ListParams::default().labels(labels)).await.ok()?;
+    Some(list.items)
+}
+
+/// Whether `p` is bound to the test's Node.
+fn on_node(p: &Pod) -> bool {
+    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(NODE)
+}
+
 fn now_rfc3339() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
@@ -29,7 +46,7 @@ async fn deployment_service_and_node_reconcile_through_the_api() {
     let nodes: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": "kls-t-ctl-n1", "labels": {"topology.kubernetes.io/zone": "z1"}}
+        "metadata": {"name": NODE, "labels": {"topology.kubernetes.io/zone": "z1"}}
     }))
     .expect("node");
     let mut node = nodes
@@ -47,13 +64,13 @@ async fn deployment_service_and_node_reconcile_through_the_api() {
         ("pods".into(), q("110")),
     ]));
     nodes
-        .replace_status("kls-t-ctl-n1", &PostParams::default(), &node)
+        .replace_status(NODE, &PostParams::default(), &node)
         .await
         .expect("node status");
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let lease: Lease = serde_json::from_value(json!({
-        "metadata": {"name": "kls-t-ctl-n1"},
-        "spec": {"holderIdentity": "kls-t-ctl-n1", "leaseDurationSeconds": 40, "renewTime": now_rfc3339()}
+        "metadata": {"name": NODE},
+        "spec": {"holderIdentity": NODE, "leaseDurationSeconds": 40, "renewTime": now_rfc3339()}
     }))
     .expect("lease");
     leases
@@ -64,7 +81,7 @@ async fn deployment_service_and_node_reconcile_through_the_api() {
     // Node IPAM gives it a podCIDR from the cluster CIDR.
     let cidr = wait_for("a podCIDR", Duration::from_secs(5), || {
         let nodes = nodes.clone();
-        async move { nodes.get("kls-t-ctl-n1").await.ok()?.spec?.pod_cidr }
+        async move { nodes.get(NODE).await.ok()?.spec?.pod_cidr }
     })
     .await;
     assert_eq!(cidr, "10.244.0.0/24");
@@ -106,17 +123,8 @@ async fn deployment_service_and_node_reconcile_through_the_api() {
     let bound = wait_for("3 bound pods", Duration::from_secs(10), || {
         let pods = pods.clone();
         async move {
-            let list = pods
-                .list(&ListParams::default().labels("app=web"))
-                .await
-                .ok()?;
-            let bound: Vec<Pod> = list
-                .items
-                .into_iter()
-                .filter(|p| {
-                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("kls-t-ctl-n1")
-                })
-                .collect();
+            let list = labelled(&pods, "app=web").await?;
+            let bound: Vec<Pod> = list.into_iter().filter(on_node).collect();
             (bound.len() == 3).then_some(bound)
         }
     })
@@ -158,11 +166,8 @@ async fn deployment_service_and_node_reconcile_through_the_api() {
         || {
             let slices = slices.clone();
             async move {
-                let list = slices
-                    .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
-                    .await
-                    .ok()?;
-                let s = list.items.into_iter().next()?;
+                let list = labelled(&slices, "kubernetes.io/service-name=web").await?;
+                let s = list.into_iter().next()?;
                 let ready = s
                     .endpoints
                     .iter()
@@ -197,12 +202,8 @@ async fn deployment_service_and_node_reconcile_through_the_api() {
     wait_for("1 active pod", Duration::from_secs(2), || {
         let pods = pods.clone();
         async move {
-            let list = pods
-                .list(&ListParams::default().labels("app=web"))
-                .await
-                .ok()?;
+            let list = labelled(&pods, "app=web").await?;
             (list
-                .items
                 .iter()
                 .filter(|p| p.metadata.deletion_timestamp.is_none())
                 .count()
@@ -240,11 +241,8 @@ async fn deployment_service_and_node_reconcile_through_the_api() {
     wait_for("the slices collected", Duration::from_secs(5), || {
         let slices = slices.clone();
         async move {
-            let list = slices
-                .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
-                .await
-                .ok()?;
-            list.items.is_empty().then_some(())
+            let list = labelled(&slices, "kubernetes.io/service-name=web").await?;
+            list.is_empty().then_some(())
         }
     })
     .await;
@@ -268,18 +266,9 @@ async fn deployment_service_and_node_reconcile_through_the_api() {
     wait_for("the daemon pod", Duration::from_secs(5), || {
         let pods = pods.clone();
         async move {
-            let list = pods
-                .list(&ListParams::default().labels("app=agent"))
-                .await
-                .ok()?;
-            let on_node = list
-                .items
-                .iter()
-                .filter(|p| {
-                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("kls-t-ctl-n1")
-                })
-                .count();
-            (list.items.len() == 1 && on_node == 1).then_some(())
+            let list = labelled(&pods, "app=agent").await?;
+            let bound = list.iter().filter(|p| on_node(p)).count();
+            (list.len() == 1 && bound == 1).then_some(())
         }
     })
     .await;
@@ -298,12 +287,8 @@ async fn deployment_service_and_node_reconcile_through_the_api() {
     wait_for("the daemon pod collected", Duration::from_secs(5), || {
         let pods = pods.clone();
         async move {
-            let list = pods
-                .list(&ListParams::default().labels("app=agent"))
-                .await
-                .ok()?;
-            list.items
-                .iter()
+            let list = labelled(&pods, "app=agent").await?;
+            list.iter()
                 .all(|p| p.metadata.deletion_timestamp.is_some())
                 .then_some(())
         }
