@@ -1,18 +1,38 @@
 //! Service admission: ClusterIP allocation from the Service CIDR, NodePort and
 //! healthCheckNodePort allocation from 30000-32767. Allocations are derived from the stored
-//! Services on every request, so they survive restarts without a separate bitmap (kube-apiserver
-//! keeps one; we keep it implicit).
+//! Services, so they survive restarts without a separate bitmap (kube-apiserver keeps one; we
+//! keep it implicit): either from a list of them ([`Allocated::from_services`]) or from an
+//! [`AllocationIndex`] that lists them once and then follows the store's changes, so admitting
+//! a Service costs the writes since the last admission rather than a read of every Service.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt,
+    net::Ipv4Addr,
+    time::Duration,
+};
 
+use futures::StreamExt as _;
 use serde_json::{Value, json};
+use tokio::sync::{Mutex, MutexGuard};
 
 use super::{ApiConfig, error::Cause};
 use crate::registry::validation::{externally_accessible, needs_health_check_node_port};
+use crate::store::{Store, StoreError, WatchEvent, WatchStream};
 
 /// The protocol a healthCheckNodePort is served over: kube-proxy (and keelson's agent) answer
 /// the load balancer's HTTP probe on it, so it occupies the TCP nodePort of that number.
 const HEALTH_CHECK_PROTOCOL: &str = "TCP";
+
+/// What admission asks of the allocations of the stored Services (other than the one being
+/// admitted).
+pub trait InUse {
+    /// A stored Service holds `ip` as a ClusterIP.
+    fn ip_in_use(&self, ip: &Ipv4Addr) -> bool;
+    /// A stored Service holds `port` as a nodePort of `proto`, or (TCP) as its
+    /// healthCheckNodePort.
+    fn node_port_in_use(&self, port: u16, proto: &str) -> bool;
+}
 
 /// What the stored Services (other than the one being admitted) already use.
 #[derive(Debug, Default)]
@@ -30,41 +50,262 @@ impl Allocated {
     ) -> Self {
         let mut out = Self::default();
         for svc in services {
-            let (ns, name) = (
-                svc["metadata"]["namespace"].as_str(),
-                svc["metadata"]["name"].as_str(),
-            );
-            if (ns.unwrap_or_default(), name.unwrap_or_default()) == skip {
+            if service_name(svc) == skip {
                 continue;
             }
-            let spec = &svc["spec"];
-            let ips = spec["clusterIPs"]
-                .as_array()
-                .cloned()
-                .unwrap_or_else(|| vec![spec["clusterIP"].clone()]);
-            for ip in ips
-                .iter()
-                .filter_map(Value::as_str)
-                .filter_map(|s| s.parse().ok())
-            {
-                out.ips.insert(ip);
-            }
-            for p in spec["ports"].as_array().into_iter().flatten() {
-                if let Some(np) = p["nodePort"].as_u64().and_then(|n| u16::try_from(n).ok()) {
-                    out.node_ports
-                        .insert((np, p["protocol"].as_str().unwrap_or("TCP").to_string()));
-                }
-            }
-            if let Some(hc) = spec["healthCheckNodePort"]
-                .as_u64()
-                .and_then(|n| u16::try_from(n).ok())
-                .filter(|n| *n != 0)
-            {
-                out.node_ports
-                    .insert((hc, HEALTH_CHECK_PROTOCOL.to_string()));
-            }
+            out.add(svc);
         }
         out
+    }
+
+    /// Adds the allocations `svc` holds.
+    fn add(&mut self, svc: &Value) {
+        let spec = &svc["spec"];
+        let ips = spec["clusterIPs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| vec![spec["clusterIP"].clone()]);
+        for ip in ips
+            .iter()
+            .filter_map(Value::as_str)
+            .filter_map(|s| s.parse().ok())
+        {
+            self.ips.insert(ip);
+        }
+        for p in spec["ports"].as_array().into_iter().flatten() {
+            if let Some(np) = p["nodePort"].as_u64().and_then(|n| u16::try_from(n).ok()) {
+                self.node_ports
+                    .insert((np, p["protocol"].as_str().unwrap_or("TCP").to_string()));
+            }
+        }
+        if let Some(hc) = spec["healthCheckNodePort"]
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n != 0)
+        {
+            self.node_ports
+                .insert((hc, HEALTH_CHECK_PROTOCOL.to_string()));
+        }
+    }
+}
+
+impl InUse for Allocated {
+    fn ip_in_use(&self, ip: &Ipv4Addr) -> bool {
+        self.ips.contains(ip)
+    }
+
+    fn node_port_in_use(&self, port: u16, proto: &str) -> bool {
+        self.node_ports.contains(&(port, proto.to_string()))
+    }
+}
+
+/// A stored Service's (namespace, name), as [`Allocated::from_services`] matches `skip`.
+fn service_name(svc: &Value) -> (&str, &str) {
+    (
+        svc["metadata"]["namespace"].as_str().unwrap_or_default(),
+        svc["metadata"]["name"].as_str().unwrap_or_default(),
+    )
+}
+
+/// How long an admission waits for the store's change stream to reach the current revision
+/// before it rebuilds the index from a list instead.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The allocations of every stored Service, in memory: built from one list of the Services,
+/// then kept current from a watch of the whole store (every write is an event there, so the
+/// index knows when it has seen every write up to a revision). Before each admission it takes
+/// the writes up to the store's current revision, so it answers exactly as
+/// [`Allocated::from_services`] over a fresh list would. Callers serialise admissions (the
+/// API's `alloc_lock`); the index's own lock only guards its state.
+#[derive(Default)]
+pub struct AllocationIndex {
+    inner: Mutex<Option<Index>>,
+}
+
+impl fmt::Debug for AllocationIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AllocationIndex").finish_non_exhaustive()
+    }
+}
+
+struct Index {
+    /// The Services' key prefix.
+    prefix: String,
+    /// Every write at or below this revision is reflected.
+    revision: i64,
+    /// Every write after `revision`.
+    changes: WatchStream,
+    /// Each stored Service's own allocations, by (namespace, name).
+    services: HashMap<(String, String), Allocated>,
+    /// The (namespace, name) of each stored key, for deletions.
+    names: HashMap<String, (String, String)>,
+    /// How many stored Services hold each ClusterIP / (nodePort, protocol).
+    ips: HashMap<Ipv4Addr, u32>,
+    node_ports: HashMap<(u16, String), u32>,
+}
+
+impl Index {
+    async fn build<S: Store>(store: &S, prefix: &str) -> Result<Self, StoreError> {
+        let listed = store.list(prefix, None, 0).await?;
+        let changes = store.watch("", listed.revision).await?;
+        let mut index = Self {
+            prefix: prefix.to_string(),
+            revision: listed.revision,
+            changes,
+            services: HashMap::new(),
+            names: HashMap::new(),
+            ips: HashMap::new(),
+            node_ports: HashMap::new(),
+        };
+        for kv in &listed.items {
+            index.put(&kv.key, &kv.value);
+        }
+        Ok(index)
+    }
+
+    /// Takes the store's writes up to `target`.
+    async fn catch_up(&mut self, target: i64) -> Result<(), StoreError> {
+        while self.revision < target {
+            let event = match self.changes.next().await {
+                Some(event) => event?,
+                None => return Err(StoreError::Backend("the store's watch ended".into())),
+            };
+            self.revision = event.revision();
+            match event {
+                WatchEvent::Put { kv, .. } if kv.key.starts_with(&self.prefix) => {
+                    self.put(&kv.key, &kv.value);
+                }
+                WatchEvent::Delete { prev, .. } if prev.key.starts_with(&self.prefix) => {
+                    self.remove(&prev.key);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, key: &str, value: &[u8]) {
+        self.remove(key);
+        // An unreadable stored object holds nothing, as the handlers' list skips it.
+        let Ok(svc) = serde_json::from_slice::<Value>(value) else {
+            return;
+        };
+        let (ns, name) = service_name(&svc);
+        let name = (ns.to_string(), name.to_string());
+        let mut own = Allocated::default();
+        own.add(&svc);
+        for ip in &own.ips {
+            *self.ips.entry(*ip).or_default() += 1;
+        }
+        for port in &own.node_ports {
+            *self.node_ports.entry(port.clone()).or_default() += 1;
+        }
+        self.names.insert(key.to_string(), name.clone());
+        if let Some(before) = self.services.insert(name, own) {
+            // Two keys naming one Service: keep the counts of the one replaced.
+            self.forget(&before);
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        let Some(name) = self.names.remove(key) else {
+            return;
+        };
+        if let Some(own) = self.services.remove(&name) {
+            self.forget(&own);
+        }
+    }
+
+    fn forget(&mut self, own: &Allocated) {
+        for ip in &own.ips {
+            if let Some(n) = self.ips.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.ips.remove(ip);
+                }
+            }
+        }
+        for port in &own.node_ports {
+            if let Some(n) = self.node_ports.get_mut(port) {
+                *n -= 1;
+                if *n == 0 {
+                    self.node_ports.remove(port);
+                }
+            }
+        }
+    }
+}
+
+impl AllocationIndex {
+    /// The allocations of every Service stored under `prefix` except `skip` (namespace,
+    /// name), as of the store's current revision.
+    pub async fn used<S: Store>(
+        &self,
+        store: &S,
+        prefix: &str,
+        skip: (&str, &str),
+    ) -> Result<IndexedAllocations<'_>, StoreError> {
+        let mut guard = self.inner.lock().await;
+        let target = store.current_revision().await?;
+        let current = match guard.as_mut() {
+            Some(index) if index.prefix == prefix => {
+                // A watch that ended (compacted past), failed or stalls is replaced by a
+                // fresh list.
+                matches!(
+                    tokio::time::timeout(CATCH_UP_TIMEOUT, index.catch_up(target)).await,
+                    Ok(Ok(()))
+                )
+            }
+            _ => false,
+        };
+        if !current {
+            *guard = Some(Index::build(store, prefix).await?);
+        }
+        Ok(IndexedAllocations {
+            guard,
+            skip: (skip.0.to_string(), skip.1.to_string()),
+        })
+    }
+}
+
+/// The view [`AllocationIndex::used`] returns: every stored Service's allocations but one's.
+pub struct IndexedAllocations<'a> {
+    guard: MutexGuard<'a, Option<Index>>,
+    skip: (String, String),
+}
+
+impl fmt::Debug for IndexedAllocations<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IndexedAllocations")
+            .field("skip", &self.skip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IndexedAllocations<'_> {
+    fn skipped(&self) -> Option<&Allocated> {
+        self.guard.as_ref()?.services.get(&self.skip)
+    }
+}
+
+impl InUse for IndexedAllocations<'_> {
+    fn ip_in_use(&self, ip: &Ipv4Addr) -> bool {
+        let held = self
+            .guard
+            .as_ref()
+            .and_then(|i| i.ips.get(ip).copied())
+            .unwrap_or(0);
+        held > u32::from(self.skipped().is_some_and(|a| a.ips.contains(ip)))
+    }
+
+    fn node_port_in_use(&self, port: u16, proto: &str) -> bool {
+        let key = (port, proto.to_string());
+        let held = self
+            .guard
+            .as_ref()
+            .and_then(|i| i.node_ports.get(&key).copied())
+            .unwrap_or(0);
+        held > u32::from(self.skipped().is_some_and(|a| a.node_ports.contains(&key)))
     }
 }
 
@@ -77,7 +318,7 @@ pub fn admit_service(
     cfg: &ApiConfig,
     svc: &mut Value,
     old: Option<&Value>,
-    used: &Allocated,
+    used: &impl InUse,
 ) -> Vec<Cause> {
     let mut causes = Vec::new();
     let ty = svc["spec"]["type"]
@@ -161,7 +402,7 @@ pub fn admit_service(
                     ));
                         None
                     }
-                    Ok(ip) if used.ips.contains(&ip) => {
+                    Ok(ip) if used.ip_in_use(&ip) => {
                         causes.push(Cause::invalid(
                             "spec.clusterIPs[0]",
                             &json!(req),
@@ -241,8 +482,7 @@ pub fn admit_service(
                 }
                 Some(n) => {
                     let n = u16::try_from(n).unwrap_or(lo);
-                    if used.node_ports.contains(&(n, proto.clone()))
-                        || taken_here.contains(&(n, proto.clone()))
+                    if used.node_port_in_use(n, &proto) || taken_here.contains(&(n, proto.clone()))
                     {
                         causes.push(Cause::invalid(
                             field,
@@ -288,7 +528,9 @@ pub fn admit_service(
             }
             Some(n) => {
                 let n = u16::try_from(n).unwrap_or(lo);
-                if used.node_ports.contains(&hc_key(n)) || taken_here.contains(&hc_key(n)) {
+                if used.node_port_in_use(n, HEALTH_CHECK_PROTOCOL)
+                    || taken_here.contains(&hc_key(n))
+                {
                     causes.push(Cause::invalid(
                         field,
                         &json!(n),
@@ -318,7 +560,7 @@ pub fn admit_service(
     causes
 }
 
-fn allocate_ip(cfg: &ApiConfig, used: &Allocated) -> Option<Ipv4Addr> {
+fn allocate_ip(cfg: &ApiConfig, used: &impl InUse) -> Option<Ipv4Addr> {
     let net = cfg.service_cidr;
     let base = u32::from(net.network());
     let size = 1u64 << (32 - u32::from(net.prefix()));
@@ -330,12 +572,12 @@ fn allocate_ip(cfg: &ApiConfig, used: &Allocated) -> Option<Ipv4Addr> {
     let start = rand::random::<u64>() % span;
     (0..span)
         .map(|i| Ipv4Addr::from(base + u32::try_from(2 + (start + i) % span).unwrap_or(2)))
-        .find(|ip| !used.ips.contains(ip))
+        .find(|ip| !used.ip_in_use(ip))
 }
 
 fn allocate_port(
     cfg: &ApiConfig,
-    used: &Allocated,
+    used: &impl InUse,
     here: &BTreeSet<(u16, String)>,
     proto: &str,
 ) -> Option<u16> {
@@ -344,10 +586,7 @@ fn allocate_port(
     let start = rand::random::<u32>() % span;
     (0..span)
         .filter_map(|i| u16::try_from(u32::from(lo) + (start + i) % span).ok())
-        .find(|p| {
-            !used.node_ports.contains(&(*p, proto.to_string()))
-                && !here.contains(&(*p, proto.to_string()))
-        })
+        .find(|p| !used.node_port_in_use(*p, proto) && !here.contains(&(*p, proto.to_string())))
 }
 
 #[cfg(test)]
@@ -541,5 +780,130 @@ mod tests {
         local["spec"]["externalTrafficPolicy"] = json!("Local");
         assert!(admit_service(&cfg, &mut local, Some(&cluster), &used).is_empty());
         assert!(hc_port(&local).is_some());
+    }
+
+    /// The index answers every probe as [`Allocated::from_services`] over a fresh list does,
+    /// through creates, updates, deletes, writes of other kinds and a compaction.
+    #[tokio::test]
+    async fn api_alloc_index_answers_as_a_fresh_list() {
+        use crate::store::SqliteStore;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("store.db")).expect("store");
+        let prefix = "/registry/services/specs/";
+        let mut cfg =
+            ApiConfig::with_admin_token("10.96.0.0/28".parse().expect("cidr"), "t".into());
+        cfg.node_port_range = (30000, 30011);
+        let index = AllocationIndex::default();
+        let key = |ns: &str, name: &str| format!("{prefix}{ns}/{name}");
+
+        async fn agree(
+            store: &SqliteStore,
+            index: &AllocationIndex,
+            prefix: &str,
+            skip: (&str, &str),
+        ) {
+            let listed = store.list(prefix, None, 0).await.expect("list");
+            let values: Vec<Value> = listed
+                .items
+                .iter()
+                .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+                .collect();
+            let fresh = Allocated::from_services(values.iter(), skip);
+            let used = index.used(store, prefix, skip).await.expect("index");
+            for last in 0..16u8 {
+                let ip = Ipv4Addr::new(10, 96, 0, last);
+                assert_eq!(
+                    used.ip_in_use(&ip),
+                    fresh.ip_in_use(&ip),
+                    "{ip} skipping {skip:?}"
+                );
+            }
+            for port in 29999..30013 {
+                for proto in ["TCP", "UDP"] {
+                    assert_eq!(
+                        used.node_port_in_use(port, proto),
+                        fresh.node_port_in_use(port, proto),
+                        "{port}/{proto} skipping {skip:?}"
+                    );
+                }
+            }
+        }
+
+        // Creates admitted against the index, as the API server does.
+        for (i, ty) in ["NodePort", "ClusterIP", "LoadBalancer", "NodePort"]
+            .iter()
+            .enumerate()
+        {
+            let name = format!("s{i}");
+            let mut svc = json!({"metadata": {"name": name, "namespace": "d"},
+                "spec": {"type": ty, "externalTrafficPolicy": "Local",
+                         "ports": [{"port": 80, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}});
+            let causes = {
+                let used = index
+                    .used(&store, prefix, ("d", &name))
+                    .await
+                    .expect("index");
+                admit_service(&cfg, &mut svc, None, &used)
+            };
+            assert!(causes.is_empty(), "{causes:?}");
+            store
+                .create(&key("d", &name), serde_json::to_vec(&svc).expect("json"))
+                .await
+                .expect("create");
+            agree(&store, &index, prefix, ("d", "s0")).await;
+            agree(&store, &index, prefix, ("d", &name)).await;
+        }
+        // No two Services got one address or port.
+        let listed = store.list(prefix, None, 0).await.expect("list");
+        let values: Vec<Value> = listed
+            .items
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        let ips: BTreeSet<&str> = values
+            .iter()
+            .filter_map(|v| v["spec"]["clusterIP"].as_str())
+            .collect();
+        assert_eq!(ips.len(), 4);
+
+        // An update that drops the nodePorts, a write of another kind, a delete.
+        let s0 = store.get(&key("d", "s0")).await.expect("get").expect("s0");
+        let mut v: Value = serde_json::from_slice(&s0.value).expect("json");
+        v["spec"]["type"] = json!("ClusterIP");
+        for p in v["spec"]["ports"].as_array_mut().expect("ports") {
+            p.as_object_mut().expect("port").remove("nodePort");
+        }
+        store
+            .update(
+                &key("d", "s0"),
+                serde_json::to_vec(&v).expect("json"),
+                s0.mod_revision,
+            )
+            .await
+            .expect("update");
+        store
+            .create("/registry/pods/d/p", b"{}".to_vec())
+            .await
+            .expect("pod");
+        agree(&store, &index, prefix, ("d", "none")).await;
+        let (_, rev) = store.delete(&key("d", "s2"), None).await.expect("delete");
+        agree(&store, &index, prefix, ("d", "s1")).await;
+        // An unreadable stored object holds nothing.
+        store
+            .create(&key("d", "bad"), b"not json".to_vec())
+            .await
+            .expect("bad");
+        agree(&store, &index, prefix, ("d", "none")).await;
+
+        // A compaction of writes the index has not taken yet: it still answers as a list
+        // does (from its watch, or from a list when the watch ended).
+        store.create(&key("d", "late"), serde_json::to_vec(&json!({"metadata": {"name": "late", "namespace": "d"},
+            "spec": {"clusterIP": "10.96.0.14", "ports": [{"port": 80, "nodePort": 30011, "protocol": "TCP"}]}})).expect("json")).await.expect("late");
+        let now = store.current_revision().await.expect("rev");
+        store.compact(now).await.expect("compact");
+        assert!(now > rev);
+        agree(&store, &index, prefix, ("d", "none")).await;
+        agree(&store, &index, prefix, ("d", "late")).await;
     }
 }
