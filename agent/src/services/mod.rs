@@ -238,3 +238,5 @@ mod tests;
 
 #[cfg(test)]
 mod plan_external_tests;
+#[cfg(test)]
+pub(crate) mod testutil;

@@ -7,23 +7,16 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use k8s_openapi::{
-    api::{
-        core::v1::{
-            LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
-            ServiceStatus,
-        },
-        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+use k8s_openapi::api::{
+    core::v1::{LoadBalancerIngress, LoadBalancerStatus, Service, ServiceSpec, ServiceStatus},
+    discovery::v1::EndpointSlice,
 };
 use keelson_common::{limits, service_flags};
 
 use super::{
     model::{BackendAddr, DesiredState, Frontend, LbState, MapOp, Proto},
-    plan::{
-        LB_ALGORITHM_ANNOTATION, NodeContext, SERVICE_NAME_LABEL, apply_to_state, desired, diff,
-    },
+    plan::{LB_ALGORITHM_ANNOTATION, NodeContext, desired, diff},
+    testutil::{endpoint, endpoint_port, endpoint_slice, fe, service, service_port, state_after},
 };
 
 const NS: &str = "shop";
@@ -39,33 +32,17 @@ const OTHER_NODE: &str = "keelson-n2";
 type Port<'a> = (&'a str, i32, &'a str, Option<i32>);
 
 fn svc(name: &str, ty: &str, ports: &[Port<'_>]) -> Service {
-    let ip = Ipv4Addr::from(CLUSTER_IP).to_string();
-    Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(NS.into()),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            type_: Some(ty.into()),
-            cluster_ip: Some(ip.clone()),
-            cluster_ips: Some(vec![ip]),
-            ports: Some(
-                ports
-                    .iter()
-                    .map(|(n, p, proto, np)| ServicePort {
-                        name: Some((*n).into()),
-                        port: *p,
-                        protocol: Some((*proto).into()),
-                        node_port: *np,
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let mut s = service(
+        NS,
+        name,
+        &Ipv4Addr::from(CLUSTER_IP).to_string(),
+        ports
+            .iter()
+            .map(|&(n, p, proto, np)| service_port(Some(n), p, proto, np))
+            .collect(),
+    );
+    spec(&mut s).type_ = Some(ty.into());
+    s
 }
 
 fn spec(s: &mut Service) -> &mut ServiceSpec {
@@ -96,44 +73,25 @@ fn ready_on<'a>(ip: &'a str, node: &'a str) -> Ep<'a> {
 }
 
 fn slice(service: &str, ports: &[(&str, i32, &str)], endpoints: &[Ep<'_>]) -> EndpointSlice {
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(format!("{service}-abcde")),
-            namespace: Some(NS.into()),
-            labels: Some(BTreeMap::from([(
-                SERVICE_NAME_LABEL.into(),
-                service.into(),
-            )])),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: Some(
-            endpoints
-                .iter()
-                .map(|(ip, node, ready, serving, terminating)| Endpoint {
-                    addresses: vec![(*ip).into()],
-                    node_name: Some((*node).into()),
-                    conditions: Some(EndpointConditions {
-                        ready: Some(*ready),
-                        serving: Some(*serving),
-                        terminating: Some(*terminating),
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-        ports: Some(
-            ports
-                .iter()
-                .map(|(n, p, proto)| EndpointPort {
-                    name: Some((*n).into()),
-                    port: Some(*p),
-                    protocol: Some((*proto).into()),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-    }
+    endpoint_slice(
+        NS,
+        &format!("{service}-abcde"),
+        service,
+        ports
+            .iter()
+            .map(|&(n, p, proto)| endpoint_port(Some(n), p, proto))
+            .collect(),
+        endpoints
+            .iter()
+            .map(|&(ip, node, ready, serving, terminating)| {
+                endpoint(
+                    ip,
+                    Some(node),
+                    (Some(ready), Some(serving), Some(terminating)),
+                )
+            })
+            .collect(),
+    )
 }
 
 fn node(maglev_default: bool) -> NodeContext {
@@ -144,14 +102,6 @@ fn node(maglev_default: bool) -> NodeContext {
             IpAddr::from(Ipv4Addr::from(NODE_B)),
         ],
         maglev_default,
-    }
-}
-
-fn fe(ip: [u8; 4], port: u16, proto: Proto) -> Frontend {
-    Frontend {
-        address: Ipv4Addr::from(ip).into(),
-        port,
-        proto,
     }
 }
 
@@ -539,13 +489,6 @@ fn every_frontend_is_named_after_its_service() {
     }
 }
 
-fn converge(current: &LbState, d: &DesiredState) -> (Vec<MapOp>, LbState) {
-    let ops = diff(current, d);
-    let mut next = current.clone();
-    apply_to_state(&mut next, &ops);
-    (ops, next)
-}
-
 fn rev_nat_index_of(ops: &[MapOp], f: &Frontend) -> u16 {
     ops.iter()
         .find_map(|op| match op {
@@ -577,7 +520,7 @@ fn diff_names_each_reverse_nat_index_once_and_converges() {
         &[ready_on("10.244.1.5", THIS_NODE)],
     );
     let d = desired(&[s], &[e], &node(false));
-    let (ops, next) = converge(&LbState::default(), &d);
+    let (ops, next) = state_after(&LbState::default(), &d);
     let named: Vec<(u16, &str)> = ops
         .iter()
         .filter_map(|op| match op {
@@ -620,7 +563,7 @@ fn diff_names_each_reverse_nat_index_once_and_converges() {
     for name in renamed.names.values_mut() {
         *name = "shop/dns2".into();
     }
-    let (ops, next) = converge(&next, &renamed);
+    let (ops, next) = state_after(&next, &renamed);
     assert_eq!(ops.len(), 4);
     assert!(
         ops.iter()
@@ -634,7 +577,7 @@ fn diff_writes_maglev_tables_before_the_masters_that_use_them() {
     let (mut s, e) = web("NodePort");
     annotate(&mut s, "maglev");
     let d = desired(&[s], &[e], &node(false));
-    let (ops, next) = converge(&LbState::default(), &d);
+    let (ops, next) = state_after(&LbState::default(), &d);
 
     let external: Vec<Frontend> = d
         .flags
@@ -695,7 +638,7 @@ fn diff_writes_maglev_tables_before_the_masters_that_use_them() {
 fn diff_rewrites_a_maglev_table_when_backends_change_and_deletes_it_when_maglev_ends() {
     let (mut s, e) = web("NodePort");
     annotate(&mut s, "maglev");
-    let (_, maglev) = converge(
+    let (_, maglev) = state_after(
         &LbState::default(),
         &desired(std::slice::from_ref(&s), &[e], &node(false)),
     );
@@ -711,7 +654,7 @@ fn diff_rewrites_a_maglev_table_when_backends_change_and_deletes_it_when_maglev_
         std::slice::from_ref(&one),
         &node(false),
     );
-    let (ops, shrunk) = converge(&maglev, &d);
+    let (ops, shrunk) = state_after(&maglev, &d);
     let tables: Vec<&Vec<u32>> = ops
         .iter()
         .filter_map(|op| match op {
@@ -743,7 +686,7 @@ fn diff_rewrites_a_maglev_table_when_backends_change_and_deletes_it_when_maglev_
     // The Service stops being Maglev: masters drop the flag first, then the tables go.
     annotate(&mut s, "random");
     let d = desired(std::slice::from_ref(&s), &[one], &node(false));
-    let (ops, random) = converge(&shrunk, &d);
+    let (ops, random) = state_after(&shrunk, &d);
     let deletes: Vec<usize> = ops
         .iter()
         .enumerate()
@@ -777,7 +720,7 @@ fn maglev_frontend_without_backends_has_no_table() {
         flags(&d, &f),
         service_flags::EXTERNAL | service_flags::MAGLEV
     );
-    let (ops, next) = converge(&LbState::default(), &d);
+    let (ops, next) = state_after(&LbState::default(), &d);
     assert!(!ops.iter().any(|op| matches!(op, MapOp::PutMaglev { .. })));
     // The datapath refuses a frontend with count 0 before it looks for a table.
     assert_eq!(next.services[&f].master.map(|(count, _)| count), Some(0));
@@ -798,8 +741,8 @@ fn services_sharing_an_external_ip_port_converge() {
     assert_eq!(d.names[&fe(EXT_IP, 53, Proto::Tcp)], "shop/dns-tcp");
     assert_eq!(d.names[&fe(EXT_IP, 53, Proto::Udp)], "shop/dns-udp");
 
-    let (_, first) = converge(&LbState::default(), &d);
-    let (second_ops, second) = converge(&first, &d);
+    let (_, first) = state_after(&LbState::default(), &d);
+    let (second_ops, second) = state_after(&first, &d);
     assert_eq!(second_ops, vec![], "a second pass changes nothing");
     assert_eq!(diff(&second, &d), vec![]);
 }
@@ -820,7 +763,7 @@ fn diff_removes_external_frontends_with_their_tables_and_names_when_the_type_cha
         std::slice::from_ref(&e),
         &node(false),
     );
-    let (_, lb) = converge(&LbState::default(), &d);
+    let (_, lb) = state_after(&LbState::default(), &d);
     // ClusterIP x2, node addresses x2 x2, LB IP x2.
     assert_eq!(lb.services.len(), 8);
     assert_eq!(lb.maglev.len(), 6);
@@ -829,7 +772,7 @@ fn diff_removes_external_frontends_with_their_tables_and_names_when_the_type_cha
 
     spec(&mut s).type_ = Some("ClusterIP".into());
     let d = desired(&[s], &[e], &node(false));
-    let (ops, cluster) = converge(&lb, &d);
+    let (ops, cluster) = state_after(&lb, &d);
     assert_eq!(
         cluster.services.keys().copied().collect::<BTreeSet<_>>(),
         BTreeSet::from([

@@ -2,44 +2,24 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use k8s_openapi::{
-    api::{
-        core::v1::{Service, ServicePort, ServiceSpec},
-        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use super::{
     model::{BackendAddr, DesiredState, Frontend, LbState, MapOp, Proto},
-    plan::{NodeContext, SERVICE_NAME_LABEL, apply_to_state, desired, diff},
+    plan::{NodeContext, apply_to_state, desired, diff},
+    testutil::{endpoint, endpoint_port, endpoint_slice, fe, service, service_port, state_after},
 };
 
 fn svc(name: &str, cluster_ip: &str, ports: &[(Option<&str>, i32, &str)]) -> Service {
-    Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("default".into()),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            cluster_ip: Some(cluster_ip.into()),
-            cluster_ips: Some(vec![cluster_ip.into()]),
-            ports: Some(
-                ports
-                    .iter()
-                    .map(|(n, p, proto)| ServicePort {
-                        name: n.map(Into::into),
-                        port: *p,
-                        protocol: Some((*proto).into()),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    service(
+        "default",
+        name,
+        cluster_ip,
+        ports
+            .iter()
+            .map(|&(n, p, proto)| service_port(n, p, proto, None))
+            .collect(),
+    )
 }
 
 /// (address, ready, serving, terminating)
@@ -51,51 +31,21 @@ fn slice(
     ports: &[(Option<&str>, i32, &str)],
     endpoints: &[Ep<'_>],
 ) -> EndpointSlice {
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("default".into()),
-            labels: Some(BTreeMap::from([(
-                SERVICE_NAME_LABEL.into(),
-                service.into(),
-            )])),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: Some(
-            endpoints
-                .iter()
-                .map(|(ip, ready, serving, terminating)| Endpoint {
-                    addresses: vec![(*ip).into()],
-                    conditions: Some(EndpointConditions {
-                        ready: *ready,
-                        serving: *serving,
-                        terminating: *terminating,
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-        ports: Some(
-            ports
-                .iter()
-                .map(|(n, p, proto)| EndpointPort {
-                    name: n.map(Into::into),
-                    port: Some(*p),
-                    protocol: Some((*proto).into()),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-    }
-}
-
-fn fe(ip: [u8; 4], port: u16, proto: Proto) -> Frontend {
-    Frontend {
-        address: Ipv4Addr::from(ip).into(),
-        port,
-        proto,
-    }
+    endpoint_slice(
+        "default",
+        name,
+        service,
+        ports
+            .iter()
+            .map(|&(n, p, proto)| endpoint_port(n, p, proto))
+            .collect(),
+        endpoints
+            .iter()
+            .map(|&(ip, ready, serving, terminating)| {
+                endpoint(ip, None, (ready, serving, terminating))
+            })
+            .collect(),
+    )
 }
 
 fn be(ip: [u8; 4], port: u16, proto: Proto) -> BackendAddr {
@@ -204,13 +154,6 @@ fn desired_falls_back_to_serving_terminating_only_without_ready_endpoints() {
         d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)],
         vec![be([10, 244, 1, 2], 8080, Proto::Tcp)]
     );
-}
-
-fn state_after(current: &LbState, desired: &DesiredState) -> (Vec<MapOp>, LbState) {
-    let ops = diff(current, desired);
-    let mut next = current.clone();
-    apply_to_state(&mut next, &ops);
-    (ops, next)
 }
 
 fn resolved(state: &LbState) -> BTreeMap<Frontend, Vec<BackendAddr>> {
