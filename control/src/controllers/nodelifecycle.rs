@@ -200,17 +200,22 @@ mod tests {
         }
     }
 
+    /// Plans `node` with this Lease at `ts(now)`.
+    fn plan_at(node: &Node, lease: Option<&Lease>, now: i64) -> Vec<Change> {
+        plan(
+            node,
+            &Snapshot {
+                lease,
+                now: ts(now),
+            },
+        )
+    }
+
     #[test]
     fn fresh_lease_keeps_node_and_schedules_a_check() {
         let n = node("True", 0);
         let l = lease(100);
-        let changes = plan(
-            &n,
-            &Snapshot {
-                lease: Some(&l),
-                now: ts(110),
-            },
-        );
+        let changes = plan_at(&n, Some(&l), 110);
         assert_eq!(
             changes,
             vec![Change::CheckAfter(Duration::from_millis(30_100))]
@@ -221,13 +226,7 @@ mod tests {
     fn stale_lease_marks_ready_and_pressure_unknown() {
         let n = node("True", 0);
         let l = lease(100);
-        let changes = plan(
-            &n,
-            &Snapshot {
-                lease: Some(&l),
-                now: ts(141),
-            },
-        );
+        let changes = plan_at(&n, Some(&l), 141);
         let [Change::SetConditions(conds)] = &changes[..] else {
             panic!("expected conditions, got {changes:?}")
         };
@@ -254,49 +253,19 @@ mod tests {
         let n = node("True", 130);
         let l = lease(10);
         assert!(matches!(
-            plan(
-                &n,
-                &Snapshot {
-                    lease: Some(&l),
-                    now: ts(160)
-                }
-            )[..],
+            plan_at(&n, Some(&l), 160)[..],
             [Change::CheckAfter(_)]
         ));
         let gone = node("Unknown", 0);
-        assert!(
-            plan(
-                &gone,
-                &Snapshot {
-                    lease: None,
-                    now: ts(1000)
-                }
-            )
-            .is_empty()
-        );
+        assert!(plan_at(&gone, None, 1000).is_empty());
     }
 
     #[test]
     fn node_without_lease_or_conditions_counts_from_creation() {
         let mut n = node("True", 0);
         n.status = None;
-        assert!(matches!(
-            plan(
-                &n,
-                &Snapshot {
-                    lease: None,
-                    now: ts(10)
-                }
-            )[..],
-            [Change::CheckAfter(_)]
-        ));
-        let changes = plan(
-            &n,
-            &Snapshot {
-                lease: None,
-                now: ts(50),
-            },
-        );
+        assert!(matches!(plan_at(&n, None, 10)[..], [Change::CheckAfter(_)]));
+        let changes = plan_at(&n, None, 50);
         let [Change::SetConditions(conds)] = &changes[..] else {
             panic!("{changes:?}")
         };

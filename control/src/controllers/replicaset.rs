@@ -371,6 +371,17 @@ mod tests {
         p
     }
 
+    /// Plans `rs` against these Pods at `ts(now)`.
+    fn plan_at(rs: &ReplicaSet, pods: &[&Pod], now: i64) -> Vec<Change> {
+        plan(
+            rs,
+            &Snapshot {
+                pods: pods.to_vec(),
+                now: ts(now),
+            },
+        )
+    }
+
     fn creates(changes: &[Change]) -> Vec<&Pod> {
         changes
             .iter()
@@ -402,13 +413,7 @@ mod tests {
     fn creates_missing_pods_from_template_with_owner() {
         let r = rs(3);
         let existing = owned("web-abc-1", 0);
-        let changes = plan(
-            &r,
-            &Snapshot {
-                pods: vec![&existing],
-                now: ts(100),
-            },
-        );
+        let changes = plan_at(&r, &[&existing], 100);
         let new = creates(&changes);
         assert_eq!(new.len(), 2);
         let p = new[0];
@@ -440,13 +445,7 @@ mod tests {
         let r = rs(1);
         let foreign = with_owner(pod("other", 0), "ReplicaSet", "x", "other-uid");
         let orphan = pod("orphan", 0);
-        let changes = plan(
-            &r,
-            &Snapshot {
-                pods: vec![&foreign, &orphan],
-                now: ts(100),
-            },
-        );
+        let changes = plan_at(&r, &[&foreign, &orphan], 100);
         assert_eq!(creates(&changes).len(), 1);
         assert!(deletes(&changes).is_empty());
     }
@@ -458,13 +457,7 @@ mod tests {
         let going = terminating(running(owned("b", 0), "n1", "10.0.0.2", Some(1)), 50);
         let mut done = owned("c", 0);
         done.status.as_mut().expect("status").phase = Some("Failed".into());
-        let changes = plan(
-            &r,
-            &Snapshot {
-                pods: vec![&live, &going, &done],
-                now: ts(100),
-            },
-        );
+        let changes = plan_at(&r, &[&live, &going, &done], 100);
         assert_eq!(creates(&changes).len(), 1);
         assert!(
             deletes(&changes).is_empty(),
@@ -483,17 +476,11 @@ mod tests {
         let not_ready = running(owned("not-ready", 0), "n1", "10.0.0.3", None);
         let unscheduled = owned("unscheduled", 0);
         let pods = vec![&old_ready, &new_ready, &not_ready, &unscheduled];
-        let changes = plan(
-            &r,
-            &Snapshot {
-                pods: pods.clone(),
-                now: ts(100),
-            },
-        );
+        let changes = plan_at(&r, &pods, 100);
         assert_eq!(deletes(&changes), vec!["unscheduled", "not-ready"]);
 
         let r1 = rs(1);
-        let changes = plan(&r1, &Snapshot { pods, now: ts(100) });
+        let changes = plan_at(&r1, &pods, 100);
         assert_eq!(
             deletes(&changes),
             vec!["unscheduled", "not-ready", "new-ready"]
@@ -506,13 +493,7 @@ mod tests {
         let mut cheap = running(owned("cheap", 0), "n1", "10.0.0.1", Some(5));
         cheap.metadata.annotations = Some(labels(&[(POD_DELETION_COST, "-10")]));
         let plain = running(owned("plain", 50), "n1", "10.0.0.2", Some(5));
-        let changes = plan(
-            &r,
-            &Snapshot {
-                pods: vec![&plain, &cheap],
-                now: ts(100),
-            },
-        );
+        let changes = plan_at(&r, &[&plain, &cheap], 100);
         assert_eq!(deletes(&changes), vec!["cheap"]);
 
         let mut crashy = running(owned("crashy", 0), "n1", "10.0.0.3", Some(5));
@@ -522,13 +503,7 @@ mod tests {
             ..Default::default()
         }]);
         let steady = running(owned("steady", 50), "n1", "10.0.0.4", Some(5));
-        let changes = plan(
-            &r,
-            &Snapshot {
-                pods: vec![&steady, &crashy],
-                now: ts(100),
-            },
-        );
+        let changes = plan_at(&r, &[&steady, &crashy], 100);
         assert_eq!(deletes(&changes), vec!["crashy"]);
     }
 
@@ -540,13 +515,7 @@ mod tests {
         let just_ready = running(owned("b", 0), "n1", "10.0.0.2", Some(90));
         let mut relabeled = running(owned("c", 0), "n1", "10.0.0.3", None);
         relabeled.metadata.labels = Some(labels(&[("app", "web")]));
-        let changes = plan(
-            &r,
-            &Snapshot {
-                pods: vec![&available, &just_ready, &relabeled],
-                now: ts(100),
-            },
-        );
+        let changes = plan_at(&r, &[&available, &just_ready, &relabeled], 100);
         let st = status(&changes).expect("status");
         assert_eq!(st.replicas, 3);
         assert_eq!(st.ready_replicas, Some(2));
@@ -564,24 +533,9 @@ mod tests {
     fn unchanged_status_is_not_rewritten() {
         let mut r = rs(1);
         let p = running(owned("a", 0), "n1", "10.0.0.1", Some(0));
-        let changes = plan(
-            &r,
-            &Snapshot {
-                pods: vec![&p],
-                now: ts(100),
-            },
-        );
+        let changes = plan_at(&r, &[&p], 100);
         r.status = status(&changes).cloned();
-        assert!(
-            plan(
-                &r,
-                &Snapshot {
-                    pods: vec![&p],
-                    now: ts(100)
-                }
-            )
-            .is_empty()
-        );
+        assert!(plan_at(&r, &[&p], 100).is_empty());
     }
 
     #[test]
@@ -591,13 +545,7 @@ mod tests {
         orphan.metadata.labels = Some(labels(&[("app", "web")]));
         let mut stranger = pod("stranger", 0);
         stranger.metadata.labels = Some(labels(&[("app", "db")]));
-        let changes = plan(
-            &r,
-            &Snapshot {
-                pods: vec![&orphan, &stranger],
-                now: ts(100),
-            },
-        );
+        let changes = plan_at(&r, &[&orphan, &stranger], 100);
         let adopted: Vec<&Change> = changes
             .iter()
             .filter(|c| matches!(c, Change::Adopt { .. }))
@@ -620,15 +568,9 @@ mod tests {
         going.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts(0)));
         assert!(
-            !plan(
-                &going,
-                &Snapshot {
-                    pods: vec![&orphan],
-                    now: ts(100)
-                }
-            )
-            .iter()
-            .any(|c| matches!(c, Change::Adopt { .. }))
+            !plan_at(&going, &[&orphan], 100)
+                .iter()
+                .any(|c| matches!(c, Change::Adopt { .. }))
         );
     }
 
@@ -637,13 +579,7 @@ mod tests {
         let mut r = rs(2);
         r.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts(0)));
-        let changes = plan(
-            &r,
-            &Snapshot {
-                pods: vec![],
-                now: ts(100),
-            },
-        );
+        let changes = plan_at(&r, &[], 100);
         assert!(creates(&changes).is_empty());
     }
 
@@ -652,13 +588,7 @@ mod tests {
         let r = rs(0);
         let a = owned("a", 0);
         let b = owned("b", 1);
-        let changes = plan(
-            &r,
-            &Snapshot {
-                pods: vec![&a, &b],
-                now: ts(100),
-            },
-        );
+        let changes = plan_at(&r, &[&a, &b], 100);
         assert_eq!(deletes(&changes).len(), 2);
         assert_eq!(
             template_labels(&r)
