@@ -371,6 +371,18 @@ mod tests {
         p
     }
 
+    /// Plans `ds` against these Nodes and Pods at `ts(now)`.
+    fn plan_at(ds: &DaemonSet, nodes: &[&Node], pods: &[&Pod], now: i64) -> Vec<Change> {
+        plan(
+            ds,
+            &Snapshot {
+                nodes: nodes.to_vec(),
+                pods: pods.to_vec(),
+                now: ts(now),
+            },
+        )
+    }
+
     fn creates(changes: &[Change]) -> Vec<String> {
         changes
             .iter()
@@ -403,14 +415,7 @@ mod tests {
         let d = ds("a");
         let (n1, n2) = (node("n1"), node("n2"));
         let existing = ds_pod(&d, "agent-x", "n1", true);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                nodes: vec![&n1, &n2],
-                pods: vec![&existing],
-                now: ts(10),
-            },
-        );
+        let changes = plan_at(&d, &[&n1, &n2], &[&existing], 10);
         assert_eq!(creates(&changes), vec!["n2".to_string()]);
         let Some(Change::CreatePod(p)) = changes.iter().find(|c| matches!(c, Change::CreatePod(_)))
         else {
@@ -479,14 +484,7 @@ mod tests {
             time_added: None,
         }]);
         let stray = ds_pod(&d, "agent-stray", "o", true);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                nodes: vec![&worker, &other, &tainted, &cordoned],
-                pods: vec![&stray],
-                now: ts(10),
-            },
-        );
+        let changes = plan_at(&d, &[&worker, &other, &tainted, &cordoned], &[&stray], 10);
         let mut c = creates(&changes);
         c.sort();
         assert_eq!(
@@ -507,14 +505,7 @@ mod tests {
         dup.metadata.creation_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts(5)));
         let ghost = ds_pod(&d, "agent-ghost", "gone", true);
-        let changes = plan(
-            &d,
-            &Snapshot {
-                nodes: vec![&n1],
-                pods: vec![&old, &dup, &ghost],
-                now: ts(10),
-            },
-        );
+        let changes = plan_at(&d, &[&n1], &[&old, &dup, &ghost], 10);
         let mut del = deletes(&changes);
         del.sort();
         assert_eq!(del, vec!["agent-dup", "agent-ghost"]);
@@ -522,14 +513,7 @@ mod tests {
 
         let mut failed = ds_pod(&d, "agent-failed", "n1", false);
         failed.status.as_mut().expect("status").phase = Some("Failed".into());
-        let changes = plan(
-            &d,
-            &Snapshot {
-                nodes: vec![&n1],
-                pods: vec![&failed],
-                now: ts(10),
-            },
-        );
+        let changes = plan_at(&d, &[&n1], &[&failed], 10);
         assert_eq!(deletes(&changes), vec!["agent-failed"]);
         assert_eq!(creates(&changes), vec!["n1".to_string()]);
     }
