@@ -20,6 +20,7 @@ use super::{
 use crate::services::{
     model::{BackendAddr, DesiredState, Frontend, Proto},
     plan,
+    testutil::only_services,
 };
 
 /// A network namespace and a datapath on a cgroup, both of the test's own, named after `name`.
@@ -164,14 +165,6 @@ fn loopback(port: u16, proto: Proto) -> BackendAddr {
 /// TCP backends on 127.0.0.1 at `ports`.
 fn loopback_tcp(ports: &[u16]) -> Vec<BackendAddr> {
     ports.iter().map(|&p| loopback(p, Proto::Tcp)).collect()
-}
-
-/// A desired state of `services` and nothing else.
-fn only_services<const N: usize>(services: [(Frontend, Vec<BackendAddr>); N]) -> DesiredState {
-    DesiredState {
-        services: BTreeMap::from(services),
-        ..Default::default()
-    }
 }
 
 #[test]

@@ -382,21 +382,23 @@ fn external_traffic_policy_local_keeps_this_nodes_endpoints_on_external_frontend
 fn external_traffic_policy_local_falls_back_to_local_terminating_endpoints() {
     let mut s = svc("web", "NodePort", &[("http", 80, "TCP", Some(30080))]);
     spec(&mut s).external_traffic_policy = Some("Local".into());
-    let ports = [("http", 8080, "TCP")];
     let f = fe(NODE_A, 30080, Proto::Tcp);
+    // The desired state as `node` plans it with `endpoints` in the Service's one slice.
+    let plan = |endpoints: &[Ep<'_>], node: &NodeContext| {
+        let e = slice("web", &[("http", 8080, "TCP")], endpoints);
+        desired(std::slice::from_ref(&s), &[e], node)
+    };
 
     // This node's endpoint is terminating but still serving; another node's is ready. The
     // external frontend must not go to the other node (KEP-1669: serving terminating local
     // endpoints before none at all), the ClusterIP uses the ready one.
-    let e = slice(
-        "web",
-        &ports,
+    let d = plan(
         &[
             ("10.244.1.5", THIS_NODE, false, true, true),
             ready_on("10.244.2.5", OTHER_NODE),
         ],
+        &node(false),
     );
-    let d = desired(std::slice::from_ref(&s), &[e], &node(false));
     assert_eq!(d.services[&f], vec![be("10.244.1.5", 8080, Proto::Tcp)]);
     assert_eq!(
         d.services[&fe(CLUSTER_IP, 80, Proto::Tcp)],
@@ -404,27 +406,23 @@ fn external_traffic_policy_local_falls_back_to_local_terminating_endpoints() {
     );
 
     // A ready local endpoint wins over a terminating local one.
-    let e = slice(
-        "web",
-        &ports,
+    let d = plan(
         &[
             ("10.244.1.5", THIS_NODE, false, true, true),
             ready_on("10.244.1.6", THIS_NODE),
         ],
+        &node(false),
     );
-    let d = desired(std::slice::from_ref(&s), &[e], &node(false));
     assert_eq!(d.services[&f], vec![be("10.244.1.6", 8080, Proto::Tcp)]);
 
     // Local but neither ready nor serving: no backend, the frontend stays (and drops).
-    let e = slice(
-        "web",
-        &ports,
+    let d = plan(
         &[
             ("10.244.1.5", THIS_NODE, false, false, true),
             ready_on("10.244.2.5", OTHER_NODE),
         ],
+        &node(false),
     );
-    let d = desired(std::slice::from_ref(&s), &[e], &node(false));
     assert_eq!(d.services[&f], vec![]);
     assert_eq!(
         flags(&d, &f),
@@ -432,12 +430,11 @@ fn external_traffic_policy_local_falls_back_to_local_terminating_endpoints() {
     );
 
     // An agent that does not know its node name has no local endpoint.
-    let e = slice("web", &ports, &[ready_on("10.244.1.5", THIS_NODE)]);
     let unnamed = NodeContext {
         node_name: String::new(),
         ..node(false)
     };
-    let d = desired(std::slice::from_ref(&s), &[e], &unnamed);
+    let d = plan(&[ready_on("10.244.1.5", THIS_NODE)], &unnamed);
     assert_eq!(d.services[&f], vec![]);
 }
 

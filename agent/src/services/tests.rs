@@ -5,9 +5,12 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use super::{
-    model::{BackendAddr, DesiredState, Frontend, LbState, MapOp, Proto},
+    model::{BackendAddr, Frontend, LbState, MapOp, Proto},
     plan::{NodeContext, apply_to_state, desired, diff},
-    testutil::{endpoint, endpoint_port, endpoint_slice, fe, service, service_port, state_after},
+    testutil::{
+        endpoint, endpoint_port, endpoint_slice, fe, only_services, service, service_port,
+        state_after,
+    },
 };
 
 fn svc(name: &str, cluster_ip: &str, ports: &[(Option<&str>, i32, &str)]) -> Service {
@@ -54,6 +57,12 @@ fn be(ip: [u8; 4], port: u16, proto: Proto) -> BackendAddr {
         port,
         proto,
     }
+}
+
+/// The backends the planner gives port 80/TCP of ClusterIP 10.96.0.10 of `s` from `slices`.
+fn web_backends(s: &Service, slices: &[EndpointSlice]) -> Vec<BackendAddr> {
+    let d = desired(std::slice::from_ref(s), slices, &NodeContext::default());
+    d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)].clone()
 }
 
 const READY: (Option<bool>, Option<bool>, Option<bool>) = (Some(true), Some(true), Some(false));
@@ -133,9 +142,8 @@ fn desired_falls_back_to_serving_terminating_only_without_ready_endpoints() {
             ("10.244.1.3", Some(false), Some(false), Some(false)),
         ],
     );
-    let d = desired(std::slice::from_ref(&s), &[mixed], &NodeContext::default());
     assert_eq!(
-        d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)],
+        web_backends(&s, &[mixed]),
         vec![be([10, 244, 1, 1], 8080, Proto::Tcp)]
     );
 
@@ -149,9 +157,8 @@ fn desired_falls_back_to_serving_terminating_only_without_ready_endpoints() {
             ("10.244.1.3", Some(false), Some(false), Some(false)),
         ],
     );
-    let d = desired(&[s], &[terminating], &NodeContext::default());
     assert_eq!(
-        d.services[&fe([10, 96, 0, 10], 80, Proto::Tcp)],
+        web_backends(&s, &[terminating]),
         vec![be([10, 244, 1, 2], 8080, Proto::Tcp)]
     );
 }
@@ -180,10 +187,7 @@ fn diff_from_empty_writes_backends_before_services_and_converges() {
         be([10, 244, 1, 3], 8080, Proto::Tcp),
         be([10, 244, 2, 4], 8080, Proto::Tcp),
     ];
-    let desired = DesiredState {
-        services: BTreeMap::from([(f, backends.clone())]),
-        ..Default::default()
-    };
+    let desired = only_services([(f, backends.clone())]);
     let (ops, next) = state_after(&LbState::default(), &desired);
     assert_eq!(
         ops,
@@ -232,17 +236,8 @@ fn diff_shrinks_master_first_and_removes_unused_backends_last() {
         be([10, 244, 1, 2], 80, Proto::Tcp),
         be([10, 244, 1, 3], 80, Proto::Tcp),
     );
-    let (_, three) = state_after(
-        &LbState::default(),
-        &DesiredState {
-            services: BTreeMap::from([(f, vec![b1, b2, b3])]),
-            ..Default::default()
-        },
-    );
-    let desired = DesiredState {
-        services: BTreeMap::from([(f, vec![b1, b3])]),
-        ..Default::default()
-    };
+    let (_, three) = state_after(&LbState::default(), &only_services([(f, vec![b1, b2, b3])]));
+    let desired = only_services([(f, vec![b1, b3])]);
     let (ops, next) = state_after(&three, &desired);
     assert_eq!(
         ops,
@@ -277,15 +272,9 @@ fn diff_removes_gone_frontends_master_first_and_reuses_freed_ids() {
     let b2 = be([10, 244, 1, 2], 53, Proto::Udp);
     let (_, both) = state_after(
         &LbState::default(),
-        &DesiredState {
-            services: BTreeMap::from([(f1, vec![b1]), (f2, vec![b2])]),
-            ..Default::default()
-        },
+        &only_services([(f1, vec![b1]), (f2, vec![b2])]),
     );
-    let only_f2 = DesiredState {
-        services: BTreeMap::from([(f2, vec![b2])]),
-        ..Default::default()
-    };
+    let only_f2 = only_services([(f2, vec![b2])]);
     let (ops, next) = state_after(&both, &only_f2);
     assert_eq!(
         ops,
@@ -306,10 +295,7 @@ fn diff_removes_gone_frontends_master_first_and_reuses_freed_ids() {
     // A new frontend gets the lowest free ids again.
     let b3 = be([10, 244, 1, 3], 80, Proto::Tcp);
     let f3 = fe([10, 96, 0, 12], 80, Proto::Tcp);
-    let again = DesiredState {
-        services: BTreeMap::from([(f2, vec![b2]), (f3, vec![b3])]),
-        ..Default::default()
-    };
+    let again = only_services([(f2, vec![b2]), (f3, vec![b3])]);
     let (ops, next) = state_after(&next, &again);
     assert!(
         ops.contains(&MapOp::PutBackend { id: 1, backend: b3 }),
@@ -329,13 +315,10 @@ fn diff_removes_gone_frontends_master_first_and_reuses_freed_ids() {
 fn diff_shares_reverse_nat_between_protocols_of_one_port() {
     let tcp = fe([10, 96, 0, 10], 53, Proto::Tcp);
     let udp = fe([10, 96, 0, 10], 53, Proto::Udp);
-    let desired = DesiredState {
-        services: BTreeMap::from([
-            (tcp, vec![be([10, 244, 1, 1], 53, Proto::Tcp)]),
-            (udp, vec![be([10, 244, 1, 1], 53, Proto::Udp)]),
-        ]),
-        ..Default::default()
-    };
+    let desired = only_services([
+        (tcp, vec![be([10, 244, 1, 1], 53, Proto::Tcp)]),
+        (udp, vec![be([10, 244, 1, 1], 53, Proto::Udp)]),
+    ]);
     let (ops, next) = state_after(&LbState::default(), &desired);
     assert_eq!(
         ops.iter()
@@ -361,10 +344,7 @@ fn diff_repairs_a_partially_written_state() {
         .backends
         .insert(9, be([10, 244, 9, 9], 80, Proto::Tcp));
     partial.services.entry(f).or_default().slots.insert(1, 4);
-    let desired = DesiredState {
-        services: BTreeMap::from([(f, vec![b])]),
-        ..Default::default()
-    };
+    let desired = only_services([(f, vec![b])]);
     let (ops, next) = state_after(&partial, &desired);
     assert!(
         !ops.iter()
@@ -666,29 +646,19 @@ fn dual_stack_services_get_backends_of_their_own_family() {
 #[test]
 fn listed_backends_outside_the_slots_keep_their_entry_until_unlisted() {
     let s = svc("web", "10.96.0.10", &[(Some("http"), 80, "TCP")]);
-    let both = slice(
-        "web-a",
-        "web",
-        &[(Some("http"), 8080, "TCP")],
-        &[
-            ("10.244.1.3", Some(true), Some(true), Some(false)),
-            ("10.244.1.4", Some(false), Some(true), Some(true)),
-        ],
-    );
+    // The desired state with `endpoints` in the Service's one slice.
+    let plan = |endpoints: &[Ep<'_>]| {
+        let web_a = slice("web-a", "web", &[(Some("http"), 8080, "TCP")], endpoints);
+        desired(std::slice::from_ref(&s), &[web_a], &NodeContext::default())
+    };
     let f = fe([10, 96, 0, 10], 80, Proto::Tcp);
     let terminating = be([10, 244, 1, 4], 8080, Proto::Tcp);
     // Both served at first (the second was ready then).
     let mut state = LbState::default();
-    let before = slice(
-        "web-a",
-        "web",
-        &[(Some("http"), 8080, "TCP")],
-        &[
-            ("10.244.1.3", Some(true), Some(true), Some(false)),
-            ("10.244.1.4", Some(true), Some(true), Some(false)),
-        ],
-    );
-    let first = desired(std::slice::from_ref(&s), &[before], &NodeContext::default());
+    let first = plan(&[
+        ("10.244.1.3", Some(true), Some(true), Some(false)),
+        ("10.244.1.4", Some(true), Some(true), Some(false)),
+    ]);
     let ops = diff(&state, &first);
     apply_to_state(&mut state, &ops);
     let id = *state
@@ -700,7 +670,10 @@ fn listed_backends_outside_the_slots_keep_their_entry_until_unlisted() {
 
     // Terminating while another endpoint is ready: out of the slots, still in the backends
     // map, so its conntrack entries (keyed by backend id) are not purged.
-    let d = desired(std::slice::from_ref(&s), &[both], &NodeContext::default());
+    let d = plan(&[
+        ("10.244.1.3", Some(true), Some(true), Some(false)),
+        ("10.244.1.4", Some(false), Some(true), Some(true)),
+    ]);
     assert_eq!(d.services[&f], vec![be([10, 244, 1, 3], 8080, Proto::Tcp)]);
     assert!(d.retained.contains(&terminating));
     let ops = diff(&state, &d);
@@ -709,12 +682,6 @@ fn listed_backends_outside_the_slots_keep_their_entry_until_unlisted() {
     assert_eq!(state.backends.get(&id), Some(&terminating));
 
     // Gone from the slice: now the backend goes.
-    let gone = slice(
-        "web-a",
-        "web",
-        &[(Some("http"), 8080, "TCP")],
-        &[("10.244.1.3", Some(true), Some(true), Some(false))],
-    );
-    let d = desired(&[s], &[gone], &NodeContext::default());
+    let d = plan(&[("10.244.1.3", Some(true), Some(true), Some(false))]);
     assert!(diff(&state, &d).contains(&MapOp::DeleteBackend { id }));
 }

@@ -13,7 +13,7 @@ use k8s_openapi::{
 };
 
 use super::{
-    model::{DesiredState, Frontend, LbState, MapOp, Proto},
+    model::{BackendAddr, DesiredState, Frontend, LbState, MapOp, Proto},
     plan::{SERVICE_NAME_LABEL, apply_to_state, diff},
 };
 
@@ -120,4 +120,14 @@ pub(crate) fn state_after(current: &LbState, desired: &DesiredState) -> (Vec<Map
     let mut next = current.clone();
     apply_to_state(&mut next, &ops);
     (ops, next)
+}
+
+/// A desired state of `services` and nothing else (no flags, names, affinity or Maglev).
+pub(crate) fn only_services<const N: usize>(
+    services: [(Frontend, Vec<BackendAddr>); N],
+) -> DesiredState {
+    DesiredState {
+        services: BTreeMap::from(services),
+        ..Default::default()
+    }
 }
