@@ -320,7 +320,6 @@ mod tests {
         DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
     };
     use k8s_openapi::api::core::v1::{NodeSpec, Taint};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -328,18 +327,9 @@ mod tests {
 
     fn ds(image: &str) -> DaemonSet {
         DaemonSet {
-            metadata: ObjectMeta {
-                name: Some("agent".into()),
-                namespace: Some("kube-system".into()),
-                uid: Some(UID.into()),
-                generation: Some(1),
-                ..Default::default()
-            },
+            metadata: workload_meta("agent", "kube-system", UID, 1),
             spec: Some(DaemonSetSpec {
-                selector: LabelSelector {
-                    match_labels: Some(labels(&[("app", "agent")])),
-                    ..Default::default()
-                },
+                selector: selector(&[("app", "agent")]),
                 template: template(&[("app", "agent")], image),
                 ..Default::default()
             }),

@@ -703,30 +703,20 @@ impl Reconciler for DeploymentLoop {
 
 #[cfg(test)]
 mod tests {
-    use super::super::objects::testutil::{labels, template, ts};
+    use super::super::objects::testutil::{selector, template, ts, workload_meta};
     use super::*;
     use k8s_openapi::api::apps::v1::{
         DeploymentSpec, DeploymentStrategy, ReplicaSetStatus, RollingUpdateDeployment,
     };
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     const UID: &str = "d-uid";
 
     fn deployment(replicas: i32, image: &str) -> Deployment {
         Deployment {
-            metadata: ObjectMeta {
-                name: Some("web".into()),
-                namespace: Some("default".into()),
-                uid: Some(UID.into()),
-                generation: Some(2),
-                ..Default::default()
-            },
+            metadata: workload_meta("web", "default", UID, 2),
             spec: Some(DeploymentSpec {
                 replicas: Some(replicas),
-                selector: LabelSelector {
-                    match_labels: Some(labels(&[("app", "web")])),
-                    ..Default::default()
-                },
+                selector: selector(&[("app", "web")]),
                 template: template(&[("app", "web")], image),
                 ..Default::default()
             }),

@@ -159,6 +159,25 @@ pub(crate) mod testutil {
         Timestamp::from_second(1_800_000_000 + secs).expect("valid timestamp")
     }
 
+    /// Metadata of a workload object (Deployment, ReplicaSet, DaemonSet).
+    pub fn workload_meta(name: &str, namespace: &str, uid: &str, generation: i64) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            uid: Some(uid.into()),
+            generation: Some(generation),
+            ..Default::default()
+        }
+    }
+
+    /// A selector matching these labels.
+    pub fn selector(pairs: &[(&str, &str)]) -> LabelSelector {
+        LabelSelector {
+            match_labels: Some(labels(pairs)),
+            ..Default::default()
+        }
+    }
+
     /// A Pod template with these labels and one container "c" running `image`.
     pub fn template(pairs: &[(&str, &str)], image: &str) -> PodTemplateSpec {
         PodTemplateSpec {

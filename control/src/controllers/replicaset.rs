@@ -335,26 +335,15 @@ mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::ReplicaSetSpec;
     use k8s_openapi::api::core::v1::ContainerStatus;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     const UID: &str = "rs-uid";
 
     fn rs(replicas: i32) -> ReplicaSet {
         ReplicaSet {
-            metadata: ObjectMeta {
-                name: Some("web-abc".into()),
-                namespace: Some("default".into()),
-                uid: Some(UID.into()),
-                generation: Some(3),
-                ..Default::default()
-            },
+            metadata: workload_meta("web-abc", "default", UID, 3),
             spec: Some(ReplicaSetSpec {
                 replicas: Some(replicas),
-                selector: LabelSelector {
-                    match_labels: Some(labels(&[("app", "web")])),
-                    ..Default::default()
-                },
+                selector: selector(&[("app", "web")]),
                 template: Some(template(
                     &[("app", "web"), ("pod-template-hash", "abc")],
                     "img",
