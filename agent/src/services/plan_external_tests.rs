@@ -65,6 +65,14 @@ fn set_ingress(s: &mut Service, ingress: Vec<LoadBalancerIngress>) {
     });
 }
 
+/// A load-balancer ingress with address `LB_IP`.
+fn lb_ip_ingress() -> LoadBalancerIngress {
+    LoadBalancerIngress {
+        ip: Some(Ipv4Addr::from(LB_IP).to_string()),
+        ..Default::default()
+    }
+}
+
 /// An endpoint: (address, nodeName, ready, serving, terminating).
 type Ep<'a> = (&'a str, &'a str, bool, bool, bool);
 
@@ -223,10 +231,7 @@ fn load_balancer_ingress_ips_and_external_ips_are_external_frontends() {
     set_ingress(
         &mut s,
         vec![
-            LoadBalancerIngress {
-                ip: Some(Ipv4Addr::from(LB_IP).to_string()),
-                ..Default::default()
-            },
+            lb_ip_ingress(),
             // A hostname-only ingress (cloud LBs) has no address to serve here.
             LoadBalancerIngress {
                 hostname: Some("lb.example.com".into()),
@@ -269,13 +274,7 @@ fn external_ips_apply_to_cluster_ip_services_and_ingress_only_to_load_balancers(
         "not-an-address".into(),
     ]);
     // A status a former LoadBalancer type left behind is not served.
-    set_ingress(
-        &mut s,
-        vec![LoadBalancerIngress {
-            ip: Some(Ipv4Addr::from(LB_IP).to_string()),
-            ..Default::default()
-        }],
-    );
+    set_ingress(&mut s, vec![lb_ip_ingress()]);
     let d = desired(&[s], &[e], &node(false));
     assert_eq!(
         frontends(&d),
@@ -331,13 +330,7 @@ fn external_traffic_policy_local_keeps_this_nodes_endpoints_on_external_frontend
     let (mut s, e) = web("LoadBalancer");
     spec(&mut s).external_traffic_policy = Some("Local".into());
     spec(&mut s).external_ips = Some(vec![Ipv4Addr::from(EXT_IP).to_string()]);
-    set_ingress(
-        &mut s,
-        vec![LoadBalancerIngress {
-            ip: Some(Ipv4Addr::from(LB_IP).to_string()),
-            ..Default::default()
-        }],
-    );
+    set_ingress(&mut s, vec![lb_ip_ingress()]);
     let d = desired(&[s], &[e], &node(false));
     let local = vec![be("10.244.1.5", 8080, Proto::Tcp)];
     for ip in [NODE_A, NODE_B] {
@@ -748,13 +741,7 @@ fn services_sharing_an_external_ip_port_converge() {
 fn diff_removes_external_frontends_with_their_tables_and_names_when_the_type_changes() {
     let (mut s, e) = web("LoadBalancer");
     annotate(&mut s, "maglev");
-    set_ingress(
-        &mut s,
-        vec![LoadBalancerIngress {
-            ip: Some(Ipv4Addr::from(LB_IP).to_string()),
-            ..Default::default()
-        }],
-    );
+    set_ingress(&mut s, vec![lb_ip_ingress()]);
     let d = desired(
         std::slice::from_ref(&s),
         std::slice::from_ref(&e),

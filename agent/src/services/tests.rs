@@ -131,34 +131,27 @@ fn desired_skips_headless_external_name_and_other_services_slices() {
 #[test]
 fn desired_falls_back_to_serving_terminating_only_without_ready_endpoints() {
     let s = svc("web", "10.96.0.10", &[(None, 80, "TCP")]);
-    let ports = [(None, 8080, "TCP")];
-    let mixed = slice(
-        "m",
-        "web",
-        &ports,
-        &[
-            ("10.244.1.1", Some(true), Some(true), Some(false)),
-            ("10.244.1.2", Some(false), Some(true), Some(true)),
-            ("10.244.1.3", Some(false), Some(false), Some(false)),
-        ],
-    );
+    // The backends of port 80 with `endpoints` in slice `name` of the Service.
+    let backends = |name: &str, endpoints: &[Ep<'_>]| {
+        web_backends(&s, &[slice(name, "web", &[(None, 8080, "TCP")], endpoints)])
+    };
+    let mixed = [
+        ("10.244.1.1", Some(true), Some(true), Some(false)),
+        ("10.244.1.2", Some(false), Some(true), Some(true)),
+        ("10.244.1.3", Some(false), Some(false), Some(false)),
+    ];
     assert_eq!(
-        web_backends(&s, &[mixed]),
+        backends("m", &mixed),
         vec![be([10, 244, 1, 1], 8080, Proto::Tcp)]
     );
 
-    let terminating = slice(
-        "t",
-        "web",
-        &ports,
-        &[
-            ("10.244.1.2", Some(false), Some(true), Some(true)),
-            ("10.244.1.4", Some(false), Some(false), Some(true)),
-            ("10.244.1.3", Some(false), Some(false), Some(false)),
-        ],
-    );
+    let terminating = [
+        ("10.244.1.2", Some(false), Some(true), Some(true)),
+        ("10.244.1.4", Some(false), Some(false), Some(true)),
+        ("10.244.1.3", Some(false), Some(false), Some(false)),
+    ];
     assert_eq!(
-        web_backends(&s, &[terminating]),
+        backends("t", &terminating),
         vec![be([10, 244, 1, 2], 8080, Proto::Tcp)]
     );
 }
