@@ -18,7 +18,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::objects::{
-    adopted_refs, can_adopt, controller_ref_to, is_controlled_by, is_terminating,
+    adopted_refs, annotation_number, can_adopt, controller_ref_to, is_controlled_by, is_terminating,
 };
 use super::podtemplate::{has_hash, put_hash, template_hash};
 use super::runtime::{Reconciler, Requeue, delete_background, is_already_exists, split_key};
@@ -83,12 +83,7 @@ fn actual(rs: &ReplicaSet) -> i32 {
 }
 
 fn revision(rs: &ReplicaSet) -> i64 {
-    rs.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(REVISION_ANNOTATION))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    annotation_number(&rs.metadata, REVISION_ANNOTATION)
 }
 
 /// Resolves an IntOrString against `total`: percentages round up for surge, down for

@@ -1,5 +1,5 @@
 //! Small facts about Kubernetes objects shared by the controllers and the scheduler: owner
-//! references, Pod readiness and availability, label selectors.
+//! references, Pod readiness and availability, label selectors, numeric annotations.
 
 use std::collections::BTreeMap;
 
@@ -139,6 +139,16 @@ pub fn map_selects(
         .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
 
+/// The whole-number value of annotation `key` (a revision, a deletion cost), 0 when it is
+/// absent or not a number.
+pub fn annotation_number(meta: &ObjectMeta, key: &str) -> i64 {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 pub(crate) mod testutil {
     //! Builders for the plan tests.
@@ -261,6 +271,15 @@ mod tests {
         assert!(pod_is_available(&p, 5, ts(15)));
         let np = running(pod("b", 0), "n1", "10.0.0.2", None);
         assert!(!pod_is_available(&np, 0, ts(100)));
+    }
+
+    #[test]
+    fn numeric_annotations_default_to_zero() {
+        let mut meta = ObjectMeta::default();
+        assert_eq!(annotation_number(&meta, "n"), 0);
+        meta.annotations = Some(labels(&[("n", "-7"), ("bad", "x")]));
+        assert_eq!(annotation_number(&meta, "n"), -7);
+        assert_eq!(annotation_number(&meta, "bad"), 0);
     }
 
     #[test]

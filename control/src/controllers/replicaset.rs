@@ -15,8 +15,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::objects::{
-    adopted_refs, can_adopt, is_controlled_by, is_terminating, map_selects, pod_is_active,
-    pod_is_available, pod_is_ready, pod_phase, pod_ready_since,
+    adopted_refs, annotation_number, can_adopt, is_controlled_by, is_terminating, map_selects,
+    pod_is_active, pod_is_available, pod_is_ready, pod_phase, pod_ready_since,
 };
 use super::podtemplate;
 use super::runtime::{Expectations, Reconciler, Requeue, Seen, delete_background, split_key};
@@ -165,12 +165,7 @@ fn phase_rank(p: &Pod) -> u8 {
 }
 
 fn deletion_cost(p: &Pod) -> i64 {
-    p.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(POD_DELETION_COST))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    annotation_number(&p.metadata, POD_DELETION_COST)
 }
 
 fn restarts(p: &Pod) -> i64 {
