@@ -44,6 +44,13 @@ enum Cmd {
         /// Skip the part that needs a local cluster (API -> datapath latency, agent RSS).
         #[arg(long)]
         skip_api: bool,
+        /// Datapaths to measure (all by default; ratios and their goals need all three).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "keelson,iptables,nftables"
+        )]
+        modes: Vec<run::Mode>,
     },
     /// (internal) The accept-and-close server, inside the server namespace.
     Server {
@@ -79,11 +86,13 @@ fn main() -> Result<()> {
             sizes,
             threads,
             skip_api,
+            modes,
         } => run::services(&run::Options {
             quick,
             sizes,
             threads,
             skip_api,
+            modes,
         }),
         Cmd::Server { netns, threads } => load::serve(&netns, threads),
         Cmd::Client {

@@ -1,7 +1,7 @@
 //! The benchmark's output: a Markdown table with every figure, the ratios and the goals, and
 //! one `BENCH_JSON {...}` line for scripts.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use serde_json::json;
 
@@ -23,7 +23,7 @@ fn get(points: &[Point], mode: Mode, size: usize) -> Option<&Point> {
 }
 
 fn ratio(a: f64, b: f64) -> String {
-    if b > 0.0 {
+    if b > 0.0 && a.is_finite() {
         format!("{:.2}", a / b)
     } else {
         "n/a".into()
@@ -49,14 +49,26 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
     let mut goals = serde_json::Map::new();
     let mut passes = Vec::new();
     for &size in &opts.sizes {
-        let (Some(k), Some(i), Some(n)) = (
-            get(points, Mode::Keelson, size),
-            get(points, Mode::Iptables, size),
-            get(points, Mode::Nftables, size),
-        ) else {
+        let Some(k) = get(points, Mode::Keelson, size) else {
             continue;
         };
-        let (goal, met) = if size == max {
+        // A mode left out (`--modes`) shows as "-"; goals comparing with it are not judged.
+        let missing = Point {
+            mode: Mode::Iptables,
+            size,
+            program: Duration::ZERO,
+            rate: f64::NAN,
+            p50_us: 0,
+            p99_us: 0,
+            connections: 0,
+            errors: 0,
+            change_passes: Vec::new(),
+        };
+        let both = get(points, Mode::Iptables, size).is_some()
+            && get(points, Mode::Nftables, size).is_some();
+        let i = get(points, Mode::Iptables, size).unwrap_or(&missing);
+        let n = get(points, Mode::Nftables, size).unwrap_or(&missing);
+        let (goal, met) = if size == max && both {
             let ok = k.rate >= 3.0 * i.rate && k.rate >= n.rate;
             goals.insert("rate_vs_iptables_3x_and_vs_nftables".into(), json!(ok));
             (
@@ -83,6 +95,7 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
             ),
             ("connect p99 (us)", |p: &Point| p.p99_us as f64),
         ] {
+            let f = |p: &Point| if p.rate.is_nan() { f64::NAN } else { f(p) };
             rows.push(Row {
                 metric: format!("{label}, {size} Services"),
                 k: f(k),
@@ -93,7 +106,13 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
                 met: String::new(),
             });
         }
-        let ms = |p: &Point| p.program.as_secs_f64() * 1e3;
+        let ms = |p: &Point| {
+            if p.rate.is_nan() {
+                f64::NAN
+            } else {
+                p.program.as_secs_f64() * 1e3
+            }
+        };
         let (goal, met) = if size == max {
             let ok = k.program.as_secs_f64() <= 2.0;
             goals.insert("full_programming_le_2s".into(), json!(ok));
@@ -129,12 +148,19 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
     println!("|---|---:|---:|---:|---:|---:|---|---|");
     for r in &rows {
         let d = r.decimals;
+        let cell = |v: f64| {
+            if v.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{v:.d$}")
+            }
+        };
         println!(
-            "| {} | {:.d$} | {:.d$} | {:.d$} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.metric,
-            r.k,
-            r.i,
-            r.n,
+            cell(r.k),
+            cell(r.i),
+            cell(r.n),
             ratio(r.k, r.i),
             ratio(r.k, r.n),
             r.goal,

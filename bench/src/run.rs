@@ -30,10 +30,12 @@ pub struct Options {
     pub threads: usize,
     /// Skip the part that needs a local cluster (API -> datapath latency, agent RSS).
     pub skip_api: bool,
+    /// The datapaths measured.
+    pub modes: Vec<Mode>,
 }
 
 /// A datapath implementation under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     Keelson,
     Iptables,
@@ -284,7 +286,7 @@ pub fn services(opts: &Options) -> Result<()> {
             })
             .collect();
         write_targets(&targets_file.0, &targets)?;
-        for mode in Mode::ALL {
+        for mode in Mode::ALL.into_iter().filter(|m| opts.modes.contains(m)) {
             points.push(measure(&exe, opts, mode, &services, &targets_file.0)?);
         }
     }

@@ -90,6 +90,12 @@ impl<K: Resource> ObjectCache<K> {
         match self.index.get(&key) {
             Some(&i) => self.items[i] = obj,
             None => {
+                // Objects are large (a Service is about a kilobyte before its strings):
+                // growing by an eighth rather than doubling keeps the spare capacity small at
+                // tens of thousands of objects, still in amortised constant time.
+                if self.items.len() == self.items.capacity() {
+                    self.items.reserve_exact((self.items.len() / 8).max(64));
+                }
                 self.index.insert(key, self.items.len());
                 self.items.push(obj);
             }
@@ -206,6 +212,24 @@ mod tests {
         assert_eq!(ips(&c), ["10.96.0.9"]);
         assert!(c.apply(watcher::Event::Delete(svc("c", "z", ""))));
         assert!(c.items().is_empty());
+    }
+
+    #[test]
+    fn services_cache_grows_by_an_eighth() {
+        let mut c = ObjectCache::<Service>::default();
+        for i in 0..10_000 {
+            c.apply(watcher::Event::Apply(svc(
+                "a",
+                &format!("s{i}"),
+                "10.96.0.1",
+            )));
+        }
+        assert_eq!(c.items().len(), 10_000);
+        assert!(
+            c.items.capacity() <= 10_000 + 10_000 / 8,
+            "{}",
+            c.items.capacity()
+        );
     }
 
     #[test]
