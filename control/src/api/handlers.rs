@@ -553,13 +553,17 @@ impl<S: Store> Req<'_, S> {
         let mut causes = validation::validate(self.t.info, obj, old);
         if causes.is_empty() && self.t.info.kind == "Service" && self.t.info.group.is_empty() {
             let svc_info = self.t.info;
-            let listed = self.state.store.list(&svc_info.prefix(), None, 0).await?;
-            let services: Vec<Value> = listed.items.iter().filter_map(|kv| load(kv).ok()).collect();
             let ns = obj["metadata"]["namespace"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            let used = alloc::Allocated::from_services(services.iter(), (&ns, &name));
+            // The index answers as a fresh list of every Service would, without listing them
+            // per admission (which made creating N Services cost O(N^2)).
+            let used = self
+                .state
+                .allocations
+                .used(&*self.state.store, &svc_info.prefix(), (&ns, &name))
+                .await?;
             causes = alloc::admit_service(&self.state.config, obj, old, &used);
         }
         if causes.is_empty() {

@@ -87,6 +87,8 @@ pub struct ApiState<S> {
     pub config: ApiConfig,
     /// Serialises Service admission so two creates cannot take the same ClusterIP or NodePort.
     pub alloc_lock: tokio::sync::Mutex<()>,
+    /// The allocations of every stored Service, kept current from the store's watch.
+    pub allocations: alloc::AllocationIndex,
 }
 
 impl<S: Store> ApiState<S> {
@@ -95,6 +97,7 @@ impl<S: Store> ApiState<S> {
             store,
             config,
             alloc_lock: tokio::sync::Mutex::new(()),
+            allocations: alloc::AllocationIndex::default(),
         })
     }
 }
