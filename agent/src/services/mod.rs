@@ -243,12 +243,19 @@ pub fn reconcile_known(
         .filter(|b| !listed.contains(&b.address))
         .collect();
     if !gone.is_empty() {
+        // One `ss -K` per network namespace of the node: off the programming path, so the next
+        // change does not wait for it.
         let cfg = dp.config();
-        match teardown::destroy_connections(&cfg.cgroup_root, cfg.node_netns.as_deref(), &gone) {
-            Ok(n) if n > 0 => tracing::info!(sockets = n, "connections to removed backends reset"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "resetting connections to removed backends"),
-        }
+        let (cgroup_root, node_netns) = (cfg.cgroup_root.clone(), cfg.node_netns.clone());
+        std::thread::spawn(move || {
+            match teardown::destroy_connections(&cgroup_root, node_netns.as_deref(), &gone) {
+                Ok(n) if n > 0 => {
+                    tracing::info!(sockets = n, "connections to removed backends reset");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "resetting connections to removed backends"),
+            }
+        });
     }
     Ok(ops.len())
 }
