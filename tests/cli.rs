@@ -80,7 +80,7 @@ fn agent_without_privileges_says_which() {
             "--data-dir",
         ])
         .arg(dir.path())
-        .args(["--pin-dir", "/sys/fs/bpf/keelson-test/cli-unpriv"])
+        .args(["--pin-dir", "/sys/fs/bpf/keelson-test-cli-unpriv"])
         .output()
         .expect("running setpriv");
     assert!(!out.status.success(), "{}", output_text(&out));
@@ -99,7 +99,7 @@ fn bpf_dump_of_a_missing_node_is_a_clear_error() {
             "dump",
             "services",
             "--pin-dir",
-            "/sys/fs/bpf/keelson-test/cli-no-such-node",
+            "/sys/fs/bpf/keelson-test-cli-no-such-node",
         ])
         .output()
         .expect("keelson bpf dump");

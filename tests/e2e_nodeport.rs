@@ -303,36 +303,10 @@ fn service_port(c: &LocalCluster, svc: &str, field: &str, index: usize) -> u16 {
 
 /// Pod name → (node, podIP) of the app's Pods that are Ready.
 fn ready_pods(c: &LocalCluster) -> BTreeMap<String, (String, String)> {
-    let v = json(c, &["get", "pods", "-l", "app=web", "-o", "json"]);
-    v["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .filter(|p| {
-            p["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-        })
-        .map(|p| {
-            (
-                p["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                (
-                    p["spec"]["nodeName"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    p["status"]["podIP"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                ),
-            )
-        })
+    c.pods("web")
+        .into_iter()
+        .filter(|(_, p)| p.ready)
+        .map(|(name, p)| (name, (p.node, p.ip)))
         .collect()
 }
 
@@ -341,15 +315,12 @@ fn services_from_outside_the_cluster() {
     let name = format!("np{}", std::process::id());
     let c = LocalCluster::up(&name, 2);
     let dir = c.data_dir.path();
-    let manifest = dir.join("app.yaml");
-    std::fs::write(
-        &manifest,
-        APP.replace("HTTP_SERVER", &yaml_quoted(HTTP_SERVER))
+    c.apply_ok(
+        "app.yaml",
+        &APP.replace("HTTP_SERVER", &yaml_quoted(HTTP_SERVER))
             .replace("UDP_SERVER", &yaml_quoted(UDP_SERVER))
             .replace("CLUSTER", &name),
-    )
-    .expect("manifest");
-    c.kubectl_ok(&["apply", "-f", &manifest.to_string_lossy()]);
+    );
     let pods = wait_for("3 ready Pods", Duration::from_secs(60), || {
         let p = ready_pods(&c);
         (p.len() == 3).then_some(p)
@@ -791,23 +762,11 @@ fn terminating_backends_keep_their_established_connections() {
     let name = format!("dr{}", std::process::id());
     let c = LocalCluster::up(&name, 1);
     let dir = c.data_dir.path();
-    let manifest = dir.join("drain.yaml");
-    std::fs::write(
-        &manifest,
-        DRAIN_APP.replace("ECHO_SERVER", &yaml_quoted(ECHO_SERVER)),
-    )
-    .expect("manifest");
-    c.kubectl_ok(&["apply", "-f", &manifest.to_string_lossy()]);
-    wait_for("2 ready echo Pods", Duration::from_secs(60), || {
-        let ready = c.kubectl_ok(&[
-            "get",
-            "deployment",
-            "drain",
-            "-o",
-            "jsonpath={.status.readyReplicas}",
-        ]);
-        (ready.trim() == "2").then_some(())
-    });
+    c.apply_ok(
+        "drain.yaml",
+        &DRAIN_APP.replace("ECHO_SERVER", &yaml_quoted(ECHO_SERVER)),
+    );
+    c.wait_ready_replicas("drain", 2, Duration::from_secs(60));
     let x = ExternalClient::join(&name, 201);
     let np = service_port(&c, "drain", "nodePort", 0);
     let script = dir.join("long_lived.py");

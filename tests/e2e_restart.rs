@@ -117,27 +117,8 @@ fn agent_restarts_keep_every_connection() {
     let name = format!("rst{}", std::process::id());
     let c = LocalCluster::up(&name, 1);
     let dir = c.data_dir.path();
-    let app = dir.join("app.yaml");
-    std::fs::write(&app, APP).expect("manifest");
-    c.kubectl_ok(&["apply", "-f", &app.to_string_lossy()]);
-    let start = Instant::now();
-    loop {
-        let ready = c.kubectl_ok(&[
-            "get",
-            "deployment",
-            "svc",
-            "-o",
-            "jsonpath={.status.readyReplicas}",
-        ]);
-        if ready.trim() == "3" {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "svc not ready: {ready:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    c.apply_ok("app.yaml", APP);
+    c.wait_ready_replicas("svc", 3, Duration::from_secs(120));
     let vip = c.kubectl_ok(&["get", "svc", "svc", "-o", "jsonpath={.spec.clusterIP}"]);
     let steady = dir.join("steady.py");
     std::fs::write(&steady, STEADY).expect("probe");

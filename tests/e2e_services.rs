@@ -106,12 +106,6 @@ fn probe(c: &LocalCluster, dir: &Path, vip: &str, n: u32) -> support::ProbeResul
     parse_probe(&String::from_utf8_lossy(&out.stdout))
 }
 
-fn apply(c: &LocalCluster, dir: &Path, name: &str, yaml: &str) -> std::process::Output {
-    let p = dir.join(name);
-    std::fs::write(&p, yaml).expect("manifest");
-    c.kubectl(&["apply", "-f", &p.to_string_lossy()])
-}
-
 fn dump_services(c: &LocalCluster) -> String {
     let out = std::process::Command::new(support::keelson())
         .args(["bpf", "dump", "services", "--json", "--pin-dir"])
@@ -127,12 +121,7 @@ fn service_semantics() {
     let name = format!("svc{}", std::process::id());
     let c = LocalCluster::up(&name, 2);
     let dir = c.data_dir.path();
-    let out = apply(
-        &c,
-        dir,
-        "app.yaml",
-        &APP.replace("SERVER", &yaml_quoted(SERVER)),
-    );
+    let out = c.apply("app.yaml", &APP.replace("SERVER", &yaml_quoted(SERVER)));
     assert!(out.status.success(), "{}", output_text(&out));
     let start = Instant::now();
     while c.pods_by_node("named").len() < 3 {
@@ -201,7 +190,7 @@ endpoints:
     conditions: {{ready: true}}
 "#
     );
-    let out = apply(&c, dir, "manual.yaml", &manual);
+    let out = c.apply("manual.yaml", &manual);
     assert!(out.status.success(), "{}", output_text(&out));
     let manual_vip = c.kubectl_ok(&["get", "svc", "manual", "-o", "jsonpath={.spec.clusterIP}"]);
     let start = Instant::now();
@@ -251,7 +240,7 @@ endpoints:
         ),
     ];
     for (file, yaml, field) in cases {
-        let out = apply(&c, dir, file, yaml);
+        let out = c.apply(file, yaml);
         assert!(
             !out.status.success(),
             "{file} accepted:\n{}",
@@ -265,9 +254,9 @@ endpoints:
     }
     // A NodePort already taken is refused too.
     let taken = "apiVersion: v1\nkind: Service\nmetadata: {name: NAME}\nspec:\n  type: NodePort\n  selector: {app: x}\n  ports: [{port: 80, nodePort: 30080}]\n";
-    let out = apply(&c, dir, "np1.yaml", &taken.replace("NAME", "np1"));
+    let out = c.apply("np1.yaml", &taken.replace("NAME", "np1"));
     assert!(out.status.success(), "{}", output_text(&out));
-    let out = apply(&c, dir, "np2.yaml", &taken.replace("NAME", "np2"));
+    let out = c.apply("np2.yaml", &taken.replace("NAME", "np2"));
     assert!(
         !out.status.success(),
         "a taken nodePort was accepted:\n{}",

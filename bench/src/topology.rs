@@ -18,8 +18,11 @@ pub const NODE_SERVER_SIDE_IP: &str = "10.253.0.1";
 pub const CLIENT_IP: &str = "10.244.200.2";
 
 const NETNS_PREFIX: &str = "kls-b-";
-const CGROUP_PARENT: &str = "/sys/fs/cgroup/unified/keelson-test";
-const PIN_PARENT: &str = "/sys/fs/bpf/keelson-test";
+/// Where the bench's cgroups and pin directories go: `<root>/<STATE_PREFIX><pid>-<tag>`, each
+/// directly under its root, so removing a run's own directories leaves nothing behind.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
+const PIN_ROOT: &str = "/sys/fs/bpf";
+const STATE_PREFIX: &str = "keelson-test-bench-";
 
 /// Runs `cmd args`, failing with its stderr.
 pub fn run(cmd: &str, args: &[&str]) -> Result<()> {
@@ -139,8 +142,9 @@ impl Topology {
         let cli = Netns::new(format!("{base}-cli"))?;
         let node = Netns::new(format!("{base}-node"))?;
         let srv = Netns::new(format!("{base}-srv"))?;
-        let cgroup = Cgroup::new(PathBuf::from(CGROUP_PARENT).join(format!("bench-{pid}-{tag}")))?;
-        let pins = PinDir(PathBuf::from(PIN_PARENT).join(format!("bench-{pid}-{tag}")));
+        let cgroup =
+            Cgroup::new(PathBuf::from(CGROUP_ROOT).join(format!("{STATE_PREFIX}{pid}-{tag}")))?;
+        let pins = PinDir(PathBuf::from(PIN_ROOT).join(format!("{STATE_PREFIX}{pid}-{tag}")));
         let t = Self {
             cli,
             node,
@@ -244,13 +248,13 @@ pub fn cleanup_leftovers() {
             }
         }
     }
-    for (parent, is_cgroup) in [(CGROUP_PARENT, true), (PIN_PARENT, false)] {
+    for (parent, is_cgroup) in [(CGROUP_ROOT, true), (PIN_ROOT, false)] {
         let Ok(dir) = fs::read_dir(parent) else {
             continue;
         };
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = pid_of(&name, "bench-")
+            if let Some(pid) = pid_of(&name, STATE_PREFIX)
                 && !alive(&pid)
             {
                 if is_cgroup {

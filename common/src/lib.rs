@@ -170,8 +170,9 @@ pub mod service_flags {
     /// Backends are chosen from the frontend's Maglev table by a hash of the flow, so that every
     /// node picks the same backend for a flow and a backend change moves ~1/N of the flows.
     pub const MAGLEV: u8 = 4;
-    /// `externalTrafficPolicy: Local`: the backends are this node's only and the client's
-    /// address is kept (no SNAT).
+    /// `externalTrafficPolicy: Local`. The programs need nothing more (the agent gives such a
+    /// frontend this node's backends only, which are never SNATed); the bit tells the dump
+    /// tools why a frontend has fewer backends than its Service.
     pub const LOCAL: u8 = 8;
 }
 

@@ -210,17 +210,23 @@ pub fn apply_ct(ctx: &TcContext, flow: &Flow, entry: *mut CtValue) -> Result<CtV
 /// it is balanced afresh rather than pinned to the old connection's backend.
 #[inline(always)]
 pub fn ct_forget(key: &CtKey, value: &CtValue) {
-    let reply = CtKey {
+    let _ = CT.remove(&ct_partner(key, value, ct_dir::REPLY));
+    let _ = CT.remove(key);
+}
+
+/// The key of the other direction (`dir`) of the flow `key`/`value` belong to: a value holds
+/// the rewritten addresses, which are exactly the other direction's tuple reversed.
+#[inline(always)]
+fn ct_partner(key: &CtKey, value: &CtValue, dir: u8) -> CtKey {
+    CtKey {
         saddr: value.nat_daddr,
         daddr: value.nat_saddr,
         sport: value.nat_dport,
         dport: value.nat_sport,
         proto: key.proto,
-        dir: ct_dir::REPLY,
+        dir,
         pad: [0; 2],
-    };
-    let _ = CT.remove(&reply);
-    let _ = CT.remove(key);
+    }
 }
 
 /// The conntrack entry of `key`, if any.
@@ -362,15 +368,7 @@ fn reclaim(reply_key: &CtKey, now: u64) -> bool {
     let Some(reply) = (unsafe { CT.get(reply_key) }).copied() else {
         return true;
     };
-    let original = CtKey {
-        saddr: reply.nat_daddr,
-        daddr: reply.nat_saddr,
-        sport: reply.nat_dport,
-        dport: reply.nat_sport,
-        proto: reply_key.proto,
-        dir: ct_dir::ORIGINAL,
-        pad: [0; 2],
-    };
+    let original = ct_partner(reply_key, &reply, ct_dir::ORIGINAL);
     // SAFETY: copied out at once.
     let (orig_flags, orig_seen) =
         (unsafe { CT.get(&original) }).map_or((ct_flags::RST, 0), |v| (v.flags, v.last_seen_ns));

@@ -41,6 +41,14 @@ pub fn output_text(out: &Output) -> String {
     )
 }
 
+/// What the tests need to know of a Pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSummary {
+    pub node: String,
+    pub ip: String,
+    pub ready: bool,
+}
+
 /// A local cluster started by `keelson up`, removed by `keelson down` on drop.
 pub struct LocalCluster {
     pub name: String,
@@ -109,6 +117,37 @@ impl LocalCluster {
             output_text(&out)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes `yaml` to `file` in the test's data directory and runs `kubectl apply -f` on it.
+    pub fn apply(&self, file: &str, yaml: &str) -> Output {
+        let path = self.data_dir.path().join(file);
+        std::fs::write(&path, yaml).expect("manifest");
+        self.kubectl(&["apply", "-f", &path.to_string_lossy()])
+    }
+
+    /// [`Self::apply`], failing the test if kubectl does.
+    pub fn apply_ok(&self, file: &str, yaml: &str) {
+        let out = self.apply(file, yaml);
+        assert!(
+            out.status.success(),
+            "kubectl apply {file}:\n{}",
+            output_text(&out)
+        );
+    }
+
+    /// Waits until Deployment `name` reports `n` ready replicas.
+    pub fn wait_ready_replicas(&self, name: &str, n: u32, timeout: Duration) {
+        wait_for(&format!("{n} ready replicas of {name}"), timeout, || {
+            let ready = self.kubectl_ok(&[
+                "get",
+                "deployment",
+                name,
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ]);
+            (ready.trim() == n.to_string()).then_some(())
+        });
     }
 
     pub fn pin_dir(&self, i: u8) -> PathBuf {
@@ -221,27 +260,36 @@ impl LocalCluster {
         }
     }
 
-    /// Pod name → node name of the Pods with label app=<app>.
-    pub fn pods_by_node(&self, app: &str) -> BTreeMap<String, String> {
+    /// The Pods with label app=<app> that are not being deleted, by name.
+    pub fn pods(&self, app: &str) -> BTreeMap<String, PodSummary> {
         let json = self.kubectl_ok(&["get", "pods", "-l", &format!("app={app}"), "-o", "json"]);
         let v: serde_json::Value = serde_json::from_str(&json).expect("pod list json");
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
         v["items"]
             .as_array()
             .expect("items")
             .iter()
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .map(|p| {
-                (
-                    p["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    p["spec"]["nodeName"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                )
+                let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+                let summary = PodSummary {
+                    node: text(&p["spec"]["nodeName"]),
+                    ip: text(&p["status"]["podIP"]),
+                    ready,
+                };
+                (text(&p["metadata"]["name"]), summary)
             })
+            .collect()
+    }
+
+    /// Pod name → node name of the Pods with label app=<app>.
+    pub fn pods_by_node(&self, app: &str) -> BTreeMap<String, String> {
+        self.pods(app)
+            .into_iter()
+            .map(|(name, p)| (name, p.node))
             .collect()
     }
 

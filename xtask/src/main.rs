@@ -305,8 +305,8 @@ fn test(args: &[String]) -> Result<()> {
         .into_iter()
         .filter(|s| !before.contains(s))
         .collect();
-    for parent in TEST_PARENTS {
-        // Only empty: whatever is still inside is reported above, or was there before.
+    // Shared parents older runs used; only removed if empty.
+    for parent in LEGACY_TEST_PARENTS {
         let _ = std::fs::remove_dir(parent);
     }
     result?;
@@ -319,24 +319,28 @@ fn test(args: &[String]) -> Result<()> {
     lint()
 }
 
-/// Parent directories every test shares (each test removes only its own child: removing a
-/// shared parent while another test creates its child would race), and the name prefixes of
-/// test network namespaces.
-const TEST_PARENTS: &[&str] = &[
+/// Where tests put kernel state: each test's cgroup and bpffs pin directory sits directly under
+/// one of these roots with the [`TEST_STATE_PREFIX`] (no shared parent, so a test that removes
+/// what it made leaves nothing), and its network namespaces carry one of the netns prefixes.
+const TEST_ROOTS: &[&str] = &["/sys/fs/bpf", "/sys/fs/cgroup/unified"];
+const TEST_STATE_PREFIX: &str = "keelson-test";
+const TEST_NETNS_PREFIXES: &[&str] = &["kls-t-", "kls-b-"];
+/// Shared parents earlier versions of the tests created.
+const LEGACY_TEST_PARENTS: &[&str] = &[
     "/sys/fs/bpf/keelson-test",
     "/sys/fs/cgroup/unified/keelson-test",
 ];
-const TEST_NETNS_PREFIXES: &[&str] = &["kls-t-", "kls-b-"];
 
-/// What of the tests' kernel state exists now: directories under the shared test parents and
-/// test network namespaces. Compared before and after the suite, so state that was there
-/// before (another run still going) is not blamed on this one.
+/// What of the tests' kernel state exists now: test directories under the roots and test
+/// network namespaces. Compared before and after the suite, so state that was there before
+/// (another run still going) is not blamed on this one.
 fn test_state() -> Vec<String> {
     let mut state = Vec::new();
-    for parent in TEST_PARENTS {
-        if let Ok(entries) = std::fs::read_dir(parent) {
+    for root in TEST_ROOTS {
+        if let Ok(entries) = std::fs::read_dir(root) {
             for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(TEST_STATE_PREFIX) && e.file_type().is_ok_and(|t| t.is_dir()) {
                     state.push(e.path().display().to_string());
                 }
             }

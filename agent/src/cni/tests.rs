@@ -335,8 +335,8 @@ async fn add_check_del_with_the_ebpf_datapath() {
     let node_ns_name = format!("kls-t-cni-bpf-{}-n", std::process::id());
     let node_ns = netns::create_named(&node_ns_name).expect("node netns");
     cleanup.netns.push(node_ns_name.clone());
-    let pin_dir = PathBuf::from("/sys/fs/bpf/keelson-test").join(&unique);
-    let cgroup = PathBuf::from("/sys/fs/cgroup/unified/keelson-test").join(&unique);
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/keelson-test-{unique}"));
+    let cgroup = PathBuf::from(format!("/sys/fs/cgroup/unified/keelson-test-{unique}"));
     std::fs::create_dir_all(&cgroup).expect("cgroup");
     cleanup.dirs.push(pin_dir.clone());
     cleanup.dirs.push(cgroup.clone());

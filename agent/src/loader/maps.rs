@@ -295,14 +295,7 @@ impl Maps {
             .filter(|(_, v)| backend_ids.contains(&v.backend_id))
             .map(|(k, _)| k)
             .collect();
-        for key in &stale {
-            match self.ct.remove(key) {
-                Ok(()) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(source) => return Err(op_err(names::CT, "delete", source)),
-            }
-        }
-        Ok(stale.len())
+        self.remove_ct(&stale)
     }
 
     /// Removes conntrack entries idle past their protocol's limit (`limits::CT_*_IDLE_NS`;
@@ -339,14 +332,19 @@ impl Maps {
                 }
             }
         }
-        for key in &stale {
+        self.remove_ct(&stale)
+    }
+
+    /// Deletes conntrack entries; one already gone is not an error. Returns how many were asked.
+    fn remove_ct(&mut self, keys: &[CtKey]) -> Result<usize, MapsError> {
+        for key in keys {
             match self.ct.remove(key) {
                 Ok(()) => {}
                 Err(e) if is_not_found(&e) => {}
                 Err(source) => return Err(op_err(names::CT, "delete", source)),
             }
         }
-        Ok(stale.len())
+        Ok(keys.len())
     }
 
     /// Every session-affinity entry.

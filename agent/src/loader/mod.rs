@@ -139,7 +139,7 @@ impl Datapath {
             })?;
         }
         let links_dir = cfg.pin_dir.join(paths::LINKS_DIR);
-        fs::create_dir_all(&links_dir).map_err(|source| LoaderError::Io {
+        sys::create_dir_all_shared(&links_dir).map_err(|source| LoaderError::Io {
             what: "cannot create pin directory",
             path: links_dir.display().to_string(),
             source,
@@ -151,7 +151,7 @@ impl Datapath {
 
         // The node's cgroup root may not exist before its first Pod; the hooks must be in
         // place before that Pod starts.
-        fs::create_dir_all(&cfg.cgroup_root).map_err(|source| LoaderError::Io {
+        sys::create_dir_all_shared(&cfg.cgroup_root).map_err(|source| LoaderError::Io {
             what: "cannot create cgroup",
             path: cfg.cgroup_root.display().to_string(),
             source,

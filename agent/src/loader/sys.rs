@@ -194,3 +194,16 @@ pub fn monotonic_ns() -> u64 {
     }
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
+
+/// `create_dir_all` for a directory below a parent that `keelson down` of another cluster may
+/// remove at the same moment (it removes the shared `keelson` parents once empty): a parent
+/// that vanished between two steps is created again.
+pub fn create_dir_all_shared(path: &Path) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match std::fs::create_dir_all(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 5 => tries += 1,
+            other => return other,
+        }
+    }
+}

@@ -20,14 +20,15 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A bpffs pin directory under `/sys/fs/bpf/keelson-test/`, removed on drop.
+/// A bpffs pin directory `/sys/fs/bpf/keelson-test-<name>`, removed on drop. No shared parent:
+/// each test owns and removes everything it created.
 #[derive(Debug)]
 pub struct PinDir(pub PathBuf);
 
 impl PinDir {
     pub fn new(name: &str) -> Self {
         super::sys::ensure_bpffs(Path::new("/sys/fs/bpf")).expect("mount bpffs");
-        Self(PathBuf::from("/sys/fs/bpf/keelson-test").join(name))
+        Self(PathBuf::from(format!("/sys/fs/bpf/keelson-test-{name}")))
     }
 }
 
@@ -38,13 +39,13 @@ impl Drop for PinDir {
     }
 }
 
-/// A cgroup v2 directory under `/sys/fs/cgroup/unified/keelson-test/`, removed on drop.
+/// A cgroup v2 directory `/sys/fs/cgroup/unified/keelson-test-<name>`, removed on drop.
 #[derive(Debug)]
 pub struct Cgroup(pub PathBuf);
 
 impl Cgroup {
     pub fn new(name: &str) -> Self {
-        let path = PathBuf::from("/sys/fs/cgroup/unified/keelson-test").join(name);
+        let path = PathBuf::from(format!("/sys/fs/cgroup/unified/keelson-test-{name}"));
         fs::create_dir_all(&path).expect("create cgroup");
         Self(path)
     }

@@ -1441,7 +1441,7 @@ mod tests {
         let unique = format!("sup-{tag}-{}", std::process::id());
         let netns_name = format!("kls-t-{unique}");
         let ns = netns::create_named(&netns_name).expect("netns");
-        let cgroup = PathBuf::from("/sys/fs/cgroup/unified/keelson-test").join(&unique);
+        let cgroup = PathBuf::from(format!("/sys/fs/cgroup/unified/keelson-test-{unique}"));
         std::fs::create_dir_all(&cgroup).expect("cgroup");
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = PodRuntimeConfig {

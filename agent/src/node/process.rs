@@ -395,7 +395,7 @@ mod tests {
         let unique = format!("proc-{}", std::process::id());
         let sb = Sandbox {
             netns: format!("kls-t-{unique}"),
-            cgroup: PathBuf::from("/sys/fs/cgroup/unified/keelson-test").join(&unique),
+            cgroup: PathBuf::from(format!("/sys/fs/cgroup/unified/keelson-test-{unique}")),
         };
         let ns = crate::netns::create_named(&sb.netns).expect("netns");
         fs::create_dir_all(&sb.cgroup).expect("cgroup");
@@ -428,7 +428,7 @@ mod tests {
         assert!(text.contains("out-hi\n"), "{text}");
         assert!(text.contains("err\n"), "{text}");
         assert!(
-            text.contains(&format!("0::/keelson-test/{unique}")),
+            text.contains(&format!("0::/keelson-test-{unique}")),
             "{text}"
         );
         assert!(text.contains(&want_ns), "{text}");
