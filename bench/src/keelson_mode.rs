@@ -1,9 +1,10 @@
 //! keelson's side of the benchmark: the bench's Services as the API objects the agent
 //! watches (selector-less Services with hand-written EndpointSlices), programmed into a
 //! freshly loaded datapath through the agent's own services code path
-//! (`keelson_agent::services::reconcile`: plan from the objects, read the maps, diff, apply),
-//! then changed one EndpointSlice at a time as the agent's loop does it
-//! (`keelson_agent::services::reconcile_known`: plan and diff against the state carried from the
+//! (`keelson_agent::services::Programmer`: the objects as the watches' first lists, then a
+//! pass that reads the maps, plans every Service, diffs and applies), then changed one
+//! EndpointSlice at a time as the agent's loop does it (one watch event, then a pass that
+//! plans that Service again and diffs what it touched against the state carried from the
 //! previous pass).
 
 use std::{collections::BTreeMap, path::Path, time::Duration, time::Instant};
@@ -16,7 +17,11 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
-use keelson_agent::loader::{Datapath, DatapathConfig};
+use keelson_agent::{
+    loader::{Datapath, DatapathConfig},
+    services::{Programmer, plan::NodeContext},
+};
+use kube::runtime::watcher;
 
 use crate::workload::{BenchService, ENDPOINT_PORT, NAMESPACE, PORT_NAME, SERVICE_PORT};
 
@@ -88,8 +93,9 @@ pub fn objects(services: &[BenchService]) -> (Vec<Service>, Vec<EndpointSlice>) 
 pub const CHANGE_PASSES: usize = 40;
 
 /// Loads the datapath with `cgroup` as its cgroup root and pins under `pins`, then programs
-/// `services` from nothing; returns the datapath, the programming time (the reconcile
-/// pass alone: the objects are built before the clock starts, as a watch cache holds them)
+/// `services` from nothing; returns the datapath, the programming time (taking the objects
+/// as the watches' first lists, then the first pass: the objects are built before the clock
+/// starts, as the watches deliver them)
 /// and the sorted times of [`CHANGE_PASSES`] passes that each program one EndpointSlice change.
 pub fn load_and_program(
     cgroup: &Path,
@@ -108,14 +114,10 @@ pub fn load_and_program(
         )
     })?;
     let (svcs, mut slices) = objects(services);
+    let mut programmer = Programmer::new(NodeContext::default());
     let start = Instant::now();
-    keelson_agent::services::reconcile(
-        &dp,
-        &svcs,
-        &slices,
-        &keelson_agent::services::plan::NodeContext::default(),
-    )
-    .context("programming the Services")?;
+    programmer.load(svcs, slices.iter().cloned());
+    programmer.pass(&dp).context("programming the Services")?;
     let took = start.elapsed();
     let state = dp.read_lb().context("reading the maps back")?;
     ensure!(
@@ -124,21 +126,19 @@ pub fn load_and_program(
         state.services.len(),
         services.len()
     );
-    let passes = change_passes(&dp, state, &svcs, &mut slices)?;
+    let passes = change_passes(&dp, &mut programmer, &mut slices)?;
     Ok((dp, took, passes))
 }
 
 /// The agent loop's cost of one EndpointSlice change once everything is programmed: each
-/// timed pass replaces the last endpoint of one slice with a fresh address, the next puts it
-/// back (so the datapath ends as it started, for the correctness check and the load).
+/// timed pass takes one watch event replacing the last endpoint of one slice with a fresh
+/// address, the next puts it back (so the datapath ends as it started, for the correctness
+/// check and the load).
 fn change_passes(
     dp: &Datapath,
-    programmed: keelson_agent::services::model::LbState,
-    svcs: &[Service],
+    programmer: &mut Programmer,
     slices: &mut [EndpointSlice],
 ) -> Result<Vec<Duration>> {
-    let node = keelson_agent::services::plan::NodeContext::default();
-    let mut known = Some(programmed);
     let mut times = Vec::with_capacity(CHANGE_PASSES);
     for c in 0..CHANGE_PASSES / 2 {
         let i = (c * 97) % slices.len();
@@ -152,9 +152,10 @@ fn change_passes(
             if let Some(ep) = slices[i].endpoints.as_mut().and_then(|e| e.last_mut()) {
                 ep.addresses = addresses;
             }
+            let event = watcher::Event::Apply(slices[i].clone());
             let start = Instant::now();
-            let ops = keelson_agent::services::reconcile_known(dp, &mut known, svcs, slices, &node)
-                .context("programming one change")?;
+            programmer.slice_event(event);
+            let ops = programmer.pass(dp).context("programming one change")?;
             times.push(start.elapsed());
             ensure!(ops > 0, "a changed endpoint was not programmed");
         }

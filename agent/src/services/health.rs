@@ -13,7 +13,7 @@
 //! later) and is then served by the agent's tokio runtime.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, PoisonError, RwLock},
@@ -29,7 +29,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde::Serialize;
 use tokio::{runtime::Handle, sync::oneshot, task::JoinHandle};
 
-use super::plan::slices_by_service;
+use super::input::{ObjectKey, ServiceInput, SliceInput, object_key};
 use crate::netns::{NetnsError, in_netns};
 
 /// What one health server reports.
@@ -69,43 +69,41 @@ pub fn desired(
     slices: &[EndpointSlice],
     node_name: &str,
 ) -> BTreeMap<u16, HealthEntry> {
-    let mut local: HashMap<(&str, &str), BTreeSet<&str>> = HashMap::new();
-    for (service, own) in slices_by_service(slices) {
-        let addrs = local.entry(service).or_default();
-        for ep in own.iter().flat_map(|s| s.endpoints.iter().flatten()) {
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            if !ready || node_name.is_empty() || ep.node_name.as_deref() != Some(node_name) {
-                continue;
-            }
-            if let Some(addr) = ep.addresses.first() {
-                addrs.insert(addr.as_str());
-            }
-        }
-    }
+    let slices: Vec<SliceInput> = slices
+        .iter()
+        .map(|s| SliceInput::from_slice(s, node_name))
+        .collect();
+    let services: Vec<(ObjectKey, ServiceInput)> = services
+        .iter()
+        .filter_map(|svc| {
+            let key = object_key(
+                svc.metadata.namespace.as_deref(),
+                svc.metadata.name.as_deref()?,
+            );
+            Some((key, ServiceInput::from_service(svc)?))
+        })
+        .collect();
+    desired_of(services.iter().map(|(k, s)| (k, s)), |key| {
+        local_ready_endpoints(slices.iter().filter(|s| s.service.as_deref() == Some(key)))
+    })
+}
 
+/// [`desired`] from the planner's input: `local_endpoints` counts a Service's (by
+/// `namespace/name`) ready local endpoints.
+pub fn desired_of<'a>(
+    services: impl IntoIterator<Item = (&'a ObjectKey, &'a ServiceInput)>,
+    local_endpoints: impl Fn(&str) -> usize,
+) -> BTreeMap<u16, HealthEntry> {
     let mut out: BTreeMap<u16, HealthEntry> = BTreeMap::new();
-    for svc in services {
-        let Some(spec) = &svc.spec else { continue };
-        if spec.type_.as_deref() != Some("LoadBalancer")
-            || spec.external_traffic_policy.as_deref() != Some("Local")
-        {
-            continue;
-        }
-        let Some(port) = spec
-            .health_check_node_port
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0)
-        else {
+    for (key, svc) in services {
+        let Some(port) = svc.health_check_node_port else {
             continue;
         };
-        let namespace = svc.metadata.namespace.as_deref().unwrap_or("default");
-        let Some(name) = svc.metadata.name.as_deref() else {
-            continue;
-        };
+        let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
         let entry = HealthEntry {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            local_endpoints: local.get(&(namespace, name)).map_or(0, BTreeSet::len),
+            local_endpoints: local_endpoints(key),
         };
         match out.get(&port) {
             Some(held) if (&held.namespace, &held.name) <= (&entry.namespace, &entry.name) => {}
@@ -115,6 +113,17 @@ pub fn desired(
         }
     }
     out
+}
+
+/// The distinct addresses of the ready endpoints on this node in `slices`.
+pub fn local_ready_endpoints<'a>(slices: impl IntoIterator<Item = &'a SliceInput>) -> usize {
+    slices
+        .into_iter()
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.ready && e.local)
+        .map(|e| e.address)
+        .collect::<BTreeSet<_>>()
+        .len()
 }
 
 type Shared = Arc<RwLock<HealthEntry>>;

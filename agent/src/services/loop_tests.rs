@@ -1,5 +1,6 @@
-//! The loop's carried-forward view of the maps: after every pass it must equal what a read
-//! of the maps returns, or later passes would diff against a state the kernel does not hold.
+//! The loop's carried-forward view of the maps: after every incremental pass it must equal
+//! what a read of the maps returns, or later passes would diff against a state the kernel
+//! does not hold.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +12,9 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use super::{model::LbState, plan::NodeContext, plan::SERVICE_NAME_LABEL, reconcile_known};
+use kube::runtime::watcher;
+
+use super::{Programmer, model::LbState, plan::NodeContext, plan::SERVICE_NAME_LABEL};
 use crate::loader::testutil::TestDatapath;
 
 fn svc(name: &str, ip: &str, node_port: Option<i32>, affinity: bool) -> Service {
@@ -128,11 +131,41 @@ fn services_loop_carried_state_matches_the_maps_after_every_pass() {
         ),
         (vec![], vec![]),
     ];
-    let mut known: Option<LbState> = None;
+    let mut programmer = Programmer::new(node);
+    let name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
     for (i, (services, slices)) in steps.iter().enumerate() {
-        let written = reconcile_known(&t.dp, &mut known, services, slices, &node).expect("pass");
+        if i == 0 {
+            // The first lists, as the watches deliver them after a start: a full pass.
+            programmer.load(services.clone(), slices.clone());
+        } else {
+            // Then watch events: deletes of what is gone, updates of everything else.
+            let (prev_services, prev_slices) = &steps[i - 1];
+            for gone in prev_services.iter().filter(|p| {
+                !services
+                    .iter()
+                    .any(|s| name(&s.metadata) == name(&p.metadata))
+            }) {
+                programmer.service_event(watcher::Event::Delete(gone.clone()));
+            }
+            for gone in prev_slices.iter().filter(|p| {
+                !slices
+                    .iter()
+                    .any(|s| name(&s.metadata) == name(&p.metadata))
+            }) {
+                programmer.slice_event(watcher::Event::Delete(gone.clone()));
+            }
+            for s in services {
+                programmer.service_event(watcher::Event::Apply(s.clone()));
+            }
+            for s in slices {
+                programmer.slice_event(watcher::Event::Apply(s.clone()));
+            }
+        }
+        assert_eq!(programmer.needs_read(), i == 0, "step {i}");
+        let written = programmer.pass(&t.dp).expect("pass");
         let read = t.dp.read_lb().expect("read maps");
-        assert_eq!(known.as_ref(), Some(&read), "step {i}");
+        let known = programmer.programmed.as_ref().map(|p| &p.state);
+        assert_eq!(known, Some(&read), "step {i}");
         if i == 3 {
             assert_eq!(written, 0, "an unchanged set writes nothing");
         }
@@ -143,5 +176,8 @@ fn services_loop_carried_state_matches_the_maps_after_every_pass() {
             );
         }
     }
-    assert_eq!(known, Some(LbState::default()));
+    assert_eq!(
+        programmer.programmed.map(|p| p.state),
+        Some(LbState::default())
+    );
 }

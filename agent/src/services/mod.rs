@@ -1,33 +1,46 @@
 //! Service load balancing: watches Services and EndpointSlices, computes the desired
 //! frontend/backend set and writes the difference into the datapath's maps.
 //!
-//! [`plan`] is pure (desired state, diff); this module is the thin loop around it: two
-//! watches feeding [`cache`], and on every change a pass (plan, diff against what the maps
-//! hold, apply). What the maps hold is read from the kernel on the first pass and on every
-//! [`RESYNC`], and between those carried forward in memory from the operations applied: a
+//! [`plan`] is pure (one Service's plan, the full diff), [`index`] keeps the plans and diffs
+//! incrementally; [`Programmer`] is the state between passes and this module's loop the thin
+//! part around it: two watches feeding it, and on every change a pass. A pass re-plans only
+//! the Services whose objects changed and diffs only what their plans touched, against what
+//! the maps hold, which is read from the kernel on the first pass and on every [`RESYNC`] (a
+//! full diff then) and carried forward in memory from the operations applied in between: a
 //! restarted agent converges from what the kernel still holds, without flushing anything,
-//! while one change costs a plan and a diff rather than a read of every map.
+//! while one change costs the same at any number of Services.
 
 pub mod cache;
 pub mod health;
+pub mod index;
+pub mod input;
 pub mod maglev;
 pub mod model;
 pub mod plan;
+pub mod programmed;
 pub mod teardown;
 
-use std::{collections::BTreeSet, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
-    Api, Resource,
+    Api,
     runtime::{WatchStreamExt as _, watcher},
 };
 use tokio::time::Instant;
 
 use crate::loader::{Datapath, MapsError};
 use cache::ObjectCache;
-use model::{BackendAddr, LbState, MapOp};
+use index::{DesiredIndex, Touched};
+use input::{ObjectKey, ServiceInput, SliceInput};
+use model::{BackendAddr, MapOp};
+use programmed::Programmed;
 
 /// How often the maps are read back and compared with the API even without a change
 /// (repairs a failed write, e.g. after a full map was drained, or an entry changed by hand).
@@ -47,6 +60,239 @@ pub enum ServicesError {
     WatchEnded(&'static str),
     #[error("service maps")]
     Maps(#[source] MapsError),
+}
+
+/// Everything the Service programming keeps between passes: the planner's input, the plans,
+/// what the maps hold, and which Services changed since the last pass.
+#[derive(Debug)]
+pub struct Programmer {
+    node: plan::NodeContext,
+    services: ObjectCache<ServiceInput>,
+    slices: ObjectCache<SliceInput>,
+    /// The slices of each Service, by the slice's Service label.
+    slices_of: HashMap<ObjectKey, HashSet<ObjectKey>>,
+    /// How many slices list each address: a backend removed from the maps whose address no
+    /// slice lists any more is gone, and its connections are reset.
+    listed: HashMap<IpAddr, u32>,
+    /// Services to plan again on the next pass.
+    dirty: HashSet<ObjectKey>,
+    index: DesiredIndex,
+    /// What the maps hold after the last pass; None: read them on the next pass.
+    programmed: Option<Programmed>,
+}
+
+impl Programmer {
+    pub fn new(node: plan::NodeContext) -> Self {
+        Self {
+            node,
+            services: ObjectCache::default(),
+            slices: ObjectCache::default(),
+            slices_of: HashMap::new(),
+            listed: HashMap::new(),
+            dirty: HashSet::new(),
+            index: DesiredIndex::default(),
+            programmed: None,
+        }
+    }
+
+    /// Takes one event of the Service watch; returns whether a pass has work.
+    pub fn service_event(&mut self, event: watcher::Event<Service>) -> bool {
+        let dirty = &mut self.dirty;
+        self.services
+            .apply(event, ServiceInput::from_service, |key, _, _| {
+                dirty.insert(key.clone());
+            })
+    }
+
+    /// Takes one event of the EndpointSlice watch; returns whether a pass has work.
+    pub fn slice_event(&mut self, event: watcher::Event<EndpointSlice>) -> bool {
+        let node_name = self.node.node_name.clone();
+        let (dirty, slices_of, listed) = (&mut self.dirty, &mut self.slices_of, &mut self.listed);
+        self.slices.apply(
+            event,
+            |s| Some(SliceInput::from_slice(s, &node_name)),
+            |key, old, new| {
+                for (slice, present) in [(old, false), (new, true)] {
+                    let Some(slice) = slice else { continue };
+                    if let Some(service) = &slice.service {
+                        dirty.insert(service.clone());
+                        let of = slices_of.entry(service.clone()).or_default();
+                        if present {
+                            of.insert(key.clone());
+                        } else {
+                            of.remove(key);
+                            if of.is_empty() {
+                                slices_of.remove(service);
+                            }
+                        }
+                    }
+                    for ep in &slice.endpoints {
+                        let n = listed.entry(ep.address).or_default();
+                        if present {
+                            *n += 1;
+                        } else {
+                            *n -= 1;
+                            if *n == 0 {
+                                listed.remove(&ep.address);
+                            }
+                        }
+                    }
+                }
+            },
+        )
+    }
+
+    /// Takes complete lists of Services and EndpointSlices, as the watches' first lists.
+    pub fn load(
+        &mut self,
+        services: impl IntoIterator<Item = Service>,
+        slices: impl IntoIterator<Item = EndpointSlice>,
+    ) {
+        self.service_event(watcher::Event::Init);
+        for s in services {
+            self.service_event(watcher::Event::InitApply(s));
+        }
+        self.service_event(watcher::Event::InitDone);
+        self.slice_event(watcher::Event::Init);
+        for s in slices {
+            self.slice_event(watcher::Event::InitApply(s));
+        }
+        self.slice_event(watcher::Event::InitDone);
+    }
+
+    /// Both watches have delivered a complete list: programming before that would delete
+    /// frontends a restarted agent's maps rightly still hold.
+    pub fn is_ready(&self) -> bool {
+        self.services.is_ready() && self.slices.is_ready()
+    }
+
+    /// Makes the next pass read the maps back and diff everything.
+    pub fn resync(&mut self) {
+        self.programmed = None;
+    }
+
+    /// Whether the next pass reads the maps back.
+    pub fn needs_read(&self) -> bool {
+        self.programmed.is_none()
+    }
+
+    /// The healthCheckNodePort servers the Services ask for.
+    pub fn health(&self) -> BTreeMap<u16, health::HealthEntry> {
+        health::desired_of(self.services.iter(), |key| {
+            health::local_ready_endpoints(
+                self.slices_of
+                    .get(key)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| self.slices.get(s)),
+            )
+        })
+    }
+
+    /// Plans again the Services whose objects changed since the last pass; returns what
+    /// their plans touched.
+    fn replan(&mut self) -> Touched {
+        let mut touched = Touched::default();
+        for key in std::mem::take(&mut self.dirty) {
+            let plan = self.services.get(&key).and_then(|svc| {
+                let own: Vec<&SliceInput> = self
+                    .slices_of
+                    .get(&key)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| self.slices.get(s))
+                    .collect();
+                plan::plan_service(svc, &own, &self.node)
+            });
+            self.index.set(&key, plan, &mut touched);
+        }
+        touched
+    }
+
+    /// One pass: plan the Services that changed, diff, apply; then forget the conntrack
+    /// entries of backends that are gone, so their flows are balanced again. Returns the
+    /// number of map operations written.
+    ///
+    /// On a failed read or write, what the maps hold is read again on the next pass rather
+    /// than trusted from a half-applied plan.
+    pub fn pass(&mut self, dp: &Datapath) -> Result<usize, ServicesError> {
+        let touched = self.replan();
+        let (mut current, ops) = match self.programmed.take() {
+            Some(current) if touched.is_empty() => (current, Vec::new()),
+            Some(current) => {
+                let ops = self.index.diff(&current, &touched);
+                (current, ops)
+            }
+            None => {
+                let current = Programmed::new(dp.read_lb().map_err(ServicesError::Maps)?);
+                let ops = plan::diff(&current.state, &self.index.to_desired_state());
+                (current, ops)
+            }
+        };
+        if ops.is_empty() {
+            self.programmed = Some(current);
+            return Ok(0);
+        }
+        tracing::debug!(
+            ops = ops.len(),
+            services = self.index.len(),
+            "programming services"
+        );
+        dp.apply(&ops).map_err(ServicesError::Maps)?;
+        let removed: Vec<(u32, Option<BackendAddr>)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                MapOp::DeleteBackend { id } => Some((*id, current.state.backends.get(id).copied())),
+                _ => None,
+            })
+            .collect();
+        current.apply(&ops);
+        self.programmed = Some(current);
+        if !removed.is_empty() {
+            self.forget_removed(dp, &removed)?;
+        }
+        Ok(ops.len())
+    }
+
+    fn forget_removed(
+        &self,
+        dp: &Datapath,
+        removed: &[(u32, Option<BackendAddr>)],
+    ) -> Result<(), ServicesError> {
+        let removed_ids: BTreeSet<u32> = removed.iter().map(|&(id, _)| id).collect();
+        let purged = dp
+            .with_maps(|m| m.purge_ct(&removed_ids))
+            .map_err(ServicesError::Maps)?;
+        if purged > 0 {
+            tracing::debug!(purged, "conntrack entries of removed backends deleted");
+        }
+        // Sockets the socket hooks connected straight to a backend that no longer exists at
+        // all (its endpoint left every EndpointSlice: the Pod is gone) would wait on a dead
+        // address; they are destroyed so applications see an error at once. A backend that
+        // only stopped being ready keeps its connections (KEP-1669).
+        let gone: Vec<BackendAddr> = removed
+            .iter()
+            .filter_map(|&(_, addr)| addr)
+            .filter(|b| !self.listed.contains_key(&b.address))
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        // One `ss -K` per network namespace of the node: off the programming path, so the next
+        // change does not wait for it.
+        let cfg = dp.config();
+        let (cgroup_root, node_netns) = (cfg.cgroup_root.clone(), cfg.node_netns.clone());
+        std::thread::spawn(move || {
+            match teardown::destroy_connections(&cgroup_root, node_netns.as_deref(), &gone) {
+                Ok(n) if n > 0 => {
+                    tracing::info!(sockets = n, "connections to removed backends reset");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "resetting connections to removed backends"),
+            }
+        });
+        Ok(())
+    }
 }
 
 /// Keeps the datapath's service maps equal to the API's Services and EndpointSlices.
@@ -71,10 +317,7 @@ pub async fn run(
     .default_backoff();
     let mut svc_watch = std::pin::pin!(svc_watch);
     let mut eps_watch = std::pin::pin!(eps_watch);
-    let mut services = ObjectCache::<Service>::default();
-    let mut slices = ObjectCache::<EndpointSlice>::default();
-    // What the maps hold after the last pass; None: read them on the next pass.
-    let mut programmed: Option<LbState> = None;
+    let mut programmer = Programmer::new(node);
     let mut next_resync = Instant::now() + RESYNC;
     let mut dirty = false;
     let mut last_trim = Instant::now();
@@ -87,13 +330,13 @@ pub async fn run(
     loop {
         tokio::select! {
             event = svc_watch.next() => {
-                dirty |= take(&mut services, event, cache::slim_service, "services")?;
+                dirty |= take(event, "services", |e| programmer.service_event(e))?;
             }
             event = eps_watch.next() => {
-                dirty |= take(&mut slices, event, cache::slim_slice, "endpointslices")?;
+                dirty |= take(event, "endpointslices", |e| programmer.slice_event(e))?;
             }
             () = tokio::time::sleep_until(next_resync) => {
-                programmed = None;
+                programmer.resync();
                 dirty = true;
                 next_resync = Instant::now() + RESYNC;
             }
@@ -103,12 +346,12 @@ pub async fn run(
         while taken < MAX_EVENTS_PER_PASS {
             let mut any = false;
             if let Some(event) = svc_watch.next().now_or_never() {
-                dirty |= take(&mut services, event, cache::slim_service, "services")?;
+                dirty |= take(event, "services", |e| programmer.service_event(e))?;
                 any = true;
                 taken += 1;
             }
             if let Some(event) = eps_watch.next().now_or_never() {
-                dirty |= take(&mut slices, event, cache::slim_slice, "endpointslices")?;
+                dirty |= take(event, "endpointslices", |e| programmer.slice_event(e))?;
                 any = true;
                 taken += 1;
             }
@@ -116,26 +359,23 @@ pub async fn run(
                 break;
             }
         }
-        // Program nothing before both caches hold a full list: a partial view would delete
-        // frontends a restarted agent's maps rightly still hold.
-        if !dirty || !services.is_ready() || !slices.is_ready() {
+        if !dirty || !programmer.is_ready() {
             continue;
         }
         dirty = false;
-        if programmed.is_none() {
+        if programmer.needs_read() {
             next_resync = Instant::now() + RESYNC;
         }
-        let (svcs, eps) = (services.items(), slices.items());
-        if let Err(e) = reconcile_known(&dp, &mut programmed, svcs, eps, &node) {
+        if let Err(e) = programmer.pass(&dp) {
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "programming services failed; retrying");
         }
-        for (port, e) in health.sync(&health::desired(svcs, eps, &node.node_name)) {
+        for (port, e) in health.sync(&programmer.health()) {
             tracing::warn!(port, error = %e, "healthCheckNodePort not served; retrying");
         }
-        // A pass allocates its plan and diff afresh (megabytes at 10,000 Services) on
-        // whichever runtime thread it runs, and glibc keeps the freed memory in that thread's
-        // arena; handing it back after the pass keeps the agent's resident set near what it
-        // actually holds.
+        // A pass allocates its plan and diff (megabytes after a start or a resync, when every
+        // Service is planned) on whichever runtime thread it runs, and glibc keeps the freed
+        // memory in that thread's arena; handing it back keeps the agent's resident set near
+        // what it actually holds.
         if last_trim.elapsed() >= TRIM_INTERVAL {
             release_free_heap();
             last_trim = Instant::now();
@@ -154,16 +394,15 @@ fn release_free_heap() {
     }
 }
 
-/// Takes one item of a watch into `cache`; returns whether the cached objects changed.
-fn take<K: Resource>(
-    cache: &mut ObjectCache<K>,
+/// Takes one item of a watch; returns whether the objects changed.
+fn take<K>(
     event: Option<Result<watcher::Event<K>, watcher::Error>>,
-    slim: fn(&mut K),
     what: &'static str,
+    apply: impl FnOnce(watcher::Event<K>) -> bool,
 ) -> Result<bool, ServicesError> {
     match event {
         None => Err(ServicesError::WatchEnded(what)),
-        Some(Ok(event)) => Ok(cache.apply(event.modify(slim))),
+        Some(Ok(event)) => Ok(apply(event)),
         Some(Err(e)) => {
             tracing::warn!(watch = what, error = %e, "watch error; retrying");
             Ok(false)
@@ -171,95 +410,20 @@ fn take<K: Resource>(
     }
 }
 
-/// One pass: read the maps, plan, apply; then forget the conntrack entries of backends that
-/// are gone, so their flows are balanced again.
+/// One full pass from nothing but the objects: read the maps, plan every Service, apply.
 pub fn reconcile(
     dp: &Datapath,
     services: &[Service],
     slices: &[EndpointSlice],
     node: &plan::NodeContext,
 ) -> Result<usize, ServicesError> {
-    reconcile_known(dp, &mut None, services, slices, node)
+    let mut programmer = Programmer::new(node.clone());
+    programmer.load(services.iter().cloned(), slices.iter().cloned());
+    programmer.pass(dp)
 }
 
-/// One pass against `known`, what the maps hold (read from them when None), as the loop runs
-/// it. On success `known` is what they hold afterwards; after a failed read or write it is
-/// None, so the next pass reads the maps again rather than trusting a half-applied plan.
-pub fn reconcile_known(
-    dp: &Datapath,
-    known: &mut Option<LbState>,
-    services: &[Service],
-    slices: &[EndpointSlice],
-    node: &plan::NodeContext,
-) -> Result<usize, ServicesError> {
-    let mut current = match known.take() {
-        Some(state) => state,
-        None => dp.read_lb().map_err(ServicesError::Maps)?,
-    };
-    let desired = plan::desired(services, slices, node);
-    let ops = plan::diff(&current, &desired);
-    if ops.is_empty() {
-        *known = Some(current);
-        return Ok(0);
-    }
-    tracing::debug!(
-        ops = ops.len(),
-        frontends = desired.services.len(),
-        "programming services"
-    );
-    dp.apply(&ops).map_err(ServicesError::Maps)?;
-    let removed: Vec<(u32, Option<BackendAddr>)> = ops
-        .iter()
-        .filter_map(|op| match op {
-            MapOp::DeleteBackend { id } => Some((*id, current.backends.get(id).copied())),
-            _ => None,
-        })
-        .collect();
-    plan::apply_to_state(&mut current, &ops);
-    *known = Some(current);
-    if removed.is_empty() {
-        return Ok(ops.len());
-    }
-    let removed_ids: BTreeSet<u32> = removed.iter().map(|&(id, _)| id).collect();
-    let purged = dp
-        .with_maps(|m| m.purge_ct(&removed_ids))
-        .map_err(ServicesError::Maps)?;
-    if purged > 0 {
-        tracing::debug!(purged, "conntrack entries of removed backends deleted");
-    }
-    // Sockets the socket hooks connected straight to a backend that no longer exists at all
-    // (its endpoint left every EndpointSlice: the Pod is gone) would wait on a dead address;
-    // they are destroyed so applications see an error at once. A backend that only stopped
-    // being ready keeps its connections (KEP-1669).
-    let listed: BTreeSet<IpAddr> = slices
-        .iter()
-        .flat_map(|s| s.endpoints.iter().flatten())
-        .flat_map(|e| e.addresses.iter())
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let gone: Vec<BackendAddr> = removed
-        .iter()
-        .filter_map(|&(_, addr)| addr)
-        .filter(|b| !listed.contains(&b.address))
-        .collect();
-    if !gone.is_empty() {
-        // One `ss -K` per network namespace of the node: off the programming path, so the next
-        // change does not wait for it.
-        let cfg = dp.config();
-        let (cgroup_root, node_netns) = (cfg.cgroup_root.clone(), cfg.node_netns.clone());
-        std::thread::spawn(move || {
-            match teardown::destroy_connections(&cgroup_root, node_netns.as_deref(), &gone) {
-                Ok(n) if n > 0 => {
-                    tracing::info!(sockets = n, "connections to removed backends reset");
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "resetting connections to removed backends"),
-            }
-        });
-    }
-    Ok(ops.len())
-}
-
+#[cfg(test)]
+mod index_tests;
 #[cfg(test)]
 mod loop_tests;
 #[cfg(test)]

@@ -9,16 +9,13 @@ use std::{
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use keelson_common::{limits, service_flags};
 
+pub use super::input::{LB_ALGORITHM_ANNOTATION, SERVICE_NAME_LABEL};
 use super::{
+    index::{DesiredIndex, FrontendPlan, ServicePlan, Touched},
+    input::{ServiceInput, SliceInput, object_key},
     maglev::{self, MaglevBackend},
     model::{BackendAddr, DesiredState, Frontend, LbState, MapOp, Proto},
 };
-
-/// The label an EndpointSlice names its Service with.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// Per-Service choice of the backend selection for per-packet flows: `maglev` or `random`
-/// (Cilium's `service.cilium.io/lb-algorithm` in spirit).
-pub const LB_ALGORITHM_ANNOTATION: &str = "service.keelson.io/lb-algorithm";
 
 /// What the planner needs to know about the node it plans for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,7 +40,36 @@ struct Candidate {
     local: bool,
 }
 
-/// Computes each frontend's backends from Services and their EndpointSlices.
+/// Computes each frontend's backends from Services and their EndpointSlices: [`plan_service`]
+/// for every Service, merged as [`DesiredIndex`] merges them.
+pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &NodeContext) -> DesiredState {
+    let inputs: Vec<SliceInput> = slices
+        .iter()
+        .map(|s| SliceInput::from_slice(s, &node.node_name))
+        .collect();
+    let mut by_service: HashMap<&str, Vec<&SliceInput>> = HashMap::new();
+    for s in &inputs {
+        if let Some(service) = &s.service {
+            by_service.entry(service).or_default().push(s);
+        }
+    }
+    let mut index = DesiredIndex::default();
+    let mut touched = Touched::default();
+    for svc in services {
+        let Some(name) = svc.metadata.name.as_deref() else {
+            continue;
+        };
+        let Some(input) = ServiceInput::from_service(svc) else {
+            continue;
+        };
+        let key = object_key(svc.metadata.namespace.as_deref(), name);
+        let own = by_service.get(&*key).map(Vec::as_slice).unwrap_or_default();
+        index.set(&key, plan_service(&input, own, node), &mut touched);
+    }
+    index.to_desired_state()
+}
+
+/// The frontends of one Service, each with its backends, and the endpoints it lists.
 ///
 /// - Only ClusterIP-bearing Services: headless (`clusterIP: None`) and ExternalName Services
 ///   have nothing to balance. Each ClusterIP (one per family on dual-stack Services) gets
@@ -58,217 +84,102 @@ struct Candidate {
 /// - The backend port of a Service port is the port of the same name (and protocol) in each
 ///   EndpointSlice — slices carry the resolved targetPort, which may differ per Pod.
 /// - Ready endpoints are used; only when none is ready, endpoints that are serving and
-///   terminating are (KEP-1669, as kube-proxy does). Unset `ready`/`serving` count as true,
-///   unset `terminating` as false (EndpointConditions API docs).
+///   terminating are (KEP-1669, as kube-proxy does).
 /// - A frontend without any usable endpoint is still programmed, with no backends, so that
 ///   connecting to it is refused rather than sent to an address nobody serves.
-pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &NodeContext) -> DesiredState {
-    let mut state = DesiredState::default();
-    let by_service = slices_by_service(slices);
-    for svc in services {
-        let Some(spec) = &svc.spec else { continue };
-        if spec.type_.as_deref() == Some("ExternalName") {
-            continue;
-        }
-        let namespace = svc.metadata.namespace.as_deref().unwrap_or("default");
-        let Some(name) = svc.metadata.name.as_deref() else {
-            continue;
-        };
-        let cluster_ips: Vec<IpAddr> = match &spec.cluster_ips {
-            Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
-            _ => spec
-                .cluster_ip
-                .iter()
-                .filter_map(|ip| ip.parse().ok())
-                .collect(),
-        };
-        if cluster_ips.is_empty() {
-            continue;
-        }
-        let own_slices: &[&EndpointSlice] = by_service
-            .get(&(namespace, name))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        // kube-proxy's default ClientIP timeout is 3 hours (ServiceSpec API docs).
-        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .and_then(|t| u32::try_from(t).ok())
-                .unwrap_or(10_800)
-        });
-        let svc_name = format!("{namespace}/{name}");
-        let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let maglev = match svc
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(LB_ALGORITHM_ANNOTATION))
-            .map(String::as_str)
-        {
-            Some("maglev") => true,
-            Some("random") => false,
-            _ => node.maglev_default,
-        };
-        let mut external_flags = service_flags::EXTERNAL;
-        if maglev {
-            external_flags |= service_flags::MAGLEV;
-        }
-        if external_local {
-            external_flags |= service_flags::LOCAL;
-        }
-        // Addresses served per packet besides the node's: LoadBalancer ingress IPs (what the
-        // LB-IPAM controller or a cloud assigned) and externalIPs.
-        let mut external_ips: Vec<IpAddr> = spec
-            .external_ips
-            .iter()
-            .flatten()
-            .filter_map(|ip| ip.parse().ok())
-            .collect();
-        if ty == "LoadBalancer" {
-            external_ips.extend(
-                svc.status
-                    .as_ref()
-                    .and_then(|s| s.load_balancer.as_ref())
-                    .and_then(|lb| lb.ingress.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| i.ip.as_deref())
-                    .filter_map(|ip| ip.parse::<IpAddr>().ok()),
-            );
-        }
-        let has_node_ports = ty == "NodePort" || ty == "LoadBalancer";
-        for sp in spec.ports.iter().flatten() {
-            let Some(proto) = Proto::from_k8s(sp.protocol.as_deref()) else {
-                continue;
-            };
-            let Ok(port) = u16::try_from(sp.port) else {
-                continue;
-            };
-            let port_name = sp.name.as_deref().unwrap_or("");
-            let all4 = candidates(own_slices, "IPv4", port_name, proto, &node.node_name);
-            let all6 = candidates(own_slices, "IPv6", port_name, proto, &node.node_name);
-            state
-                .retained
-                .extend(all4.iter().chain(all6.iter()).map(|c| c.backend));
-            let pick = |ip: &IpAddr, local_only: bool| {
-                let all = if ip.is_ipv4() { &all4 } else { &all6 };
-                if local_only {
-                    select(all.iter().filter(|c| c.local).copied().collect())
-                } else {
-                    select(all.clone())
-                }
-            };
-            let mut put = |frontend: Frontend, backends: Vec<BackendAddr>, flags: u8| {
-                state.services.insert(frontend, backends);
-                if let Some(timeout) = affinity {
-                    state.affinity.insert(frontend, timeout);
-                }
-                if flags != 0 {
-                    state.flags.insert(frontend, flags);
-                }
-                state.names.insert(frontend, svc_name.clone());
-            };
-            for address in &cluster_ips {
-                let frontend = Frontend {
-                    address: *address,
-                    port,
-                    proto,
-                };
-                put(frontend, pick(address, internal_local), 0);
+///
+/// `None` for a Service with nothing to program.
+pub fn plan_service(
+    svc: &ServiceInput,
+    slices: &[&SliceInput],
+    node: &NodeContext,
+) -> Option<ServicePlan> {
+    if svc.cluster_ips.is_empty() {
+        return None;
+    }
+    let mut external_flags = service_flags::EXTERNAL;
+    if svc.maglev.unwrap_or(node.maglev_default) {
+        external_flags |= service_flags::MAGLEV;
+    }
+    if svc.external_local {
+        external_flags |= service_flags::LOCAL;
+    }
+    let mut plan = ServicePlan::default();
+    let mut retained = BTreeSet::new();
+    for sp in &svc.ports {
+        let all4 = candidates(slices, false, &sp.name, sp.proto);
+        let all6 = candidates(slices, true, &sp.name, sp.proto);
+        retained.extend(all4.iter().chain(all6.iter()).map(|c| c.backend));
+        let pick = |ip: &IpAddr, local_only: bool| {
+            let all = if ip.is_ipv4() { &all4 } else { &all6 };
+            if local_only {
+                select(all.iter().filter(|c| c.local).copied().collect())
+            } else {
+                select(all.clone())
             }
-            let node_port = sp
-                .node_port
-                .filter(|_| has_node_ports)
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|&p| p != 0);
-            let node_frontends = node_port
-                .into_iter()
-                .flat_map(|np| node.node_ips.iter().map(move |ip| (*ip, np)));
-            let other_frontends = external_ips.iter().map(|ip| (*ip, port));
-            for (address, port) in node_frontends.chain(other_frontends) {
-                let frontend = Frontend {
-                    address,
-                    port,
-                    proto,
-                };
-                put(frontend, pick(&address, external_local), external_flags);
+        };
+        let mut put = |frontend: Frontend, backends: Vec<BackendAddr>, flags: u8| {
+            let entry = FrontendPlan {
+                frontend,
+                backends,
+                affinity: svc.affinity,
+                flags,
+            };
+            // A frontend the Service yields twice (an externalIP that is also a node
+            // address, say) is programmed as its last occurrence says.
+            match plan.frontends.iter_mut().find(|f| f.frontend == frontend) {
+                Some(held) => *held = entry,
+                None => plan.frontends.push(entry),
             }
+        };
+        for address in &svc.cluster_ips {
+            let frontend = Frontend {
+                address: *address,
+                port: sp.port,
+                proto: sp.proto,
+            };
+            put(frontend, pick(address, svc.internal_local), 0);
+        }
+        let node_frontends = sp
+            .node_port
+            .into_iter()
+            .flat_map(|np| node.node_ips.iter().map(move |ip| (*ip, np)));
+        let other_frontends = svc.external_ips.iter().map(|ip| (*ip, sp.port));
+        for (address, port) in node_frontends.chain(other_frontends) {
+            let frontend = Frontend {
+                address,
+                port,
+                proto: sp.proto,
+            };
+            put(frontend, pick(&address, svc.external_local), external_flags);
         }
     }
-    state
-}
-
-/// The slices of each Service, by (namespace, name) from their `kubernetes.io/service-name`
-/// label. Indexed once per pass: looking slices up per Service would make a pass quadratic in
-/// the number of Services (10^8 comparisons at 10,000).
-pub fn slices_by_service(slices: &[EndpointSlice]) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
-    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-    for s in slices {
-        let Some(owner) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            continue;
-        };
-        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-        by_service.entry((ns, owner.as_str())).or_default().push(s);
-    }
-    by_service
+    plan.retained = retained.into_iter().collect();
+    Some(plan)
 }
 
 fn candidates(
-    slices: &[&EndpointSlice],
-    address_type: &str,
+    slices: &[&SliceInput],
+    ipv6: bool,
     port_name: &str,
     proto: Proto,
-    node_name: &str,
 ) -> BTreeSet<Candidate> {
     let mut out = BTreeSet::new();
-    for slice in slices.iter().filter(|s| s.address_type == address_type) {
-        let Some(port) = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| {
-                p.name.as_deref().unwrap_or("") == port_name
-                    && Proto::from_k8s(p.protocol.as_deref()) == Some(proto)
-            })
-            .and_then(|p| p.port)
-            .and_then(|p| u16::try_from(p).ok())
-        else {
+    for slice in slices.iter().filter(|s| s.ipv6 == ipv6) {
+        let Some(port) = slice.port_of(port_name, proto) else {
             continue;
         };
-        for ep in slice.endpoints.iter().flatten() {
-            let cond = ep.conditions.as_ref();
-            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-            let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
-            let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-            // Like kube-proxy, the first address stands for the endpoint (the API allows
-            // exactly one today, the rest is reserved); it must be of the slice's family.
-            let Some(address) = ep
-                .addresses
-                .first()
-                .and_then(|a| a.parse::<IpAddr>().ok())
-                .filter(|a| a.is_ipv4() == (address_type == "IPv4"))
-            else {
-                continue;
-            };
+        for ep in &slice.endpoints {
             out.insert(Candidate {
                 backend: BackendAddr {
-                    address,
+                    address: ep.address,
                     port,
                     proto,
                 },
-                ready,
-                serving,
-                terminating,
-                local: !node_name.is_empty() && ep.node_name.as_deref() == Some(node_name),
+                ready: ep.ready,
+                serving: ep.serving,
+                terminating: ep.terminating,
+                local: ep.local,
             });
         }
     }
