@@ -41,6 +41,10 @@ enum Cmd {
         /// Client threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Load windows per mode and size, the modes taking turns in rotated order; rates
+        /// are reported as medians over them [default: 5, 3 with --quick].
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        rounds: Option<u16>,
         /// Skip the part that needs a local cluster (API -> datapath latency, agent RSS).
         #[arg(long)]
         skip_api: bool,
@@ -85,12 +89,14 @@ fn main() -> Result<()> {
             quick,
             sizes,
             threads,
+            rounds,
             skip_api,
             modes,
         } => run::services(&run::Options {
             quick,
             sizes,
             threads,
+            rounds: rounds.map_or(if quick { 3 } else { 5 }, usize::from),
             skip_api,
             modes,
         }),

@@ -1,13 +1,14 @@
-//! The benchmark's output: a Markdown table with every figure, the ratios and the goals, and
-//! one `BENCH_JSON {...}` line for scripts.
+//! The benchmark's output: a Markdown table with every figure (rates and latencies as medians
+//! over the rounds, the rates' spread, ratios of the medians and ratios paired within a round)
+//! and the goals, and one `BENCH_JSON {...}` line for scripts, which keeps every window.
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use serde_json::json;
 
 use crate::{
     api_latency::ApiFigures,
-    run::{Mode, Options, Point},
+    run::{Mode, Options, Point, median, paired_ratios},
 };
 
 fn tool_version(cmd: &str, arg: &str) -> String {
@@ -30,15 +31,47 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// `v` with `decimals` decimals; "-" for a figure not measured (NaN).
+fn num(v: f64, decimals: usize) -> String {
+    if v.is_nan() {
+        "-".to_string()
+    } else {
+        format!("{v:.decimals$}")
+    }
+}
+
+/// The lowest and the median of `values`; NaNs for none.
+fn min_median(values: &[f64]) -> (f64, f64) {
+    let lo = values.iter().copied().fold(f64::NAN, f64::min);
+    (lo, median(values.iter().copied()))
+}
+
 /// One row: metric, the three figures, both ratios, goal, met.
 struct Row {
     metric: String,
-    k: f64,
-    i: f64,
-    n: f64,
-    decimals: usize,
+    cells: [String; 3],
+    ratios: [String; 2],
     goal: String,
     met: String,
+}
+
+impl Row {
+    /// A row of three figures (NaN for a mode not measured), the ratios computed from them.
+    fn figures(metric: String, [k, i, n]: [f64; 3], decimals: usize) -> Self {
+        Self {
+            metric,
+            cells: [num(k, decimals), num(i, decimals), num(n, decimals)],
+            ratios: [ratio(k, i), ratio(k, n)],
+            goal: String::new(),
+            met: String::new(),
+        }
+    }
+
+    fn goal(mut self, goal: &str, ok: bool) -> Self {
+        self.goal = goal.into();
+        self.met = yes_no(ok);
+        self
+    }
 }
 
 /// Prints the table and the JSON line.
@@ -48,87 +81,106 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
     let min = opts.sizes.iter().copied().min().unwrap_or(0);
     let mut goals = serde_json::Map::new();
     let mut passes = Vec::new();
+    let mut paired_json = Vec::new();
     for &size in &opts.sizes {
         let Some(k) = get(points, Mode::Keelson, size) else {
             continue;
         };
         // A mode left out (`--modes`) shows as "-"; goals comparing with it are not judged.
-        let missing = Point {
-            mode: Mode::Iptables,
-            size,
-            program: Duration::ZERO,
-            rate: f64::NAN,
-            p50_us: 0,
-            p99_us: 0,
-            connections: 0,
-            errors: 0,
-            change_passes: Vec::new(),
-        };
-        let both = get(points, Mode::Iptables, size).is_some()
-            && get(points, Mode::Nftables, size).is_some();
-        let i = get(points, Mode::Iptables, size).unwrap_or(&missing);
-        let n = get(points, Mode::Nftables, size).unwrap_or(&missing);
-        let (goal, met) = if size == max && both {
-            let ok = k.rate >= 3.0 * i.rate && k.rate >= n.rate;
+        let i = get(points, Mode::Iptables, size);
+        let n = get(points, Mode::Nftables, size);
+        let both = i.is_some() && n.is_some();
+        let figure = |f: fn(&Point) -> f64| [f(k), i.map_or(f64::NAN, f), n.map_or(f64::NAN, f)];
+        let rates = figure(Point::rate);
+        let mut row = Row::figures(
+            format!(
+                "new connections/s, {size} Services (median of {} rounds)",
+                opts.rounds
+            ),
+            rates,
+            0,
+        );
+        if size == max && both {
+            let ok = rates[0] >= 3.0 * rates[1] && rates[0] >= rates[2];
             goals.insert("rate_vs_iptables_3x_and_vs_nftables".into(), json!(ok));
-            (
-                "keelson >= 3x iptables and >= nftables".to_string(),
-                yes_no(ok),
+            row = row.goal("keelson >= 3x iptables and >= nftables", ok);
+        }
+        rows.push(row);
+        let range = |p: Option<&Point>| {
+            p.map_or_else(
+                || "-".to_string(),
+                |p| {
+                    let (lo, hi) = p.rate_range();
+                    format!("{lo:.0}–{hi:.0}")
+                },
             )
-        } else {
-            (String::new(), String::new())
         };
         rows.push(Row {
-            metric: format!("new connections/s, {size} Services"),
-            k: k.rate,
-            i: i.rate,
-            n: n.rate,
-            decimals: 0,
-            goal,
-            met,
+            metric: format!("new connections/s, {size} Services, min–max of the rounds"),
+            cells: [range(Some(k)), range(i), range(n)],
+            ratios: [String::new(), String::new()],
+            goal: String::new(),
+            met: String::new(),
         });
-        #[expect(clippy::cast_precision_loss, reason = "microseconds")]
-        for (label, f) in [
-            (
-                "connect p50 (us)",
-                (|p: &Point| p.p50_us as f64) as fn(&Point) -> f64,
-            ),
-            ("connect p99 (us)", |p: &Point| p.p99_us as f64),
-        ] {
-            let f = |p: &Point| if p.rate.is_nan() { f64::NAN } else { f(p) };
-            rows.push(Row {
-                metric: format!("{label}, {size} Services"),
-                k: f(k),
-                i: f(i),
-                n: f(n),
-                decimals: 0,
-                goal: String::new(),
-                met: String::new(),
-            });
-        }
-        let ms = |p: &Point| {
-            if p.rate.is_nan() {
-                f64::NAN
+        // Ratios of windows of one round, which ran seconds apart.
+        let paired = [i, n].map(|o| o.map(|o| paired_ratios(k, o)).unwrap_or_default());
+        let [pi, pn] = paired.each_ref().map(|r| min_median(r));
+        let paired = paired.map(|r| r.into_iter().map(|v| json_f64(v, 3)).collect::<Vec<_>>());
+        let cell = |(lo, med): (f64, f64)| {
+            if med.is_nan() {
+                "-".to_string()
             } else {
-                p.program.as_secs_f64() * 1e3
+                format!("{lo:.2} / {med:.2}")
             }
         };
-        let (goal, met) = if size == max {
+        let mut row = Row {
+            metric: format!(
+                "new connections/s, {size} Services: keelson / other of the same round, min / median"
+            ),
+            cells: [String::new(), String::new(), String::new()],
+            ratios: [cell(pi), cell(pn)],
+            goal: String::new(),
+            met: String::new(),
+        };
+        if size == max && both {
+            let ok = pi.1 >= 3.0 && pn.1 >= 1.0;
+            goals.insert(
+                "rate_vs_iptables_3x_and_vs_nftables_paired_median".into(),
+                json!(ok),
+            );
+            row = row.goal("median paired ratios >= 3 and >= 1", ok);
+        }
+        rows.push(row);
+        paired_json.push(json!({
+            "services": size,
+            "keelson_over_iptables": paired[0],
+            "keelson_over_iptables_min": json_f64(pi.0, 3),
+            "keelson_over_iptables_median": json_f64(pi.1, 3),
+            "keelson_over_nftables": paired[1],
+            "keelson_over_nftables_min": json_f64(pn.0, 3),
+            "keelson_over_nftables_median": json_f64(pn.1, 3),
+        }));
+        rows.push(Row::figures(
+            format!("connect p50 (us, median of the rounds), {size} Services"),
+            figure(Point::p50_us),
+            0,
+        ));
+        rows.push(Row::figures(
+            format!("connect p99 (us, median of the rounds), {size} Services"),
+            figure(Point::p99_us),
+            0,
+        ));
+        let mut row = Row::figures(
+            format!("programming {size} Services from nothing (ms)"),
+            figure(|p| p.program.as_secs_f64() * 1e3),
+            1,
+        );
+        if size == max {
             let ok = k.program.as_secs_f64() <= 2.0;
             goals.insert("full_programming_le_2s".into(), json!(ok));
-            ("keelson <= 2000 ms".to_string(), yes_no(ok))
-        } else {
-            (String::new(), String::new())
-        };
-        rows.push(Row {
-            metric: format!("programming {size} Services from nothing (ms)"),
-            k: ms(k),
-            i: ms(i),
-            n: ms(n),
-            decimals: 1,
-            goal,
-            met,
-        });
+            row = row.goal("keelson <= 2000 ms", ok);
+        }
+        rows.push(row);
         if let (Some(p50), Some(max)) = (
             k.change_passes.get(k.change_passes.len() / 2),
             k.change_passes.last(),
@@ -147,24 +199,9 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
     );
     println!("|---|---:|---:|---:|---:|---:|---|---|");
     for r in &rows {
-        let d = r.decimals;
-        let cell = |v: f64| {
-            if v.is_nan() {
-                "-".to_string()
-            } else {
-                format!("{v:.d$}")
-            }
-        };
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.metric,
-            cell(r.k),
-            cell(r.i),
-            cell(r.n),
-            ratio(r.k, r.i),
-            ratio(r.k, r.n),
-            r.goal,
-            r.met
+            r.metric, r.cells[0], r.cells[1], r.cells[2], r.ratios[0], r.ratios[1], r.goal, r.met
         );
     }
     for line in &passes {
@@ -175,15 +212,16 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
         get(points, Mode::Keelson, min),
     ) && max != min
     {
-        let rel = if kmin.rate > 0.0 {
-            kmax.rate / kmin.rate
+        // Medians of rounds run minutes apart (different sizes never share a round).
+        let rel = if kmin.rate() > 0.0 {
+            kmax.rate() / kmin.rate()
         } else {
             0.0
         };
         let ok = rel >= 0.95;
         goals.insert("keelson_rate_at_max_within_5pct_of_min".into(), json!(ok));
         println!(
-            "| keelson rate, {max} vs {min} Services | {:.3} | | | | | >= 0.95 (within 5%) | {} |",
+            "| keelson rate, {max} vs {min} Services (ratio of the medians) | {:.3} | | | | | >= 0.95 (within 5%) | {} |",
             rel,
             yes_no(ok)
         );
@@ -257,13 +295,14 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
             api_json.insert("error".into(), json!(e));
         }
     }
-    for (mode, p) in points.iter().map(|p| (p.mode, p)) {
-        if p.errors > 0 {
+    for p in points {
+        if p.errors() > 0 {
             println!(
-                "note: {} at {} Services had {} failed connections in the window",
-                mode.name(),
+                "note: {} at {} Services had {} failed connections in its {} windows",
+                p.mode.name(),
                 p.size,
-                p.errors
+                p.errors(),
+                p.windows.len()
             );
         }
     }
@@ -274,26 +313,46 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     });
     println!(
-        "environment: kernel {}, {}, {}, {} CPUs, {} client threads{}",
+        "environment: kernel {}, {}, {}, {} CPUs, {} client threads, {} rounds{}",
         env["kernel"].as_str().unwrap_or(""),
         env["iptables"].as_str().unwrap_or(""),
         env["nft"].as_str().unwrap_or(""),
         env["cpus"],
         opts.threads,
+        opts.rounds,
         if opts.quick { ", QUICK windows" } else { "" }
     );
     let pts: Vec<_> = points
         .iter()
         .map(|p| {
+            let (lo, hi) = p.rate_range();
+            let windows: Vec<_> = p
+                .windows
+                .iter()
+                .map(|w| {
+                    json!({
+                        "round": w.round,
+                        "slot": w.slot,
+                        "conn_per_s": w.rate.round(),
+                        "connect_p50_us": w.p50_us,
+                        "connect_p99_us": w.p99_us,
+                        "connections": w.connections,
+                        "errors": w.errors,
+                    })
+                })
+                .collect();
             json!({
                 "mode": p.mode.name(),
                 "services": p.size,
-                "conn_per_s": p.rate.round(),
-                "connect_p50_us": p.p50_us,
-                "connect_p99_us": p.p99_us,
+                "conn_per_s": json_f64(p.rate(), 0),
+                "conn_per_s_min": json_f64(lo, 0),
+                "conn_per_s_max": json_f64(hi, 0),
+                "connect_p50_us": json_f64(p.p50_us(), 0),
+                "connect_p99_us": json_f64(p.p99_us(), 0),
                 "program_ms": (p.program.as_secs_f64() * 1e4).round() / 10.0,
-                "connections": p.connections,
-                "errors": p.errors,
+                "connections": p.windows.iter().map(|w| w.connections).sum::<u64>(),
+                "errors": p.errors(),
+                "windows": windows,
                 "change_pass_us": p.change_passes.iter().map(|d| d.as_micros()).collect::<Vec<_>>(),
             })
         })
@@ -304,12 +363,24 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
             "bench": "services",
             "quick": opts.quick,
             "threads": opts.threads,
+            "rounds": opts.rounds,
             "environment": env,
             "points": pts,
+            "paired": paired_json,
             "goals": goals,
             "api": api_json,
         })
     );
+}
+
+/// `v` rounded to `decimals` decimals for the JSON line; null when not measured (NaN).
+fn json_f64(v: f64, decimals: i32) -> serde_json::Value {
+    if v.is_finite() {
+        let scale = 10f64.powi(decimals);
+        json!((v * scale).round() / scale)
+    } else {
+        serde_json::Value::Null
+    }
 }
 
 fn yes_no(ok: bool) -> String {

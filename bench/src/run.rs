@@ -1,6 +1,9 @@
-//! The `services` benchmark run: for every size, each mode gets a fresh topology, is
-//! programmed from nothing (timed), checked for correct translation, then loaded with new
-//! connections; modes alternate within a size so drift of the machine hits all of them alike.
+//! The `services` benchmark run. For every size, each mode gets a fresh topology, is
+//! programmed from nothing (timed) and checked for correct translation; all of them stay up
+//! together while rounds of load windows run, one window per mode and round, the order of the
+//! modes rotated every round, so drift of the machine (other work, frequency) hits every mode
+//! alike, and the windows of one round, seconds apart, can be compared pair by pair. A size's
+//! topologies go before the next size is built (10,000-Service rulesets are large).
 
 use std::{
     fs,
@@ -12,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use keelson_agent::loader::Datapath;
 use serde_json::Value;
 
 use crate::{
@@ -28,6 +32,8 @@ pub struct Options {
     pub quick: bool,
     pub sizes: Vec<usize>,
     pub threads: usize,
+    /// Load windows per mode and size, one per round.
+    pub rounds: usize,
     /// Skip the part that needs a local cluster (API -> datapath latency, agent RSS).
     pub skip_api: bool,
     /// The datapaths measured.
@@ -54,6 +60,20 @@ impl Mode {
     }
 }
 
+/// The figures of one load window (one mode, one size, one round).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    /// The round the window ran in (windows of one round ran back to back).
+    pub round: usize,
+    /// Its place within the round (0 = first).
+    pub slot: usize,
+    pub rate: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub connections: u64,
+    pub errors: u64,
+}
+
 /// The figures of one mode at one size.
 #[derive(Debug, Clone)]
 pub struct Point {
@@ -61,13 +81,72 @@ pub struct Point {
     pub size: usize,
     /// From nothing to all Services in the datapath.
     pub program: Duration,
-    pub rate: f64,
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub connections: u64,
-    pub errors: u64,
+    /// One per round, in round order.
+    pub windows: Vec<Window>,
     /// keelson only: the agent's pass for one EndpointSlice change, sorted.
     pub change_passes: Vec<Duration>,
+}
+
+impl Point {
+    /// The median rate over the rounds.
+    pub fn rate(&self) -> f64 {
+        median(self.windows.iter().map(|w| w.rate))
+    }
+
+    /// The lowest and the highest rate of a round.
+    pub fn rate_range(&self) -> (f64, f64) {
+        self.windows
+            .iter()
+            .map(|w| w.rate)
+            .fold((f64::NAN, f64::NAN), |(lo, hi), r| (lo.min(r), hi.max(r)))
+    }
+
+    /// The median over the rounds of each window's connect-latency p50.
+    #[expect(clippy::cast_precision_loss, reason = "microseconds")]
+    pub fn p50_us(&self) -> f64 {
+        median(self.windows.iter().map(|w| w.p50_us as f64))
+    }
+
+    /// The median over the rounds of each window's connect-latency p99.
+    #[expect(clippy::cast_precision_loss, reason = "microseconds")]
+    pub fn p99_us(&self) -> f64 {
+        median(self.windows.iter().map(|w| w.p99_us as f64))
+    }
+
+    /// Failed connections over all windows.
+    pub fn errors(&self) -> u64 {
+        self.windows.iter().map(|w| w.errors).sum()
+    }
+}
+
+/// The median (the mean of the two middle values for an even count); NaN for no values.
+pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
+    }
+}
+
+/// `a`'s rate over `b`'s, round by round (only rounds both ran in and `b` had a rate): two
+/// windows of one round ran within seconds of each other, so the ratio is free of the drift
+/// between rounds.
+pub fn paired_ratios(a: &Point, b: &Point) -> Vec<f64> {
+    a.windows
+        .iter()
+        .filter_map(|wa| {
+            let wb = b.windows.iter().find(|wb| wb.round == wa.round)?;
+            (wb.rate > 0.0).then(|| wa.rate / wb.rate)
+        })
+        .collect()
+}
+
+/// The order in which `modes` modes run in `round`: the list rotated by the round, so that
+/// round r starts with mode r % modes and every mode takes every place equally often.
+pub fn round_order(modes: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..modes).map(move |k| (round + k) % modes)
 }
 
 /// A child process killed and reaped on drop.
@@ -180,18 +259,26 @@ fn program_nftables(topo: &Topology, services: &[BenchService]) -> Result<Durati
     run_in(&topo.node.path(), "nft", &["-f".into(), path])
 }
 
-fn measure(
-    exe: &Path,
-    opts: &Options,
+/// One mode at one size, programmed and checked, kept up across the rounds. Fields drop in
+/// declaration order: the datapath is detached before the server stops and before the
+/// topology's pins and cgroup go.
+struct Prepared {
     mode: Mode,
-    services: &[BenchService],
-    targets: &Path,
-) -> Result<Point> {
+    size: usize,
+    _datapath: Option<Datapath>,
+    _server: ChildGuard,
+    topo: Topology,
+    program: Duration,
+    change_passes: Vec<Duration>,
+}
+
+/// Builds `mode`'s topology, starts its server, programs `services` (timed) and checks that
+/// a sample of VIPs reaches their endpoints.
+fn prepare(exe: &Path, mode: Mode, services: &[BenchService], targets: &Path) -> Result<Prepared> {
     let size = services.len();
-    eprintln!("bench: {} with {size} Services", mode.name());
+    eprintln!("bench: {} with {size} Services: programming", mode.name());
     let topo = Topology::new(&format!("{}-{size}", mode.name()))?;
-    let _server = spawn_server(exe, &topo)?;
-    // Declared after the topology: dropped (detached) before its pins and cgroup go.
+    let server = spawn_server(exe, &topo)?;
     let mut datapath = None;
     let mut change_passes = Vec::new();
     let program = match mode {
@@ -213,6 +300,37 @@ fn measure(
             mode.name()
         );
     }
+    eprintln!(
+        "bench: {} {size}: programmed in {:.1} ms",
+        mode.name(),
+        program.as_secs_f64() * 1e3
+    );
+    Ok(Prepared {
+        mode,
+        size,
+        _datapath: datapath,
+        _server: server,
+        topo,
+        program,
+        change_passes,
+    })
+}
+
+/// One load window against a prepared mode.
+fn window(
+    exe: &Path,
+    opts: &Options,
+    p: &Prepared,
+    targets: &Path,
+    round: usize,
+    slot: usize,
+) -> Result<Window> {
+    // kube-proxy's modes track every connection; entries of earlier rounds (TIME_WAIT, 120 s)
+    // would pile up towards nf_conntrack_max over the rounds, so each window starts from the
+    // same empty table, as a single window per topology did. Nothing to flush for keelson.
+    if p.mode != Mode::Keelson {
+        run_in(&p.topo.node.path(), "conntrack", &["-F".into()])?;
+    }
     let (warmup, duration) = if opts.quick {
         (300, 1500)
     } else {
@@ -220,7 +338,7 @@ fn measure(
     };
     let r = client(
         exe,
-        &topo,
+        &p.topo,
         targets,
         &[
             "--threads".into(),
@@ -231,28 +349,65 @@ fn measure(
             duration.to_string(),
         ],
     )?;
-    drop(datapath);
-    let point = Point {
-        mode,
-        size,
-        program,
+    let w = Window {
+        round,
+        slot,
         rate: r["rate"].as_f64().unwrap_or(0.0),
         p50_us: r["p50_us"].as_u64().unwrap_or(0),
         p99_us: r["p99_us"].as_u64().unwrap_or(0),
         connections: r["connections"].as_u64().unwrap_or(0),
         errors: r["errors"].as_u64().unwrap_or(0),
-        change_passes,
     };
     eprintln!(
-        "bench: {} {size}: {:.0} conn/s, p50 {} us, p99 {} us, {} errors, programmed in {:.1} ms",
-        mode.name(),
-        point.rate,
-        point.p50_us,
-        point.p99_us,
-        point.errors,
-        point.program.as_secs_f64() * 1e3
+        "bench: round {}/{} {} {}: {:.0} conn/s, p50 {} us, p99 {} us, {} errors",
+        round + 1,
+        opts.rounds,
+        p.mode.name(),
+        p.size,
+        w.rate,
+        w.p50_us,
+        w.p99_us,
+        w.errors
     );
-    Ok(point)
+    Ok(w)
+}
+
+/// All selected modes at one size: prepared together, then `opts.rounds` rounds of one
+/// window each, then torn down together.
+fn measure_size(
+    exe: &Path,
+    opts: &Options,
+    services: &[BenchService],
+    targets: &Path,
+) -> Result<Vec<Point>> {
+    let modes: Vec<Mode> = Mode::ALL
+        .into_iter()
+        .filter(|m| opts.modes.contains(m))
+        .collect();
+    let mut prepared = Vec::with_capacity(modes.len());
+    for &mode in &modes {
+        prepared.push(prepare(exe, mode, services, targets)?);
+    }
+    let mut windows = vec![Vec::with_capacity(opts.rounds); prepared.len()];
+    for round in 0..opts.rounds {
+        for (slot, i) in round_order(prepared.len(), round).enumerate() {
+            windows[i].push(window(exe, opts, &prepared[i], targets, round, slot)?);
+        }
+    }
+    let points = prepared
+        .iter()
+        .zip(windows)
+        .map(|(p, windows)| Point {
+            mode: p.mode,
+            size: p.size,
+            program: p.program,
+            windows,
+            change_passes: p.change_passes.clone(),
+        })
+        .collect();
+    // Each Prepared drops its datapath, server and topology in that order.
+    drop(prepared);
+    Ok(points)
 }
 
 /// Runs the whole benchmark and prints the table and the `BENCH_JSON` line.
@@ -261,7 +416,7 @@ pub fn services(opts: &Options) -> Result<()> {
         nix_root(),
         "the benchmark creates namespaces and loads eBPF: run it as root"
     );
-    for tool in ["iptables", "iptables-restore", "nft"] {
+    for tool in ["iptables", "iptables-restore", "nft", "conntrack"] {
         ensure!(
             Command::new(tool)
                 .arg("--version")
@@ -272,6 +427,7 @@ pub fn services(opts: &Options) -> Result<()> {
             "{tool} is missing: run `cargo xtask setup`"
         );
     }
+    ensure!(opts.rounds >= 1, "--rounds must be at least 1");
     topology::cleanup_leftovers();
     let exe = std::env::current_exe()?;
     let mut points = Vec::new();
@@ -286,9 +442,7 @@ pub fn services(opts: &Options) -> Result<()> {
             })
             .collect();
         write_targets(&targets_file.0, &targets)?;
-        for mode in Mode::ALL.into_iter().filter(|m| opts.modes.contains(m)) {
-            points.push(measure(&exe, opts, mode, &services, &targets_file.0)?);
-        }
+        points.extend(measure_size(&exe, opts, &services, &targets_file.0)?);
     }
     let max = opts.sizes.iter().copied().max().unwrap_or(0);
     let api = if opts.skip_api {
@@ -306,4 +460,83 @@ pub fn services(opts: &Options) -> Result<()> {
 fn nix_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(mode: Mode, rates: &[f64]) -> Point {
+        Point {
+            mode,
+            size: 10,
+            program: Duration::ZERO,
+            windows: rates
+                .iter()
+                .enumerate()
+                .map(|(round, &rate)| Window {
+                    round,
+                    slot: 0,
+                    rate,
+                    p50_us: 100 + round as u64 * 10,
+                    p99_us: 1000 * (round as u64 + 1),
+                    connections: 1000,
+                    errors: round as u64,
+                })
+                .collect(),
+            change_passes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn median_of_odd_even_and_no_values() {
+        assert_eq!(median([5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 10.0]), 3.5);
+        assert!(median([]).is_nan());
+    }
+
+    #[test]
+    fn each_round_starts_one_mode_later_and_every_mode_takes_every_place() {
+        let order = |r| round_order(3, r).collect::<Vec<_>>();
+        assert_eq!(order(0), [0, 1, 2]);
+        assert_eq!(order(1), [1, 2, 0]);
+        assert_eq!(order(2), [2, 0, 1]);
+        assert_eq!(order(3), [0, 1, 2]);
+        let mut firsts = [0; 3];
+        for r in 0..6 {
+            firsts[order(r)[0]] += 1;
+        }
+        assert_eq!(firsts, [2, 2, 2]);
+        assert_eq!(round_order(1, 4).collect::<Vec<_>>(), [0]);
+    }
+
+    #[test]
+    fn point_figures_are_medians_over_rounds() {
+        let p = point(
+            Mode::Keelson,
+            &[9000.0, 12_000.0, 10_000.0, 30_000.0, 11_000.0],
+        );
+        assert_eq!(p.rate(), 11_000.0);
+        assert_eq!(p.rate_range(), (9000.0, 30_000.0));
+        // p50s 100..140, p99s 1000..5000.
+        assert_eq!(p.p50_us(), 120.0);
+        assert_eq!(p.p99_us(), 3000.0);
+        assert_eq!(p.errors(), 10);
+    }
+
+    #[test]
+    fn paired_ratios_compare_windows_of_the_same_round() {
+        // The machine slows down in rounds 1 and 2; the paired ratio stays 2.
+        let k = point(Mode::Keelson, &[20_000.0, 10_000.0, 8000.0]);
+        let mut i = point(Mode::Iptables, &[10_000.0, 5000.0, 4000.0]);
+        assert_eq!(paired_ratios(&k, &i), [2.0, 2.0, 2.0]);
+        // Pairing is by round, not by position; a round with no rate has no ratio.
+        i.windows.reverse();
+        i.windows[0].rate = 0.0;
+        assert_eq!(paired_ratios(&k, &i), [2.0, 2.0]);
+        // The ratio of the medians mixes rounds: 10000 / 5000 here too, but not in general.
+        let n = point(Mode::Nftables, &[5000.0, 10_000.0, 16_000.0]);
+        assert_eq!(paired_ratios(&k, &n), [4.0, 1.0, 0.5]);
+        assert!((k.rate() / n.rate() - 1.0).abs() < 1e-12);
+    }
 }
