@@ -31,12 +31,14 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-/// `v` with `decimals` decimals; "-" for a figure not measured (NaN).
+/// `v` with `decimals` decimals, halves rounded away from zero as in the JSON line (a median
+/// of two windows often ends in .5); "-" for a figure not measured (NaN).
 fn num(v: f64, decimals: usize) -> String {
     if v.is_nan() {
         "-".to_string()
     } else {
-        format!("{v:.decimals$}")
+        let scale = 10f64.powi(i32::try_from(decimals).unwrap_or(0));
+        format!("{:.decimals$}", (v * scale).round() / scale)
     }
 }
 
@@ -385,4 +387,20 @@ fn json_f64(v: f64, decimals: i32) -> serde_json::Value {
 
 fn yes_no(ok: bool) -> String {
     if ok { "yes".into() } else { "NO".into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_figures_round_like_the_json_line() {
+        assert_eq!(num(46.5, 0), "47");
+        assert_eq!(json_f64(46.5, 0), json!(47.0));
+        assert_eq!(num(0.125, 2), "0.13");
+        assert_eq!(num(f64::NAN, 1), "-");
+        assert_eq!(json_f64(f64::NAN, 0), serde_json::Value::Null);
+        assert_eq!(min_median(&[2.0, 0.5, 1.5, 3.0]), (0.5, 1.75));
+        assert_eq!(ratio(3.0, 0.0), "n/a");
+    }
 }
