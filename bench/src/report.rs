@@ -283,6 +283,15 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
             api_json.insert("change_p50_ms".into(), json!((p50 * 10.0).round() / 10.0));
             api_json.insert("change_p99_ms".into(), json!((p99 * 10.0).round() / 10.0));
             api_json.insert("changes".into(), json!(a.changes.len()));
+            api_json.insert(
+                "change_ms".into(),
+                json!(
+                    a.changes
+                        .iter()
+                        .map(|d| (ms(*d) * 10.0).round() / 10.0)
+                        .collect::<Vec<_>>()
+                ),
+            );
             api_json.insert("agent_rss_kib".into(), json!(a.rss_kib_programmed));
             api_json.insert(
                 "agent_rss_kib_after_changes".into(),

@@ -202,6 +202,10 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         let handle = handle.clone();
         async move {
             axum_server::bind_rustls(listen, tls)
+                // Like kube-apiserver (Go's net package sets it on every TCP connection): a
+                // response or watch event written in more than one segment must not wait for
+                // the client's delayed ACK (Nagle's algorithm; up to 40 ms on Linux).
+                .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
                 .handle(handle)
                 .serve(app.into_make_service())
                 .await
