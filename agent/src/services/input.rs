@@ -267,3 +267,159 @@ impl SliceInput {
             .and_then(|p| p.port)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+
+    use super::*;
+    use crate::services::testutil::{
+        endpoint, endpoint_port, endpoint_slice, service, service_port,
+    };
+
+    #[test]
+    fn service_input_reads_addresses_ports_and_policies() {
+        let mut svc = service(
+            "web",
+            "front",
+            "10.96.0.10",
+            vec![
+                service_port(Some("http"), 80, "TCP", Some(30080)),
+                service_port(Some("sctp"), 9, "SCTP", None),
+                service_port(Some("odd"), 7, "QUIC", None),
+            ],
+        );
+        let spec = svc.spec.as_mut().expect("spec");
+        spec.type_ = Some("LoadBalancer".into());
+        spec.external_ips = Some(vec!["10.250.129.7".into(), "bogus".into()]);
+        spec.external_traffic_policy = Some("Local".into());
+        spec.health_check_node_port = Some(31000);
+        spec.session_affinity = Some("ClientIP".into());
+        svc.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![LoadBalancerIngress {
+                    ip: Some("10.250.128.1".into()),
+                    ..Default::default()
+                }]),
+            }),
+            ..Default::default()
+        });
+        let input = ServiceInput::from_service(&svc).expect("input");
+        assert_eq!(
+            input.cluster_ips,
+            ["10.96.0.10".parse::<IpAddr>().expect("ip")]
+        );
+        // The unknown protocol is left out; the nodePort is kept for a LoadBalancer.
+        assert_eq!(
+            input.ports,
+            [
+                ServicePortInput {
+                    name: "http".into(),
+                    proto: Proto::Tcp,
+                    port: 80,
+                    node_port: Some(30080),
+                },
+                ServicePortInput {
+                    name: "sctp".into(),
+                    proto: Proto::Sctp,
+                    port: 9,
+                    node_port: None,
+                },
+            ]
+        );
+        assert_eq!(
+            input.external_ips,
+            [
+                "10.250.129.7".parse::<IpAddr>().expect("ip"),
+                "10.250.128.1".parse().expect("ip")
+            ]
+        );
+        assert_eq!(input.affinity, Some(10_800));
+        assert!(input.external_local && !input.internal_local);
+        assert_eq!(input.health_check_node_port, Some(31000));
+        assert_eq!(input.maglev, None);
+
+        // The same Service as a NodePort: no ingress addresses, no health check port.
+        svc.spec.as_mut().expect("spec").type_ = Some("NodePort".into());
+        let input = ServiceInput::from_service(&svc).expect("input");
+        assert_eq!(
+            input.external_ips,
+            ["10.250.129.7".parse::<IpAddr>().expect("ip")]
+        );
+        assert_eq!(input.health_check_node_port, None);
+        assert_eq!(input.ports[0].node_port, Some(30080));
+        // As a ClusterIP Service a stale nodePort means nothing.
+        svc.spec.as_mut().expect("spec").type_ = Some("ClusterIP".into());
+        let input = ServiceInput::from_service(&svc).expect("input");
+        assert_eq!(input.ports[0].node_port, None);
+        // ExternalName and headless Services have no ClusterIP to balance.
+        svc.spec.as_mut().expect("spec").type_ = Some("ExternalName".into());
+        assert!(
+            ServiceInput::from_service(&svc)
+                .expect("input")
+                .cluster_ips
+                .is_empty()
+        );
+        let headless = service("web", "h", "None", vec![]);
+        assert!(
+            ServiceInput::from_service(&headless)
+                .expect("input")
+                .cluster_ips
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn slice_input_reads_endpoints_of_its_family_with_defaulted_conditions() {
+        let mut slice = endpoint_slice(
+            "web",
+            "front-abc",
+            "front",
+            vec![endpoint_port(Some("http"), 8080, "TCP")],
+            vec![
+                endpoint("10.244.1.5", Some("n1"), (None, None, None)),
+                endpoint(
+                    "10.244.2.5",
+                    Some("n2"),
+                    (Some(false), Some(true), Some(true)),
+                ),
+                endpoint("fd00::5", Some("n1"), (None, None, None)),
+            ],
+        );
+        let input = SliceInput::from_slice(&slice, "n1");
+        assert_eq!(input.service.as_deref(), Some("web/front"));
+        assert_eq!(input.port_of("http", Proto::Tcp), Some(8080));
+        assert_eq!(input.port_of("http", Proto::Udp), None);
+        // The IPv6 address in an IPv4 slice is left out.
+        assert_eq!(
+            input.endpoints,
+            [
+                EndpointInput {
+                    address: "10.244.1.5".parse().expect("ip"),
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    local: true,
+                },
+                EndpointInput {
+                    address: "10.244.2.5".parse().expect("ip"),
+                    ready: false,
+                    serving: true,
+                    terminating: true,
+                    local: false,
+                },
+            ]
+        );
+        // Without a node name nothing is local; FQDN slices have no endpoints here.
+        assert!(
+            SliceInput::from_slice(&slice, "")
+                .endpoints
+                .iter()
+                .all(|e| !e.local)
+        );
+        slice.address_type = "FQDN".into();
+        let fqdn = SliceInput::from_slice(&slice, "n1");
+        assert!(fqdn.endpoints.is_empty() && fqdn.ports.is_empty());
+        assert_eq!(fqdn.service.as_deref(), Some("web/front"));
+    }
+}
