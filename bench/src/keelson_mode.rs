@@ -5,9 +5,17 @@
 //! pass that reads the maps, plans every Service, diffs and applies), then changed one
 //! EndpointSlice at a time as the agent's loop does it (one watch event, then a pass that
 //! plans that Service again and diffs what it touched against the state carried from the
-//! previous pass).
+//! previous pass). Also the kernel's run-time statistics of the datapath's socket hooks
+//! over a load window.
 
-use std::{collections::BTreeMap, path::Path, time::Duration, time::Instant};
+use std::{
+    collections::BTreeMap,
+    io,
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::Path,
+    time::Duration,
+    time::Instant,
+};
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::{
@@ -162,4 +170,153 @@ fn change_passes(
     }
     times.sort();
     Ok(times)
+}
+
+/// What one socket hook of the datapath did during a load window: the differences of the
+/// kernel's counters of the program (`bpf_prog_info.run_cnt`, `.run_time_ns`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookRun {
+    /// The program's name (`keelson_common::names::PROG_*`).
+    pub name: &'static str,
+    pub runs: u64,
+    pub run_time_ns: u64,
+}
+
+impl HookRun {
+    /// Average nanoseconds per run; NaN if it did not run.
+    #[expect(clippy::cast_precision_loss, reason = "nanoseconds and counts")]
+    pub fn ns_per_run(&self) -> f64 {
+        if self.runs == 0 {
+            f64::NAN
+        } else {
+            self.run_time_ns as f64 / self.runs as f64
+        }
+    }
+}
+
+/// The kernel's BPF_STATS_RUN_TIME statistics, on while this value lives: the kernel keeps
+/// them on while any descriptor returned by BPF_ENABLE_STATS is open (kernel commit
+/// d46edd671a14, "bpf: Sharing bpf runtime stats with BPF_ENABLE_STATS", 5.8), so a crash
+/// cannot leave `kernel.bpf_stats_enabled` on. It is the syscall of
+/// `aya::sys::enable_stats(Stats::RunTime)`, made here directly: this crate reaches aya
+/// only through the agent crate.
+struct RunTimeStats(#[expect(dead_code, reason = "held open, closed on drop")] OwnedFd);
+
+impl RunTimeStats {
+    fn enable() -> io::Result<Self> {
+        /// `enum bpf_cmd` and `enum bpf_stats_type` in include/uapi/linux/bpf.h.
+        const BPF_ENABLE_STATS: libc::c_long = 32;
+        const BPF_STATS_RUN_TIME: u32 = 0;
+        /// The `enable_stats` member of `union bpf_attr`; the kernel zero-fills the rest of
+        /// the union when fewer bytes are passed.
+        #[repr(C)]
+        struct EnableStatsAttr {
+            type_: u32,
+        }
+        let attr = EnableStatsAttr {
+            type_: BPF_STATS_RUN_TIME,
+        };
+        // SAFETY: the kernel reads `size_of::<EnableStatsAttr>()` bytes from a live value of
+        // that size and returns a new descriptor or -1; nothing else is touched.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                &raw const attr,
+                size_of::<EnableStatsAttr>(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = i32::try_from(fd).map_err(io::Error::other)?;
+        // SAFETY: the descriptor was just returned by the kernel and nothing else owns it.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+}
+
+/// The counters (run count, run time in ns) of each socket hook of `dp`. The programs are
+/// found through the datapath's own object (their program ids), not by name among all
+/// loaded programs, so another datapath on the machine does not count.
+fn hook_counters(dp: &Datapath) -> Result<Vec<(&'static str, u64, u64)>> {
+    let infos = dp
+        .sock_program_infos()
+        .map_err(|e| anyhow::anyhow!("{e}: {:?}", std::error::Error::source(&e)))?;
+    Ok(infos
+        .into_iter()
+        .map(|(name, info)| {
+            let ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+            (name, info.run_count(), ns)
+        })
+        .collect())
+}
+
+/// The hooks that ran between the counters `before` and `after`, with what they did.
+pub fn hook_deltas(
+    before: &[(&'static str, u64, u64)],
+    after: &[(&'static str, u64, u64)],
+) -> Vec<HookRun> {
+    after
+        .iter()
+        .filter_map(|&(name, runs, ns)| {
+            let &(_, runs0, ns0) = before.iter().find(|b| b.0 == name)?;
+            let run = HookRun {
+                name,
+                runs: runs.saturating_sub(runs0),
+                run_time_ns: ns.saturating_sub(ns0),
+            };
+            (run.runs > 0).then_some(run)
+        })
+        .collect()
+}
+
+/// Runs `window` (one load window) with the kernel's run-time statistics on, and returns
+/// what `dp`'s socket hooks did meanwhile (the client's warm-up included: the ns per run
+/// are averages, the counts are of the whole client run).
+///
+/// While the statistics are on, the kernel reads the clock around every run of every eBPF
+/// program on the machine (tens of ns each). They are on only during keelson's windows, so
+/// keelson's rate carries that cost and kube-proxy's do not (their connections run no
+/// program of ours); the ns per run reported include it.
+pub fn with_hook_stats<T>(
+    dp: &Datapath,
+    window: impl FnOnce() -> Result<T>,
+) -> Result<(T, Vec<HookRun>)> {
+    let stats = RunTimeStats::enable().context("enabling BPF run-time statistics")?;
+    let before = hook_counters(dp)?;
+    let out = window()?;
+    let after = hook_counters(dp)?;
+    drop(stats);
+    Ok((out, hook_deltas(&before, &after)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_deltas_keep_the_hooks_that_ran() {
+        let before = [("sock_connect4", 100, 5000), ("sock_sendmsg4", 3, 90)];
+        let after = [
+            ("sock_connect4", 1100, 105_000),
+            ("sock_sendmsg4", 3, 90),
+            ("sock_recvmsg4", 1, 1),
+        ];
+        let runs = hook_deltas(&before, &after);
+        assert_eq!(
+            runs,
+            [HookRun {
+                name: "sock_connect4",
+                runs: 1000,
+                run_time_ns: 100_000
+            }]
+        );
+        assert_eq!(runs[0].ns_per_run(), 100.0);
+        let idle = HookRun {
+            name: "sock_connect6",
+            runs: 0,
+            run_time_ns: 0,
+        };
+        assert!(idle.ns_per_run().is_nan());
+    }
 }

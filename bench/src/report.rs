@@ -1,13 +1,16 @@
 //! The benchmark's output: a Markdown table with every figure (rates and latencies as medians
 //! over the rounds, the rates' spread, ratios of the medians and ratios paired within a round)
-//! and the goals, and one `BENCH_JSON {...}` line for scripts, which keeps every window.
+//! and the goals, keelson's socket hook run time per connect from the kernel's BPF
+//! statistics, and one `BENCH_JSON {...}` line for scripts, which keeps every window.
 
 use std::process::Command;
 
+use keelson_common::names;
 use serde_json::json;
 
 use crate::{
     api_latency::ApiFigures,
+    keelson_mode::HookRun,
     run::{Mode, Options, Point, median, paired_ratios},
 };
 
@@ -48,6 +51,35 @@ fn min_median(values: &[f64]) -> (f64, f64) {
     (lo, median(values.iter().copied()))
 }
 
+/// The share of the per-connection CPU budget that the hook's extra ns at the larger size
+/// take: `(ns_large - ns_small) / (1e9 ns x cpus / rate)`, where `rate` (connections/s)
+/// is keelson's median at the larger size, whose client and server load every CPU.
+fn budget_share(ns_large: f64, ns_small: f64, rate: f64, cpus: usize) -> f64 {
+    (ns_large - ns_small) / cpu_ns_per_connection(rate, cpus)
+}
+
+/// The CPU time per connection: `1e9 ns x cpus / rate`; NaN without a rate.
+fn cpu_ns_per_connection(rate: f64, cpus: usize) -> f64 {
+    #[expect(clippy::cast_precision_loss, reason = "a CPU count")]
+    let cpus = cpus as f64;
+    if rate > 0.0 {
+        1e9 * cpus / rate
+    } else {
+        f64::NAN
+    }
+}
+
+/// A row with keelson's figure only (text cells).
+fn keelson_row(metric: String, cell: String) -> Row {
+    Row {
+        metric,
+        cells: [cell, String::new(), String::new()],
+        ratios: [String::new(), String::new()],
+        goal: String::new(),
+        met: String::new(),
+    }
+}
+
 /// One row: metric, the three figures, both ratios, goal, met.
 struct Row {
     metric: String,
@@ -84,6 +116,8 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
     let mut goals = serde_json::Map::new();
     let mut passes = Vec::new();
     let mut paired_json = Vec::new();
+    let mut hook_json = serde_json::Value::Null;
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     for &size in &opts.sizes {
         let Some(k) = get(points, Mode::Keelson, size) else {
             continue;
@@ -172,6 +206,51 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
             figure(Point::p99_us),
             0,
         ));
+        rows.push(keelson_row(
+            format!(
+                "keelson connect4 hook, ns per connect (median of the rounds), {size} Services"
+            ),
+            num(k.connect4_ns(), 0),
+        ));
+        for name in k.hooks_ran() {
+            if name != names::PROG_CONNECT4 {
+                rows.push(keelson_row(
+                    format!(
+                        "keelson {name} hook, ns per run (median of the rounds), {size} Services"
+                    ),
+                    num(k.hook_ns_per_run(name), 0),
+                ));
+            }
+        }
+        if size == max
+            && max != min
+            && let Some(kmin) = get(points, Mode::Keelson, min)
+        {
+            let (large, small) = (k.connect4_ns(), kmin.connect4_ns());
+            let share = budget_share(large, small, k.rate(), cpus);
+            let cell = if share.is_finite() {
+                format!(
+                    "{} vs {} ({:+.2}%)",
+                    num(large, 0),
+                    num(small, 0),
+                    share * 100.0
+                )
+            } else {
+                "-".to_string()
+            };
+            rows.push(keelson_row(
+                format!(
+                    "keelson connect4 hook at {max} vs {min} Services (ns; difference as a share of the CPU time per connection, 1e9 ns x {cpus} CPUs / keelson's median rate at {max})"
+                ),
+                cell,
+            ));
+            hook_json = json!({
+                "services": [max, min],
+                "connect4_ns_per_run": [json_f64(large, 1), json_f64(small, 1)],
+                "cpu_ns_per_connection": json_f64(cpu_ns_per_connection(k.rate(), cpus), 0),
+                "difference_share_of_cpu_per_connection": json_f64(share, 5),
+            });
+        }
         let mut row = Row::figures(
             format!("programming {size} Services from nothing (ms)"),
             figure(|p| p.program.as_secs_f64() * 1e3),
@@ -321,7 +400,7 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
         "kernel": tool_version("uname", "-r"),
         "iptables": tool_version("iptables", "--version"),
         "nft": tool_version("nft", "--version"),
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpus": cpus,
     });
     println!(
         "environment: kernel {}, {}, {}, {} CPUs, {} client threads, {} rounds{}",
@@ -349,6 +428,11 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
                         "connect_p99_us": w.p99_us,
                         "connections": w.connections,
                         "errors": w.errors,
+                        "hooks": w.hooks.iter().map(|h| json!({
+                            "name": h.name,
+                            "runs": h.runs,
+                            "run_time_ns": h.run_time_ns,
+                        })).collect::<Vec<_>>(),
                     })
                 })
                 .collect();
@@ -365,6 +449,10 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
                 "errors": p.errors(),
                 "windows": windows,
                 "change_pass_us": p.change_passes.iter().map(|d| d.as_micros()).collect::<Vec<_>>(),
+                // keelson's connect4 hook per window (null where it did not run) and the median.
+                "hook_ns_per_run": p.windows.iter().map(|w| json_f64(w.hook(names::PROG_CONNECT4).map_or(f64::NAN, HookRun::ns_per_run), 1)).collect::<Vec<_>>(),
+                "hook_ns_per_run_median": json_f64(p.connect4_ns(), 1),
+                "hook_runs": p.windows.iter().map(|w| w.hook(names::PROG_CONNECT4).map_or(0, |h| h.runs)).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -378,6 +466,7 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
             "environment": env,
             "points": pts,
             "paired": paired_json,
+            "connect4_hook_max_vs_min": hook_json,
             "goals": goals,
             "api": api_json,
         })
@@ -411,5 +500,18 @@ mod tests {
         assert_eq!(json_f64(f64::NAN, 0), serde_json::Value::Null);
         assert_eq!(min_median(&[2.0, 0.5, 1.5, 3.0]), (0.5, 1.75));
         assert_eq!(ratio(3.0, 0.0), "n/a");
+    }
+
+    #[test]
+    fn hook_difference_is_a_share_of_the_cpu_time_per_connection() {
+        // 20,000 connections/s on 2 CPUs: 100,000 ns of CPU per connection; 50 ns more per
+        // connect is 0.05% of it.
+        let share = budget_share(250.0, 200.0, 20_000.0, 2);
+        assert!((share - 0.0005).abs() < 1e-12);
+        assert!(budget_share(190.0, 200.0, 20_000.0, 2) < 0.0);
+        // No rate or no hook figure: not a number, shown as "-".
+        assert!(budget_share(250.0, 200.0, 0.0, 2).is_nan());
+        assert_eq!(cpu_ns_per_connection(20_000.0, 2), 100_000.0);
+        assert!(budget_share(f64::NAN, 200.0, 20_000.0, 2).is_nan());
     }
 }

@@ -16,10 +16,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use keelson_agent::loader::Datapath;
+use keelson_common::names;
 use serde_json::Value;
 
 use crate::{
-    api_latency, keelson_mode, kube_proxy_iptables, kube_proxy_nftables,
+    api_latency,
+    keelson_mode::{self, HookRun},
+    kube_proxy_iptables, kube_proxy_nftables,
     load::{Target, write_targets},
     report,
     topology::{self, NODE_SERVER_SIDE_IP, Topology},
@@ -61,7 +64,7 @@ impl Mode {
 }
 
 /// The figures of one load window (one mode, one size, one round).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Window {
     /// The round the window ran in (windows of one round ran back to back).
     pub round: usize,
@@ -72,6 +75,16 @@ pub struct Window {
     pub p99_us: u64,
     pub connections: u64,
     pub errors: u64,
+    /// keelson only: its socket hooks that ran during the window, from the kernel's
+    /// run-time statistics.
+    pub hooks: Vec<HookRun>,
+}
+
+impl Window {
+    /// What the hook `name` did in this window, if it ran.
+    pub fn hook(&self, name: &str) -> Option<&HookRun> {
+        self.hooks.iter().find(|h| h.name == name)
+    }
 }
 
 /// The figures of one mode at one size.
@@ -111,6 +124,33 @@ impl Point {
     #[expect(clippy::cast_precision_loss, reason = "microseconds")]
     pub fn p99_us(&self) -> f64 {
         median(self.windows.iter().map(|w| w.p99_us as f64))
+    }
+
+    /// The median over the rounds of the hook `name`'s average ns per run (rounds it ran
+    /// in); NaN if it never ran.
+    pub fn hook_ns_per_run(&self, name: &str) -> f64 {
+        median(
+            self.windows
+                .iter()
+                .filter_map(|w| w.hook(name))
+                .map(HookRun::ns_per_run),
+        )
+    }
+
+    /// keelson's connect4 hook, whose run is its per-connection work in this bench.
+    pub fn connect4_ns(&self) -> f64 {
+        self.hook_ns_per_run(names::PROG_CONNECT4)
+    }
+
+    /// The names of the hooks that ran in any window, in the datapath's order.
+    pub fn hooks_ran(&self) -> Vec<&'static str> {
+        let mut ran: Vec<&'static str> = Vec::new();
+        for h in self.windows.iter().flat_map(|w| &w.hooks) {
+            if !ran.contains(&h.name) {
+                ran.push(h.name);
+            }
+        }
+        ran
     }
 
     /// Failed connections over all windows.
@@ -265,7 +305,7 @@ fn program_nftables(topo: &Topology, services: &[BenchService]) -> Result<Durati
 struct Prepared {
     mode: Mode,
     size: usize,
-    _datapath: Option<Datapath>,
+    datapath: Option<Datapath>,
     _server: ChildGuard,
     topo: Topology,
     program: Duration,
@@ -308,7 +348,7 @@ fn prepare(exe: &Path, mode: Mode, services: &[BenchService], targets: &Path) ->
     Ok(Prepared {
         mode,
         size,
-        _datapath: datapath,
+        datapath,
         _server: server,
         topo,
         program,
@@ -336,19 +376,21 @@ fn window(
     } else {
         (1000, 5000)
     };
-    let r = client(
-        exe,
-        &p.topo,
-        targets,
-        &[
-            "--threads".into(),
-            opts.threads.to_string(),
-            "--warmup-ms".into(),
-            warmup.to_string(),
-            "--duration-ms".into(),
-            duration.to_string(),
-        ],
-    )?;
+    let args = [
+        "--threads".into(),
+        opts.threads.to_string(),
+        "--warmup-ms".into(),
+        warmup.to_string(),
+        "--duration-ms".into(),
+        duration.to_string(),
+    ];
+    let run = || client(exe, &p.topo, targets, &args);
+    // keelson's windows run with the kernel's BPF run-time statistics on, read from the
+    // programs of this mode's own datapath (see `with_hook_stats` for what that costs).
+    let (r, hooks) = match &p.datapath {
+        Some(dp) => keelson_mode::with_hook_stats(dp, run)?,
+        None => (run()?, Vec::new()),
+    };
     let w = Window {
         round,
         slot,
@@ -357,9 +399,14 @@ fn window(
         p99_us: r["p99_us"].as_u64().unwrap_or(0),
         connections: r["connections"].as_u64().unwrap_or(0),
         errors: r["errors"].as_u64().unwrap_or(0),
+        hooks,
     };
+    let hook = w
+        .hook(names::PROG_CONNECT4)
+        .map(|h| format!(", connect4 hook {:.0} ns x {}", h.ns_per_run(), h.runs))
+        .unwrap_or_default();
     eprintln!(
-        "bench: round {}/{} {} {}: {:.0} conn/s, p50 {} us, p99 {} us, {} errors",
+        "bench: round {}/{} {} {}: {:.0} conn/s, p50 {} us, p99 {} us, {} errors{hook}",
         round + 1,
         opts.rounds,
         p.mode.name(),
@@ -482,6 +529,11 @@ mod tests {
                     p99_us: 1000 * (round as u64 + 1),
                     connections: 1000,
                     errors: round as u64,
+                    hooks: vec![HookRun {
+                        name: names::PROG_CONNECT4,
+                        runs: 1000,
+                        run_time_ns: 1000 * (200 + round as u64),
+                    }],
                 })
                 .collect(),
             change_passes: Vec::new(),
@@ -522,6 +574,10 @@ mod tests {
         assert_eq!(p.p50_us(), 120.0);
         assert_eq!(p.p99_us(), 3000.0);
         assert_eq!(p.errors(), 10);
+        // 200..204 ns per run.
+        assert_eq!(p.connect4_ns(), 202.0);
+        assert!(p.hook_ns_per_run(names::PROG_SENDMSG4).is_nan());
+        assert_eq!(p.hooks_ran(), [names::PROG_CONNECT4]);
     }
 
     #[test]

@@ -21,8 +21,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, links::FdLink,
-        tc::TcAttachOptions,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramInfo, SchedClassifier, TcAttachType,
+        links::FdLink, tc::TcAttachOptions,
     },
 };
 use keelson_common::{EndpointInfo, NodeConfig, limits, names, paths};
@@ -371,6 +371,24 @@ impl Datapath {
     /// Removes idle conntrack entries (see [`Maps::gc_ct`]).
     pub fn gc_ct(&self) -> Result<usize, MapsError> {
         self.lock().maps.gc_ct(sys::monotonic_ns())
+    }
+
+    /// The kernel's info on each socket hook program (its id and, while BPF_STATS_RUN_TIME
+    /// is enabled, its accumulated run time and run count), by program name.
+    pub fn sock_program_infos(&self) -> Result<Vec<(&'static str, ProgramInfo)>, LoaderError> {
+        let inner = self.lock();
+        SOCK_PROGRAMS
+            .into_iter()
+            .map(|name| {
+                let prog = inner.ebpf.program(name).ok_or_else(|| {
+                    LoaderError::Other(format!("program {name} is missing from the object"))
+                })?;
+                let info = prog
+                    .info()
+                    .map_err(|source| LoaderError::Program { name, source })?;
+                Ok((name, info))
+            })
+            .collect()
     }
 
     /// Runs `f` with the maps (tests, metrics).
