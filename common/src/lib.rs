@@ -54,6 +54,7 @@ pub mod names {
     pub const PROG_SENDMSG6: &str = "sock_sendmsg6";
     pub const PROG_RECVMSG6: &str = "sock_recvmsg6";
     pub const PROG_GETPEERNAME6: &str = "sock_getpeername6";
+    pub const PROG_SOCK_RELEASE: &str = "sock_release";
     pub const PROG_FROM_CONTAINER: &str = "tc_from_container";
     pub const PROG_FROM_NETDEV: &str = "tc_from_netdev";
     pub const PROG_TO_NETDEV: &str = "tc_to_netdev";

@@ -21,8 +21,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramInfo, SchedClassifier, TcAttachType,
-        links::FdLink, tc::TcAttachOptions,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, ProgramFd, ProgramInfo,
+        SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions,
     },
 };
 use keelson_common::{EndpointInfo, NodeConfig, limits, names, paths};
@@ -45,6 +45,20 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
     names::PROG_SENDMSG6,
     names::PROG_RECVMSG6,
     names::PROG_GETPEERNAME6,
+];
+
+/// Every program attached to the node's cgroup: the socket address hooks, then sock_release,
+/// which drops a closed socket's reverse entry.
+pub const CGROUP_PROGRAMS: [&str; 9] = [
+    names::PROG_CONNECT4,
+    names::PROG_SENDMSG4,
+    names::PROG_RECVMSG4,
+    names::PROG_GETPEERNAME4,
+    names::PROG_CONNECT6,
+    names::PROG_SENDMSG6,
+    names::PROG_RECVMSG6,
+    names::PROG_GETPEERNAME6,
+    names::PROG_SOCK_RELEASE,
 ];
 
 /// Where the datapath of one node lives.
@@ -163,6 +177,14 @@ impl Datapath {
         })?;
         for name in SOCK_PROGRAMS {
             let prog: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
+            prog.load()
+                .map_err(|source| LoaderError::Program { name, source })?;
+            let link_path = links_dir.join(format!("{name}_link"));
+            attach_sock(prog, name, &cgroup, &link_path)?;
+        }
+        {
+            let name = names::PROG_SOCK_RELEASE;
+            let prog: &mut CgroupSock = program_mut(&mut ebpf, name)?;
             prog.load()
                 .map_err(|source| LoaderError::Program { name, source })?;
             let link_path = links_dir.join(format!("{name}_link"));
@@ -377,7 +399,7 @@ impl Datapath {
     /// is enabled, its accumulated run time and run count), by program name.
     pub fn sock_program_infos(&self) -> Result<Vec<(&'static str, ProgramInfo)>, LoaderError> {
         let inner = self.lock();
-        SOCK_PROGRAMS
+        CGROUP_PROGRAMS
             .into_iter()
             .map(|name| {
                 let prog = inner.ebpf.program(name).ok_or_else(|| {
@@ -443,18 +465,64 @@ where
         .map_err(|source| LoaderError::Program { name, source })
 }
 
+/// A cgroup program attached through a BPF link: the socket address hooks and sock_release.
+trait CgroupHook {
+    fn prog_fd(&self) -> Result<&ProgramFd, aya::programs::ProgramError>;
+    /// Attaches to `cgroup` and hands back the link, owned by the caller.
+    fn attach_link(&mut self, name: &'static str, cgroup: &fs::File)
+    -> Result<FdLink, LoaderError>;
+}
+
+impl CgroupHook for CgroupSockAddr {
+    fn prog_fd(&self) -> Result<&ProgramFd, aya::programs::ProgramError> {
+        self.fd()
+    }
+
+    fn attach_link(
+        &mut self,
+        name: &'static str,
+        cgroup: &fs::File,
+    ) -> Result<FdLink, LoaderError> {
+        let program = |source| LoaderError::Program { name, source };
+        let id = self
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(program)?;
+        let link = self.take_link(id).map_err(program)?;
+        FdLink::try_from(link).map_err(|source| LoaderError::Link { name, source })
+    }
+}
+
+impl CgroupHook for CgroupSock {
+    fn prog_fd(&self) -> Result<&ProgramFd, aya::programs::ProgramError> {
+        self.fd()
+    }
+
+    fn attach_link(
+        &mut self,
+        name: &'static str,
+        cgroup: &fs::File,
+    ) -> Result<FdLink, LoaderError> {
+        let program = |source| LoaderError::Program { name, source };
+        let id = self
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(program)?;
+        let link = self.take_link(id).map_err(program)?;
+        FdLink::try_from(link).map_err(|source| LoaderError::Link { name, source })
+    }
+}
+
 /// Attaches a socket hook to the cgroup through a pinned link. If a link is pinned already
 /// (an earlier agent), the new program is swapped into it atomically: no second attachment,
 /// no moment without a program.
 fn attach_sock(
-    prog: &mut CgroupSockAddr,
+    prog: &mut impl CgroupHook,
     name: &'static str,
     cgroup: &fs::File,
     link_path: &Path,
 ) -> Result<(), LoaderError> {
     if link_path.exists() {
         let prog_fd = prog
-            .fd()
+            .prog_fd()
             .map_err(|source| LoaderError::Program { name, source })?;
         // The link must still be attached to this very cgroup: a cgroup directory removed and
         // created again (a node restarted without cleaning bpffs) is another cgroup.
@@ -477,13 +545,7 @@ fn attach_sock(
     // BPF links take no attach flags: a link-based attachment always coexists with other
     // links on the cgroup and below it (kernel 5.7, af6eea57437a), so Pods' own cgroups may
     // carry programs of their own.
-    let id = prog
-        .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(|source| LoaderError::Program { name, source })?;
-    let link = prog
-        .take_link(id)
-        .map_err(|source| LoaderError::Program { name, source })?;
-    let link = FdLink::try_from(link).map_err(|source| LoaderError::Link { name, source })?;
+    let link = prog.attach_link(name, cgroup)?;
     link.pin(link_path).map_err(|source| LoaderError::Pin {
         path: link_path.display().to_string(),
         source,

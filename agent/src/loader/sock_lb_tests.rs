@@ -371,3 +371,71 @@ fn ipv6_cluster_ips_are_balanced_and_reverse_translated() {
         "{dump}"
     );
 }
+
+#[test]
+fn closed_sockets_take_their_reverse_entries_with_them() {
+    let (ns, t) = setup("sockrel");
+    let ports = tcp_backends(&ns, 2);
+    let udp = udp_backend(&ns, "udp-a");
+    let vip = Ipv4Addr::new(10, 96, 7, 9);
+    let desired = only_services([
+        (frontend(vip, 80, Proto::Tcp), loopback_tcp(&ports)),
+        (
+            frontend(vip, 53, Proto::Udp),
+            vec![loopback(udp, Proto::Udp)],
+        ),
+    ]);
+    program(&t, &desired);
+
+    // TCP and connected UDP sockets, AF_INET and AF_INET6 with IPv4-mapped addresses, each
+    // showing the ClusterIP as its peer while open (that is the reverse entry at work), then
+    // one unconnected UDP socket, which has no destination when it is closed.
+    let out = client(
+        &t,
+        &ns,
+        &format!(
+            r#"
+import socket
+for fam, host in ((socket.AF_INET, "{vip}"), (socket.AF_INET6, "::ffff:{vip}")):
+    for _ in range(10):
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect((host, 80))
+        print("tcp", s.getpeername()[0], s.makefile().readline().strip())
+        s.close()
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.settimeout(5)
+    u.connect((host, 53))
+    u.send(b"x")
+    print("udp", u.getpeername()[0], u.recv(64).decode())
+    u.close()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.sendto(b"x", ("{vip}", 53))
+data, peer = u.recvfrom(64)
+print("unconnected", peer[0], data.decode())
+u.close()
+"#
+        ),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 23, "{out}");
+    assert!(
+        lines.iter().all(|l| l
+            .split(' ')
+            .nth(1)
+            .is_some_and(|peer| peer.ends_with(&vip.to_string()))),
+        "{out}"
+    );
+    assert!(lines.iter().any(|l| l.ends_with("udp-a")), "{out}");
+    // 22 sockets were translated and closed; only the unconnected one's entry is left.
+    let left: Vec<_> = t.dp.with_maps(|m| {
+        m.sock_revnat
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, _)| k)
+            .collect()
+    });
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(u16::from_be(left[0].port), udp, "{left:?}");
+}

@@ -4,7 +4,7 @@ use std::{net::Ipv4Addr, process::Command};
 
 use keelson_common::names;
 
-use super::{Datapath, DatapathConfig, SOCK_PROGRAMS, testutil::TestDatapath};
+use super::{CGROUP_PROGRAMS, Datapath, DatapathConfig, testutil::TestDatapath};
 use crate::services::model::{BackendAddr, Frontend, MapOp, Proto};
 
 fn attached_programs(cgroup: &std::path::Path) -> usize {
@@ -26,7 +26,7 @@ fn object_declares_every_common_map_and_program() {
             "map {name} missing from the object"
         );
     }
-    for name in SOCK_PROGRAMS.iter().chain([&names::PROG_FROM_CONTAINER]) {
+    for name in CGROUP_PROGRAMS.iter().chain([&names::PROG_FROM_CONTAINER]) {
         assert!(
             obj.1.iter().any(|p| p == name),
             "program {name} missing from the object"
@@ -42,7 +42,7 @@ fn aya_obj_names() -> (Vec<String>, Vec<String>) {
         .filter(|n| t.pins.0.join(n).exists())
         .map(|n| n.to_string())
         .collect();
-    let links = SOCK_PROGRAMS
+    let links = CGROUP_PROGRAMS
         .iter()
         .filter(|n| t.pins.0.join("links").join(format!("{n}_link")).exists())
         .map(|n| n.to_string())
@@ -54,7 +54,7 @@ fn aya_obj_names() -> (Vec<String>, Vec<String>) {
 #[test]
 fn reload_reuses_pinned_maps_and_links() {
     let t = TestDatapath::load("reload", None);
-    assert_eq!(attached_programs(&t.cgroup.0), SOCK_PROGRAMS.len());
+    assert_eq!(attached_programs(&t.cgroup.0), CGROUP_PROGRAMS.len());
     let frontend = Frontend {
         address: Ipv4Addr::new(10, 96, 0, 10).into(),
         port: 53,
@@ -98,12 +98,12 @@ fn reload_reuses_pinned_maps_and_links() {
     );
     assert_eq!(
         attached_programs(&t.cgroup.0),
-        SOCK_PROGRAMS.len(),
+        CGROUP_PROGRAMS.len(),
         "reload must not attach twice"
     );
     drop(again);
     // Dropping both loaders leaves the pinned links attached.
-    assert_eq!(attached_programs(&t.cgroup.0), SOCK_PROGRAMS.len());
+    assert_eq!(attached_programs(&t.cgroup.0), CGROUP_PROGRAMS.len());
 }
 
 #[test]
@@ -171,7 +171,7 @@ fn pinned_links_of_another_cgroup_are_replaced_not_reused() {
     })
     .expect("load on the other cgroup");
     assert_eq!(link_cgroup(), cgroup_id(&other.0));
-    assert_eq!(attached_programs(&other.0), SOCK_PROGRAMS.len());
+    assert_eq!(attached_programs(&other.0), CGROUP_PROGRAMS.len());
     // Released from a workqueue once its pin is gone (bpf_link_put).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while attached_programs(&t.cgroup.0) != 0 {

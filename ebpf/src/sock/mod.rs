@@ -10,6 +10,7 @@ mod getpeername4;
 mod getpeername6;
 mod recvmsg4;
 mod recvmsg6;
+mod release;
 mod sendmsg4;
 mod sendmsg6;
 
