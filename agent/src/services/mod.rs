@@ -22,7 +22,6 @@ pub mod teardown;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::IpAddr,
     sync::Arc,
     time::Duration,
 };
@@ -71,9 +70,6 @@ pub struct Programmer {
     slices: ObjectCache<SliceInput>,
     /// The slices of each Service, by the slice's Service label.
     slices_of: HashMap<ObjectKey, HashSet<ObjectKey>>,
-    /// How many slices list each address: a backend removed from the maps whose address no
-    /// slice lists any more is gone, and its connections are reset.
-    listed: HashMap<IpAddr, u32>,
     /// Services to plan again on the next pass.
     dirty: HashSet<ObjectKey>,
     index: DesiredIndex,
@@ -88,7 +84,6 @@ impl Programmer {
             services: ObjectCache::default(),
             slices: ObjectCache::default(),
             slices_of: HashMap::new(),
-            listed: HashMap::new(),
             dirty: HashSet::new(),
             index: DesiredIndex::default(),
             programmed: None,
@@ -107,34 +102,23 @@ impl Programmer {
     /// Takes one event of the EndpointSlice watch; returns whether a pass has work.
     pub fn slice_event(&mut self, event: watcher::Event<EndpointSlice>) -> bool {
         let node_name = self.node.node_name.clone();
-        let (dirty, slices_of, listed) = (&mut self.dirty, &mut self.slices_of, &mut self.listed);
+        let (dirty, slices_of) = (&mut self.dirty, &mut self.slices_of);
         self.slices.apply(
             event,
             |s| Some(SliceInput::from_slice(s, &node_name)),
             |key, old, new| {
                 for (slice, present) in [(old, false), (new, true)] {
-                    let Some(slice) = slice else { continue };
-                    if let Some(service) = &slice.service {
-                        dirty.insert(service.clone());
-                        let of = slices_of.entry(service.clone()).or_default();
-                        if present {
-                            of.insert(key.clone());
-                        } else {
-                            of.remove(key);
-                            if of.is_empty() {
-                                slices_of.remove(service);
-                            }
-                        }
-                    }
-                    for ep in &slice.endpoints {
-                        let n = listed.entry(ep.address).or_default();
-                        if present {
-                            *n += 1;
-                        } else {
-                            *n -= 1;
-                            if *n == 0 {
-                                listed.remove(&ep.address);
-                            }
+                    let Some(service) = slice.and_then(|s| s.service.as_ref()) else {
+                        continue;
+                    };
+                    dirty.insert(service.clone());
+                    let of = slices_of.entry(service.clone()).or_default();
+                    if present {
+                        of.insert(key.clone());
+                    } else {
+                        of.remove(key);
+                        if of.is_empty() {
+                            slices_of.remove(service);
                         }
                     }
                 }
@@ -266,15 +250,15 @@ impl Programmer {
         if purged > 0 {
             tracing::debug!(purged, "conntrack entries of removed backends deleted");
         }
-        // Sockets the socket hooks connected straight to a backend that no longer exists at
-        // all (its endpoint left every EndpointSlice: the Pod is gone) would wait on a dead
-        // address; they are destroyed so applications see an error at once. A backend that
-        // only stopped being ready keeps its connections (KEP-1669).
-        let gone: Vec<BackendAddr> = removed
-            .iter()
-            .filter_map(|&(_, addr)| addr)
-            .filter(|b| !self.listed.contains_key(&b.address))
-            .collect();
+        // Sockets the socket hooks connected straight to a removed backend would wait on an
+        // address nobody serves: a backend is removed once no EndpointSlice lists its address
+        // for its port and protocol, whatever the conditions (the Pod is gone, or no longer
+        // serves that port), so they are destroyed and applications see an error at once. A
+        // backend that only stopped being ready is still listed and keeps its connections
+        // (KEP-1669); so is one that another Service lists for the same port and protocol.
+        // Other Services listing the address for other ports do not keep it: a UDP socket to
+        // a deleted Pod must not wait for the slices of the Pod's TCP-only Services.
+        let gone: Vec<BackendAddr> = removed.iter().filter_map(|&(_, addr)| addr).collect();
         if gone.is_empty() {
             return Ok(());
         }
