@@ -473,43 +473,30 @@ trait CgroupHook {
     -> Result<FdLink, LoaderError>;
 }
 
-impl CgroupHook for CgroupSockAddr {
-    fn prog_fd(&self) -> Result<&ProgramFd, aya::programs::ProgramError> {
-        self.fd()
-    }
+/// Both program types attach and hand out links the same way in aya, without a common trait.
+macro_rules! cgroup_hook {
+    ($($ty:ty),*) => {$(
+        impl CgroupHook for $ty {
+            fn prog_fd(&self) -> Result<&ProgramFd, aya::programs::ProgramError> {
+                self.fd()
+            }
 
-    fn attach_link(
-        &mut self,
-        name: &'static str,
-        cgroup: &fs::File,
-    ) -> Result<FdLink, LoaderError> {
-        let program = |source| LoaderError::Program { name, source };
-        let id = self
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(program)?;
-        let link = self.take_link(id).map_err(program)?;
-        FdLink::try_from(link).map_err(|source| LoaderError::Link { name, source })
-    }
+            fn attach_link(
+                &mut self,
+                name: &'static str,
+                cgroup: &fs::File,
+            ) -> Result<FdLink, LoaderError> {
+                let program = |source| LoaderError::Program { name, source };
+                let id = self
+                    .attach(cgroup, CgroupAttachMode::Single)
+                    .map_err(program)?;
+                let link = self.take_link(id).map_err(program)?;
+                FdLink::try_from(link).map_err(|source| LoaderError::Link { name, source })
+            }
+        }
+    )*};
 }
-
-impl CgroupHook for CgroupSock {
-    fn prog_fd(&self) -> Result<&ProgramFd, aya::programs::ProgramError> {
-        self.fd()
-    }
-
-    fn attach_link(
-        &mut self,
-        name: &'static str,
-        cgroup: &fs::File,
-    ) -> Result<FdLink, LoaderError> {
-        let program = |source| LoaderError::Program { name, source };
-        let id = self
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(program)?;
-        let link = self.take_link(id).map_err(program)?;
-        FdLink::try_from(link).map_err(|source| LoaderError::Link { name, source })
-    }
-}
+cgroup_hook!(CgroupSockAddr, CgroupSock);
 
 /// Attaches a socket hook to the cgroup through a pinned link. If a link is pinned already
 /// (an earlier agent), the new program is swapped into it atomically: no second attachment,

@@ -14,12 +14,12 @@ use std::{
     net::IpAddr,
 };
 
-use keelson_common::{limits, service_flags};
+use keelson_common::limits;
 
 use super::{
     input::ObjectKey,
-    maglev::{self, MaglevBackend},
     model::{BackendAddr, DesiredState, Frontend, MapOp, Proto},
+    plan::{Wanted, delete_frontend_ops, frontend_ops},
     programmed::Programmed,
 };
 
@@ -231,80 +231,22 @@ impl DesiredIndex {
             let Some(rev_nat_index) = revnat_of(frontend.address, frontend.port) else {
                 continue;
             };
-            let usable: Vec<(u32, &BackendAddr)> = plan
-                .backends
-                .iter()
-                .filter_map(|b| id_of(b).map(|id| (id, b)))
-                .take(usize::from(limits::MAX_BACKENDS_PER_SERVICE))
-                .collect();
-            let count = usable.len() as u16;
-            let cur = current.state.services.get(&frontend);
-            if plan.flags & service_flags::MAGLEV != 0 && !usable.is_empty() {
-                let members: Vec<MaglevBackend> = usable
-                    .iter()
-                    .map(|&(id, b)| MaglevBackend {
-                        id,
-                        key: b.to_string(),
-                    })
-                    .collect();
-                let table = maglev::table(&members, limits::MAGLEV_TABLE_SIZE);
-                let key = (rev_nat_index, frontend.proto);
-                wanted_maglev.insert(key);
-                if current.state.maglev.get(&key) != Some(&table) {
-                    ops.push(MapOp::PutMaglev {
-                        index: rev_nat_index,
-                        proto: frontend.proto,
-                        table,
-                    });
-                }
-            }
-            for (i, &(backend_id, _)) in usable.iter().enumerate() {
-                let slot = i as u16 + 1;
-                if cur.and_then(|c| c.slots.get(&slot)) != Some(&backend_id) {
-                    ops.push(MapOp::PutSlot {
-                        frontend,
-                        slot,
-                        backend_id,
-                    });
-                }
-            }
-            if cur.and_then(|c| c.master) != Some((count, rev_nat_index))
-                || cur.and_then(|c| c.affinity) != plan.affinity
-                || cur.map(|c| c.flags) != Some(plan.flags)
-            {
-                ops.push(MapOp::PutMaster {
-                    frontend,
-                    count,
-                    rev_nat_index,
-                    affinity_timeout: plan.affinity,
-                    flags: plan.flags,
-                });
-            }
-            for &slot in cur.iter().flat_map(|c| c.slots.keys()) {
-                if slot > count {
-                    ops.push(MapOp::DeleteSlot { frontend, slot });
-                }
-            }
+            let want = Wanted {
+                frontend,
+                backends: &plan.backends,
+                rev_nat_index,
+                affinity: plan.affinity,
+                flags: plan.flags,
+            };
+            wanted_maglev.extend(frontend_ops(&current.state, &want, id_of, &mut ops));
         }
 
         for frontend in &frontends {
             if self.owners.contains_key(frontend) {
                 continue;
             }
-            let Some(entry) = current.state.services.get(frontend) else {
-                continue;
-            };
-            if entry.master.is_some() {
-                ops.push(MapOp::DeleteSlot {
-                    frontend: *frontend,
-                    slot: 0,
-                });
-            }
-            for &slot in entry.slots.keys() {
-                ops.push(MapOp::DeleteSlot {
-                    frontend: *frontend,
-                    slot,
-                });
+            if let Some(entry) = current.state.services.get(frontend) {
+                delete_frontend_ops(*frontend, entry, &mut ops);
             }
         }
 

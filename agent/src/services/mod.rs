@@ -101,11 +101,11 @@ impl Programmer {
 
     /// Takes one event of the EndpointSlice watch; returns whether a pass has work.
     pub fn slice_event(&mut self, event: watcher::Event<EndpointSlice>) -> bool {
-        let node_name = self.node.node_name.clone();
+        let node_name = self.node.node_name.as_str();
         let (dirty, slices_of) = (&mut self.dirty, &mut self.slices_of);
         self.slices.apply(
             event,
-            |s| Some(SliceInput::from_slice(s, &node_name)),
+            |s| Some(SliceInput::from_slice(s, node_name)),
             |key, old, new| {
                 for (slice, present) in [(old, false), (new, true)] {
                     let Some(service) = slice.and_then(|s| s.service.as_ref()) else {

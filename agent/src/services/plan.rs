@@ -14,7 +14,7 @@ use super::{
     index::{DesiredIndex, FrontendPlan, ServicePlan, Touched},
     input::{ServiceInput, SliceInput, object_key},
     maglev::{self, MaglevBackend},
-    model::{BackendAddr, DesiredState, Frontend, LbState, MapOp, Proto},
+    model::{BackendAddr, DesiredState, Frontend, LbState, MapOp, Proto, ServiceEntry},
 };
 
 /// What the planner needs to know about the node it plans for.
@@ -267,7 +267,7 @@ pub fn diff(current: &LbState, desired: &DesiredState) -> Vec<MapOp> {
         .into_iter()
         .map(|(k, v)| (k, v.into_iter().collect::<Vec<_>>().join(",")))
         .collect();
-    let mut frontend_ops = Vec::new();
+    let mut per_frontend = Vec::new();
     for (frontend, backends) in &desired.services {
         let key = (frontend.address, frontend.port);
         let rev_nat_index = match revnat_of.get(&key) {
@@ -300,84 +300,25 @@ pub fn diff(current: &LbState, desired: &DesiredState) -> Vec<MapOp> {
             });
         }
 
-        let usable: Vec<(u32, &BackendAddr)> = backends
-            .iter()
-            .filter_map(|b| id_of.get(b).map(|&id| (id, b)))
-            .take(usize::from(limits::MAX_BACKENDS_PER_SERVICE))
-            .collect();
-        let ids: Vec<u32> = usable.iter().map(|&(id, _)| id).collect();
-        let count = ids.len() as u16;
-        let cur = current.services.get(frontend);
-        let flags = desired.flags.get(frontend).copied().unwrap_or(0);
-        // The table is written before the master that enables it, like slots are.
-        if flags & service_flags::MAGLEV != 0 && !usable.is_empty() {
-            let members: Vec<MaglevBackend> = usable
-                .iter()
-                .map(|&(id, b)| MaglevBackend {
-                    id,
-                    key: b.to_string(),
-                })
-                .collect();
-            let table = maglev::table(&members, limits::MAGLEV_TABLE_SIZE);
-            let key = (rev_nat_index, frontend.proto);
-            wanted_maglev.insert(key);
-            if current.maglev.get(&key) != Some(&table) {
-                frontend_ops.push(MapOp::PutMaglev {
-                    index: rev_nat_index,
-                    proto: frontend.proto,
-                    table,
-                });
-            }
-        }
-        for (i, &backend_id) in ids.iter().enumerate() {
-            let slot = i as u16 + 1;
-            if cur.and_then(|c| c.slots.get(&slot)) != Some(&backend_id) {
-                frontend_ops.push(MapOp::PutSlot {
-                    frontend: *frontend,
-                    slot,
-                    backend_id,
-                });
-            }
-        }
-        let affinity_timeout = desired.affinity.get(frontend).copied();
-        if cur.and_then(|c| c.master) != Some((count, rev_nat_index))
-            || cur.and_then(|c| c.affinity) != affinity_timeout
-            || cur.map(|c| c.flags) != Some(flags)
-        {
-            frontend_ops.push(MapOp::PutMaster {
-                frontend: *frontend,
-                count,
-                rev_nat_index,
-                affinity_timeout,
-                flags,
-            });
-        }
-        for &slot in cur.iter().flat_map(|c| c.slots.keys()) {
-            if slot > count {
-                frontend_ops.push(MapOp::DeleteSlot {
-                    frontend: *frontend,
-                    slot,
-                });
-            }
-        }
+        let want = Wanted {
+            frontend: *frontend,
+            backends,
+            rev_nat_index,
+            affinity: desired.affinity.get(frontend).copied(),
+            flags: desired.flags.get(frontend).copied().unwrap_or(0),
+        };
+        wanted_maglev.extend(frontend_ops(
+            current,
+            &want,
+            |b| id_of.get(b).copied(),
+            &mut per_frontend,
+        ));
     }
-    ops.extend(frontend_ops);
+    ops.extend(per_frontend);
 
     for (frontend, entry) in &current.services {
-        if desired.services.contains_key(frontend) {
-            continue;
-        }
-        if entry.master.is_some() {
-            ops.push(MapOp::DeleteSlot {
-                frontend: *frontend,
-                slot: 0,
-            });
-        }
-        for &slot in entry.slots.keys() {
-            ops.push(MapOp::DeleteSlot {
-                frontend: *frontend,
-                slot,
-            });
+        if !desired.services.contains_key(frontend) {
+            delete_frontend_ops(*frontend, entry, &mut ops);
         }
     }
 
@@ -405,6 +346,98 @@ pub fn diff(current: &LbState, desired: &DesiredState) -> Vec<MapOp> {
         }
     }
     ops
+}
+
+/// One frontend as a diff wants it programmed.
+pub(super) struct Wanted<'a> {
+    pub frontend: Frontend,
+    /// Backends in slot order.
+    pub backends: &'a [BackendAddr],
+    pub rev_nat_index: u16,
+    /// Session-affinity timeout in seconds, `None` without affinity.
+    pub affinity: Option<u32>,
+    /// Master flags besides affinity.
+    pub flags: u8,
+}
+
+/// The operations that program one frontend over what `current` holds, in the order the
+/// datapath may see them: its Maglev table, then its slots, then the master that publishes
+/// them, then the slots past a shrunk count. Backends without an id (`id_of`) are left out.
+/// Returns the Maglev table key the frontend uses, if any.
+pub(super) fn frontend_ops(
+    current: &LbState,
+    want: &Wanted<'_>,
+    id_of: impl Fn(&BackendAddr) -> Option<u32>,
+    ops: &mut Vec<MapOp>,
+) -> Option<(u16, Proto)> {
+    let frontend = want.frontend;
+    let usable: Vec<(u32, &BackendAddr)> = want
+        .backends
+        .iter()
+        .filter_map(|b| id_of(b).map(|id| (id, b)))
+        .take(usize::from(limits::MAX_BACKENDS_PER_SERVICE))
+        .collect();
+    let count = usable.len() as u16;
+    let cur = current.services.get(&frontend);
+    let mut maglev_key = None;
+    if want.flags & service_flags::MAGLEV != 0 && !usable.is_empty() {
+        let members: Vec<MaglevBackend> = usable
+            .iter()
+            .map(|&(id, b)| MaglevBackend {
+                id,
+                key: b.to_string(),
+            })
+            .collect();
+        let table = maglev::table(&members, limits::MAGLEV_TABLE_SIZE);
+        let key = (want.rev_nat_index, frontend.proto);
+        maglev_key = Some(key);
+        if current.maglev.get(&key) != Some(&table) {
+            ops.push(MapOp::PutMaglev {
+                index: want.rev_nat_index,
+                proto: frontend.proto,
+                table,
+            });
+        }
+    }
+    for (i, &(backend_id, _)) in usable.iter().enumerate() {
+        let slot = i as u16 + 1;
+        if cur.and_then(|c| c.slots.get(&slot)) != Some(&backend_id) {
+            ops.push(MapOp::PutSlot {
+                frontend,
+                slot,
+                backend_id,
+            });
+        }
+    }
+    if cur.and_then(|c| c.master) != Some((count, want.rev_nat_index))
+        || cur.and_then(|c| c.affinity) != want.affinity
+        || cur.map(|c| c.flags) != Some(want.flags)
+    {
+        ops.push(MapOp::PutMaster {
+            frontend,
+            count,
+            rev_nat_index: want.rev_nat_index,
+            affinity_timeout: want.affinity,
+            flags: want.flags,
+        });
+    }
+    for &slot in cur.iter().flat_map(|c| c.slots.keys()) {
+        if slot > count {
+            ops.push(MapOp::DeleteSlot { frontend, slot });
+        }
+    }
+    maglev_key
+}
+
+/// The deletes of a frontend no longer wanted: its master first (no new lookups find it),
+/// then its slots.
+pub(super) fn delete_frontend_ops(frontend: Frontend, entry: &ServiceEntry, ops: &mut Vec<MapOp>) {
+    if entry.master.is_some() {
+        ops.push(MapOp::DeleteSlot { frontend, slot: 0 });
+    }
+    for &slot in entry.slots.keys() {
+        ops.push(MapOp::DeleteSlot { frontend, slot });
+    }
 }
 
 /// Applies `ops` to an in-memory [`LbState`] the way the maps would take them; lets tests

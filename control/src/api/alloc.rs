@@ -797,18 +797,23 @@ mod tests {
         let index = AllocationIndex::default();
         let key = |ns: &str, name: &str| format!("{prefix}{ns}/{name}");
 
+        /// Every Service stored under `prefix`, parsed.
+        async fn stored(store: &SqliteStore, prefix: &str) -> Vec<Value> {
+            let listed = store.list(prefix, None, 0).await.expect("list");
+            listed
+                .items
+                .iter()
+                .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+                .collect()
+        }
+
         async fn agree(
             store: &SqliteStore,
             index: &AllocationIndex,
             prefix: &str,
             skip: (&str, &str),
         ) {
-            let listed = store.list(prefix, None, 0).await.expect("list");
-            let values: Vec<Value> = listed
-                .items
-                .iter()
-                .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-                .collect();
+            let values = stored(store, prefix).await;
             let fresh = Allocated::from_services(values.iter(), skip);
             let used = index.used(store, prefix, skip).await.expect("index");
             for last in 0..16u8 {
@@ -855,12 +860,7 @@ mod tests {
             agree(&store, &index, prefix, ("d", &name)).await;
         }
         // No two Services got one address or port.
-        let listed = store.list(prefix, None, 0).await.expect("list");
-        let values: Vec<Value> = listed
-            .items
-            .iter()
-            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-            .collect();
+        let values = stored(&store, prefix).await;
         let ips: BTreeSet<&str> = values
             .iter()
             .filter_map(|v| v["spec"]["clusterIP"].as_str())
