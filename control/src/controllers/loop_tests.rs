@@ -3,14 +3,12 @@
 //! a Service go through IPAM, scheduling, ReplicaSets, Pods, EndpointSlices, scaling and
 //! garbage collection, all through the Kubernetes API.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -49,22 +47,22 @@ async fn deployment_service_and_node_reconcile_through_the_api() {
         "metadata": {"name": NODE, "labels": {"topology.kubernetes.io/zone": "z1"}}
     }))
     .expect("node");
-    let mut node = nodes
+    nodes
         .create(&PostParams::default(), &node)
         .await
         .expect("create node");
-    let q = |v: &str| Quantity(v.into());
-    node.status = Some(serde_json::from_value(json!({
-        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now_rfc3339()}]
-    })).expect("status"));
-    let st = node.status.as_mut().expect("status");
-    st.allocatable = Some(BTreeMap::from([
-        ("cpu".into(), q("4")),
-        ("memory".into(), q("8Gi")),
-        ("pods".into(), q("110")),
-    ]));
+    // The controllers started above (node IPAM, lifecycle) write this Node too: like a
+    // kubelet, patch only the status fields set here instead of replacing a stale copy.
     nodes
-        .replace_status(NODE, &PostParams::default(), &node)
+        .patch_status(
+            NODE,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                    "lastHeartbeatTime": now_rfc3339()}],
+                "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}
+            }})),
+        )
         .await
         .expect("node status");
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
@@ -138,16 +136,18 @@ async fn deployment_service_and_node_reconcile_through_the_api() {
 
     // The stand-in kubelet: Pods Running and Ready with IPs.
     for (i, p) in bound.iter().enumerate() {
-        let mut p = p.clone();
         let ip = format!("10.244.0.{}", 10 + i);
-        p.status = Some(serde_json::from_value(json!({
-            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now_rfc3339()}]
-        })).expect("pod status"));
-        let name = p.metadata.name.clone().expect("name");
-        pods.replace_status(&name, &PostParams::default(), &p)
-            .await
-            .expect("pod status");
+        let name = p.metadata.name.as_deref().expect("name");
+        pods.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now_rfc3339()}]
+            }})),
+        )
+        .await
+        .expect("pod status");
     }
 
     // Deployment status and EndpointSlice follow.
