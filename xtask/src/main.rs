@@ -11,6 +11,8 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
+mod flaky;
+
 /// Debian packages the tests and the demo use.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
@@ -48,8 +50,13 @@ enum Cmd {
     BuildEbpf,
     /// Set up, build and run the whole test suite, then the lints.
     Test {
-        /// Extra arguments for `cargo test` (e.g. a filter).
-        #[arg(trailing_var_arg = true)]
+        /// Run the suite this many times and report every test that failed in any run, with
+        /// how often (a flake hunt); the lints run once, after the last run.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: u32,
+        /// Extra arguments for `cargo test`: target selection (`--lib`, `--test 'e2e_*'`, `-p
+        /// keelson-control`) and, after `--`, a filter or test-binary options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Set up, build, start a 2-node cluster with a sample Deployment and Service and show it
@@ -77,7 +84,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Setup => setup(),
         Cmd::BuildEbpf => build_ebpf(),
-        Cmd::Test { args } => test(&args),
+        Cmd::Test { repeat, args } => test(repeat, &args),
         Cmd::Demo { name } => demo(&name),
         Cmd::Lint => lint(),
         Cmd::Bench { name, args } => bench(&name, &args),
@@ -287,29 +294,44 @@ fn test_env(cmd: &mut Command) -> Result<&mut Command> {
         .env("KEELSON_TOOLS", tools_dir()?))
 }
 
-fn test(args: &[String]) -> Result<()> {
+fn test(repeat: u32, args: &[String]) -> Result<()> {
     setup()?;
     let root = workspace_root();
     run(
         test_env(Command::new("cargo").args(["build", "--workspace", "--all-targets"]))?
             .current_dir(&root),
     )?;
-    let before = test_state();
-    let result = run(test_env(
-        Command::new("cargo")
-            .args(["test", "--workspace"])
-            .args(args),
-    )?
-    .current_dir(&root));
-    let left: Vec<String> = test_state()
-        .into_iter()
-        .filter(|s| !before.contains(s))
-        .collect();
-    // Shared parents older runs used; only removed if empty.
-    for parent in LEGACY_TEST_PARENTS {
-        let _ = std::fs::remove_dir(parent);
+    let mut failures = flaky::Failures::default();
+    let mut left = Vec::new();
+    for i in 1..=repeat {
+        if repeat > 1 {
+            eprintln!("xtask test: run {i} of {repeat}");
+        }
+        let before = test_state();
+        let run = flaky::run_suite(
+            test_env(
+                Command::new("cargo")
+                    .args(["test", "--workspace", "--no-fail-fast"])
+                    .args(args),
+            )?
+            .current_dir(&root),
+        )?;
+        failures.record(i, &run);
+        left.extend(
+            test_state()
+                .into_iter()
+                .filter(|s| !before.contains(s))
+                .map(|s| format!("run {i}: {s}")),
+        );
+        // Shared parents older runs used; only removed if empty.
+        for parent in LEGACY_TEST_PARENTS {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
-    result?;
+    if repeat > 1 {
+        println!("{}", failures.report(repeat));
+    }
+    ensure!(failures.is_empty(), "{}", failures.report(repeat));
     ensure!(
         left.is_empty(),
         "the tests left state behind:\n{}",
