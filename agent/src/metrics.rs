@@ -56,7 +56,7 @@ pub fn render(dp: &Datapath) -> Result<String, MapsError> {
     for map in keelson_common::names::ALL {
         map_full
             .get_or_create(&MapLabels {
-                map: map.to_owned(),
+                map: (*map).to_owned(),
             })
             .inc_by(0);
     }

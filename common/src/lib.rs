@@ -4,46 +4,24 @@
 //! type so the kernel object and the agent can never disagree on a layout. Addresses and ports
 //! are stored in network byte order, exactly as the kernel hands them to the programs
 //! (`bpf_sock_addr.user_ip4`, IPv4 headers), so the datapath never swaps bytes.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 use core::mem::size_of;
 
+pub mod maps;
+pub mod policy;
+
+pub use policy::{
+    FlowEvent, IpcacheKey, IpcacheValue, PolicyCtKey, PolicyCtValue, PolicyKey, PolicyName,
+    PolicyState, PolicyValue,
+};
+
 /// Names of the pinned maps (the ELF symbol names in the eBPF object and the file names under
-/// the node's pin directory). The kernel keeps at most 15 characters of a map name.
+/// the node's pin directory), generated from the one list in [`maps`]; and program names.
 pub mod names {
-    pub const SERVICES: &str = "kls_services";
-    pub const BACKENDS: &str = "kls_backends";
-    pub const REVNAT: &str = "kls_revnat";
-    pub const SOCK_REVNAT: &str = "kls_sock_revnat";
-    pub const ENDPOINTS: &str = "kls_endpoints";
-    pub const METRICS: &str = "kls_metrics";
-    pub const AFFINITY: &str = "kls_affinity";
-    pub const SERVICES6: &str = "kls_services6";
-    pub const BACKENDS6: &str = "kls_backends6";
-    pub const REVNAT6: &str = "kls_revnat6";
-    pub const SOCK_REVNAT6: &str = "kls_sockrevnat6";
-    pub const CT: &str = "kls_ct";
-    pub const CONFIG: &str = "kls_config";
-    pub const MAGLEV: &str = "kls_maglev";
-    pub const SVC_NAMES: &str = "kls_svc_names";
-    /// Every map the datapath pins, for loaders and dump tools that walk them all.
-    pub const ALL: [&str; 15] = [
-        SERVICES,
-        BACKENDS,
-        REVNAT,
-        SOCK_REVNAT,
-        ENDPOINTS,
-        METRICS,
-        AFFINITY,
-        SERVICES6,
-        BACKENDS6,
-        REVNAT6,
-        SOCK_REVNAT6,
-        CT,
-        CONFIG,
-        MAGLEV,
-        SVC_NAMES,
-    ];
+    use crate::maps::map_names;
+
+    crate::datapath_maps!(map_names);
 
     /// Program names (the function names in the eBPF object).
     pub const PROG_CONNECT4: &str = "sock_connect4";
@@ -103,6 +81,19 @@ pub mod limits {
     pub const CT_TCP_IDLE_NS: u64 = 6 * 3600 * 1_000_000_000;
     pub const CT_CLOSED_IDLE_NS: u64 = 10 * 1_000_000_000;
     pub const CT_OTHER_IDLE_NS: u64 = 60 * 1_000_000_000;
+    /// Addresses and CIDRs the ipcache holds: every Pod of the cluster, every node, every
+    /// `ipBlock` CIDR and except.
+    pub const MAX_IPCACHE: u32 = 65_536;
+    /// Policy entries over all local endpoints.
+    pub const MAX_POLICY: u32 = 262_144;
+    /// Flows the policy conntrack remembers.
+    pub const MAX_POL_CT: u32 = 262_144;
+    /// NetworkPolicies named in `pol_names`.
+    pub const MAX_POLICIES: u32 = 65_536;
+    /// Identities described in `id_names`.
+    pub const MAX_IDENTITIES: u32 = 65_536;
+    /// Size of the flow event ring buffer (a power of two of pages).
+    pub const EVENTS_BYTES: u32 = 1 << 20;
 }
 
 /// IP protocol numbers as found in `bpf_sock_addr.protocol` and IPv4 headers.
@@ -389,6 +380,52 @@ pub mod ct_flags {
     pub const HOST_BACKEND: u8 = 16;
 }
 
+impl CtKey {
+    /// The key of the other direction of the flow this entry belongs to: a value holds the
+    /// rewritten addresses, which are exactly the other direction's tuple reversed. The
+    /// programs (taking over a SNAT port, forgetting a flow) and the agent's GC both pair
+    /// entries with it.
+    #[inline(always)]
+    pub const fn partner(&self, value: &CtValue) -> CtKey {
+        CtKey {
+            saddr: value.nat_daddr,
+            daddr: value.nat_saddr,
+            sport: value.nat_dport,
+            dport: value.nat_sport,
+            proto: self.proto,
+            dir: if self.dir == ct_dir::REPLY {
+                ct_dir::ORIGINAL
+            } else {
+                ct_dir::REPLY
+            },
+            pad: [0; 2],
+        }
+    }
+}
+
+/// When a translated flow is over, given the flags of its two entries (0 for a missing one):
+/// a RST went either way, or a FIN went each way (a half-closed flow may still send).
+#[inline(always)]
+pub const fn ct_closed(original_flags: u8, reply_flags: u8) -> bool {
+    (original_flags | reply_flags) & ct_flags::RST != 0
+        || original_flags & reply_flags & ct_flags::FIN != 0
+}
+
+/// How long a flow may stay idle before it is forgotten: briefly once it is closed, else its
+/// protocol's limit (Cilium's lifetimes). The agent's GC removes entries idle past it; the
+/// uplink program takes over the SNAT port of a closed flow at once and of an open one only
+/// past the protocol's limit.
+#[inline(always)]
+pub const fn ct_idle_limit(proto: u8, closed: bool) -> u64 {
+    if closed {
+        limits::CT_CLOSED_IDLE_NS
+    } else if proto == proto::TCP {
+        limits::CT_TCP_IDLE_NS
+    } else {
+        limits::CT_OTHER_IDLE_NS
+    }
+}
+
 /// The single value of the `config` array: what the agent tells the programs about the node.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -431,6 +468,15 @@ pub struct ServiceName {
     pub name: [u8; 128],
 }
 const _: () = assert!(size_of::<ServiceName>() == 128);
+
+/// Value of the `id_names` map: the labels an identity stands for, as
+/// `ns:<namespace labels>;<pod labels>`, NUL-padded (cut at 255 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IdentityName {
+    pub name: [u8; 256],
+}
+const _: () = assert!(size_of::<IdentityName>() == 256);
 
 /// Key of the `endpoints` map: a local Pod's IPv4 address (network byte order).
 #[repr(C)]
@@ -486,10 +532,14 @@ pub enum DropReason {
     NoSnatPort = 7,
     /// A checksum or byte rewrite of the packet failed.
     RewriteFailed = 8,
+    /// No NetworkPolicy allows the flow into its destination Pod.
+    PolicyIngress = 9,
+    /// No NetworkPolicy allows the flow out of its source Pod.
+    PolicyEgress = 10,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::InvalidSource,
         DropReason::NoBackend,
         DropReason::MissingBackend,
@@ -498,6 +548,8 @@ impl DropReason {
         DropReason::CtFull,
         DropReason::NoSnatPort,
         DropReason::RewriteFailed,
+        DropReason::PolicyIngress,
+        DropReason::PolicyEgress,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -510,7 +562,35 @@ impl DropReason {
             DropReason::CtFull => "ct_full",
             DropReason::NoSnatPort => "no_snat_port",
             DropReason::RewriteFailed => "rewrite_failed",
+            DropReason::PolicyIngress => "policy_denied",
+            DropReason::PolicyEgress => "policy_denied",
         }
+    }
+
+    /// The direction a drop is counted in, seen from the Pod (or node) the packet was going
+    /// to or coming from: [`policy::direction`].
+    pub const fn direction(self) -> u8 {
+        match self {
+            DropReason::PolicyIngress => policy::direction::INGRESS,
+            // Everything else is refused on the way out of a Pod or socket, except the
+            // uplink's translation of flows coming in, which has no Pod yet.
+            DropReason::CtFull | DropReason::NoSnatPort | DropReason::RewriteFailed => {
+                policy::direction::INGRESS
+            }
+            _ => policy::direction::EGRESS,
+        }
+    }
+
+    /// The reason of a number, as found in a [`FlowEvent`].
+    pub const fn from_number(n: u32) -> Option<Self> {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i] as u32 == n {
+                return Some(Self::ALL[i]);
+            }
+            i += 1;
+        }
+        None
     }
 }
 
@@ -537,10 +617,20 @@ pub enum Counter {
     NodePortRevXlated = 71,
     /// A new per-packet flow was recorded in conntrack.
     CtCreated = 72,
+    /// A new flow into a policy-isolated Pod was allowed by a policy entry.
+    PolicyAllowedIngress = 73,
+    /// A new flow out of a policy-isolated Pod was allowed by a policy entry.
+    PolicyAllowedEgress = 74,
+    /// A packet was delivered to a local Pod (any path).
+    ForwardedIngress = 75,
+    /// A packet left a local Pod.
+    ForwardedEgress = 76,
+    /// The ring buffer had no room for a flow event.
+    EventsLost = 77,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 14] = [
         Counter::SockConnectXlated,
         Counter::SockSendmsgXlated,
         Counter::SockRecvmsgRevXlated,
@@ -550,6 +640,11 @@ impl Counter {
         Counter::NodePortXlated,
         Counter::NodePortRevXlated,
         Counter::CtCreated,
+        Counter::PolicyAllowedIngress,
+        Counter::PolicyAllowedEgress,
+        Counter::ForwardedIngress,
+        Counter::ForwardedEgress,
+        Counter::EventsLost,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -563,11 +658,16 @@ impl Counter {
             Counter::NodePortXlated => "nodeport_xlated",
             Counter::NodePortRevXlated => "nodeport_revxlated",
             Counter::CtCreated => "ct_created",
+            Counter::PolicyAllowedIngress => "policy_allowed_ingress",
+            Counter::PolicyAllowedEgress => "policy_allowed_egress",
+            Counter::ForwardedIngress => "forwarded_ingress",
+            Counter::ForwardedEgress => "forwarded_egress",
+            Counter::EventsLost => "events_lost",
         }
     }
 }
 
-const _: () = assert!((Counter::CtCreated as u32) < limits::METRICS_SLOTS);
+const _: () = assert!((Counter::EventsLost as u32) < limits::METRICS_SLOTS);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -618,4 +718,84 @@ mod pod {
     unsafe impl aya::Pod for MaglevTable {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ServiceName {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for IdentityName {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for IpcacheKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for IpcacheValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyCtKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyCtValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(saddr: u32, sport: u16, daddr: u32, dport: u16) -> CtValue {
+        CtValue {
+            nat_saddr: saddr,
+            nat_daddr: daddr,
+            nat_sport: sport,
+            nat_dport: dport,
+            backend_id: 1,
+            rev_nat_index: 1,
+            flags: 0,
+            pad: [0; 5],
+            last_seen_ns: 0,
+        }
+    }
+
+    #[test]
+    fn partners_pair_both_directions_of_a_snated_flow() {
+        // Client 1:100 -> frontend 2:80, SNATed to node 3:61000 towards backend 4:8080.
+        let original = CtKey {
+            saddr: 1,
+            daddr: 2,
+            sport: 100,
+            dport: 80,
+            proto: proto::TCP,
+            dir: ct_dir::ORIGINAL,
+            pad: [0; 2],
+        };
+        let fwd = value(3, 61000, 4, 8080);
+        let reply = original.partner(&fwd);
+        assert_eq!(
+            reply,
+            CtKey {
+                saddr: 4,
+                daddr: 3,
+                sport: 8080,
+                dport: 61000,
+                proto: proto::TCP,
+                dir: ct_dir::REPLY,
+                pad: [0; 2],
+            }
+        );
+        // The reply entry rewrites back to frontend -> client; its partner is the original.
+        let rev = value(2, 80, 1, 100);
+        assert_eq!(reply.partner(&rev), original);
+    }
+
+    #[test]
+    fn a_flow_is_closed_by_one_rst_or_two_fins() {
+        assert!(!ct_closed(0, 0));
+        assert!(ct_closed(ct_flags::RST, 0));
+        assert!(ct_closed(0, ct_flags::RST));
+        assert!(!ct_closed(ct_flags::FIN, 0));
+        assert!(ct_closed(ct_flags::FIN, ct_flags::FIN | ct_flags::SNAT));
+        assert_eq!(ct_idle_limit(proto::TCP, false), limits::CT_TCP_IDLE_NS);
+        assert_eq!(ct_idle_limit(proto::UDP, false), limits::CT_OTHER_IDLE_NS);
+        assert_eq!(ct_idle_limit(proto::UDP, true), limits::CT_CLOSED_IDLE_NS);
+    }
 }

@@ -13,7 +13,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use keelson_common::{
-    CtKey, CtValue, DropReason, NodeConfig, ct_dir, ct_flags, limits, proto, service_flags,
+    CtKey, CtValue, DropReason, NodeConfig, ct_closed, ct_dir, ct_flags, ct_idle_limit, limits,
+    proto, service_flags,
 };
 
 use crate::{
@@ -210,23 +211,8 @@ pub fn apply_ct(ctx: &TcContext, flow: &Flow, entry: *mut CtValue) -> Result<CtV
 /// it is balanced afresh rather than pinned to the old connection's backend.
 #[inline(always)]
 pub fn ct_forget(key: &CtKey, value: &CtValue) {
-    let _ = CT.remove(&ct_partner(key, value, ct_dir::REPLY));
+    let _ = CT.remove(&key.partner(value));
     let _ = CT.remove(key);
-}
-
-/// The key of the other direction (`dir`) of the flow `key`/`value` belong to: a value holds
-/// the rewritten addresses, which are exactly the other direction's tuple reversed.
-#[inline(always)]
-fn ct_partner(key: &CtKey, value: &CtValue, dir: u8) -> CtKey {
-    CtKey {
-        saddr: value.nat_daddr,
-        daddr: value.nat_saddr,
-        sport: value.nat_dport,
-        dport: value.nat_sport,
-        proto: key.proto,
-        dir,
-        pad: [0; 2],
-    }
 }
 
 /// The conntrack entry of `key`, if any.
@@ -368,16 +354,10 @@ fn reclaim(reply_key: &CtKey, now: u64) -> bool {
     let Some(reply) = (unsafe { CT.get(reply_key) }).copied() else {
         return true;
     };
-    let original = ct_partner(reply_key, &reply, ct_dir::ORIGINAL);
+    let original = reply_key.partner(&reply);
     // SAFETY: copied out at once.
     let (orig_flags, orig_seen) =
         (unsafe { CT.get(&original) }).map_or((ct_flags::RST, 0), |v| (v.flags, v.last_seen_ns));
-    let both = orig_flags | reply.flags;
-    let idle_limit = if reply_key.proto == proto::TCP {
-        limits::CT_TCP_IDLE_NS
-    } else {
-        limits::CT_OTHER_IDLE_NS
-    };
     // A flow is idle only when neither direction was seen: a client sending one way (UDP
     // without answers) keeps its port.
     let last_seen = if orig_seen > reply.last_seen_ns {
@@ -385,9 +365,8 @@ fn reclaim(reply_key: &CtKey, now: u64) -> bool {
     } else {
         reply.last_seen_ns
     };
-    let over = both & ct_flags::RST != 0
-        || (orig_flags & reply.flags & ct_flags::FIN != 0)
-        || now.saturating_sub(last_seen) > idle_limit;
+    let over = ct_closed(orig_flags, reply.flags)
+        || now.saturating_sub(last_seen) > ct_idle_limit(reply_key.proto, false);
     if over {
         let _ = CT.remove(&original);
     }

@@ -7,12 +7,12 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use keelson_common::{
-    AffinityKey, AffinityValue, Backend, Backend6, BackendKey, Counter, CtKey, CtValue, DropReason,
-    EndpointInfo, EndpointKey, MaglevKey, MaglevTable, MetricValue, NodeConfig, RevNatKey,
-    RevNatValue, RevNatValue6, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SockRevNatKey,
-    SockRevNatValue, ct_dir, ct_flags, limits, names, service_flags,
+    AffinityKey, AffinityValue, Backend, Backend6, Counter, CtKey, CtValue, DropReason,
+    EndpointInfo, EndpointKey, MaglevKey, MaglevTable, MetricValue, NodeConfig, RevNatValue,
+    RevNatValue6, ServiceKey, ServiceKey6, ServiceName, ServiceValue, ct_closed, ct_dir,
+    ct_idle_limit, limits, names, service_flags,
 };
 
 use crate::services::model::{BackendAddr, Frontend, LbState, MapOp, Proto, ServiceEntry};
@@ -75,23 +75,45 @@ pub struct MetricSample {
     pub bytes: u64,
 }
 
-/// The datapath's maps, owned.
-pub struct Maps {
-    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
-    pub backends: HashMap<MapData, BackendKey, Backend>,
-    pub revnat: HashMap<MapData, RevNatKey, RevNatValue>,
-    pub sock_revnat: HashMap<MapData, SockRevNatKey, SockRevNatValue>,
-    pub endpoints: HashMap<MapData, EndpointKey, EndpointInfo>,
-    pub metrics: PerCpuArray<MapData, MetricValue>,
-    pub services6: HashMap<MapData, ServiceKey6, ServiceValue>,
-    pub backends6: HashMap<MapData, BackendKey, Backend6>,
-    pub revnat6: HashMap<MapData, RevNatKey, RevNatValue6>,
-    pub ct: HashMap<MapData, CtKey, CtValue>,
-    pub config: Array<MapData, NodeConfig>,
-    pub maglev: HashMap<MapData, MaglevKey, MaglevTable>,
-    pub svc_names: HashMap<MapData, RevNatKey, ServiceName>,
-    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+/// Declares [`Maps`] from the one list of maps in `keelson_common::maps`: a typed handle per
+/// map, opened from a loaded object or from a node's pins.
+macro_rules! declare_maps {
+    ($(
+        $(#[$doc:meta])*
+        $konst:ident $field:ident $name:tt
+        $kind:ident < $k:ty, $v:ty > ($max:expr, $flags:expr);
+    )*) => {
+        /// The datapath's maps, owned. The ring buffer of events is not among them: its
+        /// reader opens it on its own (see `crate::flows`).
+        pub struct Maps {
+            $(
+                $(#[$doc])*
+                pub $field: declare_maps!(@ty $kind $k, $v),
+            )*
+        }
+
+        impl Maps {
+            /// Builds the handles from `get`, which hands out each map by name.
+            fn build(
+                mut get: impl FnMut(&'static str) -> Result<Map, MapsError>,
+            ) -> Result<Self, MapsError> {
+                Ok(Self {
+                    $($field: declare_maps!(@open $kind names::$konst, get),)*
+                })
+            }
+        }
+    };
+    (@ty Hash $k:ty, $v:ty) => { HashMap<MapData, $k, $v> };
+    (@ty Lru $k:ty, $v:ty) => { HashMap<MapData, $k, $v> };
+    (@ty Array $k:ty, $v:ty) => { Array<MapData, $v> };
+    (@ty PerCpuArray $k:ty, $v:ty) => { PerCpuArray<MapData, $v> };
+    (@ty Lpm $k:ty, $v:ty) => { LpmTrie<MapData, $k, $v> };
+    (@ty RingBuf $k:ty, $v:ty) => { () };
+    (@open RingBuf $name:expr, $get:ident) => { () };
+    (@open $kind:ident $name:expr, $get:ident) => { typed($name, $get($name)?)? };
 }
+
+keelson_common::datapath_maps!(declare_maps);
 
 impl std::fmt::Debug for Maps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,50 +131,18 @@ where
 impl Maps {
     /// Takes the maps out of a loaded object (the programs keep their own references).
     pub fn take_from(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
-        Ok(Self {
-            services: typed(names::SERVICES, take(names::SERVICES)?)?,
-            backends: typed(names::BACKENDS, take(names::BACKENDS)?)?,
-            revnat: typed(names::REVNAT, take(names::REVNAT)?)?,
-            sock_revnat: typed(names::SOCK_REVNAT, take(names::SOCK_REVNAT)?)?,
-            endpoints: typed(names::ENDPOINTS, take(names::ENDPOINTS)?)?,
-            metrics: typed(names::METRICS, take(names::METRICS)?)?,
-            services6: typed(names::SERVICES6, take(names::SERVICES6)?)?,
-            backends6: typed(names::BACKENDS6, take(names::BACKENDS6)?)?,
-            revnat6: typed(names::REVNAT6, take(names::REVNAT6)?)?,
-            ct: typed(names::CT, take(names::CT)?)?,
-            config: typed(names::CONFIG, take(names::CONFIG)?)?,
-            maglev: typed(names::MAGLEV, take(names::MAGLEV)?)?,
-            svc_names: typed(names::SVC_NAMES, take(names::SVC_NAMES)?)?,
-            affinity: typed(names::AFFINITY, take(names::AFFINITY)?)?,
-        })
+        Self::build(|name| ebpf.take_map(name).ok_or(MapsError::Missing(name)))
     }
 
     /// Opens the maps pinned under `pin_dir` by a running agent.
     pub fn open_pinned(pin_dir: &Path) -> Result<Self, MapsError> {
-        let open = |name: &'static str| -> Result<Map, MapsError> {
+        Self::build(|name| {
             let path = pin_dir.join(name);
             let data = MapData::from_pin(&path).map_err(|source| MapsError::OpenPin {
                 path: path.display().to_string(),
                 source,
             })?;
             Map::from_map_data(data).map_err(|source| MapsError::Type { map: name, source })
-        };
-        Ok(Self {
-            services: typed(names::SERVICES, open(names::SERVICES)?)?,
-            backends: typed(names::BACKENDS, open(names::BACKENDS)?)?,
-            revnat: typed(names::REVNAT, open(names::REVNAT)?)?,
-            sock_revnat: typed(names::SOCK_REVNAT, open(names::SOCK_REVNAT)?)?,
-            endpoints: typed(names::ENDPOINTS, open(names::ENDPOINTS)?)?,
-            metrics: typed(names::METRICS, open(names::METRICS)?)?,
-            services6: typed(names::SERVICES6, open(names::SERVICES6)?)?,
-            backends6: typed(names::BACKENDS6, open(names::BACKENDS6)?)?,
-            revnat6: typed(names::REVNAT6, open(names::REVNAT6)?)?,
-            ct: typed(names::CT, open(names::CT)?)?,
-            config: typed(names::CONFIG, open(names::CONFIG)?)?,
-            maglev: typed(names::MAGLEV, open(names::MAGLEV)?)?,
-            svc_names: typed(names::SVC_NAMES, open(names::SVC_NAMES)?)?,
-            affinity: typed(names::AFFINITY, open(names::AFFINITY)?)?,
         })
     }
 
@@ -307,24 +297,17 @@ impl Maps {
         // active one way only (a UDP client sending without answers) is not idle.
         let mut stale = Vec::new();
         for (key, value) in &entries {
-            let partner_key = ct_partner(key, value);
+            let partner_key = key.partner(value);
             let partner = entries.get(&partner_key);
             if key.dir == ct_dir::REPLY && partner.is_some() {
                 // Judged with its original entry.
                 continue;
             }
-            let flags = value.flags | partner.map_or(0, |p| p.flags);
-            let both_fin = partner.is_some_and(|p| value.flags & p.flags & ct_flags::FIN != 0);
+            let closed = ct_closed(value.flags, partner.map_or(0, |p| p.flags));
             let last_seen = value
                 .last_seen_ns
                 .max(partner.map_or(0, |p| p.last_seen_ns));
-            let limit = if flags & ct_flags::RST != 0 || both_fin {
-                limits::CT_CLOSED_IDLE_NS
-            } else if key.proto == keelson_common::proto::TCP {
-                limits::CT_TCP_IDLE_NS
-            } else {
-                limits::CT_OTHER_IDLE_NS
-            };
+            let limit = ct_idle_limit(key.proto, closed);
             if now_ns.saturating_sub(last_seen) > limit {
                 stale.push(*key);
                 if partner.is_some() {
@@ -671,24 +654,6 @@ fn op_err(map: &'static str, op: &str, source: MapError) -> MapsError {
         map,
         op: op.to_owned(),
         source,
-    }
-}
-
-/// The key of the other direction of the flow `key`/`value` belong to: a value holds the
-/// rewritten addresses, which are exactly the other direction's tuple reversed.
-pub fn ct_partner(key: &CtKey, value: &CtValue) -> CtKey {
-    CtKey {
-        saddr: value.nat_daddr,
-        daddr: value.nat_saddr,
-        sport: value.nat_dport,
-        dport: value.nat_sport,
-        proto: key.proto,
-        dir: if key.dir == ct_dir::REPLY {
-            ct_dir::ORIGINAL
-        } else {
-            ct_dir::REPLY
-        },
-        pad: [0; 2],
     }
 }
 
