@@ -125,7 +125,7 @@ pub fn load_and_program(
     let mut programmer = Programmer::new(NodeContext::default());
     let start = Instant::now();
     programmer.load(svcs, slices.iter().cloned());
-    programmer.pass(&dp).context("programming the Services")?;
+    futures::executor::block_on(programmer.pass(&dp)).context("programming the Services")?;
     let took = start.elapsed();
     let state = dp.read_lb().context("reading the maps back")?;
     ensure!(
@@ -163,7 +163,8 @@ fn change_passes(
             let event = watcher::Event::Apply(slices[i].clone());
             let start = Instant::now();
             programmer.slice_event(event);
-            let ops = programmer.pass(dp).context("programming one change")?;
+            let ops = futures::executor::block_on(programmer.pass(dp))
+                .context("programming one change")?;
             times.push(start.elapsed());
             ensure!(ops > 0, "a changed endpoint was not programmed");
         }

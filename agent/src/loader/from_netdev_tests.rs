@@ -226,7 +226,7 @@ fn netdev_redirected(t: &TestDatapath, frame: &[u8]) -> Tuple {
 }
 
 fn ct(t: &TestDatapath) -> Vec<(CtKey, CtValue)> {
-    t.dp.with_maps(|m| m.read_ct()).expect("read ct")
+    t.dp.with_maps(move |m| m.read_ct()).expect("read ct")
 }
 
 fn ct_key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8, dir: u8) -> CtKey {
@@ -370,7 +370,7 @@ fn snat_range() -> std::ops::RangeInclusive<u16> {
 
 /// Writes the node's configuration: its address, `lo` as uplink, SNAT from `snat_ports`.
 fn write_config(t: &TestDatapath, snat_ports: std::ops::RangeInclusive<u16>) {
-    t.dp.with_maps(|m| {
+    t.dp.with_maps(move |m| {
         m.write_config(NodeConfig {
             node_ip: ip_to_net(NODE_IP),
             uplink_ifindex: LO_IFINDEX,
@@ -390,7 +390,7 @@ fn configured() -> TestDatapath {
 }
 
 fn put_local_endpoint(t: &TestDatapath) {
-    t.dp.with_maps(|m| {
+    t.dp.with_maps(move |m| {
         m.put_endpoint(
             LOCAL_BACKEND,
             EndpointInfo {
@@ -587,7 +587,7 @@ fn local_backend_keeps_the_client_address_and_its_reply_leaves_as_the_frontend()
     assert_eq!(metric(&t, Counter::FromContainerStack as u32), 0);
 
     // Without a conntrack entry the Pod's traffic to the client is plain routing.
-    t.dp.with_maps(|m| m.ct.remove(&reply_key))
+    t.dp.with_maps(move |m| m.ct.remove(&reply_key))
         .expect("delete reply entry");
     assert_passes_untouched(&t, names::PROG_FROM_CONTAINER, &reply);
     assert_eq!(metric(&t, Counter::FromContainerStack as u32), 1);
@@ -761,7 +761,7 @@ fn without_node_config_everything_passes() {
         &[(1, REMOTE_BACKEND)],
     );
     assert_eq!(
-        t.dp.with_maps(|m| m.read_config()).expect("config"),
+        t.dp.with_maps(move |m| m.read_config()).expect("config"),
         NodeConfig::default(),
         "uplink_ifindex 0 until attach_uplink"
     );
@@ -871,7 +871,9 @@ fn purged_flows_are_balanced_again_on_their_next_packet() {
     let [put_backend, put_slot] = move_node_port_to_backend_2();
     t.dp.apply(&[put_backend, put_slot, MapOp::DeleteBackend { id: 1 }])
         .expect("replace backend");
-    let purged = t.dp.with_maps(|m| m.purge_ct(&[1].into())).expect("purge");
+    let purged =
+        t.dp.with_maps(move |m| m.purge_ct(&[1].into()))
+            .expect("purge");
     assert_eq!(purged, 2, "both directions of the flow");
     let left = ct(&t);
     assert_eq!(left.len(), 2);
@@ -883,7 +885,7 @@ fn purged_flows_are_balanced_again_on_their_next_packet() {
         REMOTE_BACKEND_2
     );
     assert_eq!(
-        t.dp.with_maps(|m| m.purge_ct(&Default::default()))
+        t.dp.with_maps(move |m| m.purge_ct(&Default::default()))
             .expect("empty purge"),
         0
     );
@@ -1082,7 +1084,7 @@ fn snat_port_is_taken_over_only_when_its_flow_is_over() {
 
 /// Pretends the conntrack entry `key` was last seen `age_ns` ago.
 fn age(t: &TestDatapath, key: CtKey, age_ns: u64) {
-    t.dp.with_maps(|m| {
+    t.dp.with_maps(move |m| {
         let mut v = m.ct.get(&key, 0).expect("conntrack entry");
         v.last_seen_ns = super::sys::monotonic_ns().saturating_sub(age_ns);
         m.ct.insert(key, v, 0)
@@ -1184,7 +1186,7 @@ fn a_full_conntrack_refuses_new_flows_keeps_established_ones_and_counts() {
         pad: [0; 5],
         last_seen_ns: 0,
     };
-    t.dp.with_maps(|m| {
+    t.dp.with_maps(move |m| {
         let mut n: u32 = 0;
         loop {
             let key = ct_key(

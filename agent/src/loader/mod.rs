@@ -7,6 +7,7 @@
 //! attached while the agent is down; the next load swaps the new programs into them).
 
 pub mod maps;
+pub mod owner;
 pub mod sys;
 
 use std::{
@@ -15,7 +16,7 @@ use std::{
     net::Ipv4Addr,
     os::{fd::AsFd, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use aya::{
@@ -28,6 +29,7 @@ use aya::{
 use keelson_common::{EndpointInfo, NodeConfig, limits, names, paths};
 
 pub use maps::{Maps, MapsError, MetricKind, MetricSample};
+pub use owner::MapOwner;
 
 use crate::services::model::{LbState, MapOp};
 
@@ -125,21 +127,17 @@ pub enum LoaderError {
     Maps(#[source] MapsError),
 }
 
-/// The loaded datapath of one node. Shared between tasks (`Arc<Datapath>`); the object and
-/// its maps sit behind one mutex, the kernel does the rest.
+/// The loaded datapath of one node. Shared between tasks (`Arc<Datapath>`): the maps belong
+/// to their owner thread ([`MapOwner`]), the loaded programs sit behind a mutex for the rare
+/// attachments, the kernel does the rest.
 #[derive(Debug)]
 pub struct Datapath {
     cfg: DatapathConfig,
-    inner: Mutex<Inner>,
-    /// Writes refused because a map was full, per map (exported as a metric).
-    map_full: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-#[derive(Debug)]
-struct Inner {
     /// Holds the loaded programs; their links are pinned, so dropping it detaches nothing.
-    ebpf: Ebpf,
-    maps: Maps,
+    ebpf: Mutex<Ebpf>,
+    maps: MapOwner,
+    /// Writes refused because a map was full, per map (exported as a metric).
+    map_full: Arc<Mutex<BTreeMap<&'static str, u64>>>,
 }
 
 impl Datapath {
@@ -201,10 +199,16 @@ impl Datapath {
         }
 
         let maps = Maps::take_from(&mut ebpf).map_err(LoaderError::Maps)?;
+        let maps = MapOwner::spawn(maps).map_err(|source| LoaderError::Io {
+            what: "cannot start the map owner thread for",
+            path: cfg.pin_dir.display().to_string(),
+            source,
+        })?;
         Ok(Self {
             cfg,
-            inner: Mutex::new(Inner { ebpf, maps }),
-            map_full: Mutex::new(BTreeMap::new()),
+            ebpf: Mutex::new(ebpf),
+            maps,
+            map_full: Arc::default(),
         })
     }
 
@@ -219,7 +223,6 @@ impl Datapath {
     /// anti-spoofing check. Calling it again for the same endpoint swaps the current program
     /// into the existing link (idempotent; what an agent restart does).
     pub fn add_endpoint(&self, ep: &Endpoint) -> Result<(), LoaderError> {
-        let mut inner = self.lock();
         let info = EndpointInfo {
             ifindex: ep.host_ifindex,
             flags: 0,
@@ -227,13 +230,13 @@ impl Datapath {
             pod_mac: ep.pod_mac,
             host_mac: ep.host_mac,
         };
-        inner
-            .maps
-            .put_endpoint(ep.ip, info)
+        let ip = ep.ip;
+        self.maps
+            .run_blocking(move |m| m.put_endpoint(ip, info))
             .map_err(LoaderError::Maps)?;
         let link_path = self.tc_link_path(ep.ip);
         self.attach_tc(
-            &mut inner,
+            &mut self.lock_ebpf(),
             names::PROG_FROM_CONTAINER,
             TcAttachType::Ingress,
             &ep.host_ifname,
@@ -250,25 +253,25 @@ impl Datapath {
         ifindex: u32,
         node_ip: Ipv4Addr,
     ) -> Result<(), LoaderError> {
-        let mut inner = self.lock();
         let link_path = self
             .cfg
             .pin_dir
             .join(paths::LINKS_DIR)
             .join(format!("{}_{ifname}", names::PROG_FROM_NETDEV));
         // The configuration first: the program passes everything until it has an uplink.
-        inner
-            .maps
-            .write_config(NodeConfig {
-                node_ip: maps::ip_to_net(node_ip),
-                uplink_ifindex: ifindex,
-                snat_port_min: limits::SNAT_PORT_MIN,
-                snat_port_max: limits::SNAT_PORT_MAX,
-                pad: [0; 4],
-            })
+        let config = NodeConfig {
+            node_ip: maps::ip_to_net(node_ip),
+            uplink_ifindex: ifindex,
+            snat_port_min: limits::SNAT_PORT_MIN,
+            snat_port_max: limits::SNAT_PORT_MAX,
+            pad: [0; 4],
+        };
+        self.maps
+            .run_blocking(move |m| m.write_config(config))
             .map_err(LoaderError::Maps)?;
+        let mut ebpf = self.lock_ebpf();
         self.attach_tc(
-            &mut inner,
+            &mut ebpf,
             names::PROG_FROM_NETDEV,
             TcAttachType::Ingress,
             ifname,
@@ -281,7 +284,7 @@ impl Datapath {
             .join(paths::LINKS_DIR)
             .join(format!("{}_{ifname}", names::PROG_TO_NETDEV));
         self.attach_tc(
-            &mut inner,
+            &mut ebpf,
             names::PROG_TO_NETDEV,
             TcAttachType::Egress,
             ifname,
@@ -294,14 +297,14 @@ impl Datapath {
     /// current program into the link an earlier agent pinned there.
     fn attach_tc(
         &self,
-        inner: &mut Inner,
+        ebpf: &mut Ebpf,
         name: &'static str,
         hook: TcAttachType,
         ifname: &str,
         ifindex: u32,
         link_path: &Path,
     ) -> Result<(), LoaderError> {
-        let prog: &mut SchedClassifier = program_mut(&mut inner.ebpf, name)?;
+        let prog: &mut SchedClassifier = program_mut(ebpf, name)?;
         // An earlier agent's link on this very interface: swap the program in place (tcx
         // refuses the same program twice on one hook, and a swap leaves no unprotected moment).
         if link_path.exists() {
@@ -351,30 +354,35 @@ impl Datapath {
 
     /// Forgets an endpoint (its veth, and so its tc links, are gone with the Pod's netns).
     pub fn remove_endpoint(&self, ip: Ipv4Addr) -> Result<(), LoaderError> {
-        let mut inner = self.lock();
-        inner.maps.delete_endpoint(ip).map_err(LoaderError::Maps)?;
+        self.maps
+            .run_blocking(move |m| m.delete_endpoint(ip))
+            .map_err(LoaderError::Maps)?;
         // Unpinning releases the link: the program leaves the veth if it still exists.
         remove_pin(&self.tc_link_path(ip))
     }
 
-    /// Reads the load-balancer maps back.
-    pub fn read_lb(&self) -> Result<LbState, MapsError> {
-        self.lock().maps.read_lb()
+    /// The owner of the maps: async code sends its map work there.
+    pub fn maps(&self) -> &MapOwner {
+        &self.maps
     }
 
-    /// Applies planned map operations, in order. A full map is an error for the caller and is
-    /// counted for [`Self::map_full_counts`].
+    /// Reads the load-balancer maps back. Blocks the calling thread (see [`Self::maps`]).
+    pub fn read_lb(&self) -> Result<LbState, MapsError> {
+        self.maps.run_blocking(|m| m.read_lb())
+    }
+
+    /// Applies planned map operations, in order, on the owner thread. A full map is an error
+    /// for the caller and is counted for [`Self::map_full_counts`].
+    pub async fn program(&self, ops: Vec<MapOp>) -> Result<(), MapsError> {
+        let full = Arc::clone(&self.map_full);
+        self.maps.run(move |m| apply_counted(m, &ops, &full)).await
+    }
+
+    /// [`Self::program`], blocking the calling thread.
     pub fn apply(&self, ops: &[MapOp]) -> Result<(), MapsError> {
-        let result = self.lock().maps.apply(ops);
-        if let Err(MapsError::Full { map, .. }) = &result {
-            *self
-                .map_full
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(map)
-                .or_default() += 1;
-        }
-        result
+        let (ops, full) = (ops.to_vec(), Arc::clone(&self.map_full));
+        self.maps
+            .run_blocking(move |m| apply_counted(m, &ops, &full))
     }
 
     /// How many writes each map refused because it was full, since this agent started.
@@ -385,24 +393,30 @@ impl Datapath {
             .clone()
     }
 
-    /// The datapath's drop and event counters (for the agent's Prometheus endpoint).
-    pub fn metrics(&self) -> Result<Vec<MetricSample>, MapsError> {
-        self.lock().maps.read_metrics()
+    /// Counts a write refused by a full map (the policy programmer's too).
+    pub fn count_full(&self, map: &'static str) {
+        count_full(&self.map_full, map);
     }
 
-    /// Removes idle conntrack entries (see [`Maps::gc_ct`]).
+    /// The datapath's drop and event counters (for the agent's Prometheus endpoint). Blocks
+    /// the calling thread.
+    pub fn metrics(&self) -> Result<Vec<MetricSample>, MapsError> {
+        self.maps.run_blocking(|m| m.read_metrics())
+    }
+
+    /// Removes idle conntrack entries (see [`Maps::gc_ct`]). Blocks the calling thread.
     pub fn gc_ct(&self) -> Result<usize, MapsError> {
-        self.lock().maps.gc_ct(sys::monotonic_ns())
+        self.maps.run_blocking(|m| m.gc_ct(sys::monotonic_ns()))
     }
 
     /// The kernel's info on each socket hook program (its id and, while BPF_STATS_RUN_TIME
     /// is enabled, its accumulated run time and run count), by program name.
     pub fn sock_program_infos(&self) -> Result<Vec<(&'static str, ProgramInfo)>, LoaderError> {
-        let inner = self.lock();
+        let ebpf = self.lock_ebpf();
         CGROUP_PROGRAMS
             .into_iter()
             .map(|name| {
-                let prog = inner.ebpf.program(name).ok_or_else(|| {
+                let prog = ebpf.program(name).ok_or_else(|| {
                     LoaderError::Other(format!("program {name} is missing from the object"))
                 })?;
                 let info = prog
@@ -413,15 +427,19 @@ impl Datapath {
             .collect()
     }
 
-    /// Runs `f` with the maps (tests, metrics).
-    pub fn with_maps<T>(&self, f: impl FnOnce(&mut Maps) -> T) -> T {
-        f(&mut self.lock().maps)
+    /// Runs `f` with the maps on their owner thread and blocks until it is done (tests,
+    /// tools; async code uses [`Self::maps`]).
+    pub fn with_maps<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Maps) -> T + Send + 'static,
+    ) -> T {
+        self.maps.run_blocking(f)
     }
 
     /// Runs `f` with the loaded object (tests drive programs through BPF_PROG_TEST_RUN).
     #[cfg(test)]
     pub(crate) fn with_ebpf<T>(&self, f: impl FnOnce(&mut Ebpf) -> T) -> T {
-        f(&mut self.lock().ebpf)
+        f(&mut self.lock_ebpf())
     }
 
     /// The pin of an endpoint's tc link. bpffs refuses names with dots (kernel/bpf/inode.c
@@ -434,12 +452,33 @@ impl Datapath {
             .join(format!("{}_{a}_{b}_{c}_{d}", names::PROG_FROM_CONTAINER))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves the maps as the kernel has them: still usable.
-        self.inner
+    fn lock_ebpf(&self) -> MutexGuard<'_, Ebpf> {
+        // A panic while holding the lock leaves the programs as the kernel has them: usable.
+        self.ebpf
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Applies `ops` and counts a refusal of a full map in `full`.
+fn apply_counted(
+    maps: &mut Maps,
+    ops: &[MapOp],
+    full: &Mutex<BTreeMap<&'static str, u64>>,
+) -> Result<(), MapsError> {
+    let result = maps.apply(ops);
+    if let Err(MapsError::Full { map, .. }) = &result {
+        count_full(full, map);
+    }
+    result
+}
+
+fn count_full(full: &Mutex<BTreeMap<&'static str, u64>>, map: &'static str) {
+    *full
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(map)
+        .or_default() += 1;
 }
 
 fn remove_pin(path: &Path) -> Result<(), LoaderError> {

@@ -140,10 +140,14 @@ impl TestDatapath {
 
 /// The packets counted at `index` of the datapath's metrics map.
 pub fn metric(t: &TestDatapath, index: u32) -> u64 {
-    t.dp.with_maps(|m| m.metric(index)).expect("metric").packets
+    t.dp.with_maps(move |m| m.metric(index))
+        .expect("metric")
+        .packets
 }
 
 /// The bytes counted at `index` of the datapath's metrics map.
 pub fn metric_bytes(t: &TestDatapath, index: u32) -> u64 {
-    t.dp.with_maps(|m| m.metric(index)).expect("metric").bytes
+    t.dp.with_maps(move |m| m.metric(index))
+        .expect("metric")
+        .bytes
 }

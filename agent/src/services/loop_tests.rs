@@ -162,7 +162,7 @@ fn services_loop_carried_state_matches_the_maps_after_every_pass() {
             }
         }
         assert_eq!(programmer.needs_read(), i == 0, "step {i}");
-        let written = programmer.pass(&t.dp).expect("pass");
+        let written = futures::executor::block_on(programmer.pass(&t.dp)).expect("pass");
         let read = t.dp.read_lb().expect("read maps");
         let known = programmer.programmed.as_ref().map(|p| &p.state);
         assert_eq!(known, Some(&read), "step {i}");

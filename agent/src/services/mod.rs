@@ -199,7 +199,7 @@ impl Programmer {
     ///
     /// On a failed read or write, what the maps hold is read again on the next pass rather
     /// than trusted from a half-applied plan.
-    pub fn pass(&mut self, dp: &Datapath) -> Result<usize, ServicesError> {
+    pub async fn pass(&mut self, dp: &Datapath) -> Result<usize, ServicesError> {
         let touched = self.replan();
         let (mut current, ops) = match self.programmed.take() {
             Some(current) if touched.is_empty() => (current, Vec::new()),
@@ -208,7 +208,8 @@ impl Programmer {
                 (current, ops)
             }
             None => {
-                let current = Programmed::new(dp.read_lb().map_err(ServicesError::Maps)?);
+                let read = dp.maps().run(|m| m.read_lb()).await;
+                let current = Programmed::new(read.map_err(ServicesError::Maps)?);
                 let ops = plan::diff(&current.state, &self.index.to_desired_state());
                 (current, ops)
             }
@@ -222,7 +223,6 @@ impl Programmer {
             services = self.index.len(),
             "programming services"
         );
-        dp.apply(&ops).map_err(ServicesError::Maps)?;
         let removed: Vec<(u32, Option<BackendAddr>)> = ops
             .iter()
             .filter_map(|op| match op {
@@ -230,22 +230,26 @@ impl Programmer {
                 _ => None,
             })
             .collect();
+        let written = ops.len();
         current.apply(&ops);
+        dp.program(ops).await.map_err(ServicesError::Maps)?;
         self.programmed = Some(current);
         if !removed.is_empty() {
-            self.forget_removed(dp, &removed)?;
+            self.forget_removed(dp, &removed).await?;
         }
-        Ok(ops.len())
+        Ok(written)
     }
 
-    fn forget_removed(
+    async fn forget_removed(
         &self,
         dp: &Datapath,
         removed: &[(u32, Option<BackendAddr>)],
     ) -> Result<(), ServicesError> {
         let removed_ids: BTreeSet<u32> = removed.iter().map(|&(id, _)| id).collect();
         let purged = dp
-            .with_maps(|m| m.purge_ct(&removed_ids))
+            .maps()
+            .run(move |m| m.purge_ct(&removed_ids))
+            .await
             .map_err(ServicesError::Maps)?;
         if purged > 0 {
             tracing::debug!(purged, "conntrack entries of removed backends deleted");
@@ -350,7 +354,7 @@ pub async fn run(
         if programmer.needs_read() {
             next_resync = Instant::now() + RESYNC;
         }
-        if let Err(e) = programmer.pass(&dp) {
+        if let Err(e) = programmer.pass(&dp).await {
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "programming services failed; retrying");
         }
         for (port, e) in health.sync(&programmer.health()) {
@@ -395,6 +399,7 @@ fn take<K>(
 }
 
 /// One full pass from nothing but the objects: read the maps, plan every Service, apply.
+/// Blocks the calling thread (tools and tests; the agent runs [`run`]).
 pub fn reconcile(
     dp: &Datapath,
     services: &[Service],
@@ -403,7 +408,7 @@ pub fn reconcile(
 ) -> Result<usize, ServicesError> {
     let mut programmer = Programmer::new(node.clone());
     programmer.load(services.iter().cloned(), slices.iter().cloned());
-    programmer.pass(dp)
+    futures::executor::block_on(programmer.pass(dp))
 }
 
 #[cfg(test)]
