@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod defaults;
+pub mod labels;
 pub mod schema;
 pub mod validation;
 
