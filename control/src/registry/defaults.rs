@@ -3,17 +3,20 @@
 
 use serde_json::{Map, Value, json};
 
-use super::ResourceInfo;
+use super::{ResourceInfo, networkpolicy};
 
 /// Sets `obj[key]` to `value` when it is absent or null.
-fn set_default(obj: &mut Map<String, Value>, key: &str, value: Value) {
+pub(super) fn set_default(obj: &mut Map<String, Value>, key: &str, value: Value) {
     if obj.get(key).is_none_or(Value::is_null) {
         obj.insert(key.to_string(), value);
     }
 }
 
 /// The object at `obj[key]`, created empty when absent.
-fn child<'a>(obj: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Map<String, Value>> {
+pub(super) fn child<'a>(
+    obj: &'a mut Map<String, Value>,
+    key: &str,
+) -> Option<&'a mut Map<String, Value>> {
     if obj.get(key).is_none_or(Value::is_null) {
         obj.insert(key.to_string(), Value::Object(Map::new()));
     }
@@ -87,6 +90,7 @@ pub fn apply(info: &ResourceInfo, obj: &mut Value) {
                 template(spec);
             }
         }
+        ("networking.k8s.io", "NetworkPolicy") => networkpolicy::apply_defaults(root),
         _ => {}
     }
 }

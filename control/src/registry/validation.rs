@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use serde_json::{Value, json};
 
-use super::ResourceInfo;
+use super::{ResourceInfo, networkpolicy};
 use crate::api::error::Cause;
 
 pub(super) const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
@@ -50,6 +50,7 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Ca
             workload(info, obj, &mut causes);
         }
         ("discovery.k8s.io", "EndpointSlice") => endpoint_slice(obj, &mut causes),
+        ("networking.k8s.io", "NetworkPolicy") => networkpolicy::validate(obj, old, &mut causes),
         ("", "ConfigMap") | ("", "Secret") => {
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(map) = obj[field].as_object() {
