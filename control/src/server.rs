@@ -81,7 +81,8 @@ fn tls_config(creds: &pki::Credentials) -> Result<Arc<rustls::ServerConfig>, Ser
     Ok(Arc::new(cfg))
 }
 
-/// Creates the system namespaces that are missing.
+/// Creates the system namespaces that are missing, and labels every stored Namespace with
+/// `kubernetes.io/metadata.name` (those stored before keelson set the label).
 pub async fn ensure_system_namespaces<S: Store>(
     state: &Arc<ApiState<S>>,
 ) -> Result<(), ServerError> {
@@ -92,6 +93,12 @@ pub async fn ensure_system_namespaces<S: Store>(
             Ok(_) | Err(api::error::ApiError::AlreadyExists { .. }) => {}
             Err(e) => return Err(ServerError::Other(format!("creating namespace {ns}: {e}"))),
         }
+    }
+    let relabelled = api::namespaces::label_stored_namespaces(state)
+        .await
+        .map_err(|e| ServerError::Other(format!("labelling namespaces: {e}")))?;
+    if !relabelled.is_empty() {
+        tracing::info!(namespaces = ?relabelled, "added the kubernetes.io/metadata.name label");
     }
     Ok(())
 }

@@ -326,7 +326,13 @@ fn has_status_subresource(info: &ResourceInfo) -> bool {
 fn tracks_generation(info: &ResourceInfo) -> bool {
     matches!(
         info.kind,
-        "Deployment" | "ReplicaSet" | "DaemonSet" | "Pod" | "Service" | "Namespace"
+        "Deployment"
+            | "ReplicaSet"
+            | "DaemonSet"
+            | "Pod"
+            | "Service"
+            | "Namespace"
+            | "NetworkPolicy"
     )
 }
 

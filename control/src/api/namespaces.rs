@@ -2,6 +2,7 @@
 //! controller does: every object in the namespace is deleted (Pods gracefully, through their
 //! nodes), then the `kubernetes` finalizer is removed and the Namespace goes. It runs inside the
 //! server against the store, so `kubectl delete namespace` completes without another component.
+//! Also the start-up pass that gives stored Namespaces their `kubernetes.io/metadata.name` label.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,7 +14,7 @@ use super::{
     handlers::{delete_internal, load},
 };
 use crate::{
-    registry::{self, RESOURCES},
+    registry::{self, RESOURCES, defaults::NAMESPACE_NAME_LABEL},
     store::{Store, StoreError},
 };
 
@@ -107,6 +108,46 @@ pub async fn finalize_once<S: Store>(state: &Arc<ApiState<S>>) -> Result<Vec<Str
         }
     }
     Ok(removed)
+}
+
+/// Writes the `kubernetes.io/metadata.name` label into every stored Namespace that lacks it or
+/// carries another value (stored before the label was set on every write). kube-apiserver
+/// applies it as a default each time it reads a Namespace from etcd (SetDefaults_Namespace), so
+/// its clients never see one without it; keelson serves objects as stored, so it fixes them once
+/// at start. Returns the namespaces relabelled.
+pub async fn label_stored_namespaces<S: Store>(
+    state: &Arc<ApiState<S>>,
+) -> Result<Vec<String>, ApiError> {
+    let ns_info = registry::lookup("", "v1", "namespaces").ok_or(ApiError::NoSuchResource)?;
+    let listed = state.store.list(&ns_info.prefix(), None, 0).await?;
+    let mut relabelled = Vec::new();
+    for kv in &listed.items {
+        let mut ns = load(kv)?;
+        let name = ns["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if name.is_empty() || ns["metadata"]["labels"][NAMESPACE_NAME_LABEL] == json!(name) {
+            continue;
+        }
+        let Some(meta) = ns.get_mut("metadata").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        meta.remove("resourceVersion");
+        let labels = meta.entry("labels").or_insert_with(|| json!({}));
+        if !labels.is_object() {
+            *labels = json!({});
+        }
+        labels[NAMESPACE_NAME_LABEL] = json!(name);
+        let bytes = serde_json::to_vec(&ns).map_err(|e| ApiError::Internal(e.to_string()))?;
+        match state.store.update(&kv.key, bytes, kv.mod_revision).await {
+            Ok(_) => relabelled.push(name),
+            // Written meanwhile, through the API, which sets the label.
+            Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(relabelled)
 }
 
 /// Runs [`finalize_once`] forever.

@@ -176,13 +176,15 @@ pub fn label_selector_matches(selector: &Value, labels: &Value) -> bool {
     labels_ok && exprs_ok
 }
 
-/// The string form of a `metav1.LabelSelector` (what Scale.status.selector carries).
-pub fn label_selector_string(selector: &Value) -> String {
-    let mut parts: Vec<String> = selector["matchLabels"]
+/// The requirements of a `metav1.LabelSelector` as apimachinery's `labels.Selector` prints them
+/// (metav1.LabelSelectorAsSelector, then Requirement.String): sorted by key, values sorted.
+/// `None` when the selector cannot be converted (an unknown operator, `In`/`NotIn` without values).
+fn selector_requirements(selector: &Value) -> Option<Vec<(String, String)>> {
+    let mut reqs: Vec<(String, String)> = selector["matchLabels"]
         .as_object()
         .into_iter()
         .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .map(|(k, v)| (k.clone(), format!("{k}={}", v.as_str().unwrap_or_default())))
         .collect();
     for e in selector["matchExpressions"]
         .as_array()
@@ -190,21 +192,51 @@ pub fn label_selector_string(selector: &Value) -> String {
         .flatten()
     {
         let key = e["key"].as_str().unwrap_or_default();
-        let values: Vec<&str> = e["values"]
+        let mut values: Vec<&str> = e["values"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
             .collect();
-        match e["operator"].as_str().unwrap_or_default() {
-            "In" => parts.push(format!("{key} in ({})", values.join(","))),
-            "NotIn" => parts.push(format!("{key} notin ({})", values.join(","))),
-            "Exists" => parts.push(key.to_string()),
-            "DoesNotExist" => parts.push(format!("!{key}")),
-            _ => {}
-        }
+        values.sort_unstable();
+        let req = match e["operator"].as_str().unwrap_or_default() {
+            "In" | "NotIn" if values.is_empty() => return None,
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            _ => return None,
+        };
+        reqs.push((key.to_string(), req));
     }
-    parts.join(",")
+    // internalSelector.Add sorts by key; a stable sort keeps matchLabels first on a tie.
+    reqs.sort_by(|a, b| a.0.cmp(&b.0));
+    Some(reqs)
+}
+
+/// The string form of a `metav1.LabelSelector` (what Scale.status.selector carries), e.g.
+/// `app=web,tier in (a,b)`; empty for the empty selector or one that cannot be converted.
+pub fn label_selector_string(selector: &Value) -> String {
+    selector_requirements(selector)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// metav1.FormatLabelSelector, as kubectl's columns show a selector: its string form, `<none>`
+/// when it selects everything, `<error>` when it cannot be converted.
+pub fn format_label_selector(selector: &Value) -> String {
+    match selector_requirements(selector) {
+        None => "<error>".into(),
+        Some(reqs) if reqs.is_empty() => "<none>".into(),
+        Some(reqs) => reqs
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect::<Vec<_>>()
+            .join(","),
+    }
 }
 
 #[cfg(test)]
@@ -242,5 +274,26 @@ mod tests {
         assert!(label_selector_matches(&sel, &json!({"app": "x", "t": "a"})));
         assert!(!label_selector_matches(&sel, &json!({"app": "x"})));
         assert_eq!(label_selector_string(&sel), "app=x,t in (a)");
+    }
+
+    #[test]
+    fn api_label_selector_format_is_apimachinery_s() {
+        let sel = json!({"matchLabels": {"tier": "fe", "app": "web"}, "matchExpressions": [
+            {"key": "env", "operator": "In", "values": ["prod", "dev"]},
+            {"key": "canary", "operator": "DoesNotExist"},
+            {"key": "zone", "operator": "NotIn", "values": ["b", "a"]},
+            {"key": "gpu", "operator": "Exists"}]});
+        assert_eq!(
+            format_label_selector(&sel),
+            "app=web,!canary,env in (dev,prod),gpu,tier=fe,zone notin (a,b)"
+        );
+        assert_eq!(format_label_selector(&json!({})), "<none>");
+        assert_eq!(
+            format_label_selector(&json!({"matchLabels": {}, "matchExpressions": []})),
+            "<none>"
+        );
+        let bad = json!({"matchExpressions": [{"key": "a", "operator": "Near"}]});
+        assert_eq!(format_label_selector(&bad), "<error>");
+        assert_eq!(label_selector_string(&bad), "");
     }
 }

@@ -218,6 +218,11 @@ fn columns(info: &ResourceInfo) -> Vec<Col> {
             ("Holder", "string", 0),
             ("Age", "string", 0),
         ],
+        ("networking.k8s.io", "NetworkPolicy") => vec![
+            ("Name", "string", 0),
+            ("Pod-Selector", "string", 0),
+            ("Age", "string", 0),
+        ],
         _ => vec![("Name", "string", 0), ("Age", "string", 0)],
     }
 }
@@ -492,6 +497,14 @@ fn row_cells(info: &ResourceInfo, o: &Value) -> Vec<Value> {
         ("coordination.k8s.io", "Lease") => vec![
             name,
             json!(or_none(s(&spec["holderIdentity"]))),
+            json!(age(o)),
+        ],
+        // printNetworkPolicy: metav1.FormatLabelSelector of spec.podSelector.
+        ("networking.k8s.io", "NetworkPolicy") => vec![
+            name,
+            json!(super::selectors::format_label_selector(
+                &spec["podSelector"]
+            )),
             json!(age(o)),
         ],
         _ => vec![name, json!(age(o))],

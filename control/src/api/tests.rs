@@ -16,6 +16,8 @@ use tower::ServiceExt as _;
 use super::{ApiConfig, ApiState, router};
 use crate::store::{SqliteStore, Store};
 
+mod netpol;
+
 const TOKEN: &str = "test-token";
 
 struct Harness {

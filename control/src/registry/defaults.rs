@@ -3,17 +3,24 @@
 
 use serde_json::{Map, Value, json};
 
-use super::ResourceInfo;
+use super::{ResourceInfo, networkpolicy};
+
+/// The label kube-apiserver gives every Namespace, its name (k8s.io/api core/v1
+/// LabelMetadataName); NetworkPolicy namespaceSelectors match namespaces by it.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// Sets `obj[key]` to `value` when it is absent or null.
-fn set_default(obj: &mut Map<String, Value>, key: &str, value: Value) {
+pub(super) fn set_default(obj: &mut Map<String, Value>, key: &str, value: Value) {
     if obj.get(key).is_none_or(Value::is_null) {
         obj.insert(key.to_string(), value);
     }
 }
 
 /// The object at `obj[key]`, created empty when absent.
-fn child<'a>(obj: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Map<String, Value>> {
+pub(super) fn child<'a>(
+    obj: &'a mut Map<String, Value>,
+    key: &str,
+) -> Option<&'a mut Map<String, Value>> {
     if obj.get(key).is_none_or(Value::is_null) {
         obj.insert(key.to_string(), Value::Object(Map::new()));
     }
@@ -40,6 +47,7 @@ pub fn apply(info: &ResourceInfo, obj: &mut Value) {
             }
         }
         ("", "Namespace") => {
+            namespace_name_label(root);
             if let Some(spec) = child(root, "spec") {
                 set_default(spec, "finalizers", json!(["kubernetes"]));
             }
@@ -87,7 +95,30 @@ pub fn apply(info: &ResourceInfo, obj: &mut Value) {
                 template(spec);
             }
         }
+        ("networking.k8s.io", "NetworkPolicy") => networkpolicy::apply_defaults(root),
         _ => {}
+    }
+}
+
+/// Sets the Namespace's [`NAMESPACE_NAME_LABEL`] to its name, replacing whatever the request
+/// had: SetDefaults_Namespace (pkg/apis/core/v1/defaults.go) on every decode, and the namespace
+/// strategy's Canonicalize (pkg/registry/core/namespace/strategy.go) on every create and update,
+/// so the label cannot be removed or changed. Defaulting here runs after generateName is
+/// resolved, which is why kube-apiserver needs the second hook and keelson does not.
+fn namespace_name_label(root: &mut Map<String, Value>) {
+    let Some(name) = root
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+    else {
+        return;
+    };
+    if let Some(meta) = child(root, "metadata")
+        && let Some(labels) = child(meta, "labels")
+    {
+        labels.insert(NAMESPACE_NAME_LABEL.into(), json!(name));
     }
 }
 

@@ -4,6 +4,8 @@
 
 pub mod convert;
 pub mod defaults;
+pub mod labels;
+pub mod networkpolicy;
 pub mod schema;
 pub mod validation;
 
@@ -256,6 +258,17 @@ pub const RESOURCES: &[ResourceInfo] = &[
         &["ds"],
         &["status"],
         &["all"],
+    ),
+    kind(
+        "networking.k8s.io",
+        "v1",
+        "NetworkPolicy",
+        "networkpolicies",
+        "networkpolicy",
+        true,
+        &["netpol"],
+        &[],
+        &[],
     ),
     kind(
         "events.k8s.io",

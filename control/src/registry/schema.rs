@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use k8s_openapi::api::{apps, coordination, core, discovery};
+use k8s_openapi::api::{apps, coordination, core, discovery, networking};
 use schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings};
 use serde_json::{Map, Value};
 
@@ -39,6 +39,9 @@ fn schema_for_kind(info: &ResourceInfo, generator: &mut SchemaGenerator) -> Opti
         ("apps", "Deployment") => name_of::<apps::v1::Deployment>(generator),
         ("apps", "ReplicaSet") => name_of::<apps::v1::ReplicaSet>(generator),
         ("apps", "DaemonSet") => name_of::<apps::v1::DaemonSet>(generator),
+        ("networking.k8s.io", "NetworkPolicy") => {
+            name_of::<networking::v1::NetworkPolicy>(generator)
+        }
         ("coordination.k8s.io", "Lease") => name_of::<coordination::v1::Lease>(generator),
         _ => return None,
     })
