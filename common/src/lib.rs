@@ -34,6 +34,7 @@ pub mod names {
     pub const PROG_GETPEERNAME6: &str = "sock_getpeername6";
     pub const PROG_SOCK_RELEASE: &str = "sock_release";
     pub const PROG_FROM_CONTAINER: &str = "tc_from_container";
+    pub const PROG_TO_CONTAINER: &str = "tc_to_container";
     pub const PROG_FROM_NETDEV: &str = "tc_from_netdev";
     pub const PROG_TO_NETDEV: &str = "tc_to_netdev";
 }

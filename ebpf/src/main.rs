@@ -8,6 +8,7 @@ mod lb;
 mod maps;
 mod metrics;
 mod nat;
+mod policy;
 mod sock;
 mod tc;
 

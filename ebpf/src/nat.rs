@@ -57,6 +57,8 @@ pub struct Flow {
     pub syn: bool,
     /// [`ct_flags::FIN`] and/or [`ct_flags::RST`] if the segment carries them.
     pub closing: u8,
+    /// The TCP flags byte (0 for UDP), for flow events.
+    pub tcp_flags: u8,
 }
 
 impl Flow {
@@ -120,6 +122,7 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
         l4_off,
         syn,
         closing,
+        tcp_flags,
     }))
 }
 

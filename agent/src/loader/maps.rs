@@ -524,6 +524,22 @@ impl Maps {
             .map_err(|source| classify(names::ENDPOINTS, what, source))
     }
 
+    /// A local endpoint's entry, if there is one.
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Result<Option<EndpointInfo>, MapsError> {
+        let key = EndpointKey {
+            address: ip_to_net(ip),
+        };
+        match self.endpoints.get(&key, 0) {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(source) => Err(op_err(
+                names::ENDPOINTS,
+                &format!("read endpoint {ip}"),
+                source,
+            )),
+        }
+    }
+
     /// Forgets a local endpoint; forgetting an unknown one is not an error.
     pub fn delete_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
         let key = EndpointKey {
@@ -649,7 +665,7 @@ fn classify(map: &'static str, op: String, source: MapError) -> MapsError {
     }
 }
 
-fn op_err(map: &'static str, op: &str, source: MapError) -> MapsError {
+pub(crate) fn op_err(map: &'static str, op: &str, source: MapError) -> MapsError {
     MapsError::Op {
         map,
         op: op.to_owned(),

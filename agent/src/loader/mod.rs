@@ -26,7 +26,7 @@ use aya::{
         SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions,
     },
 };
-use keelson_common::{EndpointInfo, NodeConfig, limits, names, paths};
+use keelson_common::{EndpointInfo, NodeConfig, limits, names, paths, policy::policy_state_flags};
 
 pub use maps::{Maps, MapsError, MetricKind, MetricSample};
 pub use owner::MapOwner;
@@ -190,6 +190,7 @@ impl Datapath {
         }
         for name in [
             names::PROG_FROM_CONTAINER,
+            names::PROG_TO_CONTAINER,
             names::PROG_FROM_NETDEV,
             names::PROG_TO_NETDEV,
         ] {
@@ -217,7 +218,8 @@ impl Datapath {
         &self.cfg
     }
 
-    /// Attaches the tc programs to the endpoint's host veth and records it in `endpoints`.
+    /// Attaches the tc programs to the endpoint's host veth (ingress: what the Pod sends;
+    /// egress: what the node's stack delivers to it) and records it in `endpoints`.
     ///
     /// The map entry is written first, so the Pod's first packet already passes the
     /// anti-spoofing check. Calling it again for the same endpoint swaps the current program
@@ -232,17 +234,35 @@ impl Datapath {
         };
         let ip = ep.ip;
         self.maps
-            .run_blocking(move |m| m.put_endpoint(ip, info))
+            .run_blocking(move |m| {
+                // A restarted agent re-adds its endpoints: the identity and policy flags the
+                // policy programmer wrote stay, so enforcement has no gap.
+                let mut info = info;
+                if let Some(old) = m.endpoint(ip)?
+                    && old.ifindex == info.ifindex
+                {
+                    info.identity = old.identity;
+                    info.flags = old.flags;
+                }
+                m.put_endpoint(ip, info)
+            })
             .map_err(LoaderError::Maps)?;
-        let link_path = self.tc_link_path(ep.ip);
-        self.attach_tc(
-            &mut self.lock_ebpf(),
-            names::PROG_FROM_CONTAINER,
-            TcAttachType::Ingress,
-            &ep.host_ifname,
-            ep.host_ifindex,
-            &link_path,
-        )
+        let mut ebpf = self.lock_ebpf();
+        for (name, hook) in [
+            (names::PROG_FROM_CONTAINER, TcAttachType::Ingress),
+            (names::PROG_TO_CONTAINER, TcAttachType::Egress),
+        ] {
+            let link_path = self.endpoint_link_path(name, ep.ip);
+            self.attach_tc(
+                &mut ebpf,
+                name,
+                hook,
+                &ep.host_ifname,
+                ep.host_ifindex,
+                &link_path,
+            )?;
+        }
+        Ok(())
     }
 
     /// Attaches the uplink program to the node's interface `ifname` (the one holding
@@ -357,8 +377,27 @@ impl Datapath {
         self.maps
             .run_blocking(move |m| m.delete_endpoint(ip))
             .map_err(LoaderError::Maps)?;
-        // Unpinning releases the link: the program leaves the veth if it still exists.
-        remove_pin(&self.tc_link_path(ip))
+        // Unpinning releases the links: the programs leave the veth if it still exists.
+        remove_pin(&self.endpoint_link_path(names::PROG_TO_CONTAINER, ip))?;
+        remove_pin(&self.endpoint_link_path(names::PROG_FROM_CONTAINER, ip))
+    }
+
+    /// Whether the datapath sends an event for every new flow, or for drops only.
+    pub fn set_flow_events(&self, all: bool) -> Result<(), MapsError> {
+        self.maps.run_blocking(move |m| {
+            let mut state = m
+                .pol_state
+                .get(&0, 0)
+                .map_err(|source| maps::op_err(names::POL_STATE, "read", source))?;
+            if all {
+                state.flags |= policy_state_flags::ALLOWED_EVENTS;
+            } else {
+                state.flags &= !policy_state_flags::ALLOWED_EVENTS;
+            }
+            m.pol_state
+                .set(0, state, 0)
+                .map_err(|source| maps::op_err(names::POL_STATE, "write", source))
+        })
     }
 
     /// The owner of the maps: async code sends its map work there.
@@ -442,14 +481,19 @@ impl Datapath {
         f(&mut self.lock_ebpf())
     }
 
-    /// The pin of an endpoint's tc link. bpffs refuses names with dots (kernel/bpf/inode.c
-    /// reserves them), hence the underscores.
+    /// The pin of an endpoint's ingress tc link (`from_container`).
     pub fn tc_link_path(&self, ip: Ipv4Addr) -> PathBuf {
+        self.endpoint_link_path(names::PROG_FROM_CONTAINER, ip)
+    }
+
+    /// The pin of program `prog`'s link on an endpoint's veth. bpffs refuses names with dots
+    /// (kernel/bpf/inode.c reserves them), hence the underscores.
+    pub fn endpoint_link_path(&self, prog: &str, ip: Ipv4Addr) -> PathBuf {
         let [a, b, c, d] = ip.octets();
         self.cfg
             .pin_dir
             .join(paths::LINKS_DIR)
-            .join(format!("{}_{a}_{b}_{c}_{d}", names::PROG_FROM_CONTAINER))
+            .join(format!("{prog}_{a}_{b}_{c}_{d}"))
     }
 
     fn lock_ebpf(&self) -> MutexGuard<'_, Ebpf> {
@@ -598,3 +642,6 @@ mod endpoint_tests;
 
 #[cfg(test)]
 mod from_netdev_tests;
+
+#[cfg(test)]
+mod policy_tests;

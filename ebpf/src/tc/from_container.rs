@@ -1,5 +1,6 @@
 //! tcx ingress of a Pod's host-side veth, i.e. every packet leaving the Pod: anti-spoofing
-//! (the source must be the address of the endpoint behind this very veth), reverse
+//! (the source must be the address of the endpoint behind this very veth), NetworkPolicy
+//! (the Pod's egress, and a local destination's ingress), reverse
 //! translation of replies to NodePort flows the uplink program sent to this Pod, then delivery
 //! straight into a local destination Pod with `bpf_redirect_peer` (kernel 5.10, 9aa1206e8f48),
 //! or the node's routing for everything else.
@@ -16,6 +17,7 @@ use crate::{
     maps::ENDPOINTS,
     metrics,
     nat::{self, ETH_HLEN, ETH_P_IP, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF},
+    policy,
 };
 
 const IP_TTL_OFF: usize = ETH_HLEN + 8;
@@ -55,6 +57,13 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     }
 
     let len = u64::from(ctx.len());
+    // NetworkPolicy sees the packet as the Pod sent it: after the socket-level translation (so
+    // the backend of a Service), before the reverse translation of a NodePort reply (so the
+    // tuple its flow was allowed with). For a local destination this also checks its ingress.
+    if let Some(pkt) = policy::parse(ctx)? {
+        policy::enforce(ctx, &pkt)?;
+    }
+    metrics::count(Counter::ForwardedEgress, len);
     // A reply to a client outside the node: the uplink program translated the flow towards
     // this Pod, its conntrack entry turns the source back into the frontend. It leaves by the
     // uplink directly: the stack would drop a packet from the node's own address arriving on
@@ -92,6 +101,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     ctx.store(6, &dst.host_mac, 0)
         .map_err(|_| DropReason::Malformed)?;
     metrics::count(Counter::FromContainerLocal, len);
+    metrics::count(Counter::ForwardedIngress, len);
     // SAFETY: bpf_redirect_peer has no memory preconditions; it returns TC_ACT_REDIRECT or
     // TC_ACT_SHOT for invalid flags.
     Ok(unsafe { bpf_redirect_peer(dst.ifindex, 0) } as i32)

@@ -16,6 +16,7 @@ use crate::{
     maps::ENDPOINTS,
     metrics,
     nat::{self, Flow},
+    policy::{self, Packet},
 };
 
 #[classifier]
@@ -57,7 +58,7 @@ fn try_from_netdev(ctx: &TcContext) -> Result<i32, DropReason> {
         } else {
             let value = nat::apply_ct(ctx, &flow, entry)?;
             metrics::count(Counter::NodePortXlated, len);
-            return deliver(ctx, &value, ifindex);
+            return deliver(ctx, &flow, &value, ifindex);
         }
     }
     let Some(value) = nat::new_external_flow(&flow, &cfg)? else {
@@ -66,7 +67,7 @@ fn try_from_netdev(ctx: &TcContext) -> Result<i32, DropReason> {
     metrics::count(Counter::CtCreated, len);
     rewrite_new(ctx, &flow, &value)?;
     metrics::count(Counter::NodePortXlated, len);
-    deliver(ctx, &value, ifindex)
+    deliver(ctx, &flow, &value, ifindex)
 }
 
 #[inline(always)]
@@ -82,10 +83,12 @@ fn rewrite_new(ctx: &TcContext, flow: &Flow, v: &CtValue) -> Result<(), DropReas
 }
 
 /// Hands a translated packet to its backend: straight into a local Pod with
-/// `bpf_redirect_peer` (as from_container does), to the node's own stack for a backend at the
-/// node's address, or back out of the uplink towards the node that hosts the backend.
+/// `bpf_redirect_peer` (as from_container does) once its ingress policy allows it (against the
+/// client's address, which a local backend keeps), to the node's own stack for a backend at
+/// the node's address, or back out of the uplink towards the node that hosts the backend
+/// (whose own ingress policy judges it there).
 #[inline(always)]
-fn deliver(ctx: &TcContext, v: &CtValue, uplink: u32) -> Result<i32, DropReason> {
+fn deliver(ctx: &TcContext, flow: &Flow, v: &CtValue, uplink: u32) -> Result<i32, DropReason> {
     if v.flags & ct_flags::HOST_BACKEND != 0 {
         // A socket of the node: the stack delivers it; its reply is translated on egress.
         return Ok(TC_ACT_OK);
@@ -99,6 +102,17 @@ fn deliver(ctx: &TcContext, v: &CtValue, uplink: u32) -> Result<i32, DropReason>
         }
         .copied()
         {
+            // The packet as rewritten: the client (or the SNAT address) to the backend.
+            let pkt = Packet {
+                saddr: v.nat_saddr,
+                daddr: v.nat_daddr,
+                sport: v.nat_sport,
+                dport: v.nat_dport,
+                proto: flow.proto,
+                tcp_flags: flow.tcp_flags,
+            };
+            policy::enforce(ctx, &pkt)?;
+            metrics::count(Counter::ForwardedIngress, u64::from(ctx.len()));
             ctx.store(0, &ep.pod_mac, 0)
                 .map_err(|_| DropReason::RewriteFailed)?;
             ctx.store(6, &ep.host_mac, 0)
