@@ -121,7 +121,8 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BpfCmd {
-    /// Print a map decoded: services, backends, revnat, ct, affinity, maglev, endpoints, metrics.
+    /// Print a map decoded: services, backends, revnat, ct, affinity, maglev, endpoints,
+    /// metrics, policy, ipcache, identities.
     Dump {
         what: String,
         /// Node whose pins to read (/sys/fs/bpf/keelson/<node>).
