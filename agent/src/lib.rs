@@ -141,14 +141,16 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             let mut refused_before = 0;
             loop {
                 tokio::time::sleep(CT_GC_INTERVAL).await;
-                let dp = Arc::clone(&dp);
-                let pass = tokio::task::spawn_blocking(move || {
-                    let removed = dp.gc_ct()?;
-                    let refused = dp.with_maps(|m| m.metric(DropReason::CtFull as u32))?;
-                    Ok::<_, loader::MapsError>((removed, refused.packets))
-                });
-                match pass.await {
-                    Ok(Ok((removed, refused))) => {
+                let pass = dp
+                    .maps()
+                    .run(|m| {
+                        let removed = m.gc_ct(loader::sys::monotonic_ns())?;
+                        let refused = m.metric(DropReason::CtFull as u32)?;
+                        Ok::<_, loader::MapsError>((removed, refused.packets))
+                    })
+                    .await;
+                match pass {
+                    Ok((removed, refused)) => {
                         if removed > 0 {
                             tracing::debug!(removed, "conntrack GC");
                         }
@@ -163,8 +165,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                         }
                         refused_before = refused;
                     }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "conntrack GC"),
-                    Err(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "conntrack GC"),
                 }
             }
         });
