@@ -13,6 +13,7 @@ pub mod loader;
 pub mod metrics;
 pub mod netns;
 pub mod node;
+pub mod policy;
 pub mod privileges;
 pub mod routing;
 pub mod services;

@@ -1,0 +1,14 @@
+//! NetworkPolicy enforcement: watches Pods, Namespaces, NetworkPolicies and Nodes, compiles
+//! them into identities, ipcache entries and per-endpoint policy entries, and writes the
+//! difference into the datapath's maps.
+
+pub mod identity;
+pub mod model;
+pub mod ports;
+pub mod rules;
+pub mod selector;
+
+pub use model::{
+    Cidr, ContainerPort, Desired, EndpointPolicy, NamespaceInfo, NodeContext, NodeInfo, PodInfo,
+    PolicyEntryKey, PolicyOp, Snapshot,
+};
