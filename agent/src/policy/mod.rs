@@ -2,13 +2,20 @@
 //! them into identities, ipcache entries and per-endpoint policy entries, and writes the
 //! difference into the datapath's maps.
 
+pub mod compile;
 pub mod identity;
 pub mod model;
 pub mod ports;
 pub mod rules;
 pub mod selector;
 
+pub use compile::plan;
 pub use model::{
     Cidr, ContainerPort, Desired, EndpointPolicy, NamespaceInfo, NodeContext, NodeInfo, PodInfo,
     PolicyEntryKey, PolicyOp, Snapshot,
 };
+
+#[cfg(test)]
+mod compile_tests;
+#[cfg(test)]
+pub(crate) mod testutil;
