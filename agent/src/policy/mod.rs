@@ -3,6 +3,7 @@
 //! difference into the datapath's maps.
 
 pub mod compile;
+pub mod diff;
 pub mod identity;
 pub mod model;
 pub mod ports;
@@ -10,6 +11,7 @@ pub mod rules;
 pub mod selector;
 
 pub use compile::plan;
+pub use diff::{diff, diff_endpoints};
 pub use model::{
     Cidr, ContainerPort, Desired, EndpointPolicy, NamespaceInfo, NodeContext, NodeInfo, PodInfo,
     PolicyEntryKey, PolicyOp, Snapshot,
@@ -17,5 +19,7 @@ pub use model::{
 
 #[cfg(test)]
 mod compile_tests;
+#[cfg(test)]
+mod diff_tests;
 #[cfg(test)]
 pub(crate) mod testutil;
