@@ -22,4 +22,6 @@ mod compile_tests;
 #[cfg(test)]
 mod diff_tests;
 #[cfg(test)]
+mod maps_tests;
+#[cfg(test)]
 pub(crate) mod testutil;
