@@ -10,6 +10,7 @@ use super::{
     compile::plan,
     diff::diff,
     model::{Cidr, Desired, EndpointPolicy, PolicyOp},
+    reconcile,
     testutil::*,
 };
 use crate::loader::{MapsError, testutil::TestDatapath};
@@ -136,4 +137,41 @@ fn policy_maps_skip_missing_endpoints_and_refuse_when_full() {
         Err(MapsError::Full { map, .. }) => assert_eq!(map, keelson_common::names::IPCACHE),
         other => panic!("expected a full ipcache, got {other:?}"),
     }
+}
+
+#[test]
+fn policy_maps_reconcile_converges_from_what_the_maps_hold() {
+    let t = TestDatapath::load("policy-reconcile", None);
+    let web = ip("10.0.1.1");
+    t.dp.with_maps(move |m| m.put_endpoint(web, cni_entry(3)))
+        .expect("endpoint");
+    // A stale entry of an earlier agent, and a stale name.
+    let stale = Cidr::parse("203.0.113.0/24").expect("cidr");
+    let junk = vec![
+        PolicyOp::PutIpcache {
+            cidr: stale,
+            value: IpcacheValue {
+                identity: 5000,
+                flags: 0,
+            },
+        },
+        PolicyOp::PutPolicyName {
+            index: 42,
+            name: "gone/policy".into(),
+        },
+    ];
+    t.dp.with_maps(move |m| m.apply_policy(&junk))
+        .expect("junk");
+    let node = node_ctx();
+    let written = reconcile(&t.dp, snapshot_with_policy(), &node).expect("reconcile");
+    assert!(written > 0);
+    let mut want = plan(&snapshot_with_policy(), &node);
+    // Only the endpoint the CNI server recorded is in the map.
+    want.endpoints.retain(|a, _| *a == web);
+    assert_eq!(read(&t), want);
+    // A second agent start finds nothing to do.
+    assert_eq!(
+        reconcile(&t.dp, snapshot_with_policy(), &node).expect("again"),
+        0
+    );
 }
