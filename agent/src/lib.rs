@@ -14,6 +14,7 @@ pub mod loader;
 pub mod metrics;
 pub mod netns;
 pub mod node;
+pub mod policy;
 pub mod privileges;
 pub mod routing;
 pub mod services;
@@ -33,6 +34,7 @@ use crate::{
         pods::{self, PodRuntimeConfig},
         registration::{self, MachineInfo, NodeFacts, RegistrationError},
     },
+    policy::PolicyError,
     privileges::PrivilegeError,
     routing::RoutingError,
     services::ServicesError,
@@ -71,6 +73,8 @@ pub enum AgentError {
     Routing(#[source] RoutingError),
     #[error("service load balancing")]
     Services(#[source] ServicesError),
+    #[error("network policy")]
+    Policy(#[source] PolicyError),
     #[error("finding the uplink")]
     Uplink(#[source] links::LinkError),
     #[error("no interface of the node holds its address {0}")]
@@ -208,6 +212,21 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 flows::reader::run(dp, store, namer, node)
                     .await
                     .map_err(AgentError::Flows),
+            )
+        });
+    }
+    {
+        let (client, dp) = (client.clone(), Arc::clone(&dp));
+        let node = policy::NodeContext {
+            node_name: cfg.node_name.clone(),
+            node_ip: cfg.node_ip,
+        };
+        tasks.spawn(async move {
+            (
+                "network policy",
+                policy::run(client, dp, node)
+                    .await
+                    .map_err(AgentError::Policy),
             )
         });
     }
