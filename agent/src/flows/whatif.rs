@@ -354,3 +354,96 @@ pub fn changes(now: &Snapshot, draft: &[NetworkPolicy], flows: &[Flow]) -> Vec<C
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+    use keelson_common::{FlowEvent, policy::verdict, proto};
+
+    use super::*;
+    use crate::{
+        flows::decode,
+        policy::testutil::{pod, policy, snapshot},
+    };
+
+    fn flow(src: [u8; 4], dst: [u8; 4], dport: u16, secs: i64) -> Flow {
+        let e = FlowEvent {
+            time_ns: 0,
+            saddr: u32::from_ne_bytes(src),
+            daddr: u32::from_ne_bytes(dst),
+            sport: (40000 + secs as u16).to_be(),
+            dport: dport.to_be(),
+            proto: proto::TCP,
+            verdict: verdict::ALLOWED,
+            dir: 0,
+            tcp_flags: 0x02,
+            reason: 0,
+            policy: 0,
+            src_identity: 0,
+            dst_identity: 0,
+            rev_nat_index: 0,
+            pad: [0; 2],
+            ifindex: 0,
+        };
+        decode(&e, Timestamp::from_second(secs).expect("time"), "n1")
+    }
+
+    #[test]
+    fn a_draft_deny_all_lists_the_conversations_it_stops_and_only_those() {
+        let now = snapshot(
+            vec![
+                pod("a", "client", "10.244.0.2", &[("app", "client")]),
+                pod("b", "web", "10.244.0.3", &[("app", "web")]),
+            ],
+            vec![],
+        );
+        // Two connections client -> web:80, one web -> client:9000.
+        let flows = vec![
+            flow([10, 244, 0, 2], [10, 244, 0, 3], 80, 1),
+            flow([10, 244, 0, 2], [10, 244, 0, 3], 80, 2),
+            flow([10, 244, 0, 3], [10, 244, 0, 2], 9000, 3),
+        ];
+        let draft = parse_draft(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n",
+            "b",
+        )
+        .expect("draft");
+        assert_eq!(draft[0].metadata.namespace.as_deref(), Some("b"));
+        let changes = changes(&now, &draft, &flows);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let c = &changes[0];
+        assert_eq!(
+            (c.flows, c.now.allowed, c.with_draft.allowed),
+            (2, true, false)
+        );
+        assert_eq!(c.with_draft.direction, "ingress");
+        assert!(c.line().starts_with("ALLOWED -> DROPPED"), "{}", c.line());
+
+        // The same draft with a rule for the client: nothing changes.
+        let allow = policy(
+            "b",
+            "deny",
+            serde_json::json!({
+                "podSelector": {},
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "x"}}}]}],
+            }),
+        );
+        assert!(super::changes(&now, &[allow.clone()], &flows).is_empty());
+        // The deny-all applied, and a draft that replaces it with one selecting no Pod: the
+        // conversation would be allowed again.
+        let mut with = now.clone();
+        with.add_policy(draft[0].clone());
+        let undo = policy(
+            "b",
+            "deny",
+            serde_json::json!({"podSelector": {"matchLabels": {"none": "x"}}}),
+        );
+        let back = super::changes(&with, &[undo], &flows);
+        assert_eq!(back.len(), 1, "{back:?}");
+        assert!(
+            back[0].line().starts_with("DROPPED -> ALLOWED"),
+            "{}",
+            back[0].line()
+        );
+    }
+}
