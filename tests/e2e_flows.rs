@@ -44,7 +44,7 @@ spec:
   containers:
     - name: web
       image: example.invalid/web:1
-      command: ["/usr/bin/python3", "-c", SERVER]
+      command: ["/usr/bin/python3", "-c", "SERVER"]
       ports: [{name: http, containerPort: 8080}]
 "#;
 
@@ -56,7 +56,7 @@ spec:
   containers:
     - name: c
       image: example.invalid/web:1
-      command: ["/usr/bin/python3", "-c", CLIENT, "WEB_IP"]
+      command: ["/usr/bin/python3", "-c", "CLIENT", "WEB_IP"]
 "#;
 
 const DENY_ALL: &str = r#"apiVersion: networking.k8s.io/v1
@@ -84,7 +84,7 @@ fn keelson(c: &LocalCluster, args: &[&str]) -> String {
 
 #[test]
 fn flows_whatif_and_dumps_explain_a_default_deny() {
-    let c = LocalCluster::up("kls-flows", 2);
+    let c = LocalCluster::up("klsflows", 2);
     c.apply_ok(
         "pods.yaml",
         &PODS
