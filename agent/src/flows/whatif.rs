@@ -428,7 +428,7 @@ mod tests {
                 "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "x"}}}]}],
             }),
         );
-        assert!(super::changes(&now, &[allow.clone()], &flows).is_empty());
+        assert!(super::changes(&now, std::slice::from_ref(&allow), &flows).is_empty());
         // The deny-all applied, and a draft that replaces it with one selecting no Pod: the
         // conversation would be allowed again.
         let mut with = now.clone();

@@ -23,7 +23,8 @@
 //! - Named ports resolve, for ingress, against the container ports of the selected Pod; for
 //!   egress, against those of each peer Pod. All Pods of an identity are one peer, so an
 //!   egress named port allows the numbers it has on any Pod of that identity (Cilium does
-//!   likewise). A named port towards an `ipBlock` or any peer names nothing.
+//!   likewise). A named egress port of a rule without peers resolves against every Pod's
+//!   identity; towards an `ipBlock` it names nothing.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -202,8 +203,15 @@ impl<'r> Allowed<'r> {
                     out.own_named.push((proto, name));
                 }
                 PortSpec::Named { proto, name } => {
-                    // Any peer and ipBlock peers have no container ports to name.
-                    for &i in &peers.labels {
+                    // A rule without peers stands for every Pod, so the name resolves against
+                    // every identity's Pods (the upstream suite's "should allow egress access
+                    // on one named port"); ipBlock peers have no container ports to name.
+                    let label_peers: Vec<usize> = if peers.any {
+                        (0..universe.idents.len()).collect()
+                    } else {
+                        peers.labels.clone()
+                    };
+                    for &i in &label_peers {
                         let ident = &universe.idents[i];
                         let numbers = ident.named_ports.get(&(name, proto));
                         for &n in numbers.into_iter().flatten() {

@@ -336,13 +336,30 @@ fn policy_compile_named_ports_ingress_and_egress() {
     // Each peer's container port of that name.
     assert!(tcp(&d, CLIENT, DB, 5432) && tcp(&d, CLIENT, DB, 8081) && tcp(&d, CLIENT, WEB, 8080));
     assert!(!tcp(&d, CLIENT, WEB, 5432) && !tcp(&d, CLIENT, DB, 8080));
-    // Towards an ipBlock or any peer a named port names nothing.
+    // Towards an ipBlock a named port names nothing; a rule without peers resolves it
+    // against every Pod, and still names nothing outside the cluster.
     assert!(!tcp(&d, CLIENT, OUTSIDE, 8080) && !tcp(&d, CLIENT, OUTSIDE, 5432));
     assert!(
         entries_of(&d, CLIENT, direction::EGRESS)
             .iter()
             .all(|e| e.1 != identity::ANY)
     );
+    let any_peer = policy(
+        "b",
+        "out",
+        json!({"podSelector": {}, "policyTypes": ["Egress"],
+               "egress": [{"ports": [{"port": "metrics"}]}]}),
+    );
+    let d = plan(&snapshot(pods_with_metrics(), vec![any_peer]), &node_ctx());
+    assert!(tcp(&d, CLIENT, WEB, 9090), "every Pod's port of that name");
+    assert!(!tcp(&d, CLIENT, WEB, 8080) && !tcp(&d, CLIENT, OUTSIDE, 9090));
+}
+
+/// The test Pods, the web Pod with a `metrics` port 9090.
+fn pods_with_metrics() -> Vec<super::model::PodInfo> {
+    let mut all = pods();
+    all[0] = with_ports(all[0].clone(), &[("metrics", 9090, proto::TCP)]);
+    all
 }
 
 #[test]
