@@ -2,6 +2,8 @@
 //! namespaces x, y, z over two nodes, each serving TCP and UDP on ports 80 and 81, plus two
 //! hosts outside the cluster; for each case the whole matrix of who reaches whom on which port
 //! is probed until it is the expected one (or a timeout), and every difference is printed.
+//! Each node's own stack probes the Pods on it in every case: it must reach them however they
+//! are isolated.
 //! One cluster serves every case; each case's policies and label changes are undone after it,
 //! and connectivity must come back in full before the next one.
 

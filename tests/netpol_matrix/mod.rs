@@ -35,8 +35,8 @@ const ENFORCEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A step whose expected matrix is the one already observed would match at once, before its
 /// actions reach the datapath; it is checked again after this long.
 const SETTLE: Duration = Duration::from_secs(3);
-/// At most this many differing probes are listed per failed step.
-const MAX_LISTED: usize = 60;
+/// At most this many rows of differences are listed per failed step.
+const MAX_LISTED: usize = 40;
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -684,8 +684,8 @@ fn node_index(cluster: &str, name: &str) -> u8 {
         .unwrap_or_else(|| panic!("node {name} is not of cluster {cluster}"))
 }
 
-/// Prints a failed step: how many probes differ and, for each, from → to, port, expected and
-/// observed.
+/// Prints a failed step: how many probes differ and, for each pair of peers, the ports on which
+/// they differ in the same way (from → to, ports, expected, observed).
 fn report(label: &str, expected: &BTreeMap<Cell, bool>, diff: &[Difference], took: Duration) {
     println!(
         "case {label}: FAILED ({:.1} s): {} of {} probes differ",
@@ -693,21 +693,31 @@ fn report(label: &str, expected: &BTreeMap<Cell, bool>, diff: &[Difference], too
         diff.len(),
         expected.len()
     );
+    let mut rows: BTreeMap<(&Peer, &Peer, bool, String), Vec<String>> = BTreeMap::new();
+    for d in diff {
+        rows.entry((
+            &d.cell.from,
+            &d.cell.to,
+            d.expected,
+            d.observed.describe(&d.cell.to),
+        ))
+        .or_default()
+        .push(d.cell.port.to_string());
+    }
     println!(
-        "    {:<6}   {:<6} {:<7} {:<9} observed",
-        "from", "to", "port", "expected"
+        "    {:<6}   {:<6} {:<31} {:<9} observed",
+        "from", "to", "ports", "expected"
     );
-    for d in diff.iter().take(MAX_LISTED) {
+    for ((from, to, want, got), ports) in rows.iter().take(MAX_LISTED) {
         println!(
-            "    {:<6} → {:<6} {:<7} {:<9} {}",
-            d.cell.from.to_string(),
-            d.cell.to.to_string(),
-            d.cell.port.to_string(),
-            if d.expected { "allowed" } else { "denied" },
-            d.observed.describe(&d.cell.to)
+            "    {:<6} → {:<6} {:<31} {:<9} {got}",
+            from.to_string(),
+            to.to_string(),
+            ports.join(","),
+            if *want { "allowed" } else { "denied" },
         );
     }
-    if diff.len() > MAX_LISTED {
-        println!("    … and {} more", diff.len() - MAX_LISTED);
+    if rows.len() > MAX_LISTED {
+        println!("    … and {} more rows", rows.len() - MAX_LISTED);
     }
 }
