@@ -13,7 +13,8 @@ mod support;
 use std::time::Instant;
 
 use netpol_matrix::{
-    Action, Case, PodDef, World, all, any, ext, exts, ns, pod, pods, tcp, tcp_any, udp, udp_any,
+    Action, Case, Peer, PodDef, World, all, any, ext, exts, ns, pod, pods, tcp, tcp_any, udp,
+    udp_any,
 };
 use support::LocalCluster;
 
@@ -429,6 +430,10 @@ fn cases() -> Vec<Case> {
                 r.deny(pod("x", "b") | pod("x", "c"), any(), all());
             },
         ),
+        // Traffic flows while the policy is edited: besides the matrix, two connections
+        // opened before the first edit. y/b → x/a stops once an edit denies y (keelson checks
+        // established flows again on every policy change); x/c → x/b keeps working, also once
+        // x/c is isolated for ingress, since its packets are replies to x/c's own connection.
         Case::new("policy-update")
             .step(
                 "from namespace y",
@@ -437,6 +442,8 @@ fn cases() -> Vec<Case> {
                     r.deny(any() & !ns("y"), pod("x", "a"), all());
                 },
             )
+            .flow(Peer::pod("y", "b"), Peer::pod("x", "a"), true)
+            .flow(Peer::pod("x", "c"), Peer::pod("x", "b"), true)
             .step(
                 "edited: from namespace z on tcp/80",
                 vec![apply(to_a(
@@ -447,6 +454,8 @@ fn cases() -> Vec<Case> {
                         .allow(ns("z"), pod("x", "a"), tcp(80));
                 },
             )
+            .flow(Peer::pod("y", "b"), Peer::pod("x", "a"), false)
+            .flow(Peer::pod("x", "c"), Peer::pod("x", "b"), true)
             .step(
                 "edited: selects x/c instead",
                 vec![apply(np(
@@ -458,7 +467,8 @@ fn cases() -> Vec<Case> {
                     r.deny(any(), pod("x", "c"), all())
                         .allow(ns("z"), pod("x", "c"), tcp(80));
                 },
-            ),
+            )
+            .flow(Peer::pod("x", "c"), Peer::pod("x", "b"), true),
         Case::new("pod-label-selects-peer")
             .step(
                 "no Pod has role=client",

@@ -41,8 +41,10 @@ const MAX_LISTED: usize = 40;
 const PYTHON: &str = "/usr/bin/python3";
 
 /// The server every Pod and external host runs: TCP and UDP on ports 80 and 81, each answering
-/// with the name given as argv[1] (a TCP client gets it and EOF, a UDP client one datagram).
+/// with the name given as argv[1] (a TCP client gets it and EOF, a UDP client one datagram);
+/// and, for long-lived connections, a line echo on TCP [`ECHO_PORT`] outside the matrix.
 const SERVER: &str = r#"import socket, sys, threading
+ECHO_PORT = 7000
 name = (sys.argv[1] + "\n").encode()
 def tcp(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -62,18 +64,83 @@ def udp(port):
     while True:
         _, peer = s.recvfrom(2048)
         s.sendto(name, peer)
+def echo_one(c):
+    with c, c.makefile("rwb") as f:
+        for line in f:
+            f.write(name.strip() + b" " + line)
+            f.flush()
+def echo(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(16)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=echo_one, args=(c,), daemon=True).start()
 threads = [threading.Thread(target=f, args=(p,), daemon=True) for f in (tcp, udp) for p in (80, 81)]
+threads.append(threading.Thread(target=echo, args=(ECHO_PORT,), daemon=True))
 for t in threads:
     t.start()
 for t in threads:
     t.join()
 "#;
 
-/// A step of a case: what it changes, then the matrix expected once that is enforced.
+/// The port of the servers' line echo (see [`SERVER`]).
+const ECHO_PORT: &str = "7000";
+
+/// One long-lived TCP connection to argv[1]:argv[2]: prints `connected` (or an error and
+/// exits), then for each line on stdin sends five lines 100 ms apart, each waiting up to
+/// 0.5 s for its echo, and prints how many were answered.
+const FLOW_CLIENT: &str = r#"import json, socket, sys, time
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+except OSError as e:
+    print("error %s" % e, flush=True)
+    sys.exit(1)
+s.settimeout(0.5)
+print("connected", flush=True)
+buf = b""
+for _ in sys.stdin:
+    answered = 0
+    for i in range(5):
+        try:
+            s.sendall(b"ping\n")
+            while b"\n" not in buf:
+                chunk = s.recv(256)
+                if not chunk:
+                    raise OSError("closed by the server")
+                buf += chunk
+            buf = buf.split(b"\n", 1)[1]
+            answered += 1
+        except OSError:
+            pass
+        time.sleep(0.1)
+    print(json.dumps({"answered": answered, "sent": 5}), flush=True)
+"#;
+
+/// A step of a case: what it changes, then the matrix expected once that is enforced, and
+/// what should become of long-lived connections.
 pub struct Step {
     what: String,
     actions: Vec<Action>,
     expect: Box<dyn Fn(&mut Reach)>,
+    flows: Vec<FlowCheck>,
+}
+
+/// A long-lived connection between two Pods, to the echo port: opened (before the actions of
+/// the first step that names it) while the path is open, then checked after each step that
+/// names it, once its matrix is the expected one: `alive` it must carry every line, else none.
+#[derive(Debug, Clone)]
+struct FlowCheck {
+    from: Peer,
+    to: Peer,
+    alive: bool,
+}
+
+/// An open long-lived connection; its client is killed on drop.
+#[derive(Debug)]
+struct Flow {
+    prober: Prober,
 }
 
 impl fmt::Debug for Step {
@@ -81,6 +148,7 @@ impl fmt::Debug for Step {
         f.debug_struct("Step")
             .field("what", &self.what)
             .field("actions", &self.actions)
+            .field("flows", &self.flows)
             .finish_non_exhaustive()
     }
 }
@@ -138,7 +206,19 @@ impl Case {
             what: what.to_string(),
             actions,
             expect: Box::new(expect),
+            flows: Vec::new(),
         });
+        self
+    }
+
+    /// Adds to the last step: an established connection from Pod `from` to Pod `to` (opened
+    /// when first named) carries data after it (`alive`) or is stopped.
+    pub fn flow(mut self, from: Peer, to: Peer, alive: bool) -> Self {
+        self.steps
+            .last_mut()
+            .expect("flow() follows a step")
+            .flows
+            .push(FlowCheck { from, to, alive });
         self
     }
 }
@@ -169,8 +249,9 @@ struct RunningPod {
 
 /// The cluster with the model's Pods, the external hosts and a prober in every source.
 pub struct World<'c> {
-    // Fields drop in this order: probers, then the external servers, then the hosts.
+    // Fields drop in this order: probers and flows, then the external servers, then the hosts.
     probers: BTreeMap<Peer, Prober>,
+    flows: BTreeMap<(Peer, Peer), Flow>,
     ext_servers: Vec<Child>,
     exts: Vec<ExternalClient>,
     c: &'c LocalCluster,
@@ -203,8 +284,10 @@ impl<'c> World<'c> {
         let dir = c.data_dir.path().to_path_buf();
         std::fs::write(dir.join("server.py"), SERVER).expect("server script");
         std::fs::write(dir.join("prober.py"), probe::PROBER).expect("prober script");
+        std::fs::write(dir.join("flow.py"), FLOW_CLIENT).expect("flow script");
         let mut world = World {
             probers: BTreeMap::new(),
+            flows: BTreeMap::new(),
             ext_servers: Vec::new(),
             exts: Vec::new(),
             c,
@@ -269,9 +352,10 @@ impl<'c> World<'c> {
                 Path::new(PYTHON),
                 &[&script.to_string_lossy(), PROBE_TIMEOUT],
             );
+            let log = format!("prober-{peer}.log");
             world
                 .probers
-                .insert(peer.clone(), Prober::spawn(cmd, &world.dir, &peer));
+                .insert(peer, Prober::spawn(cmd, &world.dir, &log));
         }
         world
     }
@@ -529,6 +613,61 @@ spec:
         }
     }
 
+    /// Opens `f`'s connection unless it is open already.
+    fn open_flow(&mut self, f: &FlowCheck) -> Result<(), String> {
+        let key = (f.from.clone(), f.to.clone());
+        if self.flows.contains_key(&key) {
+            return Ok(());
+        }
+        let netns = match self.pods.get(&f.from) {
+            Some(p) => p.netns.to_string_lossy().into_owned(),
+            None => return Err(format!("no Pod {} for a connection", f.from)),
+        };
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net={netns}"))
+            .arg(PYTHON)
+            .arg(self.dir.join("flow.py"))
+            .arg(self.address(&f.to))
+            .arg(ECHO_PORT);
+        let log = format!("flow-{}-{}.log", f.from, f.to).replace('/', "-");
+        let mut prober = Prober::spawn(cmd, &self.dir, &log);
+        let line = prober.read_line();
+        if line.trim() != "connected" {
+            return Err(format!("connection {} → {}: {line:?}", f.from, f.to));
+        }
+        self.flows.insert(key, Flow { prober });
+        Ok(())
+    }
+
+    /// Whether `f`'s connection carries data as `f.alive` says.
+    fn check_flow(&mut self, f: &FlowCheck) -> Result<(), String> {
+        let what = format!("long-lived {} → {}", f.from, f.to);
+        let flow = self
+            .flows
+            .get_mut(&(f.from.clone(), f.to.clone()))
+            .ok_or_else(|| format!("{what}: not open"))?;
+        flow.prober.write_line("check")?;
+        let line = flow.prober.read_line();
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| format!("{what}: client said {line:?}: {e}"))?;
+        let (answered, sent) = (v["answered"].as_u64(), v["sent"].as_u64());
+        let ok = if f.alive {
+            answered == sent
+        } else {
+            answered == Some(0)
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what}: expected {}, {} of {} lines answered",
+                if f.alive { "alive" } else { "stopped" },
+                answered.unwrap_or(0),
+                sent.unwrap_or(0)
+            ))
+        }
+    }
+
     fn kubectl(&self, args: &[&str]) -> Result<String, String> {
         let out = self.c.kubectl(args);
         if out.status.success() {
@@ -623,6 +762,11 @@ spec:
             };
             let step_start = Instant::now();
             let before = self.last.clone();
+            if let Err(e) = step.flows.iter().try_for_each(|f| self.open_flow(f)) {
+                println!("case {label}: FAILED: {e}");
+                ok = false;
+                continue;
+            }
             if let Err(e) = step.actions.iter().try_for_each(|a| self.act(a)) {
                 println!("case {label}: FAILED: {e}");
                 ok = false;
@@ -632,19 +776,38 @@ spec:
             // A step that expects what is already there passes at once, before its change has
             // reached the datapath; such a step is probed again a little later.
             let settle = !step.actions.is_empty() && before == expected;
-            match self.converge(&expected, settle) {
-                Ok(rounds) => println!(
-                    "case {label}: ok ({} probes, {rounds} round{}, {:.1} s)",
+            let converged = self.converge(&expected, settle);
+            let flows: Vec<String> = step
+                .flows
+                .iter()
+                .filter_map(|f| self.check_flow(f).err())
+                .collect();
+            match converged {
+                Ok(rounds) if flows.is_empty() => println!(
+                    "case {label}: ok ({} probes, {rounds} round{}{}, {:.1} s)",
                     expected.len(),
                     if rounds == 1 { "" } else { "s" },
+                    if step.flows.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} long-lived connections", step.flows.len())
+                    },
                     step_start.elapsed().as_secs_f64()
                 ),
+                Ok(_) => ok = false,
                 Err(diff) => {
                     ok = false;
                     report(&label, &expected, &diff, step_start.elapsed());
                 }
             }
+            if !flows.is_empty() {
+                println!("case {label}: FAILED (long-lived connections)");
+                for f in &flows {
+                    println!("    {f}");
+                }
+            }
         }
+        self.flows.clear();
         let undo_start = Instant::now();
         let undone = self.undo(case, model);
         let label = format!("{} (undone)", case.name);

@@ -1,6 +1,7 @@
 //! Long-running probers: one Python process inside each source's network namespace that
 //! takes a round of probes as one line of JSON and answers with one line of outcomes, running
-//! the probes of the round in parallel.
+//! the probes of the round in parallel. The same handle drives the long-lived connection
+//! clients, which also talk in lines.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -51,7 +52,7 @@ for line in sys.stdin:
     print(json.dumps(list(pool.map(probe, jobs))), flush=True)
 "#;
 
-/// A prober process; killed on drop.
+/// A prober (or another line-driven helper) process; killed on drop.
 #[derive(Debug)]
 pub struct Prober {
     child: Child,
@@ -62,20 +63,19 @@ pub struct Prober {
 impl Prober {
     /// Starts the prober in network namespace `netns` (a path).
     pub fn in_netns(netns: &str, dir: &Path, peer: &Peer, timeout: &str) -> Self {
+        let log = format!("prober-{}.log", peer.to_string().replace('/', "-"));
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={netns}"))
             .arg(super::PYTHON)
             .arg(dir.join("prober.py"))
             .arg(timeout);
-        Self::spawn(cmd, dir, peer)
+        Self::spawn(cmd, dir, &log)
     }
 
-    /// Starts `cmd` (the prober script under some wrapper), its stderr into the data directory.
-    pub fn spawn(mut cmd: Command, dir: &Path, peer: &Peer) -> Self {
-        let log = std::fs::File::create(
-            dir.join(format!("prober-{}.log", peer.to_string().replace('/', "-"))),
-        )
-        .expect("prober log");
+    /// Starts `cmd` (a helper script under some wrapper), its stderr into file `log` of the
+    /// data directory.
+    pub fn spawn(mut cmd: Command, dir: &Path, log: &str) -> Self {
+        let log = std::fs::File::create(dir.join(log)).expect("helper log");
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -103,6 +103,20 @@ impl Prober {
             .write_all(text.as_bytes())
             .and_then(|()| self.stdin.flush())
             .map_err(|e| format!("prober gone: {e}"))
+    }
+
+    /// Writes one line to the process.
+    pub fn write_line(&mut self, line: &str) -> Result<(), String> {
+        writeln!(self.stdin, "{line}")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| format!("helper gone: {e}"))
+    }
+
+    /// Reads one line from the process (empty once it exited).
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        let _ = self.stdout.read_line(&mut line);
+        line
     }
 
     /// The outcomes of the round sent last, `n` of them.
