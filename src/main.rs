@@ -65,6 +65,10 @@ enum Cmd {
         /// `service.keelson.io/lb-algorithm` overrides it.
         #[arg(long, default_value = "random", value_parser = ["random", "maglev"])]
         lb_algorithm: String,
+        /// Which flows the datapath reports (`keelson flows`): `all` new flows with their
+        /// verdicts, or only `drops`.
+        #[arg(long, default_value = "all", value_parser = ["all", "drops"])]
+        flow_events: String,
     },
     /// The CNI plugin (CNI 1.1): reads CNI_* variables and the network config on stdin.
     Cni,
@@ -83,6 +87,31 @@ enum Cmd {
         #[arg(long, default_value = "keelson")]
         name: String,
     },
+    /// Show what the datapath did with each flow and why: drops, verdicts, the policy that
+    /// allowed a flow, the Pods and Services at both ends (like `hubble observe`).
+    Flows {
+        /// Keep printing new flows as they come.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only this node's flows (all nodes by default).
+        #[arg(long)]
+        node: Option<String>,
+        /// Only flows from or to this Pod (`namespace/name`).
+        #[arg(long)]
+        pod: Option<String>,
+        /// Only `allowed` or `dropped` flows.
+        #[arg(long, value_parser = ["allowed", "dropped"])]
+        verdict: Option<String>,
+        /// Only flows of the last duration (`30s`, `5m`, `1h`); all kept flows by default.
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<std::time::Duration>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// kubeconfig of the cluster (`$KUBECONFIG` or in-cluster by default).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
     /// Inspect the eBPF datapath of a node.
     Bpf {
         #[command(subcommand)]
@@ -92,7 +121,8 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BpfCmd {
-    /// Print a map decoded: services, backends, revnat, ct, affinity, maglev, endpoints, metrics.
+    /// Print a map decoded: services, backends, revnat, ct, affinity, maglev, endpoints,
+    /// metrics, policy, ipcache, identities.
     Dump {
         what: String,
         /// Node whose pins to read (/sys/fs/bpf/keelson/<node>).
@@ -181,6 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             api_listen,
             no_kubelet,
             lb_algorithm,
+            flow_events,
         } => {
             init_tracing();
             let pin_dir = pin_dir.unwrap_or_else(|| default_pin_dir(&node_name));
@@ -196,6 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cni_bin: std::env::current_exe().context("locating the keelson binary")?,
                 kubelet: !no_kubelet,
                 maglev_default: lb_algorithm == "maglev",
+                all_flow_events: flow_events == "all",
             };
             runtime()?.block_on(keelson_agent::run(cfg))?;
         }
@@ -236,6 +268,68 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             print!("{}", keelson_agent::bpf::dump(&pin_dir, &what, json)?);
         }
+        Cmd::Flows {
+            follow,
+            node,
+            pod,
+            verdict,
+            since,
+            json,
+            kubeconfig,
+        } => runtime()?.block_on(async move {
+            use keelson_agent::flows::{Flow, client};
+            let kube = keelson_agent::kube_client(kubeconfig.as_deref()).await?;
+            let agents = client::agents(&kube, node.as_deref()).await?;
+            let filter = client::Filter { pod, verdict };
+            let print = |f: &Flow| {
+                if json {
+                    println!("{}", serde_json::to_string(f).unwrap_or_default());
+                } else {
+                    println!("{}", f.line());
+                }
+            };
+            if follow {
+                client::follow(&agents, since, &filter, print).await?;
+            } else {
+                client::collect(&agents, since, &filter)
+                    .await?
+                    .iter()
+                    .for_each(print);
+            }
+            Ok::<_, anyhow::Error>(())
+        })?,
     }
     Ok(())
+}
+
+/// A duration such as `90s`, `5m`, `1h30m` or `2d`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?}: expected a number before {c:?}"))?;
+        number.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(format!("{text:?}: unknown unit {c:?} (s, m, h, d)")),
+        };
+    }
+    if !number.is_empty() {
+        return Err(format!(
+            "{text:?}: a unit (s, m, h, d) must follow {number}"
+        ));
+    }
+    if total == 0 {
+        return Err(format!("{text:?}: not a duration"));
+    }
+    Ok(std::time::Duration::from_secs(total))
 }

@@ -31,4 +31,7 @@ pub struct AgentConfig {
     pub kubelet: bool,
     /// Flows from outside the node use Maglev unless a Service asks for random selection.
     pub maglev_default: bool,
+    /// Whether the datapath reports every new flow (`keelson flows`, `policy whatif`), or
+    /// drops only.
+    pub all_flow_events: bool,
 }

@@ -7,6 +7,7 @@
 pub mod bpf;
 pub mod cni;
 pub mod config;
+pub mod flows;
 pub mod ipam;
 pub mod links;
 pub mod loader;
@@ -74,11 +75,14 @@ pub enum AgentError {
     Uplink(#[source] links::LinkError),
     #[error("no interface of the node holds its address {0}")]
     NoUplink(std::net::Ipv4Addr),
+    #[error("flows")]
+    Flows(#[source] flows::reader::FlowsError),
     #[error("the {0} task ended unexpectedly")]
     TaskEnded(&'static str),
 }
 
-async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, AgentError> {
+/// A Kubernetes client from `kubeconfig`, or the in-cluster config or `$KUBECONFIG`.
+pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, AgentError> {
     let config = match kubeconfig {
         Some(path) => {
             let kc_err = |source| AgentError::Kubeconfig {
@@ -181,12 +185,41 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             )
         });
     }
+    dp.set_flow_events(cfg.all_flow_events)
+        .map_err(|e| AgentError::Datapath(LoaderError::Maps(e)))?;
+    let flow_store = Arc::new(flows::FlowStore::new(flows::KEPT_FLOWS));
     {
-        let (addr, dir, dp) = (cfg.api_listen, cfg.data_dir.clone(), Arc::clone(&dp));
+        let namer = Arc::new(flows::names::Namer::default());
+        let (dp, store, node) = (
+            Arc::clone(&dp),
+            Arc::clone(&flow_store),
+            cfg.node_name.clone(),
+        );
+        let watcher = Arc::clone(&namer);
+        let client = client.clone();
+        tasks.spawn(async move {
+            watcher.watch_pods(client).await;
+            ("flow names", Ok(()))
+        });
+        tasks.spawn(async move {
+            (
+                "flows",
+                flows::reader::run(dp, store, namer, node)
+                    .await
+                    .map_err(AgentError::Flows),
+            )
+        });
+    }
+    {
+        let (addr, dir) = (cfg.api_listen, cfg.data_dir.clone());
+        let api = node::api::DatapathApi {
+            dp: Arc::clone(&dp),
+            flows: Arc::clone(&flow_store),
+        };
         tasks.spawn(async move {
             (
                 "agent API",
-                node::api::serve(addr, dir, Some(dp))
+                node::api::serve(addr, dir, Some(api))
                     .await
                     .map_err(AgentError::Api),
             )

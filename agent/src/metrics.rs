@@ -4,7 +4,7 @@
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -13,6 +13,18 @@ use crate::loader::{Datapath, MapsError, MetricKind};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: String,
+    direction: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,16 +45,49 @@ pub fn render(dp: &Datapath) -> Result<String, MapsError> {
     let drop_bytes = Family::<ReasonLabels, Counter>::default();
     let event_packets = Family::<EventLabels, Counter>::default();
     let event_bytes = Family::<EventLabels, Counter>::default();
+    let verdicts = Family::<VerdictLabels, Counter>::default();
+    let forwarded = Family::<DirectionLabels, Counter>::default();
     for sample in dp.metrics()? {
         match sample.kind {
             MetricKind::Drop => {
                 let l = ReasonLabels {
                     reason: sample.name.to_owned(),
+                    direction: sample.direction.to_owned(),
                 };
                 drop_packets.get_or_create(&l).inc_by(sample.packets);
                 drop_bytes.get_or_create(&l).inc_by(sample.bytes);
+                if sample.name == "policy_denied" {
+                    verdicts
+                        .get_or_create(&VerdictLabels {
+                            verdict: "dropped".into(),
+                            direction: sample.direction.to_owned(),
+                        })
+                        .inc_by(sample.packets);
+                }
             }
             MetricKind::Count => {
+                let (verdict_dir, forward_dir) = match sample.name {
+                    "policy_allowed_ingress" => (Some("ingress"), None),
+                    "policy_allowed_egress" => (Some("egress"), None),
+                    "forwarded_ingress" => (None, Some("ingress")),
+                    "forwarded_egress" => (None, Some("egress")),
+                    _ => (None, None),
+                };
+                if let Some(direction) = verdict_dir {
+                    verdicts
+                        .get_or_create(&VerdictLabels {
+                            verdict: "allowed".into(),
+                            direction: direction.into(),
+                        })
+                        .inc_by(sample.packets);
+                }
+                if let Some(direction) = forward_dir {
+                    forwarded
+                        .get_or_create(&DirectionLabels {
+                            direction: direction.into(),
+                        })
+                        .inc_by(sample.packets);
+                }
                 let l = EventLabels {
                     event: sample.name.to_owned(),
                 };
@@ -87,6 +132,28 @@ pub fn render(dp: &Datapath) -> Result<String, MapsError> {
         "Bytes of the packets counted in datapath_events",
         event_bytes,
     );
+    registry.register(
+        "datapath_forwarded",
+        "Packets delivered to (ingress) or sent by (egress) local Pods",
+        forwarded,
+    );
+    registry.register(
+        "policy_verdicts",
+        "NetworkPolicy verdicts on new flows of isolated Pods (allowed) and on refused packets (dropped)",
+        verdicts,
+    );
+    let fill = Family::<MapLabels, Gauge>::default();
+    let capacity = Family::<MapLabels, Gauge>::default();
+    for (map, entries, max) in dp.map_fill()? {
+        let l = MapLabels {
+            map: map.to_owned(),
+        };
+        fill.get_or_create(&l)
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        capacity.get_or_create(&l).set(i64::from(max));
+    }
+    registry.register("map_entries", "Entries a datapath map holds", fill);
+    registry.register("map_capacity", "Entries a datapath map can hold", capacity);
     registry.register(
         "map_full",
         "Map writes the agent could not make because the map was full",

@@ -1,5 +1,7 @@
 //! `keelson bpf ...`: reads a node's pinned maps and prints them for people and scripts.
 
+mod policy;
+
 use std::{net::Ipv4Addr, path::Path};
 
 use serde_json::{Value, json};
@@ -12,7 +14,7 @@ use crate::{
 };
 
 /// What `keelson bpf dump` can show.
-pub const DUMPABLE: [&str; 8] = [
+pub const DUMPABLE: [&str; 11] = [
     "services",
     "backends",
     "revnat",
@@ -21,6 +23,9 @@ pub const DUMPABLE: [&str; 8] = [
     "maglev",
     "endpoints",
     "metrics",
+    "policy",
+    "ipcache",
+    "identities",
 ];
 
 /// Errors of reading pinned maps.
@@ -64,6 +69,9 @@ pub fn dump(pin_dir: &Path, what: &str, json: bool) -> Result<String, DumpError>
         "affinity" => affinity(&maps).map_err(maps_err)?,
         "maglev" => maglev(&maps.read_lb().map_err(maps_err)?),
         "endpoints" => endpoints(&maps).map_err(maps_err)?,
+        "policy" => policy::policy(&maps).map_err(maps_err)?,
+        "ipcache" => policy::ipcache(&maps).map_err(maps_err)?,
+        "identities" => policy::identities(&maps).map_err(maps_err)?,
         _ => metrics(&maps).map_err(maps_err)?,
     };
     Ok(render(rows, json))
@@ -344,11 +352,12 @@ fn endpoints(maps: &Maps) -> Result<Vec<Row>, MapsError> {
         .into_iter()
         .map(|(ip, ep): (Ipv4Addr, _)| Row {
             text: format!(
-                "{ip} ifindex {} mac {} host-mac {} identity {}",
+                "{ip} ifindex {} mac {} host-mac {} identity {}{}",
                 ep.ifindex,
                 mac(&ep.pod_mac),
                 mac(&ep.host_mac),
-                ep.identity
+                ep.identity,
+                isolation(ep.flags)
             ),
             json: json!({
                 "address": ip.to_string(),
@@ -360,6 +369,17 @@ fn endpoints(maps: &Maps) -> Result<Vec<Row>, MapsError> {
             }),
         })
         .collect())
+}
+
+/// The policy isolation of an endpoint, as its flags say.
+fn isolation(flags: u32) -> &'static str {
+    use keelson_common::policy::endpoint_flags::{EGRESS_ISOLATED, INGRESS_ISOLATED};
+    match (flags & INGRESS_ISOLATED != 0, flags & EGRESS_ISOLATED != 0) {
+        (true, true) => " [isolated: ingress,egress]",
+        (true, false) => " [isolated: ingress]",
+        (false, true) => " [isolated: egress]",
+        (false, false) => "",
+    }
 }
 
 fn metrics(maps: &Maps) -> Result<Vec<Row>, MapsError> {

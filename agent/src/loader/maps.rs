@@ -71,6 +71,8 @@ pub struct MetricSample {
     pub kind: MetricKind,
     /// Stable snake_case name (`invalid_source`, `sock_connect_xlated`, ...).
     pub name: &'static str,
+    /// For drops, the direction they are counted in (`ingress`, `egress`); empty otherwise.
+    pub direction: &'static str,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -569,24 +571,60 @@ impl Maps {
 
     /// Every named counter of the `metrics` map, drop reasons first, summed over CPUs.
     pub fn read_metrics(&self) -> Result<Vec<MetricSample>, MapsError> {
-        let drops = DropReason::ALL
-            .iter()
-            .map(|r| (MetricKind::Drop, r.name(), *r as u32));
+        let drops = DropReason::ALL.iter().map(|r| {
+            let dir = keelson_common::policy::direction::name(r.direction());
+            (MetricKind::Drop, r.name(), dir, *r as u32)
+        });
         let counters = Counter::ALL
             .iter()
-            .map(|c| (MetricKind::Count, c.name(), *c as u32));
+            .map(|c| (MetricKind::Count, c.name(), "", *c as u32));
         drops
             .chain(counters)
-            .map(|(kind, name, index)| {
+            .map(|(kind, name, direction, index)| {
                 let value = self.metric(index)?;
                 Ok(MetricSample {
                     kind,
                     name,
+                    direction,
                     packets: value.packets,
                     bytes: value.bytes,
                 })
             })
             .collect()
+    }
+
+    /// How many entries the maps that grow with the cluster hold, and how many they can.
+    pub fn fill_levels(&self) -> Result<Vec<(&'static str, u64, u32)>, MapsError> {
+        fn count<I, T, E>(iter: I) -> u64
+        where
+            I: Iterator<Item = Result<T, E>>,
+        {
+            iter.filter(Result::is_ok).count() as u64
+        }
+        Ok(vec![
+            (
+                names::SERVICES,
+                count(self.services.keys()),
+                limits::MAX_SERVICE_ENTRIES,
+            ),
+            (
+                names::BACKENDS,
+                count(self.backends.keys()),
+                limits::MAX_BACKENDS,
+            ),
+            (
+                names::ENDPOINTS,
+                count(self.endpoints.keys()),
+                limits::MAX_ENDPOINTS,
+            ),
+            (names::CT, count(self.ct.keys()), limits::MAX_CT),
+            (
+                names::IPCACHE,
+                count(self.ipcache.keys()),
+                limits::MAX_IPCACHE,
+            ),
+            (names::POLICY, count(self.policy.keys()), limits::MAX_POLICY),
+        ])
     }
 
     /// The sum over CPUs of metrics slot `index`.

@@ -443,6 +443,12 @@ impl Datapath {
         self.maps.run_blocking(|m| m.read_metrics())
     }
 
+    /// Entries and capacity of the maps that fill with the cluster (for the fill-level
+    /// metrics). Blocks the calling thread.
+    pub fn map_fill(&self) -> Result<Vec<(&'static str, u64, u32)>, MapsError> {
+        self.maps.run_blocking(|m| m.fill_levels())
+    }
+
     /// Removes idle conntrack entries (see [`Maps::gc_ct`]). Blocks the calling thread.
     pub fn gc_ct(&self) -> Result<usize, MapsError> {
         self.maps.run_blocking(|m| m.gc_ct(sys::monotonic_ns()))

@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use super::process::PodRecord;
-use crate::loader::Datapath;
+use crate::{flows::FlowStore, loader::Datapath};
 
 /// How often a followed log is checked for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -88,8 +88,15 @@ pub struct LogQuery {
     pub tail_lines: Option<usize>,
 }
 
-/// The router, serving logs under `data_dir/pods` and, with a datapath, its metrics.
-pub fn router(data_dir: PathBuf, dp: Option<Arc<Datapath>>) -> Router {
+/// What the datapath part of the API serves: metrics and flows.
+#[derive(Clone, Debug)]
+pub struct DatapathApi {
+    pub dp: Arc<Datapath>,
+    pub flows: Arc<FlowStore>,
+}
+
+/// The router, serving logs under `data_dir/pods` and, with a datapath, its metrics and flows.
+pub fn router(data_dir: PathBuf, dp: Option<DatapathApi>) -> Router {
     let logs = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -98,7 +105,12 @@ pub fn router(data_dir: PathBuf, dp: Option<Arc<Datapath>>) -> Router {
         )
         .with_state(data_dir);
     match dp {
-        Some(dp) => logs.merge(Router::new().route("/metrics", get(metrics)).with_state(dp)),
+        Some(dp) => logs.merge(
+            Router::new()
+                .route("/metrics", get(metrics))
+                .route("/flows", get(flows))
+                .with_state(dp),
+        ),
         None => logs,
     }
 }
@@ -107,7 +119,7 @@ pub fn router(data_dir: PathBuf, dp: Option<Arc<Datapath>>) -> Router {
 pub async fn serve(
     addr: SocketAddr,
     data_dir: PathBuf,
-    dp: Option<Arc<Datapath>>,
+    dp: Option<DatapathApi>,
 ) -> Result<(), ApiError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -117,7 +129,63 @@ pub async fn serve(
         .map_err(ApiError::Serve)
 }
 
-async fn metrics(State(dp): State<Arc<Datapath>>) -> Result<Response, ApiError> {
+/// Query of `GET /flows`.
+#[derive(Debug, Default, Deserialize)]
+pub struct FlowsQuery {
+    /// Only flows of the last this many seconds (all kept flows without it).
+    pub since: Option<u64>,
+    /// Go on with new flows as they come.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// The node's recent flows as JSON lines, then (with `follow`) new ones as they come.
+async fn flows(State(api): State<DatapathApi>, Query(q): Query<FlowsQuery>) -> Response {
+    use futures::StreamExt as _;
+    let since = q.since.and_then(|s| {
+        jiff::Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_secs(
+                i64::try_from(s).unwrap_or(i64::MAX),
+            ))
+            .ok()
+    });
+    // Subscribe first, so nothing falls between the kept flows and the live ones.
+    let live = api.flows.subscribe();
+    let kept = api.flows.since(since);
+    let last = kept.last().map(|f| f.time);
+    let line = |f: &crate::flows::Flow| {
+        let mut text = serde_json::to_string(f).unwrap_or_default();
+        text.push('\n');
+        Ok::<_, std::io::Error>(Bytes::from(text))
+    };
+    let head = futures::stream::iter(kept.iter().map(|f| line(f)).collect::<Vec<_>>());
+    if !q.follow {
+        return Body::from_stream(head).into_response();
+    }
+    let tail = tokio_stream_from(live).filter_map(move |f| {
+        let keep = last.is_none_or(|t| f.time > t);
+        async move { keep.then(|| line(&f)) }
+    });
+    Body::from_stream(head.chain(tail)).into_response()
+}
+
+/// The flows a broadcast receiver gets; a follower that fell behind skips what it missed.
+fn tokio_stream_from(
+    rx: tokio::sync::broadcast::Receiver<Arc<crate::flows::Flow>>,
+) -> impl futures::Stream<Item = Arc<crate::flows::Flow>> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(f) => return Some((f, rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+async fn metrics(State(api): State<DatapathApi>) -> Result<Response, ApiError> {
+    let dp = api.dp;
     let text = tokio::task::spawn_blocking(move || crate::metrics::render(&dp))
         .await
         .map_err(|e| ApiError::Metrics(e.to_string()))?
