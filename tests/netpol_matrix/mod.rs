@@ -20,8 +20,8 @@ use std::{
 };
 
 pub use model::{
-    Cell, Outcome, Peer, PodDef, Proto, Reach, all, any, ext, exts, ns, pod, pods, tcp, tcp_any,
-    udp, udp_any,
+    Cell, Outcome, Peer, PodDef, PortProto, Proto, Reach, all, any, ext, exts, ns, pod, pods, tcp,
+    tcp_any, udp, udp_any,
 };
 
 use crate::support::{ExternalClient, LocalCluster, node_ip, output_text, yaml_quoted};
@@ -35,6 +35,9 @@ const ENFORCEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A step whose expected matrix is the one already observed would match at once, before its
 /// actions reach the datapath; it is checked again after this long.
 const SETTLE: Duration = Duration::from_secs(3);
+/// For at most this many differing pairs of a failed step, the datapath's flow records are
+/// shown.
+const EXPLAINED: usize = 3;
 /// At most this many rows of differences are listed per failed step.
 const MAX_LISTED: usize = 40;
 
@@ -668,6 +671,62 @@ spec:
         }
     }
 
+    /// What the datapath recorded for the first few differing pairs (`keelson flows`): the
+    /// verdict, the direction it was taken in and the policy that allowed it, if any.
+    fn explain(&self, diff: &[Difference]) {
+        let mut pairs: Vec<(&Peer, &Peer, PortProto)> = Vec::new();
+        for d in diff {
+            if !pairs
+                .iter()
+                .any(|(f, t, _)| *f == &d.cell.from && *t == &d.cell.to)
+            {
+                pairs.push((&d.cell.from, &d.cell.to, d.cell.port));
+            }
+        }
+        for (from, to, port) in pairs.into_iter().take(EXPLAINED) {
+            let pod = match (from, to) {
+                (_, Peer::Pod { .. }) => to,
+                _ => from,
+            };
+            let out = std::process::Command::new(crate::support::keelson())
+                .arg("flows")
+                .arg("--kubeconfig")
+                .arg(&self.c.kubeconfig)
+                .args(["--pod", &pod.to_string(), "--since", "20s"])
+                .output();
+            let text = match out {
+                Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+                Ok(o) => {
+                    println!("    (keelson flows: {})", output_text(&o).trim());
+                    continue;
+                }
+                Err(e) => {
+                    println!("    (keelson flows: {e})");
+                    continue;
+                }
+            };
+            // Ends print as `ns/name (ip)` for Pods and `ip (kind)` otherwise.
+            let end = |p: &Peer| match p {
+                Peer::Pod { .. } => format!("{p} ("),
+                _ => format!("{} (", self.address(p)),
+            };
+            let (src, dst) = (end(from), format!("-> {}", end(to)));
+            let port_text = format!(":{} {}", port.port, port.proto.name()).to_lowercase();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(&src) && l.contains(&dst))
+                .filter(|l| l.to_lowercase().contains(&port_text))
+                .collect();
+            println!(
+                "    flows {from} → {to} {port} (last 20 s, {} recorded):",
+                lines.len()
+            );
+            for l in &lines[lines.len().saturating_sub(3)..] {
+                println!("      {l}");
+            }
+        }
+    }
+
     fn kubectl(&self, args: &[&str]) -> Result<String, String> {
         let out = self.c.kubectl(args);
         if out.status.success() {
@@ -798,6 +857,7 @@ spec:
                 Err(diff) => {
                     ok = false;
                     report(&label, &expected, &diff, step_start.elapsed());
+                    self.explain(&diff);
                 }
             }
             if !flows.is_empty() {
@@ -821,6 +881,7 @@ spec:
                 if let Err(diff) = self.converge(&expected, false) {
                     ok = false;
                     report(&label, &expected, &diff, undo_start.elapsed());
+                    self.explain(&diff);
                 }
             }
         }
