@@ -112,10 +112,35 @@ enum Cmd {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
+    /// NetworkPolicy tools.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Inspect the eBPF datapath of a node.
     Bpf {
         #[command(subcommand)]
         cmd: BpfCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Replay the recorded flows against the policies as they would be with a draft applied,
+    /// and list the flows whose verdict would change. Nothing is applied.
+    Whatif {
+        /// The draft: NetworkPolicies in YAML or JSON (several documents or a List).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Namespace of draft policies that name none.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Flows of the last duration (`10m`, `1h`).
+        #[arg(long, value_parser = parse_duration, default_value = "10m")]
+        since: std::time::Duration,
+        /// kubeconfig of the cluster (`$KUBECONFIG` or in-cluster by default).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
 }
 
@@ -296,6 +321,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .iter()
                     .for_each(print);
             }
+            Ok::<_, anyhow::Error>(())
+        })?,
+        Cmd::Policy {
+            cmd:
+                PolicyCmd::Whatif {
+                    file,
+                    namespace,
+                    since,
+                    kubeconfig,
+                },
+        } => runtime()?.block_on(async move {
+            use keelson_agent::flows::{client, whatif};
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let draft = whatif::parse_draft(&text, &namespace)?;
+            let kube = keelson_agent::kube_client(kubeconfig.as_deref()).await?;
+            let agents = client::agents(&kube, None).await?;
+            let flows = client::collect(&agents, Some(since), &client::Filter::default()).await?;
+            let now = whatif::snapshot(&kube).await?;
+            let changes = whatif::changes(&now, &draft, &flows);
+            for c in &changes {
+                println!("{}", c.line());
+            }
+            eprintln!(
+                "{} of {} recorded flows would change verdict with the draft ({} polic{})",
+                changes.iter().map(|c| c.flows).sum::<usize>(),
+                flows.len(),
+                draft.len(),
+                if draft.len() == 1 { "y" } else { "ies" }
+            );
             Ok::<_, anyhow::Error>(())
         })?,
     }

@@ -14,6 +14,7 @@ pub mod loader;
 pub mod metrics;
 pub mod netns;
 pub mod node;
+pub mod policy;
 pub mod privileges;
 pub mod routing;
 pub mod services;
@@ -33,6 +34,7 @@ use crate::{
         pods::{self, PodRuntimeConfig},
         registration::{self, MachineInfo, NodeFacts, RegistrationError},
     },
+    policy::PolicyError,
     privileges::PrivilegeError,
     routing::RoutingError,
     services::ServicesError,
@@ -71,6 +73,8 @@ pub enum AgentError {
     Routing(#[source] RoutingError),
     #[error("service load balancing")]
     Services(#[source] ServicesError),
+    #[error("network policy")]
+    Policy(#[source] PolicyError),
     #[error("finding the uplink")]
     Uplink(#[source] links::LinkError),
     #[error("no interface of the node holds its address {0}")]
@@ -141,14 +145,16 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             let mut refused_before = 0;
             loop {
                 tokio::time::sleep(CT_GC_INTERVAL).await;
-                let dp = Arc::clone(&dp);
-                let pass = tokio::task::spawn_blocking(move || {
-                    let removed = dp.gc_ct()?;
-                    let refused = dp.with_maps(|m| m.metric(DropReason::CtFull as u32))?;
-                    Ok::<_, loader::MapsError>((removed, refused.packets))
-                });
-                match pass.await {
-                    Ok(Ok((removed, refused))) => {
+                let pass = dp
+                    .maps()
+                    .run(|m| {
+                        let removed = m.gc_ct(loader::sys::monotonic_ns())?;
+                        let refused = m.metric(DropReason::CtFull as u32)?;
+                        Ok::<_, loader::MapsError>((removed, refused.packets))
+                    })
+                    .await;
+                match pass {
+                    Ok((removed, refused)) => {
                         if removed > 0 {
                             tracing::debug!(removed, "conntrack GC");
                         }
@@ -163,8 +169,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                         }
                         refused_before = refused;
                     }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "conntrack GC"),
-                    Err(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "conntrack GC"),
                 }
             }
         });
@@ -207,6 +212,21 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 flows::reader::run(dp, store, namer, node)
                     .await
                     .map_err(AgentError::Flows),
+            )
+        });
+    }
+    {
+        let (client, dp) = (client.clone(), Arc::clone(&dp));
+        let node = policy::NodeContext {
+            node_name: cfg.node_name.clone(),
+            node_ip: cfg.node_ip,
+        };
+        tasks.spawn(async move {
+            (
+                "network policy",
+                policy::run(client, dp, node)
+                    .await
+                    .map_err(AgentError::Policy),
             )
         });
     }

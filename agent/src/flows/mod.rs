@@ -7,6 +7,7 @@
 pub mod client;
 pub mod names;
 pub mod reader;
+pub mod whatif;
 
 use std::{
     collections::VecDeque,

@@ -8,6 +8,7 @@
 
 pub mod maps;
 pub mod owner;
+mod policy_maps;
 pub mod sys;
 
 use std::{
