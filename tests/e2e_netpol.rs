@@ -309,10 +309,22 @@ fn cases() -> Vec<Case> {
                 "egress-named",
                 "{podSelector: {}, policyTypes: [Egress], egress: [{ports: [{port: serve-81-tcp}]}]}",
             ),
-            // A named port is a Pod's: outside hosts have none.
+            // Upstream's "should allow egress access on one named port": no `to`, so every
+            // destination, each Pod on the number its own container port of that name has. A
+            // named port is a Pod's: outside hosts have none.
             |r| {
                 r.deny(ns("x"), any(), all())
                     .allow(ns("x"), pods(), tcp(81));
+            },
+        ),
+        Case::policy(
+            "egress-named-port-to-pods",
+            &from_a(
+                "{to: [{namespaceSelector: {}}], ports: [{port: serve-80-udp, protocol: UDP}]}",
+            ),
+            |r| {
+                r.deny(pod("x", "a"), any(), all())
+                    .allow(pod("x", "a"), pods(), udp(80));
             },
         ),
         Case::policy(
