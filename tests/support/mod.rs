@@ -177,6 +177,12 @@ impl LocalCluster {
             .expect("starting a probe on the node")
     }
 
+    /// The command [`Self::run_on_node`] runs, for a caller that wires its stdio itself (a
+    /// long-running helper fed on stdin, say).
+    pub fn command_on_node(&self, i: u8, program: &Path, args: &[&str]) -> Command {
+        self.node_command(i, program, args)
+    }
+
     fn node_command(&self, i: u8, program: &Path, args: &[&str]) -> Command {
         let cg = self.node_cgroup(i).join("e2e-probe");
         std::fs::create_dir_all(&cg).expect("probe cgroup");
