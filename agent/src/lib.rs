@@ -18,6 +18,7 @@ pub mod policy;
 pub mod privileges;
 pub mod routing;
 pub mod services;
+pub mod watch;
 
 pub use config::AgentConfig;
 

@@ -76,10 +76,16 @@ impl Flow {
     }
 }
 
-/// Parses an IPv4 TCP/UDP packet. `Ok(None)` for everything the translation leaves alone:
-/// other ethertypes and protocols, and non-first fragments (they carry no ports).
+/// The IPv4 header of a frame: whether it is a first (or only) fragment, the protocol and the
+/// offset of the transport header. `Ok(None)` for other ethertypes.
+pub struct Ipv4Header {
+    pub first_fragment: bool,
+    pub proto: u8,
+    pub l4_off: usize,
+}
+
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
+pub fn ipv4_header(ctx: &TcContext) -> Result<Option<Ipv4Header>, DropReason> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).map_err(|_| DropReason::Malformed)?);
     if ethertype != ETH_P_IP {
         return Ok(None);
@@ -89,15 +95,29 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
         return Err(DropReason::Malformed);
     }
     let frag: u16 = ctx.load(IP_FRAG_OFF).map_err(|_| DropReason::Malformed)?;
-    // Only the offset matters: a first fragment (offset 0, MF set) still has the ports.
-    if frag & IP_FRAG_OFFSET_MASK != 0 {
+    Ok(Some(Ipv4Header {
+        // Only the offset matters: a first fragment (offset 0, MF set) still has the ports.
+        first_fragment: frag & IP_FRAG_OFFSET_MASK == 0,
+        proto: ctx.load(IP_PROTO_OFF).map_err(|_| DropReason::Malformed)?,
+        l4_off: ETH_HLEN + usize::from(version_ihl & 0x0f) * 4,
+    }))
+}
+
+/// Parses an IPv4 TCP/UDP packet. `Ok(None)` for everything the translation leaves alone:
+/// other ethertypes and protocols, and non-first fragments (they carry no ports).
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
+    let Some(Ipv4Header {
+        first_fragment,
+        proto,
+        l4_off,
+    }) = ipv4_header(ctx)?
+    else {
+        return Ok(None);
+    };
+    if !first_fragment || (proto != proto::TCP && proto != proto::UDP) {
         return Ok(None);
     }
-    let proto: u8 = ctx.load(IP_PROTO_OFF).map_err(|_| DropReason::Malformed)?;
-    if proto != proto::TCP && proto != proto::UDP {
-        return Ok(None);
-    }
-    let l4_off = ETH_HLEN + usize::from(version_ihl & 0x0f) * 4;
     let ports: [u16; 2] = ctx.load(l4_off).map_err(|_| DropReason::Malformed)?;
     let tcp_flags: u8 = if proto == proto::TCP {
         ctx.load(l4_off + TCP_FLAGS_OFF)

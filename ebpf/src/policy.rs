@@ -20,12 +20,9 @@ use keelson_common::{
 use crate::{
     maps::{CONFIG, ENDPOINTS, EVENTS, IPCACHE, POL_CT, POL_STATE, POLICY},
     metrics,
-    nat::{ETH_HLEN, ETH_P_IP, IP_DADDR_OFF, IP_SADDR_OFF},
+    nat::{self, IP_DADDR_OFF, IP_SADDR_OFF, Ipv4Header},
 };
 
-const IP_FRAG_OFF: usize = ETH_HLEN + 6;
-const IP_PROTO_OFF: usize = ETH_HLEN + 9;
-const IP_FRAG_OFFSET_MASK: u16 = 0xff1f;
 const TCP_FLAGS_OFF: usize = 13;
 
 /// What policy needs of an IPv4 packet: its addresses, protocol and (TCP, UDP, SCTP) ports,
@@ -51,19 +48,16 @@ impl Packet {
 /// non-first fragments have ports 0 (only rules without ports can allow them).
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, DropReason> {
-    let ethertype = u16::from_be(ctx.load::<u16>(12).map_err(|_| DropReason::Malformed)?);
-    if ethertype != ETH_P_IP {
+    let Some(Ipv4Header {
+        first_fragment,
+        proto,
+        l4_off,
+    }) = nat::ipv4_header(ctx)?
+    else {
         return Ok(None);
-    }
-    let version_ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| DropReason::Malformed)?;
-    if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
-        return Err(DropReason::Malformed);
-    }
-    let frag: u16 = ctx.load(IP_FRAG_OFF).map_err(|_| DropReason::Malformed)?;
-    let proto: u8 = ctx.load(IP_PROTO_OFF).map_err(|_| DropReason::Malformed)?;
-    let l4_off = ETH_HLEN + usize::from(version_ihl & 0x0f) * 4;
-    let has_ports = frag & IP_FRAG_OFFSET_MASK == 0
-        && (proto == proto::TCP || proto == proto::UDP || proto == proto::SCTP);
+    };
+    let has_ports =
+        first_fragment && (proto == proto::TCP || proto == proto::UDP || proto == proto::SCTP);
     let (ports, tcp_flags) = if has_ports {
         let ports: [u16; 2] = ctx.load(l4_off).map_err(|_| DropReason::Malformed)?;
         let flags: u8 = if proto == proto::TCP {

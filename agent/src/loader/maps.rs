@@ -690,16 +690,16 @@ fn errno(e: &MapError) -> Option<i32> {
     }
 }
 
-fn is_not_found(e: &MapError) -> bool {
+pub(crate) fn is_not_found(e: &MapError) -> bool {
     matches!(e, MapError::KeyNotFound | MapError::ElementNotFound) || errno(e) == Some(libc::ENOENT)
 }
 
-/// A hash map refuses a new key with E2BIG when it holds max_entries already.
-fn classify(map: &'static str, op: String, source: MapError) -> MapsError {
-    if errno(&source) == Some(libc::E2BIG) {
-        MapsError::Full { map, op }
-    } else {
-        MapsError::Op { map, op, source }
+/// A map that holds max_entries refuses a new key: hash maps with E2BIG, LPM tries with
+/// ENOSPC (kernel/bpf/lpm_trie.c, trie_update_elem).
+pub(crate) fn classify(map: &'static str, op: String, source: MapError) -> MapsError {
+    match errno(&source) {
+        Some(libc::E2BIG | libc::ENOSPC) => MapsError::Full { map, op },
+        _ => MapsError::Op { map, op, source },
     }
 }
 

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use aya::maps::{MapError, lpm_trie::Key};
 use keelson_common::{EndpointKey, IdentityName, IpcacheKey, PolicyName, PolicyState, names};
 
-use super::maps::{Maps, MapsError, ip_from_net, ip_to_net};
+use super::maps::{Maps, MapsError, classify, ip_from_net, ip_to_net, is_not_found};
 use crate::policy::model::{Cidr, Desired, EndpointPolicy, POLICY_FLAGS, PolicyEntryKey, PolicyOp};
 
 /// `BPF_EXIST` of the kernel's uapi `bpf.h`: update an element only if it exists.
@@ -200,26 +200,6 @@ fn gone(
         Ok(()) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
         Err(source) => Err(op_err(map, what(), source)),
-    }
-}
-
-fn errno(e: &MapError) -> Option<i32> {
-    match e {
-        MapError::SyscallError(s) => s.io_error.raw_os_error(),
-        _ => None,
-    }
-}
-
-fn is_not_found(e: &MapError) -> bool {
-    matches!(e, MapError::KeyNotFound | MapError::ElementNotFound) || errno(e) == Some(libc::ENOENT)
-}
-
-/// A map that holds max_entries refuses a new key: hash maps with E2BIG, LPM tries with
-/// ENOSPC (kernel/bpf/lpm_trie.c, trie_update_elem).
-fn classify(map: &'static str, op: String, source: MapError) -> MapsError {
-    match errno(&source) {
-        Some(libc::E2BIG | libc::ENOSPC) => MapsError::Full { map, op },
-        _ => MapsError::Op { map, op, source },
     }
 }
 

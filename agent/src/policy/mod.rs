@@ -58,6 +58,12 @@ pub enum PolicyError {
     Maps(#[source] MapsError),
 }
 
+impl From<crate::watch::WatchEnded> for PolicyError {
+    fn from(e: crate::watch::WatchEnded) -> Self {
+        Self::WatchEnded(e.0)
+    }
+}
+
 /// Everything the policy programming keeps between passes.
 #[derive(Debug)]
 pub struct Programmer {
@@ -241,14 +247,14 @@ pub async fn run(
     let mut due = false;
     loop {
         tokio::select! {
-            e = pods.next() => due |= take(e, "pods", |e| programmer.pod_event(e))?,
+            e = pods.next() => due |= crate::watch::take(e, "pods", |e| programmer.pod_event(e))?,
             e = namespaces.next() => {
-                due |= take(e, "namespaces", |e| programmer.namespace_event(e))?;
+                due |= crate::watch::take(e, "namespaces", |e| programmer.namespace_event(e))?;
             }
             e = policies.next() => {
-                due |= take(e, "networkpolicies", |e| programmer.policy_event(e))?;
+                due |= crate::watch::take(e, "networkpolicies", |e| programmer.policy_event(e))?;
             }
-            e = nodes.next() => due |= take(e, "nodes", |e| programmer.node_event(e))?,
+            e = nodes.next() => due |= crate::watch::take(e, "nodes", |e| programmer.node_event(e))?,
             _ = refresh.tick() => due = true,
         }
         // Whatever else has already arrived goes into the same pass.
@@ -256,19 +262,19 @@ pub async fn run(
         while taken < MAX_EVENTS_PER_PASS {
             let before = taken;
             if let Some(e) = pods.next().now_or_never() {
-                due |= take(e, "pods", |e| programmer.pod_event(e))?;
+                due |= crate::watch::take(e, "pods", |e| programmer.pod_event(e))?;
                 taken += 1;
             }
             if let Some(e) = namespaces.next().now_or_never() {
-                due |= take(e, "namespaces", |e| programmer.namespace_event(e))?;
+                due |= crate::watch::take(e, "namespaces", |e| programmer.namespace_event(e))?;
                 taken += 1;
             }
             if let Some(e) = policies.next().now_or_never() {
-                due |= take(e, "networkpolicies", |e| programmer.policy_event(e))?;
+                due |= crate::watch::take(e, "networkpolicies", |e| programmer.policy_event(e))?;
                 taken += 1;
             }
             if let Some(e) = nodes.next().now_or_never() {
-                due |= take(e, "nodes", |e| programmer.node_event(e))?;
+                due |= crate::watch::take(e, "nodes", |e| programmer.node_event(e))?;
                 taken += 1;
             }
             if taken == before {
@@ -295,22 +301,6 @@ pub async fn run(
                 source = ?std::error::Error::source(&e),
                 "programming policy failed; retrying"
             ),
-        }
-    }
-}
-
-/// Takes one item of a watch; returns whether the objects changed.
-fn take<K>(
-    event: Option<Result<watcher::Event<K>, watcher::Error>>,
-    what: &'static str,
-    apply: impl FnOnce(watcher::Event<K>) -> bool,
-) -> Result<bool, PolicyError> {
-    match event {
-        None => Err(PolicyError::WatchEnded(what)),
-        Some(Ok(event)) => Ok(apply(event)),
-        Some(Err(e)) => {
-            tracing::warn!(watch = what, error = %e, "watch error; retrying");
-            Ok(false)
         }
     }
 }

@@ -61,6 +61,12 @@ pub enum ServicesError {
     Maps(#[source] MapsError),
 }
 
+impl From<crate::watch::WatchEnded> for ServicesError {
+    fn from(e: crate::watch::WatchEnded) -> Self {
+        Self::WatchEnded(e.0)
+    }
+}
+
 /// Everything the Service programming keeps between passes: the planner's input, the plans,
 /// what the maps hold, and which Services changed since the last pass.
 #[derive(Debug)]
@@ -318,10 +324,10 @@ pub async fn run(
     loop {
         tokio::select! {
             event = svc_watch.next() => {
-                dirty |= take(event, "services", |e| programmer.service_event(e))?;
+                dirty |= crate::watch::take(event, "services", |e| programmer.service_event(e))?;
             }
             event = eps_watch.next() => {
-                dirty |= take(event, "endpointslices", |e| programmer.slice_event(e))?;
+                dirty |= crate::watch::take(event, "endpointslices", |e| programmer.slice_event(e))?;
             }
             () = tokio::time::sleep_until(next_resync) => {
                 programmer.resync();
@@ -334,12 +340,13 @@ pub async fn run(
         while taken < MAX_EVENTS_PER_PASS {
             let mut any = false;
             if let Some(event) = svc_watch.next().now_or_never() {
-                dirty |= take(event, "services", |e| programmer.service_event(e))?;
+                dirty |= crate::watch::take(event, "services", |e| programmer.service_event(e))?;
                 any = true;
                 taken += 1;
             }
             if let Some(event) = eps_watch.next().now_or_never() {
-                dirty |= take(event, "endpointslices", |e| programmer.slice_event(e))?;
+                dirty |=
+                    crate::watch::take(event, "endpointslices", |e| programmer.slice_event(e))?;
                 any = true;
                 taken += 1;
             }
@@ -379,22 +386,6 @@ fn release_free_heap() {
     // itself and has no preconditions.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-/// Takes one item of a watch; returns whether the objects changed.
-fn take<K>(
-    event: Option<Result<watcher::Event<K>, watcher::Error>>,
-    what: &'static str,
-    apply: impl FnOnce(watcher::Event<K>) -> bool,
-) -> Result<bool, ServicesError> {
-    match event {
-        None => Err(ServicesError::WatchEnded(what)),
-        Some(Ok(event)) => Ok(apply(event)),
-        Some(Err(e)) => {
-            tracing::warn!(watch = what, error = %e, "watch error; retrying");
-            Ok(false)
-        }
     }
 }
 
