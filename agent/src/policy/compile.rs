@@ -86,11 +86,6 @@ pub fn plan(snapshot: &Snapshot, node: &NodeContext) -> Desired {
     let indexes = policy_indexes(policies.iter().map(|p| p.key));
     let mut out = universe.maps(snapshot, node);
     let mut resolver = Resolver::new(&universe);
-    // Each endpoint's entries, in policy order: sorted stably and deduplicated at the end,
-    // so that of equal keys the first policy's stays. Small per-endpoint runs sort faster
-    // than one map takes insertions, and merge into the whole map at the cost of their runs.
-    let mut entries: Vec<Vec<(PolicyEntryKey, PolicyValue)>> =
-        universe.endpoints.iter().map(|_| Vec::new()).collect();
     for policy in &policies {
         let selected: Vec<usize> = universe
             .local
@@ -140,19 +135,16 @@ pub fn plan(snapshot: &Snapshot, node: &NodeContext) -> Desired {
                 for &e in &selected {
                     let ep = &universe.endpoints[e];
                     allowed.put(ep, |peer, port| {
-                        entries[e].push((policy_key(ep.ip, peer, dir, port), value));
+                        // Policies come in namespace/name order: of several that allow one
+                        // entry, the first names it.
+                        out.policy
+                            .entry(policy_key(ep.ip, peer, dir, port))
+                            .or_insert(value);
                     });
                 }
             }
         }
     }
-    let mut all = Vec::with_capacity(entries.iter().map(Vec::len).sum());
-    for mut own in entries {
-        own.sort_by_key(|(k, _)| *k);
-        own.dedup_by_key(|(k, _)| *k);
-        all.append(&mut own);
-    }
-    out.policy = all.into_iter().collect();
     out
 }
 

@@ -324,4 +324,6 @@ mod diff_tests;
 #[cfg(test)]
 mod maps_tests;
 #[cfg(test)]
+mod scale_tests;
+#[cfg(test)]
 pub(crate) mod testutil;
