@@ -1,5 +1,6 @@
 //! `keelson-bench`: measures keelson's socket-level Service load balancer against kube-proxy's
-//! iptables and nftables modes, reproduced rule for rule, on this machine and in one run.
+//! iptables and nftables modes, reproduced rule for rule, and against connections straight to
+//! the endpoints (no Service translation), on this machine and in one run.
 //! Entry point of `cargo xtask bench services`; the `client`/`server` subcommands are the
 //! processes the bench starts inside its namespaces.
 
@@ -30,7 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Service load balancing: keelson vs kube-proxy iptables vs kube-proxy nftables.
+    /// Service load balancing: keelson vs kube-proxy iptables vs kube-proxy nftables, and
+    /// the same connections straight to the endpoints.
     Services {
         /// Shorter measurement windows (for development; not for published figures).
         #[arg(long)]
@@ -48,11 +50,12 @@ enum Cmd {
         /// Skip the part that needs a local cluster (API -> datapath latency, agent RSS).
         #[arg(long)]
         skip_api: bool,
-        /// Datapaths to measure (all by default; ratios and their goals need all three).
+        /// Modes to measure (all by default; a ratio and its goal need both of its modes).
+        /// `direct` connects to the endpoints with no Service translation: the limit.
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "keelson,iptables,nftables"
+            default_value = "keelson,iptables,nftables,direct"
         )]
         modes: Vec<run::Mode>,
     },
@@ -71,7 +74,7 @@ enum Cmd {
         cgroup: PathBuf,
         #[arg(long)]
         targets: PathBuf,
-        /// Only check that VIPs reach their endpoints (this many random samples).
+        /// Only check that the targets reach their endpoints (this many random samples).
         #[arg(long)]
         check: Option<usize>,
         #[arg(long, default_value_t = 4)]

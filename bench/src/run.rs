@@ -23,7 +23,7 @@ use crate::{
     api_latency,
     keelson_mode::{self, HookRun},
     kube_proxy_iptables, kube_proxy_nftables,
-    load::{Target, write_targets},
+    load::{endpoint_targets, service_targets, write_targets},
     report,
     topology::{self, NODE_SERVER_SIDE_IP, Topology},
     workload::{self, BenchService},
@@ -43,22 +43,30 @@ pub struct Options {
     pub modes: Vec<Mode>,
 }
 
-/// A datapath implementation under test.
+/// A datapath implementation under test, or the baseline without one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     Keelson,
     Iptables,
     Nftables,
+    /// No Service translation at all: the client connects to the endpoints' own addresses,
+    /// with no program attached and no rules, over the same topology. The physical limit
+    /// of the other modes.
+    Direct,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Keelson, Mode::Iptables, Mode::Nftables];
+    /// Every mode, in the order of a round's windows before rotation: direct right after
+    /// keelson, so that in most rounds the two windows whose ratio is keelson's distance
+    /// from the limit run back to back.
+    pub const ALL: [Mode; 4] = [Mode::Keelson, Mode::Direct, Mode::Iptables, Mode::Nftables];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Keelson => "keelson",
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
+            Mode::Direct => "direct",
         }
     }
 }
@@ -92,8 +100,9 @@ impl Window {
 pub struct Point {
     pub mode: Mode,
     pub size: usize,
-    /// From nothing to all Services in the datapath.
-    pub program: Duration,
+    /// From nothing to all Services in the datapath; none for the direct mode, which has
+    /// nothing to program.
+    pub program: Option<Duration>,
     /// One per round, in round order.
     pub windows: Vec<Window>,
     /// keelson only: the agent's pass for one EndpointSlice change, sorted.
@@ -308,13 +317,20 @@ struct Prepared {
     datapath: Option<Datapath>,
     _server: ChildGuard,
     topo: Topology,
-    program: Duration,
+    /// The client's input for this mode: Service VIPs, or the endpoints for direct.
+    targets: PathBuf,
+    program: Option<Duration>,
     change_passes: Vec<Duration>,
 }
 
 /// Builds `mode`'s topology, starts its server, programs `services` (timed) and checks that
-/// a sample of VIPs reaches their endpoints.
-fn prepare(exe: &Path, mode: Mode, services: &[BenchService], targets: &Path) -> Result<Prepared> {
+/// the first, the last and a sample of the targets reach their endpoints.
+fn prepare(
+    exe: &Path,
+    mode: Mode,
+    services: &[BenchService],
+    targets: &TargetFiles,
+) -> Result<Prepared> {
     let size = services.len();
     eprintln!("bench: {} with {size} Services: programming", mode.name());
     let topo = Topology::new(&format!("{}-{size}", mode.name()))?;
@@ -327,48 +343,79 @@ fn prepare(exe: &Path, mode: Mode, services: &[BenchService], targets: &Path) ->
                 keelson_mode::load_and_program(&topo.cgroup.0, &topo.pins.0, services)?;
             datapath = Some(dp);
             change_passes = passes;
-            took
+            Some(took)
         }
-        Mode::Iptables => program_iptables(&topo, services)?,
-        Mode::Nftables => program_nftables(&topo, services)?,
+        Mode::Iptables => Some(program_iptables(&topo, services)?),
+        Mode::Nftables => Some(program_nftables(&topo, services)?),
+        Mode::Direct => None,
     };
-    let check = client(exe, &topo, targets, &["--check".into(), "50".into()])?;
+    let targets = targets.for_mode(mode).to_path_buf();
+    let check = client(exe, &topo, &targets, &["--check".into(), "50".into()])?;
     let errors = check["errors"].as_array().cloned().unwrap_or_default();
     if !errors.is_empty() {
-        bail!(
-            "{} does not translate ClusterIPs correctly: {errors:?}",
-            mode.name()
-        );
+        match mode {
+            Mode::Direct => bail!("the endpoints do not answer on their own addresses: {errors:?}"),
+            _ => bail!(
+                "{} does not translate ClusterIPs correctly: {errors:?}",
+                mode.name()
+            ),
+        }
     }
-    eprintln!(
-        "bench: {} {size}: programmed in {:.1} ms",
-        mode.name(),
-        program.as_secs_f64() * 1e3
-    );
+    match program {
+        Some(took) => eprintln!(
+            "bench: {} {size}: programmed in {:.1} ms",
+            mode.name(),
+            took.as_secs_f64() * 1e3
+        ),
+        None => eprintln!("bench: {} {size}: nothing to program", mode.name()),
+    }
     Ok(Prepared {
         mode,
         size,
         datapath,
         _server: server,
         topo,
+        targets,
         program,
         change_passes,
     })
 }
 
+/// The client's two input files of one size, removed on drop.
+struct TargetFiles {
+    /// One line per Service VIP (keelson, iptables, nftables).
+    services: TempFile,
+    /// One line per endpoint, addressed directly (direct).
+    endpoints: TempFile,
+}
+
+impl TargetFiles {
+    fn write(services: &[BenchService]) -> Result<Self> {
+        let size = services.len();
+        let files = Self {
+            services: temp_file(&format!("{size}.targets")),
+            endpoints: temp_file(&format!("{size}.direct-targets")),
+        };
+        write_targets(&files.services.0, &service_targets(services))?;
+        write_targets(&files.endpoints.0, &endpoint_targets(services))?;
+        Ok(files)
+    }
+
+    fn for_mode(&self, mode: Mode) -> &Path {
+        match mode {
+            Mode::Direct => &self.endpoints.0,
+            Mode::Keelson | Mode::Iptables | Mode::Nftables => &self.services.0,
+        }
+    }
+}
+
 /// One load window against a prepared mode.
-fn window(
-    exe: &Path,
-    opts: &Options,
-    p: &Prepared,
-    targets: &Path,
-    round: usize,
-    slot: usize,
-) -> Result<Window> {
+fn window(exe: &Path, opts: &Options, p: &Prepared, round: usize, slot: usize) -> Result<Window> {
     // kube-proxy's modes track every connection; entries of earlier rounds (TIME_WAIT, 120 s)
     // would pile up towards nf_conntrack_max over the rounds, so each window starts from the
-    // same empty table, as a single window per topology did. Nothing to flush for keelson.
-    if p.mode != Mode::Keelson {
+    // same empty table, as a single window per topology did. Nothing to flush for keelson
+    // and direct, whose node namespaces have no rules and so no conntrack.
+    if matches!(p.mode, Mode::Iptables | Mode::Nftables) {
         run_in(&p.topo.node.path(), "conntrack", &["-F".into()])?;
     }
     let (warmup, duration) = if opts.quick {
@@ -384,7 +431,7 @@ fn window(
         "--duration-ms".into(),
         duration.to_string(),
     ];
-    let run = || client(exe, &p.topo, targets, &args);
+    let run = || client(exe, &p.topo, &p.targets, &args);
     // keelson's windows run with the kernel's BPF run-time statistics on, read from the
     // programs of this mode's own datapath (see `with_hook_stats` for what that costs).
     let (r, hooks) = match &p.datapath {
@@ -421,24 +468,20 @@ fn window(
 
 /// All selected modes at one size: prepared together, then `opts.rounds` rounds of one
 /// window each, then torn down together.
-fn measure_size(
-    exe: &Path,
-    opts: &Options,
-    services: &[BenchService],
-    targets: &Path,
-) -> Result<Vec<Point>> {
+fn measure_size(exe: &Path, opts: &Options, services: &[BenchService]) -> Result<Vec<Point>> {
+    let targets = TargetFiles::write(services)?;
     let modes: Vec<Mode> = Mode::ALL
         .into_iter()
         .filter(|m| opts.modes.contains(m))
         .collect();
     let mut prepared = Vec::with_capacity(modes.len());
     for &mode in &modes {
-        prepared.push(prepare(exe, mode, services, targets)?);
+        prepared.push(prepare(exe, mode, services, &targets)?);
     }
     let mut windows = vec![Vec::with_capacity(opts.rounds); prepared.len()];
     for round in 0..opts.rounds {
         for (slot, i) in round_order(prepared.len(), round).enumerate() {
-            windows[i].push(window(exe, opts, &prepared[i], targets, round, slot)?);
+            windows[i].push(window(exe, opts, &prepared[i], round, slot)?);
         }
     }
     let points = prepared
@@ -480,16 +523,7 @@ pub fn services(opts: &Options) -> Result<()> {
     let mut points = Vec::new();
     for &size in &opts.sizes {
         let services = workload::services(size);
-        let targets_file = temp_file(&format!("{size}.targets"));
-        let targets: Vec<Target> = services
-            .iter()
-            .map(|s| Target {
-                vip: s.cluster_ip,
-                endpoints: s.endpoints.clone(),
-            })
-            .collect();
-        write_targets(&targets_file.0, &targets)?;
-        points.extend(measure_size(&exe, opts, &services, &targets_file.0)?);
+        points.extend(measure_size(&exe, opts, &services)?);
     }
     let max = opts.sizes.iter().copied().max().unwrap_or(0);
     let api = if opts.skip_api {
@@ -517,7 +551,7 @@ mod tests {
         Point {
             mode,
             size: 10,
-            program: Duration::ZERO,
+            program: None,
             windows: rates
                 .iter()
                 .enumerate()
@@ -560,6 +594,8 @@ mod tests {
         }
         assert_eq!(firsts, [2, 2, 2]);
         assert_eq!(round_order(1, 4).collect::<Vec<_>>(), [0]);
+        // All four modes: keelson (0) and direct (1) are neighbours in three rounds of four.
+        assert_eq!(round_order(4, 1).collect::<Vec<_>>(), [1, 2, 3, 0]);
     }
 
     #[test]
