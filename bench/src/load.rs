@@ -61,12 +61,8 @@ pub fn endpoint_targets(services: &[BenchService]) -> Vec<Target> {
         .collect()
 }
 
-/// Writes targets as `ip:port ep ep ep` lines (the client's input file).
-pub fn write_targets(path: &Path, targets: &[Target]) -> Result<()> {
-    fs::write(path, targets_text(targets)).with_context(|| format!("writing {}", path.display()))
-}
-
-fn targets_text(targets: &[Target]) -> String {
+/// The client's input file: one `ip:port ep ep ep` line per target.
+pub fn targets_text(targets: &[Target]) -> String {
     let mut s = String::new();
     for t in targets {
         s.push_str(&t.dial.to_string());

@@ -5,6 +5,7 @@
 //! processes the bench starts inside its namespaces.
 
 mod api_latency;
+mod cleanup;
 mod keelson_mode;
 mod kube_proxy_hash;
 mod kube_proxy_iptables;
@@ -95,14 +96,18 @@ fn main() -> Result<()> {
             rounds,
             skip_api,
             modes,
-        } => run::services(&run::Options {
-            quick,
-            sizes,
-            threads,
-            rounds: rounds.map_or(if quick { 3 } else { 5 }, usize::from),
-            skip_api,
-            modes,
-        }),
+        } => {
+            // First in, last out: it sweeps what any guard left, after all of them.
+            let _run = cleanup::Run::start()?;
+            run::services(&run::Options {
+                quick,
+                sizes,
+                threads,
+                rounds: rounds.map_or(if quick { 3 } else { 5 }, usize::from),
+                skip_api,
+                modes,
+            })
+        }
         Cmd::Server { netns, threads } => load::serve(&netns, threads),
         Cmd::Client {
             netns,

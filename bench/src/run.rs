@@ -21,11 +21,12 @@ use serde_json::Value;
 
 use crate::{
     api_latency,
+    cleanup::{self, making},
     keelson_mode::{self, HookRun},
     kube_proxy_iptables, kube_proxy_nftables,
-    load::{endpoint_targets, service_targets, write_targets},
+    load::{endpoint_targets, service_targets, targets_text},
     report,
-    topology::{self, NODE_SERVER_SIDE_IP, Topology},
+    topology::{NODE_SERVER_SIDE_IP, Topology},
     workload::{self, BenchService},
 };
 
@@ -209,9 +210,25 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A file removed on drop.
+/// A file of the run's in the temporary directory, removed on drop.
 #[derive(Debug)]
 pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    /// Writes `contents` to `<temp dir>/keelson-bench-<pid>-<name>`.
+    pub fn write(name: &str, contents: impl AsRef<[u8]>) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "{}{}-{name}",
+            cleanup::TEMP_PREFIX,
+            std::process::id()
+        ));
+        // The guard exists before the file does: a failed write leaves nothing either.
+        let file = Self(path);
+        making(|| fs::write(&file.0, contents))
+            .with_context(|| format!("writing {}", file.0.display()))?;
+        Ok(file)
+    }
+}
 
 impl Drop for TempFile {
     fn drop(&mut self) {
@@ -219,8 +236,22 @@ impl Drop for TempFile {
     }
 }
 
-pub fn temp_file(name: &str) -> TempFile {
-    TempFile(std::env::temp_dir().join(format!("keelson-bench-{}-{name}", std::process::id())))
+/// Makes the child get SIGKILL when the bench dies, however it dies (even SIGKILL, where no
+/// guard runs): a server or a long `iptables-restore` never outlives the run.
+///
+/// The kernel sends it when the thread that forked the child exits; every child is forked
+/// by the main thread, which lives as long as the process.
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: between fork and exec the closure makes one raw system call; no allocation,
+    // no locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
 }
 
 /// `cmd args` inside the network namespace at `netns` (setns between fork and exec, so no
@@ -229,7 +260,10 @@ pub fn run_in(netns: &Path, cmd: &str, args: &[String]) -> Result<Duration> {
     let ns = fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
     let fd = ns.as_raw_fd();
     let mut c = Command::new(cmd);
-    c.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    die_with_parent(&mut c)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     // SAFETY: between fork and exec the closure makes one raw system call on a descriptor
     // opened before the fork; no allocation, no locks.
     unsafe {
@@ -253,7 +287,7 @@ pub fn run_in(netns: &Path, cmd: &str, args: &[String]) -> Result<Duration> {
 
 fn spawn_server(exe: &Path, topo: &Topology) -> Result<ChildGuard> {
     let mut child = ChildGuard(
-        Command::new(exe)
+        die_with_parent(&mut Command::new(exe))
             .arg("server")
             .arg("--netns")
             .arg(topo.srv.path())
@@ -269,12 +303,12 @@ fn spawn_server(exe: &Path, topo: &Topology) -> Result<ChildGuard> {
 }
 
 fn client(exe: &Path, topo: &Topology, targets: &Path, extra: &[String]) -> Result<Value> {
-    let out = Command::new(exe)
+    let out = die_with_parent(&mut Command::new(exe))
         .arg("client")
         .arg("--netns")
         .arg(topo.cli.path())
         .arg("--cgroup")
-        .arg(&topo.cgroup.0)
+        .arg(&topo.cgroup.path)
         .arg("--targets")
         .arg(targets)
         .args(extra)
@@ -290,8 +324,10 @@ fn program_iptables(topo: &Topology, services: &[BenchService]) -> Result<Durati
     for args in kube_proxy_iptables::jump_rules() {
         run_in(&ns, "iptables", &args)?;
     }
-    let file = temp_file("iptables.rules");
-    fs::write(&file.0, kube_proxy_iptables::restore_input(services))?;
+    let file = TempFile::write(
+        "iptables.rules",
+        kube_proxy_iptables::restore_input(services),
+    )?;
     let path = file.0.to_string_lossy().into_owned();
     run_in(
         &ns,
@@ -301,9 +337,11 @@ fn program_iptables(topo: &Topology, services: &[BenchService]) -> Result<Durati
 }
 
 fn program_nftables(topo: &Topology, services: &[BenchService]) -> Result<Duration> {
-    let file = temp_file("nftables.rules");
     let node_ip = NODE_SERVER_SIDE_IP.parse()?;
-    fs::write(&file.0, kube_proxy_nftables::ruleset(services, node_ip))?;
+    let file = TempFile::write(
+        "nftables.rules",
+        kube_proxy_nftables::ruleset(services, node_ip),
+    )?;
     let path = file.0.to_string_lossy().into_owned();
     run_in(&topo.node.path(), "nft", &["-f".into(), path])
 }
@@ -340,7 +378,7 @@ fn prepare(
     let program = match mode {
         Mode::Keelson => {
             let (dp, took, passes) =
-                keelson_mode::load_and_program(&topo.cgroup.0, &topo.pins.0, services)?;
+                keelson_mode::load_and_program(&topo.cgroup.path, &topo.pins.0, services)?;
             datapath = Some(dp);
             change_passes = passes;
             Some(took)
@@ -392,13 +430,16 @@ struct TargetFiles {
 impl TargetFiles {
     fn write(services: &[BenchService]) -> Result<Self> {
         let size = services.len();
-        let files = Self {
-            services: temp_file(&format!("{size}.targets")),
-            endpoints: temp_file(&format!("{size}.direct-targets")),
-        };
-        write_targets(&files.services.0, &service_targets(services))?;
-        write_targets(&files.endpoints.0, &endpoint_targets(services))?;
-        Ok(files)
+        Ok(Self {
+            services: TempFile::write(
+                &format!("{size}.targets"),
+                targets_text(&service_targets(services)),
+            )?,
+            endpoints: TempFile::write(
+                &format!("{size}.direct-targets"),
+                targets_text(&endpoint_targets(services)),
+            )?,
+        })
     }
 
     fn for_mode(&self, mode: Mode) -> &Path {
@@ -502,10 +543,6 @@ fn measure_size(exe: &Path, opts: &Options, services: &[BenchService]) -> Result
 
 /// Runs the whole benchmark and prints the table and the `BENCH_JSON` line.
 pub fn services(opts: &Options) -> Result<()> {
-    ensure!(
-        nix_root(),
-        "the benchmark creates namespaces and loads eBPF: run it as root"
-    );
     for tool in ["iptables", "iptables-restore", "nft", "conntrack"] {
         ensure!(
             Command::new(tool)
@@ -518,7 +555,6 @@ pub fn services(opts: &Options) -> Result<()> {
         );
     }
     ensure!(opts.rounds >= 1, "--rounds must be at least 1");
-    topology::cleanup_leftovers();
     let exe = std::env::current_exe()?;
     let mut points = Vec::new();
     for &size in &opts.sizes {
@@ -536,11 +572,6 @@ pub fn services(opts: &Options) -> Result<()> {
     }
     report::print(opts, &points, &api);
     Ok(())
-}
-
-fn nix_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 #[cfg(test)]
@@ -572,6 +603,22 @@ mod tests {
                 .collect(),
             change_passes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn temp_files_go_with_their_guard() {
+        let file = TempFile::write("unit-test", "x").expect("write");
+        let path = file.0.clone();
+        assert!(
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| cleanup::owner(n, cleanup::TEMP_PREFIX))
+                == Some(std::process::id()),
+            "{path:?} carries the run's pid"
+        );
+        assert_eq!(fs::read_to_string(&path).expect("read"), "x");
+        drop(file);
+        assert!(!path.exists());
     }
 
     #[test]
