@@ -26,6 +26,7 @@ use kube::{
 use serde_json::json;
 
 use crate::{
+    cleanup::{CLUSTER_PREFIX, making},
     keelson_mode,
     workload::{BenchService, NAMESPACE, SERVICE_PORT},
 };
@@ -139,11 +140,7 @@ pub fn measure(services: &[BenchService]) -> Result<ApiFigures> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(measure_async(services))
-}
-
-async fn measure_async(services: &[BenchService]) -> Result<ApiFigures> {
-    let name = format!("kb{}", std::process::id());
+    let name = format!("{CLUSTER_PREFIX}{}", std::process::id());
     let opts = keelson_localcluster::UpOptions {
         name: name.clone(),
         nodes: 1,
@@ -151,10 +148,17 @@ async fn measure_async(services: &[BenchService]) -> Result<ApiFigures> {
         keelson_bin: keelson_bin()?,
     };
     eprintln!("bench: starting a one-node cluster {name}");
-    let cluster = keelson_localcluster::up(&opts)
-        .await
-        .context("keelson up")?;
-    let _guard = ClusterGuard(name.clone());
+    // The guard comes before the cluster: `keelson down` finds what to remove by name, so a
+    // start that fails half-way is removed too.
+    let _guard = ClusterGuard(name);
+    let cluster = making(|| rt.block_on(keelson_localcluster::up(&opts))).context("keelson up")?;
+    rt.block_on(measure_async(&cluster, services))
+}
+
+async fn measure_async(
+    cluster: &keelson_localcluster::Cluster,
+    services: &[BenchService],
+) -> Result<ApiFigures> {
     let node = cluster.nodes.first().context("no node")?.clone();
     let pin_dir = Path::new("/sys/fs/bpf/keelson").join(&node);
     let client = keelson_localcluster::client(&cluster.kubeconfig)

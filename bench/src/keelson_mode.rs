@@ -110,10 +110,13 @@ pub fn load_and_program(
     pins: &Path,
     services: &[BenchService],
 ) -> Result<(Datapath, Duration, Vec<Duration>)> {
-    let dp = Datapath::load(DatapathConfig {
-        pin_dir: pins.to_path_buf(),
-        cgroup_root: cgroup.to_path_buf(),
-        node_netns: None,
+    // Loading makes the pin directory, which the signal handler's sweep looks for.
+    let dp = crate::cleanup::making(|| {
+        Datapath::load(DatapathConfig {
+            pin_dir: pins.to_path_buf(),
+            cgroup_root: cgroup.to_path_buf(),
+            node_netns: None,
+        })
     })
     .map_err(|e| {
         anyhow::anyhow!(

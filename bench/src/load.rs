@@ -1,6 +1,7 @@
 //! The traffic of the benchmark: an accept-and-close server (in the server namespace) and a
 //! load generator (in the client Pod's namespace and cgroup) opening a new TCP connection to a
-//! random Service VIP per iteration. The same code serves every mode.
+//! random target per iteration: a Service VIP, or for the direct mode an endpoint's own
+//! address. The same code serves every mode.
 
 use std::{
     fs,
@@ -22,39 +23,71 @@ use serde_json::json;
 
 use crate::{
     topology::enter_netns,
-    workload::{ENDPOINT_PORT, SERVICE_PORT},
+    workload::{BenchService, ENDPOINT_PORT, SERVICE_PORT},
 };
 
-/// One Service as the client sees it: the VIP and the endpoints it may reach.
-#[derive(Debug, Clone)]
+/// One destination as the client sees it: the address it connects to and the endpoints
+/// allowed to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub vip: Ipv4Addr,
+    pub dial: SocketAddrV4,
     pub endpoints: Vec<Ipv4Addr>,
 }
 
-/// Writes targets as `vip ep ep ep` lines (the client's input file).
-pub fn write_targets(path: &Path, targets: &[Target]) -> Result<()> {
+/// One target per Service: its VIP and Service port, answered by any of its endpoints (the
+/// datapath under test picks one).
+pub fn service_targets(services: &[BenchService]) -> Vec<Target> {
+    services
+        .iter()
+        .map(|s| Target {
+            dial: SocketAddrV4::new(s.cluster_ip, SERVICE_PORT),
+            endpoints: s.endpoints.clone(),
+        })
+        .collect()
+}
+
+/// The same backends with no Service in front: one target per endpoint, its own address
+/// and the target port. The client's uniform pick over them is the distribution the
+/// translating modes give (a uniform Service, then a uniform endpoint of its equally many),
+/// over the same set of destination addresses, so the kernel sees the same spread.
+pub fn endpoint_targets(services: &[BenchService]) -> Vec<Target> {
+    services
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .map(|&ep| Target {
+            dial: SocketAddrV4::new(ep, ENDPOINT_PORT),
+            endpoints: vec![ep],
+        })
+        .collect()
+}
+
+/// The client's input file: one `ip:port ep ep ep` line per target.
+pub fn targets_text(targets: &[Target]) -> String {
     let mut s = String::new();
     for t in targets {
-        s.push_str(&t.vip.to_string());
+        s.push_str(&t.dial.to_string());
         for ep in &t.endpoints {
             s.push(' ');
             s.push_str(&ep.to_string());
         }
         s.push('\n');
     }
-    fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+    s
 }
 
 fn read_targets(path: &Path) -> Result<Vec<Target>> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_targets(&text)
+}
+
+fn parse_targets(text: &str) -> Result<Vec<Target>> {
     text.lines()
         .map(|l| {
-            let mut it = l.split(' ').map(str::parse::<Ipv4Addr>);
-            let vip = it.next().context("empty line")??;
+            let mut it = l.split(' ');
+            let dial = it.next().context("empty line")?.parse()?;
             Ok(Target {
-                vip,
-                endpoints: it.collect::<Result<_, _>>()?,
+                dial,
+                endpoints: it.map(str::parse).collect::<Result<_, _>>()?,
             })
         })
         .collect()
@@ -98,12 +131,9 @@ fn enter_client(netns: &Path, cgroup: &Path) -> Result<()> {
 }
 
 /// One connection: connect (timed), read the server's line to EOF, close.
-fn one_connection(vip: Ipv4Addr) -> Result<(Duration, String)> {
+fn one_connection(dial: SocketAddrV4) -> Result<(Duration, String)> {
     let start = Instant::now();
-    let mut s = TcpStream::connect_timeout(
-        &SocketAddr::V4(SocketAddrV4::new(vip, SERVICE_PORT)),
-        Duration::from_secs(3),
-    )?;
+    let mut s = TcpStream::connect_timeout(&SocketAddr::V4(dial), Duration::from_secs(3))?;
     let connect = start.elapsed();
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
     let mut line = String::new();
@@ -111,8 +141,8 @@ fn one_connection(vip: Ipv4Addr) -> Result<(Duration, String)> {
     Ok((connect, line))
 }
 
-/// Correctness: connects to a sample of VIPs and checks that each answer came from one of
-/// that Service's endpoints. Prints one JSON line.
+/// Correctness: connects to the first, the last and a sample of the targets and checks that
+/// each answer came from one of that target's endpoints. Prints one JSON line.
 pub fn check(netns: &Path, cgroup: &Path, targets_file: &Path, samples: usize) -> Result<()> {
     let targets = read_targets(targets_file)?;
     enter_client(netns, cgroup)?;
@@ -122,24 +152,24 @@ pub fn check(netns: &Path, cgroup: &Path, targets_file: &Path, samples: usize) -
     let mut errors = Vec::new();
     for i in picks.iter().copied() {
         let t = &targets[i];
-        match one_connection(t.vip) {
+        match one_connection(t.dial) {
             Ok((_, line)) => {
                 let ok = line
                     .trim()
                     .parse::<SocketAddrV4>()
                     .is_ok_and(|a| a.port() == ENDPOINT_PORT && t.endpoints.contains(a.ip()));
                 if !ok {
-                    errors.push(format!("{}: answered by {:?}", t.vip, line.trim()));
+                    errors.push(format!("{}: answered by {:?}", t.dial, line.trim()));
                 }
             }
-            Err(e) => errors.push(format!("{}: {e}", t.vip)),
+            Err(e) => errors.push(format!("{}: {e}", t.dial)),
         }
     }
     println!("{}", json!({ "checked": picks.len(), "errors": errors }));
     Ok(())
 }
 
-/// Load: `threads` threads, each opening new connections to random VIPs back to back for
+/// Load: `threads` threads, each opening new connections to random targets back to back for
 /// `warmup + duration`; only connections started and finished inside the measurement window
 /// count. Prints one JSON line: connections, errors, rate, connect latency percentiles.
 pub fn load(
@@ -173,7 +203,7 @@ pub fn load(
                     if began >= window_end {
                         break;
                     }
-                    let r = one_connection(t.vip);
+                    let r = one_connection(t.dial);
                     let ended = Instant::now();
                     let counted = began >= window_start && ended <= window_end;
                     match r {
@@ -225,4 +255,46 @@ pub fn load(
         })
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::services;
+
+    #[test]
+    fn direct_targets_are_the_same_backends_addressed_directly() {
+        let svcs = services(4);
+        let via = service_targets(&svcs);
+        let direct = endpoint_targets(&svcs);
+        assert_eq!(via.len(), 4);
+        assert_eq!(via[1].dial, "10.96.0.11:80".parse().expect("addr"));
+        assert_eq!(direct.len(), 12);
+        let mut backends: Vec<Ipv4Addr> = via.iter().flat_map(|t| t.endpoints.clone()).collect();
+        let mut dialed: Vec<Ipv4Addr> = direct.iter().map(|t| *t.dial.ip()).collect();
+        backends.sort();
+        dialed.sort();
+        assert_eq!(backends, dialed);
+        assert!(
+            direct
+                .iter()
+                .all(|t| t.dial.port() == ENDPOINT_PORT && t.endpoints == [*t.dial.ip()])
+        );
+    }
+
+    #[test]
+    fn targets_file_round_trips() {
+        let targets = service_targets(&services(3));
+        let text = targets_text(&targets);
+        assert_eq!(
+            text.lines().next(),
+            Some("10.96.0.10:80 10.244.1.0 10.244.1.1 10.244.1.2")
+        );
+        assert_eq!(parse_targets(&text).expect("parse"), targets);
+        let direct = endpoint_targets(&services(1));
+        assert_eq!(
+            parse_targets(&targets_text(&direct)).expect("parse"),
+            direct
+        );
+    }
 }

@@ -1,9 +1,11 @@
 //! `keelson-bench`: measures keelson's socket-level Service load balancer against kube-proxy's
-//! iptables and nftables modes, reproduced rule for rule, on this machine and in one run.
+//! iptables and nftables modes, reproduced rule for rule, and against connections straight to
+//! the endpoints (no Service translation), on this machine and in one run.
 //! Entry point of `cargo xtask bench services`; the `client`/`server` subcommands are the
 //! processes the bench starts inside its namespaces.
 
 mod api_latency;
+mod cleanup;
 mod keelson_mode;
 mod kube_proxy_hash;
 mod kube_proxy_iptables;
@@ -30,7 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Service load balancing: keelson vs kube-proxy iptables vs kube-proxy nftables.
+    /// Service load balancing: keelson vs kube-proxy iptables vs kube-proxy nftables, and
+    /// the same connections straight to the endpoints.
     Services {
         /// Shorter measurement windows (for development; not for published figures).
         #[arg(long)]
@@ -48,11 +51,12 @@ enum Cmd {
         /// Skip the part that needs a local cluster (API -> datapath latency, agent RSS).
         #[arg(long)]
         skip_api: bool,
-        /// Datapaths to measure (all by default; ratios and their goals need all three).
+        /// Modes to measure (all by default; a ratio and its goal need both of its modes).
+        /// `direct` connects to the endpoints with no Service translation: the limit.
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "keelson,iptables,nftables"
+            default_value = "keelson,iptables,nftables,direct"
         )]
         modes: Vec<run::Mode>,
     },
@@ -71,7 +75,7 @@ enum Cmd {
         cgroup: PathBuf,
         #[arg(long)]
         targets: PathBuf,
-        /// Only check that VIPs reach their endpoints (this many random samples).
+        /// Only check that the targets reach their endpoints (this many random samples).
         #[arg(long)]
         check: Option<usize>,
         #[arg(long, default_value_t = 4)]
@@ -92,14 +96,18 @@ fn main() -> Result<()> {
             rounds,
             skip_api,
             modes,
-        } => run::services(&run::Options {
-            quick,
-            sizes,
-            threads,
-            rounds: rounds.map_or(if quick { 3 } else { 5 }, usize::from),
-            skip_api,
-            modes,
-        }),
+        } => {
+            // First in, last out: it sweeps what any guard left, after all of them.
+            let _run = cleanup::Run::start()?;
+            run::services(&run::Options {
+                quick,
+                sizes,
+                threads,
+                rounds: rounds.map_or(if quick { 3 } else { 5 }, usize::from),
+                skip_api,
+                modes,
+            })
+        }
         Cmd::Server { netns, threads } => load::serve(&netns, threads),
         Cmd::Client {
             netns,

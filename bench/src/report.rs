@@ -1,6 +1,6 @@
 //! The benchmark's output: a Markdown table with every figure (rates and latencies as medians
-//! over the rounds, the rates' spread, ratios of the medians and ratios paired within a round)
-//! and the goals, keelson's socket hook run time per connect from the kernel's BPF
+//! over the rounds, the rates' spread, keelson's ratios of the medians and ratios paired within
+//! a round to kube-proxy's modes and to the direct mode, the limit) and the goals, keelson's socket hook run time per connect from the kernel's BPF
 //! statistics, and one `BENCH_JSON {...}` line for scripts, which keeps every window.
 
 use std::process::Command;
@@ -26,8 +26,11 @@ fn get(points: &[Point], mode: Mode, size: usize) -> Option<&Point> {
     points.iter().find(|p| p.mode == mode && p.size == size)
 }
 
+/// `a / b` with two decimals; "-" when either was not measured (NaN), "n/a" without a rate.
 fn ratio(a: f64, b: f64) -> String {
-    if b > 0.0 && a.is_finite() {
+    if a.is_nan() || b.is_nan() {
+        "-".into()
+    } else if b > 0.0 && a.is_finite() {
         format!("{:.2}", a / b)
     } else {
         "n/a".into()
@@ -69,36 +72,58 @@ fn cpu_ns_per_connection(rate: f64, cpus: usize) -> f64 {
     }
 }
 
-/// A row with keelson's figure only (text cells).
-fn keelson_row(metric: String, cell: String) -> Row {
-    Row {
-        metric,
-        cells: [cell, String::new(), String::new()],
-        ratios: [String::new(), String::new()],
-        goal: String::new(),
-        met: String::new(),
+/// The table's columns after the metric, in order: the figure of each mode, then keelson's
+/// ratio to each other mode.
+const FIGURE_MODES: [Mode; 4] = [Mode::Keelson, Mode::Iptables, Mode::Nftables, Mode::Direct];
+const RATIO_MODES: [Mode; 3] = [Mode::Iptables, Mode::Nftables, Mode::Direct];
+
+/// The table's header and alignment lines.
+fn header() -> [String; 2] {
+    let mut head = "| metric |".to_string();
+    let mut align = "|---|".to_string();
+    for m in FIGURE_MODES {
+        head.push_str(&format!(" {} |", m.name()));
+        align.push_str("---:|");
     }
+    for m in RATIO_MODES {
+        head.push_str(&format!(" keelson/{} |", m.name()));
+        align.push_str("---:|");
+    }
+    head.push_str(" goal | met? |");
+    align.push_str("---|---|");
+    [head, align]
 }
 
-/// One row: metric, the three figures, both ratios, goal, met.
+/// One row: metric, a figure per mode, keelson's ratios, goal, met.
+#[derive(Debug, Default)]
 struct Row {
     metric: String,
-    cells: [String; 3],
-    ratios: [String; 2],
+    cells: [String; 4],
+    ratios: [String; 3],
     goal: String,
     met: String,
 }
 
 impl Row {
-    /// A row of three figures (NaN for a mode not measured), the ratios computed from them.
-    fn figures(metric: String, [k, i, n]: [f64; 3], decimals: usize) -> Self {
+    /// A row of one figure per mode of [`FIGURE_MODES`] (NaN for a mode not measured), the
+    /// ratios computed from them.
+    fn figures(metric: String, [k, i, n, d]: [f64; 4], decimals: usize) -> Self {
         Self {
             metric,
-            cells: [num(k, decimals), num(i, decimals), num(n, decimals)],
-            ratios: [ratio(k, i), ratio(k, n)],
-            goal: String::new(),
-            met: String::new(),
+            cells: [k, i, n, d].map(|v| num(v, decimals)),
+            ratios: [ratio(k, i), ratio(k, n), ratio(k, d)],
+            ..Self::default()
         }
+    }
+
+    /// A row with keelson's figure only (text).
+    fn keelson(metric: String, cell: String) -> Self {
+        let mut row = Self {
+            metric,
+            ..Self::default()
+        };
+        row.cells[0] = cell;
+        row
     }
 
     fn goal(mut self, goal: &str, ok: bool) -> Self {
@@ -106,7 +131,21 @@ impl Row {
         self.met = yes_no(ok);
         self
     }
+
+    fn line(&self) -> String {
+        let mut l = format!("| {} |", self.metric);
+        for c in self.cells.iter().chain(&self.ratios) {
+            l.push_str(&format!(" {c} |"));
+        }
+        l.push_str(&format!(" {} | {} |", self.goal, self.met));
+        l
+    }
 }
+
+/// keelson's paired ratio to the direct mode (median over the rounds) must be at least this
+/// at the smallest and the largest size: the Service translation costs at most 2 % of the
+/// rate of connections that need none.
+const DIRECT_GOAL: f64 = 0.98;
 
 /// Prints the table and the JSON line.
 pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>) {
@@ -114,19 +153,28 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
     let max = opts.sizes.iter().copied().max().unwrap_or(0);
     let min = opts.sizes.iter().copied().min().unwrap_or(0);
     let mut goals = serde_json::Map::new();
-    let mut passes = Vec::new();
     let mut paired_json = Vec::new();
+    let mut ratios_json = Vec::new();
     let mut hook_json = serde_json::Value::Null;
     let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     for &size in &opts.sizes {
-        let Some(k) = get(points, Mode::Keelson, size) else {
-            continue;
-        };
         // A mode left out (`--modes`) shows as "-"; goals comparing with it are not judged.
+        let k = get(points, Mode::Keelson, size);
         let i = get(points, Mode::Iptables, size);
         let n = get(points, Mode::Nftables, size);
-        let both = i.is_some() && n.is_some();
-        let figure = |f: fn(&Point) -> f64| [f(k), i.map_or(f64::NAN, f), n.map_or(f64::NAN, f)];
+        let d = get(points, Mode::Direct, size);
+        if k.is_none() && i.is_none() && n.is_none() && d.is_none() {
+            continue;
+        }
+        let both = k.is_some() && i.is_some() && n.is_some();
+        let figure = |f: fn(&Point) -> f64| {
+            [
+                k.map_or(f64::NAN, f),
+                i.map_or(f64::NAN, f),
+                n.map_or(f64::NAN, f),
+                d.map_or(f64::NAN, f),
+            ]
+        };
         let rates = figure(Point::rate);
         let mut row = Row::figures(
             format!(
@@ -142,6 +190,12 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
             row = row.goal("keelson >= 3x iptables and >= nftables", ok);
         }
         rows.push(row);
+        ratios_json.push(json!({
+            "services": size,
+            "keelson_over_iptables": json_f64(rates[0] / rates[1], 3),
+            "keelson_over_nftables": json_f64(rates[0] / rates[2], 3),
+            "keelson_over_direct": json_f64(rates[0] / rates[3], 3),
+        }));
         let range = |p: Option<&Point>| {
             p.map_or_else(
                 || "-".to_string(),
@@ -153,14 +207,16 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
         };
         rows.push(Row {
             metric: format!("new connections/s, {size} Services, min–max of the rounds"),
-            cells: [range(Some(k)), range(i), range(n)],
-            ratios: [String::new(), String::new()],
-            goal: String::new(),
-            met: String::new(),
+            cells: [range(k), range(i), range(n), range(d)],
+            ..Row::default()
         });
         // Ratios of windows of one round, which ran seconds apart.
-        let paired = [i, n].map(|o| o.map(|o| paired_ratios(k, o)).unwrap_or_default());
-        let [pi, pn] = paired.each_ref().map(|r| min_median(r));
+        let paired = [i, n, d].map(|o| {
+            k.zip(o)
+                .map(|(k, o)| paired_ratios(k, o))
+                .unwrap_or_default()
+        });
+        let [pi, pn, pd] = paired.each_ref().map(|r| min_median(r));
         let paired = paired.map(|r| r.into_iter().map(|v| json_f64(v, 3)).collect::<Vec<_>>());
         let cell = |(lo, med): (f64, f64)| {
             if med.is_nan() {
@@ -173,10 +229,8 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
             metric: format!(
                 "new connections/s, {size} Services: keelson / other of the same round, min / median"
             ),
-            cells: [String::new(), String::new(), String::new()],
-            ratios: [cell(pi), cell(pn)],
-            goal: String::new(),
-            met: String::new(),
+            ratios: [cell(pi), cell(pn), cell(pd)],
+            ..Row::default()
         };
         if size == max && both {
             let ok = pi.1 >= 3.0 && pn.1 >= 1.0;
@@ -195,7 +249,26 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
             "keelson_over_nftables": paired[1],
             "keelson_over_nftables_min": json_f64(pn.0, 3),
             "keelson_over_nftables_median": json_f64(pn.1, 3),
+            "keelson_over_direct": paired[2],
+            "keelson_over_direct_min": json_f64(pd.0, 3),
+            "keelson_over_direct_median": json_f64(pd.1, 3),
         }));
+        if (size == min || size == max) && k.is_some() && d.is_some() {
+            let ok = pd.1 >= DIRECT_GOAL;
+            goals.insert(
+                format!("rate_vs_direct_paired_median_ge_{DIRECT_GOAL}_at_{size}"),
+                json!(ok),
+            );
+            let mut row = Row {
+                metric: format!(
+                    "new connections/s, {size} Services: keelson / direct (no Service translation) of the same round, median"
+                ),
+                ..Row::default()
+            }
+            .goal(&format!("keelson >= {DIRECT_GOAL}x direct"), ok);
+            row.ratios[2] = num(pd.1, 3);
+            rows.push(row);
+        }
         rows.push(Row::figures(
             format!("connect p50 (us, median of the rounds), {size} Services"),
             figure(Point::p50_us),
@@ -206,24 +279,27 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
             figure(Point::p99_us),
             0,
         ));
-        rows.push(keelson_row(
-            format!(
-                "keelson connect4 hook, ns per connect (median of the rounds), {size} Services"
-            ),
-            num(k.connect4_ns(), 0),
-        ));
-        for name in k.hooks_ran() {
-            if name != names::PROG_CONNECT4 {
-                rows.push(keelson_row(
-                    format!(
-                        "keelson {name} hook, ns per run (median of the rounds), {size} Services"
-                    ),
-                    num(k.hook_ns_per_run(name), 0),
-                ));
+        if let Some(k) = k {
+            rows.push(Row::keelson(
+                format!(
+                    "keelson connect4 hook, ns per connect (median of the rounds), {size} Services"
+                ),
+                num(k.connect4_ns(), 0),
+            ));
+            for name in k.hooks_ran() {
+                if name != names::PROG_CONNECT4 {
+                    rows.push(Row::keelson(
+                        format!(
+                            "keelson {name} hook, ns per run (median of the rounds), {size} Services"
+                        ),
+                        num(k.hook_ns_per_run(name), 0),
+                    ));
+                }
             }
         }
         if size == max
             && max != min
+            && let Some(k) = k
             && let Some(kmin) = get(points, Mode::Keelson, min)
         {
             let (large, small) = (k.connect4_ns(), kmin.connect4_ns());
@@ -238,7 +314,7 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
             } else {
                 "-".to_string()
             };
-            rows.push(keelson_row(
+            rows.push(Row::keelson(
                 format!(
                     "keelson connect4 hook at {max} vs {min} Services (ns; difference as a share of the CPU time per connection, 1e9 ns x {cpus} CPUs / keelson's median rate at {max})"
                 ),
@@ -253,59 +329,68 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
         }
         let mut row = Row::figures(
             format!("programming {size} Services from nothing (ms)"),
-            figure(|p| p.program.as_secs_f64() * 1e3),
+            figure(|p| p.program.map_or(f64::NAN, |t| t.as_secs_f64() * 1e3)),
             1,
         );
-        if size == max {
-            let ok = k.program.as_secs_f64() <= 2.0;
+        if size == max
+            && let Some(program) = k.and_then(|k| k.program)
+        {
+            let ok = program.as_secs_f64() <= 2.0;
             goals.insert("full_programming_le_2s".into(), json!(ok));
             row = row.goal("keelson <= 2000 ms", ok);
         }
         rows.push(row);
-        if let (Some(p50), Some(max)) = (
-            k.change_passes.get(k.change_passes.len() / 2),
-            k.change_passes.last(),
-        ) {
-            passes.push(format!(
-                "| keelson agent pass for one EndpointSlice change at {size} Services (ms, p50 / max of {}) | {:.2} / {:.2} | | | | | | |",
-                k.change_passes.len(),
-                p50.as_secs_f64() * 1e3,
-                max.as_secs_f64() * 1e3
+    }
+    for &size in &opts.sizes {
+        if let Some(k) = get(points, Mode::Keelson, size)
+            && let (Some(p50), Some(max)) = (
+                k.change_passes.get(k.change_passes.len() / 2),
+                k.change_passes.last(),
+            )
+        {
+            rows.push(Row::keelson(
+                format!(
+                    "keelson agent pass for one EndpointSlice change at {size} Services (ms, p50 / max of {})",
+                    k.change_passes.len()
+                ),
+                format!(
+                    "{:.2} / {:.2}",
+                    p50.as_secs_f64() * 1e3,
+                    max.as_secs_f64() * 1e3
+                ),
             ));
         }
     }
-    println!();
-    println!(
-        "| metric | keelson | iptables | nftables | keelson/iptables | keelson/nftables | goal | met? |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---|---|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.metric, r.cells[0], r.cells[1], r.cells[2], r.ratios[0], r.ratios[1], r.goal, r.met
-        );
-    }
-    for line in &passes {
-        println!("{line}");
-    }
-    if let (Some(kmax), Some(kmin)) = (
-        get(points, Mode::Keelson, max),
-        get(points, Mode::Keelson, min),
-    ) && max != min
-    {
+    if max != min {
         // Medians of rounds run minutes apart (different sizes never share a round).
-        let rel = if kmin.rate() > 0.0 {
-            kmax.rate() / kmin.rate()
-        } else {
-            0.0
+        let rel = |mode| match (get(points, mode, max), get(points, mode, min)) {
+            (Some(large), Some(small)) if small.rate() > 0.0 => Some(large.rate() / small.rate()),
+            (Some(_), Some(_)) => Some(0.0),
+            _ => None,
         };
-        let ok = rel >= 0.95;
-        goals.insert("keelson_rate_at_max_within_5pct_of_min".into(), json!(ok));
-        println!(
-            "| keelson rate, {max} vs {min} Services (ratio of the medians) | {:.3} | | | | | >= 0.95 (within 5%) | {} |",
-            rel,
-            yes_no(ok)
-        );
+        if let Some(rel) = rel(Mode::Keelson) {
+            let ok = rel >= 0.95;
+            goals.insert("keelson_rate_at_max_within_5pct_of_min".into(), json!(ok));
+            rows.push(
+                Row::keelson(
+                    format!("keelson rate, {max} vs {min} Services (ratio of the medians)"),
+                    format!("{rel:.3}"),
+                )
+                .goal(">= 0.95 (within 5%)", ok),
+            );
+        }
+        // What the kernel alone loses between the sizes (the same spread of destination
+        // addresses, no Service translation): the part of keelson's drop that is not its own.
+        if let Some(rel) = rel(Mode::Direct) {
+            let mut row = Row {
+                metric: format!(
+                    "direct rate, {max} vs {min} Services (ratio of the medians; no Service translation)"
+                ),
+                ..Row::default()
+            };
+            row.cells[3] = format!("{rel:.3}");
+            rows.push(row);
+        }
     }
     let mut api_json = serde_json::Map::new();
     match api {
@@ -329,30 +414,43 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
                 a.rss_kib_programmed as f64 / 1024.0,
                 a.rss_kib_after_changes as f64 / 1024.0,
             );
-            println!(
-                "| {max} Services and EndpointSlices created through the API, {} in flight (ms) | {:.0} | | | | | | |",
-                crate::api_latency::CREATE_CONCURRENCY,
-                ms(a.api_writes)
+            rows.push(Row::keelson(
+                format!(
+                    "{max} Services and EndpointSlices created through the API, {} in flight (ms)",
+                    crate::api_latency::CREATE_CONCURRENCY
+                ),
+                format!("{:.0}", ms(a.api_writes)),
+            ));
+            let mut row = Row::keelson(
+                format!("{max} Services created through the API -> all in the node's maps (ms)"),
+                format!("{:.0}", ms(a.create_to_datapath)),
             );
-            println!(
-                "| {max} Services created through the API -> all in the node's maps (ms) | {:.0} | | | | | (API write time included) | |",
-                ms(a.create_to_datapath)
-            );
-            println!(
-                "| EndpointSlice change in the API -> datapath, p50 (ms) | {p50:.1} | | | | | | |"
-            );
+            row.goal = "(API write time included)".into();
+            rows.push(row);
+            rows.push(Row::keelson(
+                "EndpointSlice change in the API -> datapath, p50 (ms)".into(),
+                format!("{p50:.1}"),
+            ));
             let ok = p99 <= 50.0;
             goals.insert("change_p99_le_50ms".into(), json!(ok));
-            println!(
-                "| EndpointSlice change in the API -> datapath, p99 (ms, {} changes) | {p99:.1} | | | | | <= 50 ms | {} |",
-                a.changes.len(),
-                yes_no(ok)
+            rows.push(
+                Row::keelson(
+                    format!(
+                        "EndpointSlice change in the API -> datapath, p99 (ms, {} changes)",
+                        a.changes.len()
+                    ),
+                    format!("{p99:.1}"),
+                )
+                .goal("<= 50 ms", ok),
             );
             let ok = rss.max(rss_after) <= 64.0;
             goals.insert("agent_rss_le_64mib".into(), json!(ok));
-            println!(
-                "| agent RSS at {max} Services (MiB; after the changes) | {rss:.1} ({rss_after:.1}) | | | | | <= 64 MiB | {} |",
-                yes_no(ok)
+            rows.push(
+                Row::keelson(
+                    format!("agent RSS at {max} Services (MiB; after the changes)"),
+                    format!("{rss:.1} ({rss_after:.1})"),
+                )
+                .goal("<= 64 MiB", ok),
             );
             api_json.insert("api_writes_ms".into(), json!(ms(a.api_writes).round()));
             api_json.insert(
@@ -378,12 +476,27 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
             );
         }
         Err(e) => {
-            println!(
-                "| EndpointSlice change in the API -> datapath (p50/p99) | not measured: {e} | | | | | <= 50 ms p99 | |"
+            let mut row = Row::keelson(
+                "EndpointSlice change in the API -> datapath (p50/p99)".into(),
+                format!("not measured: {e}"),
             );
-            println!("| agent RSS at {max} Services | not measured | | | | | <= 64 MiB | |");
+            row.goal = "<= 50 ms p99".into();
+            rows.push(row);
+            let mut row = Row::keelson(
+                format!("agent RSS at {max} Services"),
+                "not measured".into(),
+            );
+            row.goal = "<= 64 MiB".into();
+            rows.push(row);
             api_json.insert("error".into(), json!(e));
         }
+    }
+    println!();
+    for line in header() {
+        println!("{line}");
+    }
+    for r in &rows {
+        println!("{}", r.line());
     }
     for p in points {
         if p.errors() > 0 {
@@ -444,7 +557,7 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
                 "conn_per_s_max": json_f64(hi, 0),
                 "connect_p50_us": json_f64(p.p50_us(), 0),
                 "connect_p99_us": json_f64(p.p99_us(), 0),
-                "program_ms": (p.program.as_secs_f64() * 1e4).round() / 10.0,
+                "program_ms": p.program.map(|t| (t.as_secs_f64() * 1e4).round() / 10.0),
                 "connections": p.windows.iter().map(|w| w.connections).sum::<u64>(),
                 "errors": p.errors(),
                 "windows": windows,
@@ -466,6 +579,7 @@ pub fn print(opts: &Options, points: &[Point], api: &Result<ApiFigures, String>)
             "environment": env,
             "points": pts,
             "paired": paired_json,
+            "ratios_of_medians": ratios_json,
             "connect4_hook_max_vs_min": hook_json,
             "goals": goals,
             "api": api_json,
@@ -500,6 +614,24 @@ mod tests {
         assert_eq!(json_f64(f64::NAN, 0), serde_json::Value::Null);
         assert_eq!(min_median(&[2.0, 0.5, 1.5, 3.0]), (0.5, 1.75));
         assert_eq!(ratio(3.0, 0.0), "n/a");
+        assert_eq!(ratio(3.0, f64::NAN), "-");
+    }
+
+    #[test]
+    fn rows_have_a_cell_for_every_column() {
+        let [head, align] = header();
+        assert_eq!(
+            head,
+            "| metric | keelson | iptables | nftables | direct | keelson/iptables | keelson/nftables | keelson/direct | goal | met? |"
+        );
+        let columns = head.matches('|').count();
+        assert_eq!(align.matches('|').count(), columns);
+        // nftables not measured: its figure and its ratio are "-".
+        let row = Row::figures("x".into(), [2.0, 1.0, f64::NAN, 2.5], 0);
+        assert_eq!(row.line(), "| x | 2 | 1 | - | 3 | 2.00 | - | 0.80 |  |  |");
+        let row = Row::keelson("y".into(), "7".into()).goal("<= 8", true);
+        assert_eq!(row.line().matches('|').count(), columns);
+        assert!(row.line().ends_with(" <= 8 | yes |"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, process::Command};
 
 use crate::{
     kube_proxy_iptables, kube_proxy_nftables,
-    run::{run_in, temp_file},
+    run::{TempFile, run_in},
     topology::Netns,
     workload::services,
 };
@@ -18,8 +18,11 @@ fn netns(tag: &str) -> Netns {
 #[test]
 fn iptables_restore_accepts_and_loads_the_ruleset() {
     let ns = netns("ipt");
-    let file = temp_file("test-ipt.rules");
-    std::fs::write(&file.0, kube_proxy_iptables::restore_input(&services(20))).expect("write");
+    let file = TempFile::write(
+        "test-ipt.rules",
+        kube_proxy_iptables::restore_input(&services(20)),
+    )
+    .expect("write");
     let path = file.0.to_string_lossy().into_owned();
     for args in kube_proxy_iptables::jump_rules() {
         run_in(&ns.path(), "iptables", &args).expect("jump rule");
@@ -61,9 +64,8 @@ fn iptables_restore_accepts_and_loads_the_ruleset() {
 #[test]
 fn nft_accepts_and_loads_the_ruleset() {
     let ns = netns("nft");
-    let file = temp_file("test-nft.rules");
-    std::fs::write(
-        &file.0,
+    let file = TempFile::write(
+        "test-nft.rules",
         kube_proxy_nftables::ruleset(&services(20), Ipv4Addr::new(10, 253, 0, 1)),
     )
     .expect("write");

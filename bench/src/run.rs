@@ -21,11 +21,12 @@ use serde_json::Value;
 
 use crate::{
     api_latency,
+    cleanup::{self, making},
     keelson_mode::{self, HookRun},
     kube_proxy_iptables, kube_proxy_nftables,
-    load::{Target, write_targets},
+    load::{endpoint_targets, service_targets, targets_text},
     report,
-    topology::{self, NODE_SERVER_SIDE_IP, Topology},
+    topology::{NODE_SERVER_SIDE_IP, Topology},
     workload::{self, BenchService},
 };
 
@@ -43,22 +44,30 @@ pub struct Options {
     pub modes: Vec<Mode>,
 }
 
-/// A datapath implementation under test.
+/// A datapath implementation under test, or the baseline without one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     Keelson,
     Iptables,
     Nftables,
+    /// No Service translation at all: the client connects to the endpoints' own addresses,
+    /// with no program attached and no rules, over the same topology. The physical limit
+    /// of the other modes.
+    Direct,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Keelson, Mode::Iptables, Mode::Nftables];
+    /// Every mode, in the order of a round's windows before rotation: direct right after
+    /// keelson, so that in most rounds the two windows whose ratio is keelson's distance
+    /// from the limit run back to back.
+    pub const ALL: [Mode; 4] = [Mode::Keelson, Mode::Direct, Mode::Iptables, Mode::Nftables];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Keelson => "keelson",
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
+            Mode::Direct => "direct",
         }
     }
 }
@@ -92,8 +101,9 @@ impl Window {
 pub struct Point {
     pub mode: Mode,
     pub size: usize,
-    /// From nothing to all Services in the datapath.
-    pub program: Duration,
+    /// From nothing to all Services in the datapath; none for the direct mode, which has
+    /// nothing to program.
+    pub program: Option<Duration>,
     /// One per round, in round order.
     pub windows: Vec<Window>,
     /// keelson only: the agent's pass for one EndpointSlice change, sorted.
@@ -200,9 +210,25 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A file removed on drop.
+/// A file of the run's in the temporary directory, removed on drop.
 #[derive(Debug)]
 pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    /// Writes `contents` to `<temp dir>/keelson-bench-<pid>-<name>`.
+    pub fn write(name: &str, contents: impl AsRef<[u8]>) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "{}{}-{name}",
+            cleanup::TEMP_PREFIX,
+            std::process::id()
+        ));
+        // The guard exists before the file does: a failed write leaves nothing either.
+        let file = Self(path);
+        making(|| fs::write(&file.0, contents))
+            .with_context(|| format!("writing {}", file.0.display()))?;
+        Ok(file)
+    }
+}
 
 impl Drop for TempFile {
     fn drop(&mut self) {
@@ -210,8 +236,22 @@ impl Drop for TempFile {
     }
 }
 
-pub fn temp_file(name: &str) -> TempFile {
-    TempFile(std::env::temp_dir().join(format!("keelson-bench-{}-{name}", std::process::id())))
+/// Makes the child get SIGKILL when the bench dies, however it dies (even SIGKILL, where no
+/// guard runs): a server or a long `iptables-restore` never outlives the run.
+///
+/// The kernel sends it when the thread that forked the child exits; every child is forked
+/// by the main thread, which lives as long as the process.
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: between fork and exec the closure makes one raw system call; no allocation,
+    // no locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
 }
 
 /// `cmd args` inside the network namespace at `netns` (setns between fork and exec, so no
@@ -220,7 +260,10 @@ pub fn run_in(netns: &Path, cmd: &str, args: &[String]) -> Result<Duration> {
     let ns = fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
     let fd = ns.as_raw_fd();
     let mut c = Command::new(cmd);
-    c.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    die_with_parent(&mut c)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     // SAFETY: between fork and exec the closure makes one raw system call on a descriptor
     // opened before the fork; no allocation, no locks.
     unsafe {
@@ -244,7 +287,7 @@ pub fn run_in(netns: &Path, cmd: &str, args: &[String]) -> Result<Duration> {
 
 fn spawn_server(exe: &Path, topo: &Topology) -> Result<ChildGuard> {
     let mut child = ChildGuard(
-        Command::new(exe)
+        die_with_parent(&mut Command::new(exe))
             .arg("server")
             .arg("--netns")
             .arg(topo.srv.path())
@@ -260,12 +303,12 @@ fn spawn_server(exe: &Path, topo: &Topology) -> Result<ChildGuard> {
 }
 
 fn client(exe: &Path, topo: &Topology, targets: &Path, extra: &[String]) -> Result<Value> {
-    let out = Command::new(exe)
+    let out = die_with_parent(&mut Command::new(exe))
         .arg("client")
         .arg("--netns")
         .arg(topo.cli.path())
         .arg("--cgroup")
-        .arg(&topo.cgroup.0)
+        .arg(&topo.cgroup.path)
         .arg("--targets")
         .arg(targets)
         .args(extra)
@@ -281,8 +324,10 @@ fn program_iptables(topo: &Topology, services: &[BenchService]) -> Result<Durati
     for args in kube_proxy_iptables::jump_rules() {
         run_in(&ns, "iptables", &args)?;
     }
-    let file = temp_file("iptables.rules");
-    fs::write(&file.0, kube_proxy_iptables::restore_input(services))?;
+    let file = TempFile::write(
+        "iptables.rules",
+        kube_proxy_iptables::restore_input(services),
+    )?;
     let path = file.0.to_string_lossy().into_owned();
     run_in(
         &ns,
@@ -292,9 +337,11 @@ fn program_iptables(topo: &Topology, services: &[BenchService]) -> Result<Durati
 }
 
 fn program_nftables(topo: &Topology, services: &[BenchService]) -> Result<Duration> {
-    let file = temp_file("nftables.rules");
     let node_ip = NODE_SERVER_SIDE_IP.parse()?;
-    fs::write(&file.0, kube_proxy_nftables::ruleset(services, node_ip))?;
+    let file = TempFile::write(
+        "nftables.rules",
+        kube_proxy_nftables::ruleset(services, node_ip),
+    )?;
     let path = file.0.to_string_lossy().into_owned();
     run_in(&topo.node.path(), "nft", &["-f".into(), path])
 }
@@ -308,13 +355,20 @@ struct Prepared {
     datapath: Option<Datapath>,
     _server: ChildGuard,
     topo: Topology,
-    program: Duration,
+    /// The client's input for this mode: Service VIPs, or the endpoints for direct.
+    targets: PathBuf,
+    program: Option<Duration>,
     change_passes: Vec<Duration>,
 }
 
 /// Builds `mode`'s topology, starts its server, programs `services` (timed) and checks that
-/// a sample of VIPs reaches their endpoints.
-fn prepare(exe: &Path, mode: Mode, services: &[BenchService], targets: &Path) -> Result<Prepared> {
+/// the first, the last and a sample of the targets reach their endpoints.
+fn prepare(
+    exe: &Path,
+    mode: Mode,
+    services: &[BenchService],
+    targets: &TargetFiles,
+) -> Result<Prepared> {
     let size = services.len();
     eprintln!("bench: {} with {size} Services: programming", mode.name());
     let topo = Topology::new(&format!("{}-{size}", mode.name()))?;
@@ -324,51 +378,85 @@ fn prepare(exe: &Path, mode: Mode, services: &[BenchService], targets: &Path) ->
     let program = match mode {
         Mode::Keelson => {
             let (dp, took, passes) =
-                keelson_mode::load_and_program(&topo.cgroup.0, &topo.pins.0, services)?;
+                keelson_mode::load_and_program(&topo.cgroup.path, &topo.pins.0, services)?;
             datapath = Some(dp);
             change_passes = passes;
-            took
+            Some(took)
         }
-        Mode::Iptables => program_iptables(&topo, services)?,
-        Mode::Nftables => program_nftables(&topo, services)?,
+        Mode::Iptables => Some(program_iptables(&topo, services)?),
+        Mode::Nftables => Some(program_nftables(&topo, services)?),
+        Mode::Direct => None,
     };
-    let check = client(exe, &topo, targets, &["--check".into(), "50".into()])?;
+    let targets = targets.for_mode(mode).to_path_buf();
+    let check = client(exe, &topo, &targets, &["--check".into(), "50".into()])?;
     let errors = check["errors"].as_array().cloned().unwrap_or_default();
     if !errors.is_empty() {
-        bail!(
-            "{} does not translate ClusterIPs correctly: {errors:?}",
-            mode.name()
-        );
+        match mode {
+            Mode::Direct => bail!("the endpoints do not answer on their own addresses: {errors:?}"),
+            _ => bail!(
+                "{} does not translate ClusterIPs correctly: {errors:?}",
+                mode.name()
+            ),
+        }
     }
-    eprintln!(
-        "bench: {} {size}: programmed in {:.1} ms",
-        mode.name(),
-        program.as_secs_f64() * 1e3
-    );
+    match program {
+        Some(took) => eprintln!(
+            "bench: {} {size}: programmed in {:.1} ms",
+            mode.name(),
+            took.as_secs_f64() * 1e3
+        ),
+        None => eprintln!("bench: {} {size}: nothing to program", mode.name()),
+    }
     Ok(Prepared {
         mode,
         size,
         datapath,
         _server: server,
         topo,
+        targets,
         program,
         change_passes,
     })
 }
 
+/// The client's two input files of one size, removed on drop.
+struct TargetFiles {
+    /// One line per Service VIP (keelson, iptables, nftables).
+    services: TempFile,
+    /// One line per endpoint, addressed directly (direct).
+    endpoints: TempFile,
+}
+
+impl TargetFiles {
+    fn write(services: &[BenchService]) -> Result<Self> {
+        let size = services.len();
+        Ok(Self {
+            services: TempFile::write(
+                &format!("{size}.targets"),
+                targets_text(&service_targets(services)),
+            )?,
+            endpoints: TempFile::write(
+                &format!("{size}.direct-targets"),
+                targets_text(&endpoint_targets(services)),
+            )?,
+        })
+    }
+
+    fn for_mode(&self, mode: Mode) -> &Path {
+        match mode {
+            Mode::Direct => &self.endpoints.0,
+            Mode::Keelson | Mode::Iptables | Mode::Nftables => &self.services.0,
+        }
+    }
+}
+
 /// One load window against a prepared mode.
-fn window(
-    exe: &Path,
-    opts: &Options,
-    p: &Prepared,
-    targets: &Path,
-    round: usize,
-    slot: usize,
-) -> Result<Window> {
+fn window(exe: &Path, opts: &Options, p: &Prepared, round: usize, slot: usize) -> Result<Window> {
     // kube-proxy's modes track every connection; entries of earlier rounds (TIME_WAIT, 120 s)
     // would pile up towards nf_conntrack_max over the rounds, so each window starts from the
-    // same empty table, as a single window per topology did. Nothing to flush for keelson.
-    if p.mode != Mode::Keelson {
+    // same empty table, as a single window per topology did. Nothing to flush for keelson
+    // and direct, whose node namespaces have no rules and so no conntrack.
+    if matches!(p.mode, Mode::Iptables | Mode::Nftables) {
         run_in(&p.topo.node.path(), "conntrack", &["-F".into()])?;
     }
     let (warmup, duration) = if opts.quick {
@@ -384,7 +472,7 @@ fn window(
         "--duration-ms".into(),
         duration.to_string(),
     ];
-    let run = || client(exe, &p.topo, targets, &args);
+    let run = || client(exe, &p.topo, &p.targets, &args);
     // keelson's windows run with the kernel's BPF run-time statistics on, read from the
     // programs of this mode's own datapath (see `with_hook_stats` for what that costs).
     let (r, hooks) = match &p.datapath {
@@ -421,24 +509,20 @@ fn window(
 
 /// All selected modes at one size: prepared together, then `opts.rounds` rounds of one
 /// window each, then torn down together.
-fn measure_size(
-    exe: &Path,
-    opts: &Options,
-    services: &[BenchService],
-    targets: &Path,
-) -> Result<Vec<Point>> {
+fn measure_size(exe: &Path, opts: &Options, services: &[BenchService]) -> Result<Vec<Point>> {
+    let targets = TargetFiles::write(services)?;
     let modes: Vec<Mode> = Mode::ALL
         .into_iter()
         .filter(|m| opts.modes.contains(m))
         .collect();
     let mut prepared = Vec::with_capacity(modes.len());
     for &mode in &modes {
-        prepared.push(prepare(exe, mode, services, targets)?);
+        prepared.push(prepare(exe, mode, services, &targets)?);
     }
     let mut windows = vec![Vec::with_capacity(opts.rounds); prepared.len()];
     for round in 0..opts.rounds {
         for (slot, i) in round_order(prepared.len(), round).enumerate() {
-            windows[i].push(window(exe, opts, &prepared[i], targets, round, slot)?);
+            windows[i].push(window(exe, opts, &prepared[i], round, slot)?);
         }
     }
     let points = prepared
@@ -459,10 +543,6 @@ fn measure_size(
 
 /// Runs the whole benchmark and prints the table and the `BENCH_JSON` line.
 pub fn services(opts: &Options) -> Result<()> {
-    ensure!(
-        nix_root(),
-        "the benchmark creates namespaces and loads eBPF: run it as root"
-    );
     for tool in ["iptables", "iptables-restore", "nft", "conntrack"] {
         ensure!(
             Command::new(tool)
@@ -475,21 +555,11 @@ pub fn services(opts: &Options) -> Result<()> {
         );
     }
     ensure!(opts.rounds >= 1, "--rounds must be at least 1");
-    topology::cleanup_leftovers();
     let exe = std::env::current_exe()?;
     let mut points = Vec::new();
     for &size in &opts.sizes {
         let services = workload::services(size);
-        let targets_file = temp_file(&format!("{size}.targets"));
-        let targets: Vec<Target> = services
-            .iter()
-            .map(|s| Target {
-                vip: s.cluster_ip,
-                endpoints: s.endpoints.clone(),
-            })
-            .collect();
-        write_targets(&targets_file.0, &targets)?;
-        points.extend(measure_size(&exe, opts, &services, &targets_file.0)?);
+        points.extend(measure_size(&exe, opts, &services)?);
     }
     let max = opts.sizes.iter().copied().max().unwrap_or(0);
     let api = if opts.skip_api {
@@ -504,11 +574,6 @@ pub fn services(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-fn nix_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,7 +582,7 @@ mod tests {
         Point {
             mode,
             size: 10,
-            program: Duration::ZERO,
+            program: None,
             windows: rates
                 .iter()
                 .enumerate()
@@ -541,6 +606,22 @@ mod tests {
     }
 
     #[test]
+    fn temp_files_go_with_their_guard() {
+        let file = TempFile::write("unit-test", "x").expect("write");
+        let path = file.0.clone();
+        assert!(
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| cleanup::owner(n, cleanup::TEMP_PREFIX))
+                == Some(std::process::id()),
+            "{path:?} carries the run's pid"
+        );
+        assert_eq!(fs::read_to_string(&path).expect("read"), "x");
+        drop(file);
+        assert!(!path.exists());
+    }
+
+    #[test]
     fn median_of_odd_even_and_no_values() {
         assert_eq!(median([5.0, 1.0, 3.0]), 3.0);
         assert_eq!(median([4.0, 1.0, 3.0, 10.0]), 3.5);
@@ -560,6 +641,8 @@ mod tests {
         }
         assert_eq!(firsts, [2, 2, 2]);
         assert_eq!(round_order(1, 4).collect::<Vec<_>>(), [0]);
+        // All four modes: keelson (0) and direct (1) are neighbours in three rounds of four.
+        assert_eq!(round_order(4, 1).collect::<Vec<_>>(), [1, 2, 3, 0]);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The bench's own little node: a client "Pod" namespace, a node namespace (where kube-proxy's
 //! rules live, forwarding between the two veths) and a server namespace answering on every
 //! endpoint address (AnyIP: `local 10.244.0.0/17 dev lo`). Every name carries the bench's pid;
-//! guards remove namespaces, cgroups and pins even when the bench fails, and leftovers of a
-//! crashed run (whose pid is gone) are removed at start.
+//! guards remove namespaces (and with them their veths and rules), cgroups and pins even when
+//! the bench fails, and `cleanup` finds by name whatever a guard could not remove.
 
 use std::{
     fs, io,
@@ -12,17 +12,12 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
+use crate::cleanup::{self, NETNS_PREFIX, STATE_PREFIX, making};
+
 /// The node's address on the server-side link (NodePort address in kube-proxy's rules).
 pub const NODE_SERVER_SIDE_IP: &str = "10.253.0.1";
 /// The client Pod's address (inside the cluster CIDR, so kube-proxy does not masquerade it).
 pub const CLIENT_IP: &str = "10.244.200.2";
-
-const NETNS_PREFIX: &str = "kls-b-";
-/// Where the bench's cgroups and pin directories go: `<root>/<STATE_PREFIX><pid>-<tag>`, each
-/// directly under its root, so removing a run's own directories leaves nothing behind.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
-const PIN_ROOT: &str = "/sys/fs/bpf";
-const STATE_PREFIX: &str = "keelson-test-bench-";
 
 /// Runs `cmd args`, failing with its stderr.
 pub fn run(cmd: &str, args: &[&str]) -> Result<()> {
@@ -68,7 +63,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(name: String) -> Result<Self> {
-        run("ip", &["netns", "add", &name])?;
+        making(|| run("ip", &["netns", "add", &name]))?;
         let ns = Self { name };
         ip(&ns.name, &["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -81,56 +76,67 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        if let Err(e) = cleanup::delete_netns(&self.name) {
+            eprintln!("bench: {e:#}");
+        }
     }
 }
 
-/// A cgroup v2 directory removed on drop (stragglers moved to the root first).
+/// A cgroup v2 directory directly under the cgroup v2 mount, removed on drop (stragglers
+/// moved to the root first).
 #[derive(Debug)]
-pub struct Cgroup(pub PathBuf);
+pub struct Cgroup {
+    pub path: PathBuf,
+    root: PathBuf,
+}
 
 impl Cgroup {
-    fn new(path: PathBuf) -> Result<Self> {
-        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self(path))
+    fn new(root: &Path, name: &str) -> Result<Self> {
+        let path = root.join(name);
+        // Not create_dir_all: a missing root would be made a cgroup of its own, which nothing
+        // removes.
+        making(|| fs::create_dir(&path)).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self {
+            path,
+            root: root.to_path_buf(),
+        })
     }
 }
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        remove_cgroup(&self.0);
-    }
-}
-
-fn remove_cgroup(path: &Path) {
-    if let Ok(procs) = fs::read_to_string(path.join("cgroup.procs")) {
-        for pid in procs.lines() {
-            let _ = fs::write("/sys/fs/cgroup/unified/cgroup.procs", pid);
+        if let Err(e) = cleanup::remove_cgroup(&self.path, &self.root) {
+            eprintln!("bench: {e:#}");
         }
     }
-    let _ = fs::remove_dir(path);
 }
 
-/// A bpffs pin directory removed on drop (unpinning the links detaches the programs).
+/// A bpffs pin directory (made by whatever pins there), removed on drop (unpinning the
+/// links detaches the programs).
 #[derive(Debug)]
 pub struct PinDir(pub PathBuf);
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        match fs::remove_dir_all(&self.0) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                eprintln!("bench: removing {}: {e}", self.0.display());
+            }
+            _ => {}
+        }
     }
 }
 
-/// One fresh topology (one mode at one size).
+/// One fresh topology (one mode at one size). Fields drop in declaration order: the pins
+/// first (unpinning the links detaches the programs from the cgroup), then the cgroup, then
+/// the namespaces (with their veths and rules).
 #[derive(Debug)]
 pub struct Topology {
+    pub pins: PinDir,
+    pub cgroup: Cgroup,
     pub cli: Netns,
     pub node: Netns,
     pub srv: Netns,
-    pub cgroup: Cgroup,
-    pub pins: PinDir,
 }
 
 impl Topology {
@@ -139,18 +145,19 @@ impl Topology {
     pub fn new(tag: &str) -> Result<Self> {
         let pid = std::process::id();
         let base = format!("{NETNS_PREFIX}{pid}-{tag}");
+        let places = cleanup::Places::system();
         let cli = Netns::new(format!("{base}-cli"))?;
         let node = Netns::new(format!("{base}-node"))?;
         let srv = Netns::new(format!("{base}-srv"))?;
-        let cgroup =
-            Cgroup::new(PathBuf::from(CGROUP_ROOT).join(format!("{STATE_PREFIX}{pid}-{tag}")))?;
-        let pins = PinDir(PathBuf::from(PIN_ROOT).join(format!("{STATE_PREFIX}{pid}-{tag}")));
+        let state = format!("{STATE_PREFIX}{pid}-{tag}");
+        let cgroup = Cgroup::new(&places.cgroup, &state)?;
+        let pins = PinDir(places.pins.join(&state));
         let t = Self {
+            pins,
+            cgroup,
             cli,
             node,
             srv,
-            cgroup,
-            pins,
         };
         t.wire()?;
         Ok(t)
@@ -226,44 +233,6 @@ impl Topology {
         sysctl(srv, "net.ipv4.tcp_max_syn_backlog", "65536")?;
         sysctl(srv, "net.core.somaxconn", "65536")?;
         Ok(())
-    }
-}
-
-/// Removes namespaces, cgroups and pin directories of earlier runs whose process is gone.
-pub fn cleanup_leftovers() {
-    let alive = |pid: &str| Path::new("/proc").join(pid).exists();
-    let pid_of = |name: &str, prefix: &str| -> Option<String> {
-        name.strip_prefix(prefix)?
-            .split('-')
-            .next()
-            .map(str::to_string)
-    };
-    if let Ok(dir) = fs::read_dir("/run/netns") {
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = pid_of(&name, NETNS_PREFIX)
-                && !alive(&pid)
-            {
-                let _ = Command::new("ip").args(["netns", "del", &name]).status();
-            }
-        }
-    }
-    for (parent, is_cgroup) in [(CGROUP_ROOT, true), (PIN_ROOT, false)] {
-        let Ok(dir) = fs::read_dir(parent) else {
-            continue;
-        };
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = pid_of(&name, STATE_PREFIX)
-                && !alive(&pid)
-            {
-                if is_cgroup {
-                    remove_cgroup(&e.path());
-                } else {
-                    let _ = fs::remove_dir_all(e.path());
-                }
-            }
-        }
     }
 }
 
