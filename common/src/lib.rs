@@ -368,7 +368,8 @@ pub struct ServiceName {
 const _: () = assert!(size_of::<ServiceName>() == 128);
 
 /// Value of the `id_names` map: the labels an identity stands for, as
-/// `ns:<namespace labels>;<pod labels>`, NUL-padded (cut at 255 bytes).
+/// `ns=<namespace>;<pod labels>[;ns:<other namespace labels>]`, or `cidr=<prefix>` for an
+/// ipBlock's, NUL-padded (cut at 255 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IdentityName {
