@@ -2,7 +2,9 @@
 //! iptables and nftables modes, reproduced rule for rule, and against connections straight to
 //! the endpoints (no Service translation), on this machine and in one run.
 //! Entry point of `cargo xtask bench services`; the `client`/`server` subcommands are the
-//! processes the bench starts inside its namespaces.
+//! processes the bench starts inside its namespaces. `cargo xtask bench policy` measures
+//! NetworkPolicy enforcement (`policy`); its `policy-server`/`policy-client` are its Pods'
+//! processes.
 
 mod api_latency;
 mod cleanup;
@@ -11,6 +13,13 @@ mod kube_proxy_hash;
 mod kube_proxy_iptables;
 mod kube_proxy_nftables;
 mod load;
+mod policy;
+mod policy_cluster;
+mod policy_load;
+mod policy_report;
+mod policy_stats;
+mod policy_topology;
+mod policy_workload;
 mod report;
 #[cfg(test)]
 mod rules_tests;
@@ -85,6 +94,67 @@ enum Cmd {
         #[arg(long, default_value_t = 5000)]
         duration_ms: u64,
     },
+    /// NetworkPolicy: throughput and connection rate with 0, 100 and 1,000 policies against
+    /// no policy and a bare veth; label change -> enforcement; agent RSS at 1,000 policies.
+    Policy {
+        /// Shorter measurement windows (for development; not for published figures).
+        #[arg(long)]
+        quick: bool,
+        /// Windows per path, the paths taking turns in rotated order; figures are medians
+        /// over them [default: 5, 3 with --quick].
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        rounds: Option<u16>,
+        /// Client threads of the connection windows.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// NetworkPolicy counts of the keelson paths; the first must be 0.
+        #[arg(long, value_delimiter = ',', default_value = "0,100,1000")]
+        counts: Vec<usize>,
+        /// Label changes timed at each cluster size.
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+        /// NetworkPolicies and remote Pods of the cluster's large size (RSS).
+        #[arg(long, default_value_t = 1000)]
+        cluster_policies: usize,
+        #[arg(long, default_value_t = 1000)]
+        cluster_pods: usize,
+        /// Leave out the datapath part (throughput, connection rate).
+        #[arg(long)]
+        skip_datapath: bool,
+        /// Leave out the part that needs a local cluster (change latency, RSS).
+        #[arg(long)]
+        skip_cluster: bool,
+    },
+    /// (internal) The policy bench's server Pod: accept-and-close ports and a stream sink.
+    PolicyServer {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// (internal) The policy bench's client Pod: a connection load, one stream, or a check.
+    PolicyClient {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        #[arg(long)]
+        server: std::net::Ipv4Addr,
+        /// Only check what reaches the server and what policy drops.
+        #[arg(long)]
+        check: bool,
+        /// One bulk stream instead of new connections.
+        #[arg(long)]
+        stream: bool,
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        #[arg(long, default_value_t = 1000)]
+        warmup_ms: u64,
+        #[arg(long, default_value_t = 5000)]
+        duration_ms: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -128,5 +198,56 @@ fn main() -> Result<()> {
                 Duration::from_millis(duration_ms),
             ),
         },
+        Cmd::Policy {
+            quick,
+            rounds,
+            threads,
+            counts,
+            changes,
+            cluster_policies,
+            cluster_pods,
+            skip_datapath,
+            skip_cluster,
+        } => policy::run(&policy::Options {
+            quick,
+            rounds: rounds.map_or(if quick { 3 } else { 5 }, usize::from),
+            threads,
+            counts,
+            skip_datapath,
+            skip_cluster,
+            cluster: policy_cluster::ClusterOptions {
+                changes,
+                policies: cluster_policies,
+                pods: cluster_pods,
+            },
+        }),
+        Cmd::PolicyServer {
+            netns,
+            cgroup,
+            threads,
+        } => policy_load::serve(&netns, cgroup.as_deref(), threads),
+        Cmd::PolicyClient {
+            netns,
+            cgroup,
+            server,
+            check,
+            stream,
+            threads,
+            warmup_ms,
+            duration_ms,
+        } => {
+            let (cg, warmup, duration) = (
+                cgroup.as_deref(),
+                Duration::from_millis(warmup_ms),
+                Duration::from_millis(duration_ms),
+            );
+            if check {
+                policy_load::check(&netns, cg, server)
+            } else if stream {
+                policy_load::stream(&netns, cg, server, warmup, duration)
+            } else {
+                policy_load::connections(&netns, cg, server, threads, warmup, duration)
+            }
+        }
     }
 }

@@ -69,9 +69,10 @@ enum Cmd {
     /// clippy on every target and rustfmt --check.
     Lint,
     /// Set up, then run a benchmark (release build): `services` compares keelson with
-    /// kube-proxy's iptables and nftables modes. Results go to docs/benchmarks.md.
+    /// kube-proxy's iptables and nftables modes; `policy` measures NetworkPolicy enforcement.
+    /// Results go to docs/benchmarks.md.
     Bench {
-        /// Which benchmark (`services`).
+        /// Which benchmark (`services` or `policy`).
         name: String,
         /// Extra arguments for the benchmark (e.g. `--quick`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -469,7 +470,8 @@ fn demo(name: &str) -> Result<()> {
 /// (and so needs bpf-linker) only here, never as a dependency of xtask itself.
 fn bench(name: &str, args: &[String]) -> Result<()> {
     setup()?;
-    // The services bench starts a local cluster from the release `keelson` binary.
+    // The services and policy benches start a local cluster from the release `keelson`
+    // binary.
     run(test_env(Command::new("cargo").args([
         "build",
         "--release",
