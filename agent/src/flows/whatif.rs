@@ -7,21 +7,19 @@
 //! source's egress if it is an isolated local Pod of its node, then the destination's ingress
 //! likewise, the node itself always reaching its Pods.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod},
     networking::v1::NetworkPolicy,
 };
-use keelson_common::policy::{direction, endpoint_flags, identity, policy_prefix};
+use keelson_common::policy::direction;
 use kube::{Api, api::ListParams};
 
 use super::Flow;
 use crate::policy::{
     compile,
+    decide::{Decider, Side},
     model::{Desired, NamespaceInfo, NodeContext, NodeInfo, PodInfo, Snapshot},
 };
 
@@ -171,20 +169,13 @@ pub async fn snapshot(client: &kube::Client) -> Result<Snapshot, WhatifError> {
     Ok(snap)
 }
 
-/// One policy entry as the evaluator matches it: prefix length, protocol, port (host order),
-/// policy index.
-type Entry = (u32, u8, u16, u32);
-/// Entries by (endpoint, direction, peer identity).
-type EntryIndex = HashMap<(u32, u8, u32), Vec<Entry>>;
 /// A conversation: source, destination, protocol, destination port.
 type Conversation = (Ipv4Addr, Ipv4Addr, String, Option<u16>);
 
-/// One node's compiled policy, indexed for evaluating flows.
+/// One node's compiled policy.
 struct NodePlan {
     node_ip: Ipv4Addr,
     desired: Desired,
-    /// (endpoint, direction, peer identity) → its entries (prefix length, key data, policy).
-    entries: EntryIndex,
 }
 
 impl NodePlan {
@@ -197,66 +188,23 @@ impl NodePlan {
                 node_ip,
             },
         );
-        let mut entries = EntryIndex::new();
-        for ((len, key), value) in &desired.policy {
-            entries
-                .entry((key.endpoint, key.dir, u32::from_be(key.identity)))
-                .or_default()
-                .push((*len, key.proto, u16::from_be(key.dport), value.policy));
-        }
-        Some(Self {
-            node_ip,
-            desired,
-            entries,
-        })
+        Some(Self { node_ip, desired })
     }
 
-    fn identity_of(&self, addr: Ipv4Addr) -> u32 {
-        if addr == self.node_ip {
-            return identity::HOST;
-        }
-        if let Some(ep) = self.desired.endpoints.get(&addr)
-            && ep.identity != 0
-        {
-            return ep.identity;
-        }
-        self.desired
-            .ipcache
-            .iter()
-            .filter(|(cidr, _)| cidr.contains(&crate::policy::model::Cidr::host(addr)))
-            .max_by_key(|(cidr, _)| cidr.prefix_len())
-            .map_or(identity::WORLD, |(_, v)| v.identity)
-    }
-
-    /// The policy index that lets `ep` talk with `peer`, as the datapath's trie lookups find it.
-    fn allowed_by(&self, ep: Ipv4Addr, peer: u32, dir: u8, proto: u8, port: u16) -> Option<u32> {
-        let ep = u32::from_ne_bytes(ep.octets());
-        [peer, identity::ANY].into_iter().find_map(|id| {
-            self.entries
-                .get(&(ep, dir, id))?
-                .iter()
-                .find_map(|&(len, p, base, policy)| {
-                    let matches = if len <= policy_prefix::ANY_PROTO {
-                        true
-                    } else if len <= policy_prefix::ANY_PORT {
-                        p == proto
-                    } else {
-                        let bits = (len - policy_prefix::ANY_PORT).min(16);
-                        let mask = if bits == 0 {
-                            0
-                        } else {
-                            u16::MAX << (16 - bits)
-                        };
-                        p == proto && port & mask == base & mask
-                    };
-                    matches.then_some(policy)
-                })
-        })
+    fn decider(&self) -> Decider<'_> {
+        Decider::new(&self.desired, self.node_ip)
     }
 }
 
-/// Policy's verdict on `flow` under `plans` (one per node).
-fn evaluate(plans: &[NodePlan], flow: &Flow) -> Verdict {
+/// The deciders of `plans`, one per node.
+fn deciders(plans: &[NodePlan]) -> Vec<Decider<'_>> {
+    plans.iter().map(NodePlan::decider).collect()
+}
+
+/// Policy's verdict on `flow` under `plans` (one per node): the source's egress on its own
+/// node, then the destination's ingress on its own, each decided as that node's datapath
+/// decides it.
+fn evaluate(deciders: &[Decider<'_>], flow: &Flow) -> Verdict {
     let (src, dst) = (flow.source.ip, flow.destination.ip);
     let proto = match flow.protocol.as_str() {
         "TCP" => keelson_common::proto::TCP,
@@ -265,37 +213,32 @@ fn evaluate(plans: &[NodePlan], flow: &Flow) -> Verdict {
         other => other.parse().unwrap_or(0),
     };
     let port = flow.destination.port.unwrap_or(0);
-    let name = |plan: &NodePlan, index: u32| plan.desired.policy_names.get(&index).cloned();
+    let name = |d: &Decider<'_>, index: u32| d.desired().policy_names.get(&index).cloned();
     let mut verdict = Verdict {
         allowed: true,
         direction: "egress",
         policy: None,
     };
-    if let Some(plan) = plans
-        .iter()
-        .find(|p| p.desired.endpoints.contains_key(&src))
-        && plan.desired.endpoints[&src].flags & endpoint_flags::EGRESS_ISOLATED != 0
-    {
-        let peer = plan.identity_of(dst);
-        match plan.allowed_by(src, peer, direction::EGRESS, proto, port) {
-            Some(index) => verdict.policy = name(plan, index),
-            None => {
+    if let Some(d) = deciders.iter().find(|d| d.is_local(src)) {
+        match d.side(src, dst, direction::EGRESS, proto, port) {
+            Side::Open => {}
+            Side::AllowedBy(index) => verdict.policy = name(d, index),
+            Side::Refused => {
                 verdict.allowed = false;
                 return verdict;
             }
         }
     }
-    if let Some(plan) = plans
-        .iter()
-        .find(|p| p.desired.endpoints.contains_key(&dst))
-        && plan.desired.endpoints[&dst].flags & endpoint_flags::INGRESS_ISOLATED != 0
-    {
-        let peer = plan.identity_of(src);
-        if peer != identity::HOST {
-            verdict.direction = "ingress";
-            match plan.allowed_by(dst, peer, direction::INGRESS, proto, port) {
-                Some(index) => verdict.policy = name(plan, index),
-                None => verdict.allowed = false,
+    if let Some(d) = deciders.iter().find(|d| d.is_local(dst)) {
+        match d.side(dst, src, direction::INGRESS, proto, port) {
+            Side::Open => {}
+            Side::AllowedBy(index) => {
+                verdict.direction = "ingress";
+                verdict.policy = name(d, index);
+            }
+            Side::Refused => {
+                verdict.direction = "ingress";
+                verdict.allowed = false;
             }
         }
     }
@@ -315,6 +258,7 @@ pub fn changes(now: &Snapshot, draft: &[NetworkPolicy], flows: &[Flow]) -> Vec<C
             .collect()
     };
     let (before, after) = (plans(now), plans(&drafted));
+    let (before, after) = (deciders(&before), deciders(&after));
     // A conversation: source, destination, protocol and destination port (each connection
     // has its own source port). Flows recorded on both nodes of a cross-node flow count once.
     let mut seen: BTreeMap<Conversation, (Flow, usize)> = BTreeMap::new();

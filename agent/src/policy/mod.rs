@@ -12,6 +12,7 @@
 //! after the last one gets its identity and isolation.
 
 pub mod compile;
+pub mod decide;
 pub mod diff;
 pub mod identity;
 pub mod input;

@@ -1,24 +1,18 @@
-//! Builders of the compiler's input (Pods, Namespaces, Nodes, NetworkPolicies as JSON) and a
-//! model of the datapath's policy decision over a [`Desired`], for the compiler's tests: a
-//! flow is judged the way the programs judge it (ipcache longest prefix match, then the
-//! policy trie for the peer's identity or any peer), so tests state what is allowed rather
-//! than which entries exist.
+//! Builders of the compiler's input (Pods, Namespaces, Nodes, NetworkPolicies as JSON) and
+//! shorthands over [`Decider`] for the compiler's tests: a flow is judged the way the programs
+//! judge it, so tests state what is allowed rather than which entries exist.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use keelson_common::{
-    PolicyKey,
-    policy::{direction, endpoint_flags, identity, policy_prefix},
-    proto,
-};
+use keelson_common::proto;
 
 use super::{
     compile::net_address,
+    decide::Decider,
     identity::NAMESPACE_NAME_LABEL,
     model::{
-        Cidr, ContainerPort, Desired, Labels, NamespaceInfo, NodeContext, NodeInfo, PodInfo,
-        Snapshot,
+        ContainerPort, Desired, Labels, NamespaceInfo, NodeContext, NodeInfo, PodInfo, Snapshot,
     },
 };
 
@@ -115,37 +109,6 @@ pub(crate) fn snapshot(pods: Vec<PodInfo>, policies: Vec<NetworkPolicy>) -> Snap
     s
 }
 
-/// The key bytes of a policy entry as the trie compares them.
-fn key_bytes(k: &PolicyKey) -> [u8; 12] {
-    let mut b = [0u8; 12];
-    b[..4].copy_from_slice(&k.endpoint.to_ne_bytes());
-    b[4..8].copy_from_slice(&k.identity.to_ne_bytes());
-    b[8] = k.dir;
-    b[9] = k.proto;
-    b[10..].copy_from_slice(&k.dport.to_ne_bytes());
-    b
-}
-
-fn masked(b: [u8; 12], len: u32) -> PolicyKey {
-    let mut b = b;
-    for (i, byte) in b.iter_mut().enumerate() {
-        let start = 8 * i as u32;
-        if start >= len {
-            *byte = 0;
-        } else if start + 8 > len {
-            *byte &= 0xffu8 << (8 - (len - start));
-        }
-    }
-    let word = |r: std::ops::Range<usize>| u32::from_ne_bytes(b[r].try_into().expect("4 bytes"));
-    PolicyKey {
-        endpoint: word(0..4),
-        identity: word(4..8),
-        dir: b[8],
-        proto: b[9],
-        dport: u16::from_ne_bytes([b[10], b[11]]),
-    }
-}
-
 /// The policy of the longest-prefix entry that matches a packet's key, as the trie finds it.
 pub(crate) fn lookup(
     d: &Desired,
@@ -155,62 +118,20 @@ pub(crate) fn lookup(
     proto: u8,
     port: u16,
 ) -> Option<u32> {
-    let full = key_bytes(&PolicyKey::lookup(
-        net_address(endpoint),
-        peer,
-        dir,
-        proto,
-        port.to_be(),
-    ));
-    (policy_prefix::ANY_PROTO..=policy_prefix::FULL)
-        .rev()
-        .find_map(|len| d.policy.get(&(len, masked(full, len))))
-        .map(|v| v.policy)
+    Decider::new(d, NODE_IP).lookup(endpoint, peer, dir, proto, port)
 }
 
-/// The identity an address resolves to (WORLD when the ipcache has nothing for it).
+/// The identity an address resolves to, as the program resolves it.
 pub(crate) fn identity_of(d: &Desired, addr: Ipv4Addr) -> u32 {
-    (0..=32u8)
-        .rev()
-        .find_map(|len| d.ipcache.get(&Cidr::new(addr, len)?))
-        .map_or(identity::WORLD, |v| v.identity)
-}
-
-/// Whether the endpoint at `endpoint` accepts (INGRESS) or may send (EGRESS) the packet to
-/// or from `peer` with destination port `port`.
-pub(crate) fn side_allows(
-    d: &Desired,
-    endpoint: Ipv4Addr,
-    peer: Ipv4Addr,
-    dir: u8,
-    proto: u8,
-    port: u16,
-) -> bool {
-    let flag = if dir == direction::INGRESS {
-        endpoint_flags::INGRESS_ISOLATED
-    } else {
-        endpoint_flags::EGRESS_ISOLATED
-    };
-    let Some(ep) = d.endpoints.get(&endpoint) else {
-        return true;
-    };
-    if ep.flags & flag == 0 {
-        return true;
-    }
-    let peer_id = identity_of(d, peer);
-    if dir == direction::INGRESS && peer_id == identity::HOST {
-        return true;
-    }
-    lookup(d, endpoint, peer_id, dir, proto, port).is_some()
-        || lookup(d, endpoint, identity::ANY, dir, proto, port).is_some()
+    Decider::new(d, NODE_IP).identity_of(addr)
 }
 
 /// Whether a new flow from `src` to `dst` on `proto`/`port` passes both the source's egress
 /// and the destination's ingress, where they are endpoints of this node.
 pub(crate) fn allows(d: &Desired, src: &str, dst: &str, proto: u8, port: u16) -> bool {
-    let (src, dst) = (ip(src), ip(dst));
-    side_allows(d, src, dst, direction::EGRESS, proto, port)
-        && side_allows(d, dst, src, direction::INGRESS, proto, port)
+    Decider::new(d, NODE_IP)
+        .evaluate(ip(src), ip(dst), proto, port)
+        .allowed
 }
 
 pub(crate) fn tcp(d: &Desired, src: &str, dst: &str, port: u16) -> bool {
