@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod controllers;
+pub mod ipam;
 pub mod registry;
 pub mod scheduler;
 pub mod server;

@@ -907,3 +907,100 @@ mod tests {
         agree(&store, &index, prefix, ("d", "late")).await;
     }
 }
+
+/// Creation rate of Services against ConfigMaps through the router, at high concurrency on
+/// one store: the cost Service admission adds to a create. Run with
+/// `cargo test -p keelson-control --release -- --ignored api_alloc_create_rate --nocapture`
+/// (`KEELSON_RATE_N` objects of each kind, `KEELSON_RATE_CONCURRENCY` in flight).
+#[cfg(test)]
+mod rate {
+    use std::{sync::Arc, time::Instant};
+
+    use axum::{
+        body::Body,
+        http::{Request, StatusCode, header},
+    };
+    use serde_json::json;
+    use tower::ServiceExt as _;
+
+    use crate::api::{ApiConfig, ApiState, router};
+    use crate::store::SqliteStore;
+
+    fn env(name: &str, default: usize) -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// Creates `n` objects made by `body(i)` at `uri` with `conc` in flight; creates/s.
+    async fn rate(
+        app: &axum::Router,
+        uri: &'static str,
+        n: usize,
+        conc: usize,
+        body: fn(usize) -> serde_json::Value,
+    ) -> f64 {
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..conc {
+            let (app, next) = (app.clone(), next.clone());
+            tasks.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let req = Request::builder()
+                        .method("POST")
+                        .uri(uri)
+                        .header(header::AUTHORIZATION, "Bearer t")
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(Body::from(body(i).to_string()))
+                        .expect("request");
+                    let resp = app.clone().oneshot(req).await.expect("router answers");
+                    assert_eq!(resp.status(), StatusCode::CREATED, "create {i} at {uri}");
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.expect("client task");
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore = "a measurement: run by hand with --release --nocapture"]
+    async fn api_alloc_create_rate() {
+        let (n, conc) = (
+            env("KEELSON_RATE_N", 5000),
+            env("KEELSON_RATE_CONCURRENCY", 64),
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SqliteStore::open(&dir.path().join("state.db")).expect("store"));
+        let cfg = ApiConfig::with_admin_token("10.96.0.0/16".parse().expect("cidr"), "t".into());
+        let state = ApiState::new(store, cfg);
+        crate::server::ensure_system_namespaces(&state)
+            .await
+            .expect("namespaces");
+        let app = router(state);
+        let cm = rate(&app, "/api/v1/namespaces/default/configmaps", n, conc, |i| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": format!("cm-{i}")}, "data": {"k": "v"}})
+        })
+        .await;
+        let svc = rate(&app, "/api/v1/namespaces/default/services", n, conc, |i| {
+            let ty = if i % 2 == 0 { "ClusterIP" } else { "NodePort" };
+            json!({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": format!("svc-{i}")},
+                   "spec": {"type": ty, "selector": {"app": "a"},
+                            "ports": [{"port": 80, "protocol": "TCP"}]}})
+        })
+        .await;
+        println!(
+            "RATE n={n} concurrency={conc} configmaps/s={cm:.0} services/s={svc:.0} ratio={:.2}",
+            svc / cm
+        );
+    }
+}
