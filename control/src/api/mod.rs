@@ -85,19 +85,23 @@ impl ApiConfig {
 pub struct ApiState<S> {
     pub store: Arc<S>,
     pub config: ApiConfig,
-    /// Serialises Service admission so two creates cannot take the same ClusterIP or NodePort.
-    pub alloc_lock: tokio::sync::Mutex<()>,
+    /// Tracks Service writes in flight (a ticket from admission until the store write
+    /// returns), so the index holds what admission gave them until the store shows it. It
+    /// never serialises writes: two creates cannot take one ClusterIP or NodePort because
+    /// admission reserves in the index.
+    pub alloc_lock: alloc::WriteGate,
     /// The allocations of every stored Service, kept current from the store's watch.
     pub allocations: alloc::AllocationIndex,
 }
 
 impl<S: Store> ApiState<S> {
     pub fn new(store: Arc<S>, config: ApiConfig) -> Arc<Self> {
+        let allocations = alloc::AllocationIndex::new(&config);
         Arc::new(Self {
             store,
+            alloc_lock: allocations.gate(),
+            allocations,
             config,
-            alloc_lock: tokio::sync::Mutex::new(()),
-            allocations: alloc::AllocationIndex::default(),
         })
     }
 }
