@@ -81,8 +81,8 @@ impl Range {
         let mut parts: Vec<Part> = Vec::new();
         let mut first = 0;
         for cidr in cidrs {
-            let net = Ipv4Network::new(cidr.network(), cidr.prefix())
-                .map_err(|_| IpamError::Empty)?;
+            let net =
+                Ipv4Network::new(cidr.network(), cidr.prefix()).map_err(|_| IpamError::Empty)?;
             if item < net.prefix() || item > 32 {
                 return Err(IpamError::ItemTooLarge { cidr: net, item });
             }
@@ -332,9 +332,7 @@ impl Allocator {
 
     /// Frees the item holding `ip`; false when it was free or is not in the range.
     pub fn release(&mut self, ip: Ipv4Addr) -> bool {
-        self.range
-            .index_of(ip)
-            .is_some_and(|i| self.used.clear(i))
+        self.range.index_of(ip).is_some_and(|i| self.used.clear(i))
     }
 
     /// True when the item holding `ip` is taken.
@@ -357,7 +355,10 @@ impl Allocator {
 
     /// Takes the first free item at or after item `start` (wrapping).
     pub fn allocate_next(&mut self, start: u64) -> Result<Ipv4Network, IpamError> {
-        let i = self.used.next_free(start, |_| true).ok_or(IpamError::Full)?;
+        let i = self
+            .used
+            .next_free(start, |_| true)
+            .ok_or(IpamError::Full)?;
         self.used.set(i);
         self.range.item(i).ok_or(IpamError::Full)
     }
@@ -380,11 +381,7 @@ pub struct PortAllocator {
 impl PortAllocator {
     /// Ports `lo..=hi`, all free.
     pub fn new(lo: u16, hi: u16) -> Self {
-        let len = if hi >= lo {
-            u64::from(hi - lo) + 1
-        } else {
-            0
-        };
+        let len = if hi >= lo { u64::from(hi - lo) + 1 } else { 0 };
         Self {
             lo,
             hi,
@@ -470,19 +467,32 @@ mod tests {
     #[test]
     fn ipam_pool_of_several_cidrs_in_order() {
         let r = Range::addresses(
-            &[net("172.30.0.0/30"), net("172.30.1.5/32"), net("172.30.2.0/31")],
+            &[
+                net("172.30.0.0/30"),
+                net("172.30.1.5/32"),
+                net("172.30.2.0/31"),
+            ],
             Reserve::NetworkAndBroadcast,
         )
         .expect("range");
         let all: Vec<Ipv4Addr> = r.items().map(|n| n.network()).collect();
         assert_eq!(
             all,
-            ["172.30.0.1", "172.30.0.2", "172.30.1.5", "172.30.2.0", "172.30.2.1"]
-                .map(ip)
-                .to_vec()
+            [
+                "172.30.0.1",
+                "172.30.0.2",
+                "172.30.1.5",
+                "172.30.2.0",
+                "172.30.2.1"
+            ]
+            .map(ip)
+            .to_vec()
         );
         assert_eq!(
-            Range::addresses(&[net("10.0.0.0/24"), net("10.0.0.128/25")], Reserve::Nothing),
+            Range::addresses(
+                &[net("10.0.0.0/24"), net("10.0.0.128/25")],
+                Reserve::Nothing
+            ),
             Err(IpamError::Overlap(net("10.0.0.0/24"), net("10.0.0.128/25")))
         );
     }

@@ -247,7 +247,7 @@ impl IpHolders {
     }
 
     fn add(&mut self, ip: Ipv4Addr) {
-        if !self.bitmap.as_mut().is_some_and(|b| b.allocate(ip).is_ok()) {
+        if self.bitmap.as_mut().is_none_or(|b| b.allocate(ip).is_err()) {
             *self.extra.entry(ip).or_default() += 1;
         }
     }
@@ -610,8 +610,7 @@ impl AllocationIndex {
                 // A watch that ended (compacted past), failed or stalls is replaced by a
                 // fresh list.
                 matches!(
-                    tokio::time::timeout(CATCH_UP_TIMEOUT, index.catch_up(target, reserved))
-                        .await,
+                    tokio::time::timeout(CATCH_UP_TIMEOUT, index.catch_up(target, reserved)).await,
                     Ok(Ok(()))
                 )
             }
@@ -684,8 +683,7 @@ impl IndexedAllocations<'_> {
 impl InUse for IndexedAllocations<'_> {
     fn ip_in_use(&self, ip: &Ipv4Addr) -> bool {
         let held = self.stored().map_or(0, |i| i.holders.ips.count(ip));
-        held > u32::from(self.skipped().is_some_and(|a| a.ips.contains(ip)))
-            || self.reserved_ip(ip)
+        held > u32::from(self.skipped().is_some_and(|a| a.ips.contains(ip))) || self.reserved_ip(ip)
     }
 
     fn node_port_in_use(&self, port: u16, proto: &str) -> bool {
@@ -706,7 +704,9 @@ impl InUse for IndexedAllocations<'_> {
                 b.next_free(start, |n| !self.ip_in_use(&n.network()))
                     .map(|n| n.network())
             }
-            _ => Allocated::default().free_ip(cfg).filter(|ip| !self.ip_in_use(ip)),
+            _ => Allocated::default()
+                .free_ip(cfg)
+                .filter(|ip| !self.ip_in_use(ip)),
         }
     }
 
@@ -1450,7 +1450,10 @@ mod rate {
         while let Some(r) = tasks.join_next().await {
             statuses.push(r.expect("task"));
         }
-        let created = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+        let created = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count();
         assert_eq!(created, 1, "{statuses:?}");
         // Many allocating at once, as many as the ranges have room for, less the one above.
         for i in 0..251 {
@@ -1466,7 +1469,10 @@ mod rate {
         while let Some(r) = tasks.join_next().await {
             statuses.push(r.expect("task"));
         }
-        let created = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+        let created = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count();
         assert_eq!(created, 251, "{statuses:?}");
         let listed = store
             .list("/registry/core/services/", None, 0)
@@ -1499,10 +1505,16 @@ mod rate {
             .await
             .expect("namespaces");
         let app = router(state);
-        let cm = rate(&app, "/api/v1/namespaces/default/configmaps", n, conc, |i| {
-            json!({"apiVersion": "v1", "kind": "ConfigMap",
+        let cm = rate(
+            &app,
+            "/api/v1/namespaces/default/configmaps",
+            n,
+            conc,
+            |i| {
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
                    "metadata": {"name": format!("cm-{i}")}, "data": {"k": "v"}})
-        })
+            },
+        )
         .await;
         let svc = rate(&app, "/api/v1/namespaces/default/services", n, conc, |i| {
             let ty = if i % 2 == 0 { "ClusterIP" } else { "NodePort" };
