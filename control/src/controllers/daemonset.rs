@@ -25,6 +25,7 @@ use super::objects::{
 };
 use super::podtemplate::{has_hash, pod_from_template, put_hash, template_hash};
 use super::replicaset::{deletion_order, seen_pod};
+use super::runtime::{Controller, Informers, Touch, WorkQueue, controller_key, key_of};
 use super::runtime::{Expectations, Reconciler, Requeue, delete_background, split_key};
 use crate::scheduler::NodeInfo;
 use crate::scheduler::filter::{node_affinity, taint_toleration};
@@ -309,6 +310,52 @@ impl Reconciler for DaemonSetLoop {
             self.expectations.expect(key, created, deleted);
         }
         result
+    }
+}
+
+/// The DaemonSet controller: a DaemonSet's key for every change of it, its owner's for every
+/// change of a Pod it controls, and every DaemonSet's for any change of a Node (each may want
+/// a Pod on a new or changed Node, or none on a gone one).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DaemonSetController;
+
+impl Controller for DaemonSetController {
+    const NAME: &'static str = "daemonset";
+    type Loop = DaemonSetLoop;
+
+    fn wire(self, informers: &mut Informers, queue: &WorkQueue) -> DaemonSetLoop {
+        let daemonsets = informers.all::<DaemonSet>();
+        let q = queue.clone();
+        daemonsets.on(move |t| match t {
+            Touch::Changed(d) | Touch::Deleted(d) => q.add(key_of(d)),
+            Touch::Relisted(all) => all.iter().for_each(|d| q.add(key_of(&**d))),
+        });
+        let daemonsets = daemonsets.store();
+        let pods = informers.all::<Pod>();
+        let q = queue.clone();
+        pods.on(move |t| {
+            let owner = |p: &Pod| {
+                if let Some(k) = controller_key(&p.metadata, "DaemonSet") {
+                    q.add(k);
+                }
+            };
+            match t {
+                Touch::Changed(p) | Touch::Deleted(p) => owner(p),
+                Touch::Relisted(all) => all.iter().for_each(|p| owner(p)),
+            }
+        });
+        let pods = pods.store();
+        let nodes = informers.all::<Node>();
+        let (q, all) = (queue.clone(), daemonsets.clone());
+        nodes.on(move |_| all.state().iter().for_each(|d| q.add(key_of(&**d))));
+        let nodes = nodes.store();
+        DaemonSetLoop {
+            client: informers.client().clone(),
+            daemonsets,
+            pods,
+            nodes,
+            expectations: Default::default(),
+        }
     }
 }
 

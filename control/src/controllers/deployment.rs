@@ -21,6 +21,7 @@ use super::objects::{
     adopted_refs, annotation_number, can_adopt, controller_ref_to, is_controlled_by, is_terminating,
 };
 use super::podtemplate::{has_hash, put_hash, template_hash};
+use super::runtime::{Controller, Informers, Touch, WorkQueue, controller_key, key_of};
 use super::runtime::{Reconciler, Requeue, delete_background, is_already_exists, split_key};
 
 /// The label that ties a ReplicaSet and its Pods to one template of a Deployment.
@@ -693,6 +694,44 @@ impl Reconciler for DeploymentLoop {
             }
         }
         Ok(requeue)
+    }
+}
+
+/// The Deployment controller: a Deployment's key for every change of it, and its owner's for
+/// every change of a ReplicaSet it controls.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeploymentController;
+
+impl Controller for DeploymentController {
+    const NAME: &'static str = "deployment";
+    type Loop = DeploymentLoop;
+
+    fn wire(self, informers: &mut Informers, queue: &WorkQueue) -> DeploymentLoop {
+        let deployments = informers.all::<Deployment>();
+        let q = queue.clone();
+        deployments.on(move |t| match t {
+            Touch::Changed(d) | Touch::Deleted(d) => q.add(key_of(d)),
+            Touch::Relisted(all) => all.iter().for_each(|d| q.add(key_of(&**d))),
+        });
+        let deployments = deployments.store();
+        let replicasets = informers.all::<ReplicaSet>();
+        let q = queue.clone();
+        replicasets.on(move |t| {
+            let owner = |rs: &ReplicaSet| {
+                if let Some(k) = controller_key(&rs.metadata, "Deployment") {
+                    q.add(k);
+                }
+            };
+            match t {
+                Touch::Changed(rs) | Touch::Deleted(rs) => owner(rs),
+                Touch::Relisted(all) => all.iter().for_each(|rs| owner(rs)),
+            }
+        });
+        DeploymentLoop {
+            client: informers.client().clone(),
+            deployments,
+            replicasets: informers.all::<ReplicaSet>().store(),
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use super::objects::{
     controller_ref_to, is_terminating, map_selects, pod_is_ready, pod_is_terminal,
 };
+use super::runtime::{Controller, Informers, Touch, WorkQueue, key_of};
 use super::runtime::{Expectations, Reconciler, Requeue, Seen, delete_background, split_key};
 
 /// Label naming the Service of a slice.
@@ -445,6 +446,72 @@ impl Reconciler for EndpointSliceLoop {
             self.expectations.expect(key, created, deleted);
         }
         result
+    }
+}
+
+/// The EndpointSlice controller: a Service's key for every change of it or of a slice it
+/// manages, and for any change of a Pod the key of every selecting Service of the Pod's
+/// namespace (its labels may have changed, and the old ones are not in the event).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EndpointSliceController;
+
+impl Controller for EndpointSliceController {
+    const NAME: &'static str = "endpointslice";
+    type Loop = EndpointSliceLoop;
+
+    fn wire(self, informers: &mut Informers, queue: &WorkQueue) -> EndpointSliceLoop {
+        let services = informers.all::<Service>();
+        let q = queue.clone();
+        services.on(move |t| match t {
+            Touch::Changed(s) | Touch::Deleted(s) => q.add(key_of(s)),
+            Touch::Relisted(all) => all.iter().for_each(|s| q.add(key_of(&**s))),
+        });
+        let services = services.store();
+        let pods = informers.all::<Pod>();
+        let (q, svcs) = (queue.clone(), services.clone());
+        pods.on(move |t| match t {
+            Touch::Changed(p) | Touch::Deleted(p) => {
+                let ns = p.metadata.namespace.as_deref();
+                for svc in svcs.state() {
+                    if svc.metadata.namespace.as_deref() == ns && managed_selector(&svc).is_some() {
+                        q.add(key_of(&*svc));
+                    }
+                }
+            }
+            Touch::Relisted(_) => svcs.state().iter().for_each(|s| q.add(key_of(&**s))),
+        });
+        let pods = pods.store();
+        let slices = informers.all::<EndpointSlice>();
+        let q = queue.clone();
+        slices.on(move |t| {
+            let service = |s: &EndpointSlice| {
+                let labels = s.metadata.labels.as_ref();
+                let managed = labels
+                    .and_then(|l| l.get(MANAGED_BY_LABEL))
+                    .map(String::as_str)
+                    == Some(MANAGED_BY);
+                if let (true, Some(svc)) = (managed, labels.and_then(|l| l.get(SERVICE_NAME_LABEL)))
+                {
+                    q.add(format!(
+                        "{}/{svc}",
+                        s.metadata.namespace.as_deref().unwrap_or_default()
+                    ));
+                }
+            };
+            match t {
+                Touch::Changed(s) | Touch::Deleted(s) => service(s),
+                Touch::Relisted(all) => all.iter().for_each(|s| service(s)),
+            }
+        });
+        let slices = slices.store();
+        EndpointSliceLoop {
+            client: informers.client().clone(),
+            services,
+            pods,
+            slices,
+            nodes: informers.all::<Node>().store(),
+            expectations: Default::default(),
+        }
     }
 }
 

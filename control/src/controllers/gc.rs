@@ -24,6 +24,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
 
+use super::runtime::{Controller, Informer, Informers, Touch, WorkQueue};
 use super::runtime::{Reconciler, Requeue, delete_background, is_not_found, key_of};
 
 /// The owner kinds whose objects we watch: (apiVersion, kind).
@@ -563,6 +564,144 @@ impl Reconciler for GcLoop {
             _ => {}
         }
         Ok(None)
+    }
+}
+
+/// The garbage collector. For every kind that owns or is owned: the keys of an object's owners
+/// when it changes or goes (an owner waiting on its dependents may be done), its own
+/// [`gc_key`] when it changes (its owners may be gone), its [`owner_key`] when it waits for
+/// its dependents (foreground or orphan deletion), and the sweep key `"all"` when an owner is
+/// deleted or a watch re-lists (deleted owners may have left dependents behind).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GarbageCollector;
+
+/// Maps an owner kind's changes: waiting owners get their [`owner_key`], deletions a sweep.
+fn watch_owners<K>(informer: &mut Informer<K>, queue: &WorkQueue)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let q = queue.clone();
+    informer.on(move |t| match t {
+        Touch::Changed(o) => {
+            if has_propagation_finalizer(o.meta()) {
+                q.add(owner_key(o));
+            }
+        }
+        Touch::Deleted(_) => q.add("all"),
+        Touch::Relisted(all) => {
+            all.iter()
+                .filter(|o| has_propagation_finalizer(o.meta()))
+                .for_each(|o| q.add(owner_key(&**o)));
+            q.add("all");
+        }
+    });
+}
+
+/// Maps a dependent kind's changes: its owners' keys (`and_own`: and its own owner key when
+/// it waits for dependents itself), its [`gc_key`] on a change, `sweep` on a deletion.
+fn watch_dependents<K>(informer: &mut Informer<K>, queue: &WorkQueue, and_own: bool, sweep: bool)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let q = queue.clone();
+    informer.on(move |t| {
+        let touch = |o: &K| {
+            owner_keys_of(o.meta()).into_iter().for_each(|k| q.add(k));
+            if and_own && has_propagation_finalizer(o.meta()) {
+                q.add(owner_key(o));
+            }
+        };
+        match t {
+            Touch::Changed(o) => {
+                touch(o);
+                q.add(gc_key(o));
+            }
+            Touch::Deleted(o) => {
+                touch(o);
+                if sweep {
+                    q.add("all");
+                }
+            }
+            Touch::Relisted(all) => {
+                all.iter().for_each(|o| touch(o));
+                q.add("all");
+            }
+        }
+    });
+}
+
+impl Controller for GarbageCollector {
+    const NAME: &'static str = "gc";
+    type Loop = GcLoop;
+
+    fn wire(self, informers: &mut Informers, queue: &WorkQueue) -> GcLoop {
+        // Owners only.
+        watch_owners(informers.all::<Deployment>(), queue);
+        watch_owners(informers.all::<Service>(), queue);
+        let daemonsets = informers.all::<DaemonSet>();
+        {
+            let q = queue.clone();
+            daemonsets.on(move |t| match t {
+                Touch::Changed(d) => {
+                    if has_propagation_finalizer(&d.metadata) {
+                        q.add(owner_key(d));
+                    }
+                }
+                Touch::Deleted(_) | Touch::Relisted(_) => q.add("all"),
+            });
+        }
+        // Owned, and owners themselves.
+        watch_dependents(informers.all::<ReplicaSet>(), queue, true, true);
+        // Owned only.
+        let pods = informers.all::<Pod>();
+        {
+            let q = queue.clone();
+            pods.on(move |t| match t {
+                Touch::Changed(p) => {
+                    owner_keys_of(&p.metadata)
+                        .into_iter()
+                        .for_each(|k| q.add(k));
+                    q.add(gc_key(p));
+                }
+                Touch::Deleted(p) => owner_keys_of(&p.metadata)
+                    .into_iter()
+                    .for_each(|k| q.add(k)),
+                Touch::Relisted(_) => q.add("all"),
+            });
+        }
+        watch_dependents(informers.all::<EndpointSlice>(), queue, false, false);
+        // A gone Node's Pods are collected.
+        let nodes = informers.all::<Node>();
+        {
+            let q = queue.clone();
+            nodes.on(move |t| {
+                if let Touch::Deleted(_) = t {
+                    q.add("all");
+                }
+            });
+        }
+        GcLoop {
+            client: informers.client().clone(),
+            deployments: informers.all::<Deployment>().store(),
+            daemonsets: informers.all::<DaemonSet>().store(),
+            replicasets: informers.all::<ReplicaSet>().store(),
+            services: informers.all::<Service>().store(),
+            pods: informers.all::<Pod>().store(),
+            slices: informers.all::<EndpointSlice>().store(),
+            nodes: informers.all::<Node>().store(),
+        }
     }
 }
 

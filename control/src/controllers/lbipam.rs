@@ -19,12 +19,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 
 use super::ControllerError;
 use super::runtime::{
-    EXPECTATION_TTL, Informer, Reconciler, Requeue, Touch, WorkQueue, key_of, run_worker, split_key,
+    Controller, EXPECTATION_TTL, Informers, Reconciler, Requeue, Touch, WorkQueue, key_of,
+    split_key,
 };
+use crate::ipam::{Allocator, Range, Reserve};
 
 /// The spec.loadBalancerClass this allocator serves (besides Services of no class).
 pub const LB_CLASS: &str = "keelson.io/lb-ipam";
@@ -41,6 +42,8 @@ pub const CONDITION_TYPE: &str = "keelson.io/IPAMRequestSatisfied";
 pub struct LbPool {
     /// The pool's CIDRs (normalised to their network address, never overlapping).
     pub cidrs: Vec<Ipv4Network>,
+    /// Their usable addresses, numbered in allocation order.
+    range: Range,
 }
 
 impl LbPool {
@@ -54,11 +57,6 @@ impl LbPool {
             })?;
             let net = Ipv4Network::new(net.network(), net.prefix())
                 .map_err(|e| ControllerError::Config(e.to_string()))?;
-            if let Some(other) = cidrs.iter().find(|c| c.overlaps(net)) {
-                return Err(ControllerError::Config(format!(
-                    "LoadBalancer pool CIDRs {other} and {net} overlap"
-                )));
-            }
             cidrs.push(net);
         }
         if cidrs.is_empty() {
@@ -66,51 +64,34 @@ impl LbPool {
                 "LoadBalancer pool {s:?} has no CIDR"
             )));
         }
-        Ok(Self { cidrs })
-    }
-
-    /// The first and last usable address of `net`, as integers.
-    fn range(net: Ipv4Network) -> (u32, u32) {
-        let first = u32::from(net.network());
-        let last = u32::from(net.broadcast());
-        if net.prefix() < 31 {
-            (first + 1, last - 1)
-        } else {
-            (first, last)
-        }
+        let range = Range::addresses(&cidrs, Reserve::NetworkAndBroadcast)
+            .map_err(|e| ControllerError::Config(format!("LoadBalancer pool {s:?}: {e}")))?;
+        Ok(Self { cidrs, range })
     }
 
     /// True when `ip` is a usable address of the pool.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let ip = u32::from(ip);
-        self.cidrs.iter().any(|c| {
-            let (first, last) = Self::range(*c);
-            (first..=last).contains(&ip)
-        })
+        self.range.contains(ip)
     }
 
     /// Every usable address, in allocation order.
     pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        self.cidrs.iter().flat_map(|c| {
-            let (first, last) = Self::range(*c);
-            (first..=last).map(Ipv4Addr::from)
-        })
+        self.range.items().map(|n| n.network())
     }
 
     /// The number of usable addresses.
     pub fn len(&self) -> u64 {
-        self.cidrs
-            .iter()
-            .map(|c| {
-                let (first, last) = Self::range(*c);
-                u64::from(last - first) + 1
-            })
-            .sum()
+        self.range.len()
     }
 
     /// True when the pool has no usable address (never, for a parsed pool).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The pool with every address free.
+    fn allocator(&self) -> Allocator {
+        Allocator::new(self.range.clone())
     }
 }
 
@@ -323,9 +304,12 @@ pub fn plan(svc: &Service, snap: &Snapshot<'_>) -> Vec<Change> {
                     .filter(|s| is_ours(s) && key_of(**s) != key)
                     .filter_map(|s| requested(s).ok().flatten())
                     .collect();
-                snap.pool
-                    .addresses()
-                    .find(|ip| !claims.contains_key(ip) && !requested_by_others.contains(ip))
+                let mut free = snap.pool.allocator();
+                for ip in claims.keys().chain(&requested_by_others) {
+                    // An address outside the pool takes nothing from it.
+                    let _ = free.allocate(*ip);
+                }
+                free.next_free(0, |_| true).map(|n| n.network())
             })
             .map_or_else(
                 || Change::Refuse {
@@ -523,44 +507,37 @@ fn waiting(store: &Store<Service>) -> Vec<String> {
         .collect()
 }
 
-/// Runs the LoadBalancer IPAM controller until its Service watch ends: its own Service
-/// informer, work queue and worker, which starts once the store has listed (so no plan runs
-/// on a partial view of the allocations). API errors, 409 conflicts included, are retried per
-/// Service by the worker.
-pub async fn run(client: Client, pool: LbPool) -> Result<(), ControllerError> {
-    let mut services =
-        Informer::<Service>::new(Api::all(client.clone()), watcher::Config::default());
-    let queue = WorkQueue::default();
-    {
-        let q = queue.clone();
+/// LoadBalancer IPAM: a Service's key for every change of it, and with any change or deletion
+/// (which may free an address) the keys of the Services refused before, which get another
+/// chance.
+#[derive(Debug, Clone)]
+pub(crate) struct LbIpamController {
+    /// The addresses given out.
+    pub pool: LbPool,
+}
+
+impl Controller for LbIpamController {
+    const NAME: &'static str = "lbipam";
+    type Loop = LbIpamLoop;
+
+    fn wire(self, informers: &mut Informers, queue: &WorkQueue) -> LbIpamLoop {
+        let services = informers.all::<Service>();
         let store = services.store();
+        let (q, all) = (queue.clone(), store.clone());
         services.on(move |t| match t {
-            // Any change may free an address (a type change, a new request), and a deleted
-            // Service frees its own: Services refused before get another chance.
             Touch::Changed(s) | Touch::Deleted(s) => {
                 q.add(key_of(s));
-                waiting(&store).into_iter().for_each(|k| q.add(k));
+                waiting(&all).into_iter().for_each(|k| q.add(k));
             }
-            Touch::Relisted(all) => all.iter().for_each(|s| q.add(key_of(&**s))),
+            Touch::Relisted(services) => services.iter().for_each(|s| q.add(key_of(&**s))),
         });
+        LbIpamLoop {
+            client: informers.client().clone(),
+            services: store,
+            pool: self.pool,
+            pending: BTreeMap::new(),
+        }
     }
-    let store = services.store();
-    tracing::info!(pool = ?pool.cidrs, addresses = pool.len(), "LoadBalancer IPAM started");
-    let worker = LbIpamLoop {
-        client,
-        services: store.clone(),
-        pool,
-        pending: BTreeMap::new(),
-    };
-    let work = async move {
-        store
-            .wait_until_ready()
-            .await
-            .map_err(|_| ControllerError::WatchEnded("Service".into()))?;
-        run_worker("lbipam", queue, worker).await
-    };
-    futures::future::try_join(services.run(), work).await?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -985,7 +962,7 @@ mod tests {
         settle(&p, &mut services);
         let (store, mut writer) = kube::runtime::reflector::store();
         for s in services {
-            writer.apply_watcher_event(&watcher::Event::Apply(s));
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(s));
         }
         assert_eq!(waiting(&store), ["default/b"]);
     }
@@ -1002,7 +979,11 @@ mod tests {
         const LIMIT: Duration = Duration::from_secs(20);
         fn spawn_controller(client: Client) -> Abort {
             Abort(tokio::spawn(async move {
-                if let Err(e) = run(client, pool("10.8.0.0/30")).await {
+                let mut runner = super::super::runtime::Runner::new(client);
+                runner.add(LbIpamController {
+                    pool: pool("10.8.0.0/30"),
+                });
+                if let Err(e) = runner.run().await {
                     panic!("lbipam failed: {e}");
                 }
             }))

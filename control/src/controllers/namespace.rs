@@ -12,6 +12,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use super::runtime::{Controller, Informers, Touch, WorkQueue, key_of};
 use super::runtime::{Reconciler, Requeue, delete_background};
 
 /// The finalizer the namespace controller owns.
@@ -174,6 +175,32 @@ impl Reconciler for NamespaceLoop {
             }
         }
         Ok(requeue)
+    }
+}
+
+/// The Namespace controller: a Namespace's key for every change of it (a deleted one has
+/// nothing left to do).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NamespaceController;
+
+impl Controller for NamespaceController {
+    const NAME: &'static str = "namespace";
+    type Loop = NamespaceLoop;
+
+    fn wire(self, informers: &mut Informers, queue: &WorkQueue) -> NamespaceLoop {
+        let namespaces = informers.all::<Namespace>();
+        let q = queue.clone();
+        namespaces.on(move |t| match t {
+            Touch::Changed(n) => q.add(key_of(n)),
+            Touch::Deleted(_) => {}
+            Touch::Relisted(all) => all.iter().for_each(|n| q.add(key_of(&**n))),
+        });
+        let namespaces = namespaces.store();
+        NamespaceLoop {
+            client: informers.client().clone(),
+            namespaces,
+            resources: None,
+        }
     }
 }
 

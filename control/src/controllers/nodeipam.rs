@@ -4,7 +4,6 @@
 //! free again as soon as the Node is gone.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use k8s_openapi::api::core::v1::Node;
@@ -13,7 +12,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::ControllerError;
-use super::runtime::{Reconciler, Requeue};
+use super::runtime::{Controller, Informers, Reconciler, Requeue, Touch, WorkQueue, key_of};
+use crate::ipam::{Allocator, Range};
 
 /// The pool Node podCIDRs come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,24 +41,19 @@ impl Pool {
         Ok(Self { cluster, mask })
     }
 
+    /// The pool's blocks, numbered in address order.
+    pub fn range(&self) -> Option<Range> {
+        Range::blocks(self.cluster, self.mask).ok()
+    }
+
     /// The number of Node blocks in the pool.
     pub fn blocks(&self) -> u64 {
-        1u64 << (self.mask - self.cluster.prefix())
+        self.range().map_or(0, |r| r.len())
     }
 
     /// The `i`th block.
     pub fn block(&self, i: u64) -> Option<Ipv4Network> {
-        if i >= self.blocks() {
-            return None;
-        }
-        let base = u32::from(self.cluster.network());
-        let step = if self.mask == 32 {
-            1u64
-        } else {
-            1u64 << (32 - self.mask)
-        };
-        let addr = u64::from(base) + i * step;
-        Ipv4Network::new(Ipv4Addr::from(u32::try_from(addr).ok()?), self.mask).ok()
+        self.range()?.item(i)
     }
 }
 
@@ -102,22 +97,53 @@ pub fn plan(node: &Node, snap: &Snapshot<'_>) -> Vec<Change> {
     if has_cidr || node.metadata.deletion_timestamp.is_some() {
         return Vec::new();
     }
-    let used: Vec<Ipv4Network> = snap
-        .nodes
-        .iter()
-        .flat_map(|n| node_cidrs(n))
-        .chain(snap.pending.iter().copied())
-        .filter(|c| c.overlaps(snap.pool.cluster))
-        .collect();
-    let free = (0..snap.pool.blocks())
-        .filter_map(|i| snap.pool.block(i))
-        .find(|b| used.iter().all(|u| !u.overlaps(*b)));
+    // Every block a Node's CIDR (of whatever size) or a pending assignment overlaps is taken;
+    // the first free one goes to this Node.
+    let free = snap.pool.range().and_then(|range| {
+        let mut blocks = Allocator::new(range);
+        snap.nodes
+            .iter()
+            .flat_map(|n| node_cidrs(n))
+            .chain(snap.pending.iter().copied())
+            .for_each(|c| blocks.occupy(c));
+        blocks.next_free(0, |_| true)
+    });
     match free {
         Some(cidr) => vec![Change::Assign {
             node: node.metadata.name.clone().unwrap_or_default(),
             cidr,
         }],
         None => vec![Change::Exhausted],
+    }
+}
+
+/// Node IPAM: a Node's key for every change of it, every Node's when one is deleted (its
+/// block may let a Node that found the pool exhausted get one now).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NodeIpamController {
+    /// The blocks given out.
+    pub pool: Pool,
+}
+
+impl Controller for NodeIpamController {
+    const NAME: &'static str = "nodeipam";
+    type Loop = NodeIpamLoop;
+
+    fn wire(self, informers: &mut Informers, queue: &WorkQueue) -> NodeIpamLoop {
+        let nodes = informers.all::<Node>();
+        let store = nodes.store();
+        let (q, all_nodes) = (queue.clone(), store.clone());
+        nodes.on(move |t| match t {
+            Touch::Changed(n) => q.add(key_of(n)),
+            Touch::Deleted(_) => all_nodes.state().iter().for_each(|n| q.add(key_of(&**n))),
+            Touch::Relisted(all) => all.iter().for_each(|n| q.add(key_of(&**n))),
+        });
+        NodeIpamLoop {
+            client: informers.client().clone(),
+            nodes: store,
+            pool: self.pool,
+            pending: BTreeMap::new(),
+        }
     }
 }
 

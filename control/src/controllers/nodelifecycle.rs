@@ -14,6 +14,7 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use super::runtime::{Controller, Informers, Touch, WorkQueue, key_of};
 use super::runtime::{Reconciler, Requeue};
 
 /// How long a Node may go without a heartbeat before it is Unknown.
@@ -146,6 +147,43 @@ impl Reconciler for NodeLifecycleLoop {
             }
         }
         Ok(requeue)
+    }
+}
+
+/// The Node lifecycle controller: a Node's key for every change of it and for every change of
+/// its Lease (in [`LEASE_NAMESPACE`], named after the Node).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NodeLifecycleController;
+
+impl Controller for NodeLifecycleController {
+    const NAME: &'static str = "nodelifecycle";
+    type Loop = NodeLifecycleLoop;
+
+    fn wire(self, informers: &mut Informers, queue: &WorkQueue) -> NodeLifecycleLoop {
+        let nodes = informers.all::<Node>();
+        let q = queue.clone();
+        nodes.on(move |t| match t {
+            Touch::Changed(n) => q.add(key_of(n)),
+            Touch::Deleted(_) => {}
+            Touch::Relisted(all) => all.iter().for_each(|n| q.add(key_of(&**n))),
+        });
+        let nodes = nodes.store();
+        let leases = informers.namespaced::<Lease>(LEASE_NAMESPACE);
+        let q = queue.clone();
+        leases.on(move |t| match t {
+            Touch::Changed(l) | Touch::Deleted(l) => {
+                q.add(l.metadata.name.clone().unwrap_or_default())
+            }
+            Touch::Relisted(all) => all
+                .iter()
+                .for_each(|l| q.add(l.metadata.name.clone().unwrap_or_default())),
+        });
+        let leases = leases.store();
+        NodeLifecycleLoop {
+            client: informers.client().clone(),
+            nodes,
+            leases,
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use super::objects::{
     pod_is_active, pod_is_available, pod_is_ready, pod_phase, pod_ready_since,
 };
 use super::podtemplate;
+use super::runtime::{Controller, Informers, Touch, WorkQueue, controller_key, key_of};
 use super::runtime::{Expectations, Reconciler, Requeue, Seen, delete_background, split_key};
 
 /// Most Pods created or deleted by one reconcile (Kubernetes' `burstReplicas`).
@@ -322,6 +323,46 @@ pub fn template_labels(rs: &ReplicaSet) -> BTreeMap<String, String> {
         .and_then(|t| t.metadata.as_ref())
         .and_then(|m| m.labels.clone())
         .unwrap_or_default()
+}
+
+/// The ReplicaSet controller: a ReplicaSet's key for every change of it, and its owner's for
+/// every change of a Pod it controls.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplicaSetController;
+
+impl Controller for ReplicaSetController {
+    const NAME: &'static str = "replicaset";
+    type Loop = ReplicaSetLoop;
+
+    fn wire(self, informers: &mut Informers, queue: &WorkQueue) -> ReplicaSetLoop {
+        let replicasets = informers.all::<ReplicaSet>();
+        let q = queue.clone();
+        replicasets.on(move |t| match t {
+            Touch::Changed(rs) | Touch::Deleted(rs) => q.add(key_of(rs)),
+            Touch::Relisted(all) => all.iter().for_each(|rs| q.add(key_of(&**rs))),
+        });
+        let replicasets = replicasets.store();
+        let pods = informers.all::<Pod>();
+        let q = queue.clone();
+        pods.on(move |t| {
+            let owner = |p: &Pod| {
+                if let Some(k) = controller_key(&p.metadata, "ReplicaSet") {
+                    q.add(k);
+                }
+            };
+            match t {
+                Touch::Changed(p) | Touch::Deleted(p) => owner(p),
+                Touch::Relisted(all) => all.iter().for_each(|p| owner(p)),
+            }
+        });
+        let pods = pods.store();
+        ReplicaSetLoop {
+            client: informers.client().clone(),
+            replicasets,
+            pods,
+            expectations: Default::default(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,28 @@
-//! The machinery under every controller loop: informers (a reflector store plus event handlers),
-//! a deduplicating work queue, creation/deletion expectations and the worker that drives a
-//! reconciler with retries. Nothing here knows a controller's semantics.
+//! The machinery under every controller loop: informers (kube-runtime's watcher and reflector
+//! store plus event handlers), shared per kind by every controller ([`Informers`]), the
+//! [`Controller`] trait each controller module implements to wire itself, a deduplicating work
+//! queue, creation/deletion expectations and the worker that drives a reconciler with retries.
+//! Nothing here knows a controller's semantics.
+//!
+//! kube-runtime's `Controller` is not used for the loops: it calls its reconciler only with
+//! objects its store still holds, while these controllers reconcile deleted owners
+//! (expectations to forget, dependents to collect) and keys that name no object (the garbage
+//! collector's sweep); it runs reconciles of different objects concurrently, where node and
+//! LoadBalancer IPAM rely on one key at a time; and sharing one watch per kind between
+//! controllers takes its `unstable-runtime` streams. Its watcher, reflector stores and backoff
+//! are what [`Informer`] runs on.
 
+use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -123,6 +137,238 @@ where
         }
         Err(ControllerError::WatchEnded(kind))
     }
+}
+
+/// An [`Informer`] of any kind, as [`Informers`] keeps them.
+trait AnyInformer: Send {
+    fn as_any(&mut self) -> &mut dyn Any;
+    fn ready(&self) -> BoxFuture<'static, bool>;
+    fn run(self: Box<Self>) -> BoxFuture<'static, Result<(), ControllerError>>;
+}
+
+impl<K> AnyInformer for Informer<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn ready(&self) -> BoxFuture<'static, bool> {
+        let store = self.store();
+        Box::pin(async move { store.wait_until_ready().await.is_ok() })
+    }
+
+    fn run(self: Box<Self>) -> BoxFuture<'static, Result<(), ControllerError>> {
+        Box::pin((*self).run())
+    }
+}
+
+/// The informers of every controller: one per kind (and namespace, for a kind watched in one
+/// namespace only), made when a controller first asks for it, so a kind is watched once however
+/// many controllers read it.
+pub struct Informers {
+    client: kube::Client,
+    informers: Vec<(InformerKey, Box<dyn AnyInformer>)>,
+}
+
+/// An informer's kind and namespace (None: all namespaces), with the kind's name for logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct InformerKey {
+    kind: TypeId,
+    namespace: Option<String>,
+    name: String,
+}
+
+impl Debug for Informers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.informers.iter().map(|(k, _)| (&k.name, &k.namespace)))
+            .finish()
+    }
+}
+
+impl Informers {
+    /// No informer yet; they watch through `client`.
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            client,
+            informers: Vec::new(),
+        }
+    }
+
+    /// The client the informers (and the controllers) use.
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// The informer of every `K` of the cluster (all namespaces).
+    pub fn all<K>(&mut self) -> &mut Informer<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        self.get(None, |c| Api::all(c))
+    }
+
+    /// The informer of the `K`s of namespace `ns`.
+    pub fn namespaced<K>(&mut self, ns: &str) -> &mut Informer<K>
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.get(Some(ns), |c| Api::namespaced(c, ns))
+    }
+
+    fn get<K>(
+        &mut self,
+        ns: Option<&str>,
+        api: impl FnOnce(kube::Client) -> Api<K>,
+    ) -> &mut Informer<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let key = InformerKey {
+            kind: TypeId::of::<K>(),
+            namespace: ns.map(str::to_string),
+            name: K::kind(&()).to_string(),
+        };
+        let at = match self.informers.iter().position(|(k, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                let informer = Informer::new(api(self.client.clone()), watcher::Config::default());
+                self.informers.push((key, Box::new(informer)));
+                self.informers.len() - 1
+            }
+        };
+        self.informers[at]
+            .1
+            .as_any()
+            .downcast_mut::<Informer<K>>()
+            .expect("an informer is keyed by its own kind")
+    }
+
+    /// Starts every informer on `tasks`; the future returned resolves once every store has
+    /// listed (false if one never will).
+    fn start(
+        self,
+        tasks: &mut tokio::task::JoinSet<(String, Result<(), ControllerError>)>,
+    ) -> BoxFuture<'static, bool> {
+        let ready: Vec<BoxFuture<'static, bool>> =
+            self.informers.iter().map(|(_, i)| i.ready()).collect();
+        for (key, informer) in self.informers {
+            let name = format!("{} informer", key.name);
+            tasks.spawn(async move { (name, informer.run().await) });
+        }
+        Box::pin(async move {
+            for r in ready {
+                if !r.await {
+                    return false;
+                }
+            }
+            true
+        })
+    }
+}
+
+/// A controller: what it watches, how changes of watched objects map to its keys, and the
+/// reconciler that takes them. Each controller module implements it; [`Runner`] runs them.
+pub trait Controller {
+    /// Its name in logs.
+    const NAME: &'static str;
+    /// The reconciler its keys go to.
+    type Loop: Reconciler + 'static;
+    /// Registers, on the shared informers, the handlers mapping changes to keys of `queue`,
+    /// and returns the reconciler over their stores.
+    fn wire(self, informers: &mut Informers, queue: &WorkQueue) -> Self::Loop;
+}
+
+/// Runs controllers over shared informers: each gets its own work queue and worker, and the
+/// workers start once every store has listed, so no plan runs on a partial view (the garbage
+/// collector's above all).
+pub struct Runner {
+    informers: Informers,
+    workers: Vec<(
+        &'static str,
+        BoxFuture<'static, Result<(), ControllerError>>,
+    )>,
+}
+
+impl Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("informers", &self.informers)
+            .field(
+                "controllers",
+                &self.workers.iter().map(|w| w.0).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Runner {
+    /// No controller yet.
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            informers: Informers::new(client),
+            workers: Vec::new(),
+        }
+    }
+
+    /// Wires `controller` in.
+    pub fn add<C: Controller>(&mut self, controller: C) -> &mut Self {
+        let queue = WorkQueue::default();
+        let worker = controller.wire(&mut self.informers, &queue);
+        self.workers
+            .push((C::NAME, Box::pin(run_worker(C::NAME, queue, worker))));
+        self
+    }
+
+    /// Runs every informer and controller until one stops (an error, or a bug: none ends by
+    /// itself).
+    pub async fn run(self) -> Result<(), ControllerError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let ready = self.informers.start(&mut tasks).shared();
+        for (name, worker) in self.workers {
+            let ready = ready.clone();
+            tasks.spawn(async move {
+                if !ready.await {
+                    // An informer stopped before listing; its task reports why.
+                    futures::future::pending::<()>().await;
+                }
+                (format!("{name} controller"), worker.await)
+            });
+        }
+        match tasks.join_next().await {
+            Some(Ok((name, Err(e)))) => {
+                tracing::error!(task = name, error = %e, "controller task failed");
+                Err(e)
+            }
+            Some(Ok((name, Ok(())))) => Err(ControllerError::Stopped { name, source: None }),
+            Some(Err(e)) => Err(ControllerError::Stopped {
+                name: "controller task".into(),
+                source: Some(e),
+            }),
+            None => Err(ControllerError::Stopped {
+                name: "controllers".into(),
+                source: None,
+            }),
+        }
+    }
+}
+
+/// The key of the owner of kind `kind` that controls `meta` (its controller ownerReference).
+pub fn controller_key(meta: &ObjectMeta, kind: &str) -> Option<String> {
+    let r = super::objects::controller_ref(meta).filter(|r| r.kind == kind)?;
+    Some(format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        r.name
+    ))
 }
 
 /// `namespace/name` (or `name` for cluster-scoped objects): the key of work queues.
