@@ -113,10 +113,28 @@ impl Allocated {
     /// Adds the allocations `svc` holds.
     fn add(&mut self, svc: &Value) {
         let spec = &svc["spec"];
-        let ips = spec["clusterIPs"]
-            .as_array()
-            .cloned()
-            .unwrap_or_else(|| vec![spec["clusterIP"].clone()]);
+        let no_ports = Vec::new();
+        let ports = spec["ports"].as_array().unwrap_or(&no_ports);
+        self.add_spec(
+            &spec["clusterIP"],
+            &spec["clusterIPs"],
+            ports,
+            &spec["healthCheckNodePort"],
+        );
+    }
+
+    /// Adds the allocations of a Service spec's fields.
+    fn add_spec(
+        &mut self,
+        cluster_ip: &Value,
+        cluster_ips: &Value,
+        ports: &[Value],
+        health_check_node_port: &Value,
+    ) {
+        let ips = match cluster_ips.as_array() {
+            Some(ips) => ips.as_slice(),
+            None => std::slice::from_ref(cluster_ip),
+        };
         for ip in ips
             .iter()
             .filter_map(Value::as_str)
@@ -124,13 +142,13 @@ impl Allocated {
         {
             self.ips.insert(ip);
         }
-        for p in spec["ports"].as_array().into_iter().flatten() {
+        for p in ports {
             if let Some(np) = p["nodePort"].as_u64().and_then(|n| u16::try_from(n).ok()) {
                 self.node_ports
                     .insert((np, p["protocol"].as_str().unwrap_or("TCP").to_string()));
             }
         }
-        if let Some(hc) = spec["healthCheckNodePort"]
+        if let Some(hc) = health_check_node_port
             .as_u64()
             .and_then(|n| u16::try_from(n).ok())
             .filter(|n| *n != 0)
@@ -475,6 +493,49 @@ impl Reservations {
     }
 }
 
+/// The fields of a stored Service the index reads: decoding only these (the watch delivers
+/// every Service write) costs a fraction of a whole [`Value`].
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct StoredService {
+    metadata: StoredMeta,
+    spec: StoredSpec,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct StoredMeta {
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct StoredSpec {
+    #[serde(rename = "clusterIP")]
+    cluster_ip: Value,
+    #[serde(rename = "clusterIPs")]
+    cluster_ips: Value,
+    ports: Value,
+    health_check_node_port: Value,
+}
+
+impl StoredService {
+    /// As [`Allocated::of`] the whole Service.
+    fn allocated(&self) -> Allocated {
+        let spec = &self.spec;
+        let mut own = Allocated::default();
+        let no_ports = Vec::new();
+        own.add_spec(
+            &spec.cluster_ip,
+            &spec.cluster_ips,
+            spec.ports.as_array().unwrap_or(&no_ports),
+            &spec.health_check_node_port,
+        );
+        own
+    }
+}
+
 struct Index {
     /// The Services' key prefix.
     prefix: String,
@@ -545,10 +606,12 @@ impl Index {
     fn put(&mut self, key: &str, value: &[u8]) -> Option<(String, String)> {
         self.remove(key);
         // An unreadable stored object holds nothing, as the handlers' list skips it.
-        let svc = serde_json::from_slice::<Value>(value).ok()?;
-        let (ns, name) = service_name(&svc);
-        let name = (ns.to_string(), name.to_string());
-        let own = Allocated::of(&svc);
+        let svc = serde_json::from_slice::<StoredService>(value).ok()?;
+        let own = svc.allocated();
+        let name = (
+            svc.metadata.namespace.unwrap_or_default(),
+            svc.metadata.name.unwrap_or_default(),
+        );
         self.holders.add(&own);
         self.names.insert(key.to_string(), name.clone());
         if let Some(before) = self.services.insert(name.clone(), own) {
