@@ -48,14 +48,9 @@ pub trait InUse {
     fn node_port_in_use(&self, port: u16, proto: &str) -> bool;
 
     /// A free ClusterIP of `cfg`'s Service CIDR, scanning from a random address as
-    /// kube-apiserver's allocator does (so concurrent clusters rarely pick alike).
+    /// kube-apiserver's allocator does.
     fn free_ip(&self, cfg: &ApiConfig) -> Option<Ipv4Addr> {
-        let range = service_range(cfg)?;
-        let len = range.len();
-        let start = rand::random::<u64>() % len;
-        (0..len)
-            .filter_map(|i| range.address((start + i) % len))
-            .find(|ip| !self.ip_in_use(ip))
+        scan_free_ip(cfg, &|ip| self.ip_in_use(ip))
     }
 
     /// A free nodePort of `proto` in `cfg`'s range that `also_free` accepts, scanning from a
@@ -77,6 +72,16 @@ pub trait InUse {
     /// Admission gave `svc` its allocations: an index holds them for it until its write is
     /// visible (nothing to do for a plain list).
     fn hold(&self, _svc: &Value) {}
+}
+
+/// A ClusterIP of `cfg`'s Service CIDR that `in_use` refuses, scanning from a random address.
+fn scan_free_ip(cfg: &ApiConfig, in_use: &dyn Fn(&Ipv4Addr) -> bool) -> Option<Ipv4Addr> {
+    let range = service_range(cfg)?;
+    let len = range.len();
+    let start = rand::random::<u64>() % len;
+    (0..len)
+        .filter_map(|i| range.address((start + i) % len))
+        .find(|ip| !in_use(ip))
 }
 
 /// What the stored Services (other than the one being admitted) already use.
@@ -767,9 +772,8 @@ impl InUse for IndexedAllocations<'_> {
                 b.next_free(start, |n| !self.ip_in_use(&n.network()))
                     .map(|n| n.network())
             }
-            _ => Allocated::default()
-                .free_ip(cfg)
-                .filter(|ip| !self.ip_in_use(ip)),
+            // Another range than the index's: scan it.
+            _ => scan_free_ip(cfg, &|ip| self.ip_in_use(ip)),
         }
     }
 
