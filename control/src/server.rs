@@ -100,6 +100,11 @@ pub async fn ensure_system_namespaces<S: Store>(
     if !relabelled.is_empty() {
         tracing::info!(namespaces = ?relabelled, "added the kubernetes.io/metadata.name label");
     }
+    // The post-start hook of health checks (`poststarthook/start-system-namespaces-controller`).
+    state
+        .lifecycle
+        .system_namespaces
+        .store(true, std::sync::atomic::Ordering::Release);
     Ok(())
 }
 
@@ -198,6 +203,12 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     // Everything spawned here stops when `run` returns or is dropped (a cancelled `run` must
     // not leave tasks holding the store and the port).
     let mut tasks = Tasks::default();
+    tasks.spawn(api::metrics::count_storage_objects(
+        store.clone(),
+        Arc::clone(&state.metrics),
+        Arc::clone(&state.lifecycle.informers_synced),
+    ));
+    let shutting_down = Arc::clone(&state.lifecycle.shutting_down);
     tasks.spawn(compaction_loop(store));
     tasks.spawn(api::namespaces::finalize_loop(state.clone()));
 
@@ -254,6 +265,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     let result = tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
+            shutting_down.store(true, std::sync::atomic::Ordering::Release);
             handle.graceful_shutdown(Some(Duration::from_secs(5)));
             match tokio::time::timeout(Duration::from_secs(10), &mut server).await {
                 Ok(Ok(Err(source))) => Err(ServerError::Serve { addr: listen, source }),

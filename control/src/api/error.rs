@@ -147,6 +147,9 @@ pub enum ApiError {
     Internal(String),
     #[error("storage: {0}")]
     Store(#[source] StoreError),
+    /// A request body over the limit (apierrors.NewRequestEntityTooLargeError).
+    #[error("Request entity too large: limit is {0}")]
+    RequestEntityTooLarge(usize),
 }
 
 /// kube-apiserver's message when a continue token's revision is compacted; the 410 carries a
@@ -205,6 +208,9 @@ impl ApiError {
                 (StatusCode::CONFLICT, "AlreadyExists")
             }
             ApiError::Store(StoreError::Compacted { .. }) => (StatusCode::GONE, "Expired"),
+            ApiError::RequestEntityTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge")
+            }
             ApiError::Internal(_) | ApiError::Store(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
             }

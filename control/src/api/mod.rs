@@ -5,7 +5,10 @@ pub mod alloc;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
+pub mod health;
+pub mod limits;
 pub mod logs;
+pub mod metrics;
 pub mod namespaces;
 pub mod openapi;
 pub mod patch;
@@ -92,16 +95,27 @@ pub struct ApiState<S> {
     pub alloc_lock: alloc::WriteGate,
     /// The allocations of every stored Service, kept current from the store's watch.
     pub allocations: alloc::AllocationIndex,
+    /// `/metrics`, fed by the request layer and the storage object counter.
+    pub metrics: Arc<metrics::ApiMetrics>,
+    /// What the health checks read: set by the server as it starts and stops.
+    pub lifecycle: health::Lifecycle,
+    /// The checks of `/healthz`, `/livez` and `/readyz`.
+    pub health: health::HealthChecks,
 }
 
 impl<S: Store> ApiState<S> {
     pub fn new(store: Arc<S>, config: ApiConfig) -> Arc<Self> {
         let allocations = alloc::AllocationIndex::new(&config);
+        let lifecycle = health::Lifecycle::default();
+        let health = health::HealthChecks::for_server(Arc::clone(&store), &lifecycle);
         Arc::new(Self {
             store,
             alloc_lock: allocations.gate(),
             allocations,
             config,
+            metrics: Arc::default(),
+            lifecycle,
+            health,
         })
     }
 }
@@ -115,7 +129,10 @@ async fn authenticate<S: Store>(
     next: Next,
 ) -> Response {
     let path = req.uri().path();
-    if matches!(path, "/healthz" | "/livez" | "/readyz" | "/version") {
+    let health = ["/healthz", "/livez", "/readyz"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")));
+    if health || path == "/version" {
         return next.run(req).await;
     }
     let presented = req
@@ -150,13 +167,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The whole API as an axum router.
 pub fn router<S: Store>(state: Arc<ApiState<S>>) -> Router {
     Router::new()
-        .route("/healthz", get(discovery::healthz))
-        .route("/livez", get(discovery::healthz))
-        .route("/readyz", get(discovery::healthz))
+        .route("/healthz", get(health_root::<S>))
+        .route("/livez", get(health_root::<S>))
+        .route("/readyz", get(health_root::<S>))
+        .route("/healthz/{*check}", get(health_check::<S>))
+        .route("/livez/{*check}", get(health_check::<S>))
+        .route("/readyz/{*check}", get(health_check::<S>))
+        .route("/metrics", get(serve_metrics::<S>))
         .route("/version", get(discovery::version))
+        // kube-apiserver answers the trailing-slash forms too; the Python client's
+        // `get_api_versions()` asks for `/api/`.
         .route("/api", get(discovery::api_versions))
+        .route("/api/", get(discovery::api_versions))
         .route("/api/v1", get(discovery::core_resources))
         .route("/apis", get(discovery::api_groups))
+        .route("/apis/", get(discovery::api_groups))
         .route("/apis/{group}", get(discovery::api_group))
         .route("/apis/{group}/{version}", get(discovery::group_resources))
         .route("/openapi/v3", get(openapi::index))
@@ -167,14 +192,53 @@ pub fn router<S: Store>(state: Arc<ApiState<S>>) -> Router {
             any(handlers::group_entry::<S>),
         )
         .fallback(|| async { ApiError::NoSuchResource })
-        // kube-apiserver accepts request bodies up to 3 MiB (etcd's default value limit is 1.5 MiB
-        // per object, but patches and lists of operations can be larger).
-        .layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
+        // The limit is enforced at the door (limits::body_limit); this one only keeps axum's
+        // extractors from buffering more if a body ever reaches them unchecked.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            limits::MAX_REQUEST_BODY_BYTES,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             authenticate::<S>,
         ))
+        .layer(middleware::from_fn(limits::body_limit))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.metrics),
+            metrics::track,
+        ))
         .with_state(state)
+}
+
+/// Which of `/healthz`, `/livez`, `/readyz` a path is under.
+fn health_endpoint(path: &str) -> &'static str {
+    ["livez", "readyz"]
+        .into_iter()
+        .find(|e| path.trim_start_matches('/').starts_with(e))
+        .unwrap_or("healthz")
+}
+
+async fn health_root<S: Store>(State(state): State<Arc<ApiState<S>>>, req: Request) -> Response {
+    let endpoint = health_endpoint(req.uri().path());
+    let query = health::HealthQuery::parse(req.uri().query());
+    health::run_all(endpoint, state.health.of(endpoint), &query)
+        .await
+        .into_response()
+}
+
+async fn health_check<S: Store>(
+    State(state): State<Arc<ApiState<S>>>,
+    axum::extract::Path(check): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    let endpoint = health_endpoint(req.uri().path());
+    match health::run_one(state.health.of(endpoint), &check).await {
+        Some(answer) => answer.into_response(),
+        None => ApiError::NoSuchResource.into_response(),
+    }
+}
+
+async fn serve_metrics<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Response {
+    metrics::serve(Arc::clone(&state.metrics)).await
 }
 
 /// Current time as Kubernetes writes timestamps (RFC 3339, seconds, UTC).

@@ -17,6 +17,8 @@ use super::{ApiConfig, ApiState, router};
 use crate::store::{SqliteStore, Store};
 
 mod netpol;
+#[cfg(test)]
+mod operability;
 
 const TOKEN: &str = "test-token";
 
