@@ -4,7 +4,8 @@
 //! Entry point of `cargo xtask bench services`; the `client`/`server` subcommands are the
 //! processes the bench starts inside its namespaces. `cargo xtask bench policy` measures
 //! NetworkPolicy enforcement (`policy`); its `policy-server`/`policy-client` are its Pods'
-//! processes.
+//! processes. `cargo xtask bench scheduler` measures the scheduler with 1,000 fake Nodes
+//! (`scheduler`).
 
 mod api_latency;
 mod cleanup;
@@ -24,6 +25,8 @@ mod report;
 #[cfg(test)]
 mod rules_tests;
 mod run;
+mod scheduler;
+mod scheduler_report;
 mod topology;
 mod workload;
 
@@ -125,6 +128,30 @@ enum Cmd {
         #[arg(long)]
         skip_cluster: bool,
     },
+    /// The scheduler at cluster scale: 1,000 fake Nodes on a real `keelson server`, then
+    /// 5,000 and 30,000 Pods; Pods/s from the first create to the last bind, per-Pod
+    /// latency, spread over the Nodes.
+    Scheduler {
+        /// Fake Nodes.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Pod counts, each on a fresh server.
+        #[arg(long, value_delimiter = ',', default_value = "5000,30000")]
+        pods: Vec<usize>,
+        /// Concurrent create calls.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// The keelson binary to measure (e.g. another branch's build) [default: the release
+        /// binary next to this one].
+        #[arg(long)]
+        keelson: Option<PathBuf>,
+        /// The runs' name in the table.
+        #[arg(long, default_value = "this build")]
+        label: String,
+        /// Give up waiting for the binds after this many seconds [default: pods/40 + 60].
+        #[arg(long)]
+        timeout_secs: Option<u64>,
+    },
     /// (internal) The policy bench's server Pod: accept-and-close ports and a stream sink.
     PolicyServer {
         #[arg(long)]
@@ -220,6 +247,21 @@ fn main() -> Result<()> {
                 policies: cluster_policies,
                 pods: cluster_pods,
             },
+        }),
+        Cmd::Scheduler {
+            nodes,
+            pods,
+            clients,
+            keelson,
+            label,
+            timeout_secs,
+        } => scheduler::run(&scheduler::Options {
+            nodes,
+            pods,
+            clients,
+            keelson,
+            label,
+            timeout: timeout_secs.map(Duration::from_secs),
         }),
         Cmd::PolicyServer {
             netns,

@@ -69,10 +69,11 @@ enum Cmd {
     /// clippy on every target and rustfmt --check.
     Lint,
     /// Set up, then run a benchmark (release build): `services` compares keelson with
-    /// kube-proxy's iptables and nftables modes; `policy` measures NetworkPolicy enforcement.
-    /// Results go to docs/benchmarks.md.
+    /// kube-proxy's iptables and nftables modes; `policy` measures NetworkPolicy enforcement;
+    /// `scheduler` binds Pods to 1,000 fake Nodes of a real server. Results go to
+    /// docs/benchmarks.md.
     Bench {
-        /// Which benchmark (`services` or `policy`).
+        /// Which benchmark (`services`, `policy` or `scheduler`).
         name: String,
         /// Extra arguments for the benchmark (e.g. `--quick`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

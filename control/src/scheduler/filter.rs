@@ -5,36 +5,30 @@ use k8s_openapi::api::core::v1::{
     NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
 };
 
-use super::NodeInfo;
-use super::resources::{allocatable, pod_requests};
+use super::framework::{NodeInfo, PodInfo, tolerations};
+use super::resources::{Resources, pod_requests};
 
 /// A filter's verdict: Ok, or the reason the Node does not fit.
 pub type Verdict = Result<(), String>;
 
-/// A filter plugin.
-pub type Filter = fn(&Pod, &NodeInfo<'_>) -> Verdict;
+/// A filter plugin, given the Pod with what was computed of it once per cycle.
+pub type Filter = fn(&PodInfo<'_>, &NodeInfo) -> Verdict;
 
 /// Every filter, in the order they run.
 pub const FILTERS: [(&str, Filter); 5] = [
-    ("NodeReady", node_ready),
-    ("NodeUnschedulable", node_unschedulable),
-    ("NodeResourcesFit", resources_fit),
-    ("NodeAffinity", node_affinity),
-    ("TaintToleration", taint_toleration),
+    ("NodeReady", |p, n| node_ready(p.pod, n)),
+    ("NodeUnschedulable", |p, n| node_unschedulable(p.pod, n)),
+    ("NodeResourcesFit", |p, n| fits(&p.usage.requested, n)),
+    ("NodeAffinity", |p, n| node_affinity(p.pod, n)),
+    ("TaintToleration", |p, n| taint_toleration(p.pod, n)),
 ];
 
 /// The taint key for cordoned Nodes.
 pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 
 /// The Node's Ready condition is True.
-pub fn node_ready(_pod: &Pod, n: &NodeInfo<'_>) -> Verdict {
-    let ready = n
-        .node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    if ready {
+pub fn node_ready(_pod: &Pod, n: &NodeInfo) -> Verdict {
+    if n.ready {
         Ok(())
     } else {
         Err("node(s) were not ready".into())
@@ -42,7 +36,7 @@ pub fn node_ready(_pod: &Pod, n: &NodeInfo<'_>) -> Verdict {
 }
 
 /// A cordoned Node takes only Pods tolerating `node.kubernetes.io/unschedulable:NoSchedule`.
-pub fn node_unschedulable(pod: &Pod, n: &NodeInfo<'_>) -> Verdict {
+pub fn node_unschedulable(pod: &Pod, n: &NodeInfo) -> Verdict {
     let cordoned = n
         .node
         .spec
@@ -62,17 +56,30 @@ pub fn node_unschedulable(pod: &Pod, n: &NodeInfo<'_>) -> Verdict {
 }
 
 /// The Pod's requests fit what the Node has left: CPU, memory and the Pod count.
-pub fn resources_fit(pod: &Pod, n: &NodeInfo<'_>) -> Verdict {
-    let want = pod_requests(pod, false);
-    let (cpu, mem, pods) = allocatable(n.node);
+pub fn resources_fit(pod: &Pod, n: &NodeInfo) -> Verdict {
+    fits(&pod_requests(pod, false), n)
+}
+
+/// Requests `want` fit what the Node has left.
+pub fn fits(want: &Resources, n: &NodeInfo) -> Verdict {
+    let used = &n.usage.requested;
+    let a = &n.allocatable;
+    let cpu_short = want.cpu_milli > 0
+        && a.cpu_milli
+            .is_some_and(|c| used.cpu_milli + want.cpu_milli > c);
+    let mem_short = want.memory > 0 && a.memory.is_some_and(|m| used.memory + want.memory > m);
+    let pods_short = used.pods + 1 > a.pods;
+    if !(cpu_short || mem_short || pods_short) {
+        return Ok(());
+    }
     let mut lacking = Vec::new();
-    if n.requested.pods + 1 > pods {
+    if pods_short {
         lacking.push("Too many pods");
     }
-    if want.cpu_milli > 0 && cpu.is_some_and(|c| n.requested.cpu_milli + want.cpu_milli > c) {
+    if cpu_short {
         lacking.push("Insufficient cpu");
     }
-    if want.memory > 0 && mem.is_some_and(|m| n.requested.memory + want.memory > m) {
+    if mem_short {
         lacking.push("Insufficient memory");
     }
     if lacking.is_empty() {
@@ -83,9 +90,10 @@ pub fn resources_fit(pod: &Pod, n: &NodeInfo<'_>) -> Verdict {
 }
 
 /// spec.nodeSelector and the required node affinity terms match the Node.
-pub fn node_affinity(pod: &Pod, n: &NodeInfo<'_>) -> Verdict {
+pub fn node_affinity(pod: &Pod, n: &NodeInfo) -> Verdict {
     let spec = pod.spec.as_ref();
-    let labels = n.node.metadata.labels.clone().unwrap_or_default();
+    let empty = std::collections::BTreeMap::new();
+    let labels = n.node.metadata.labels.as_ref().unwrap_or(&empty);
     let selector_ok = spec
         .and_then(|s| s.node_selector.as_ref())
         .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
@@ -96,12 +104,12 @@ pub fn node_affinity(pod: &Pod, n: &NodeInfo<'_>) -> Verdict {
             a.required_during_scheduling_ignored_during_execution
                 .as_ref()
         });
-    let name = n.node.metadata.name.as_deref().unwrap_or_default();
+    let name = n.name.as_str();
     // Terms are ORed; an empty term list matches no Node.
     let affinity_ok = required.is_none_or(|r| {
         r.node_selector_terms
             .iter()
-            .any(|t| term_matches(t, &labels, name))
+            .any(|t| term_matches(t, labels, name))
     });
     if selector_ok && affinity_ok {
         Ok(())
@@ -148,13 +156,6 @@ pub fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> 
     }
 }
 
-fn tolerations(pod: &Pod) -> &[Toleration] {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.tolerations.as_deref())
-        .unwrap_or_default()
-}
-
 /// Whether `t` tolerates `taint` (Kubernetes' `Toleration.ToleratesTaint`): an empty key with
 /// Exists tolerates everything, an empty effect every effect, Exists any value.
 pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
@@ -178,7 +179,7 @@ pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
 
 /// Every NoSchedule and NoExecute taint of the Node is tolerated (PreferNoSchedule only
 /// matters to scoring).
-pub fn taint_toleration(pod: &Pod, n: &NodeInfo<'_>) -> Verdict {
+pub fn taint_toleration(pod: &Pod, n: &NodeInfo) -> Verdict {
     let taints = n
         .node
         .spec
@@ -200,6 +201,6 @@ pub fn taint_toleration(pod: &Pod, n: &NodeInfo<'_>) -> Verdict {
 }
 
 /// Runs every filter; the first failure is the Node's reason.
-pub fn run_filters(pod: &Pod, n: &NodeInfo<'_>) -> Verdict {
+pub fn run_filters(pod: &PodInfo<'_>, n: &NodeInfo) -> Verdict {
     FILTERS.iter().try_for_each(|(_, f)| f(pod, n))
 }

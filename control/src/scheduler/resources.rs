@@ -26,6 +26,15 @@ impl Resources {
             pods: self.pods + o.pods,
         }
     }
+
+    /// Component-wise difference (to take back what [`Resources::plus`] added).
+    pub fn minus(self, o: Resources) -> Resources {
+        Resources {
+            cpu_milli: self.cpu_milli - o.cpu_milli,
+            memory: self.memory - o.memory,
+            pods: self.pods - o.pods,
+        }
+    }
 }
 
 /// Parses a quantity into thousandths of its unit (so "250m" CPU is 250 and "1Ki" is 1_024_000),

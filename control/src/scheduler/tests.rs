@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::cache::Cache;
 use super::filter::*;
 use super::score::*;
 use super::*;
@@ -64,8 +65,24 @@ fn on(mut p: Pod, node: &str) -> Pod {
     p
 }
 
-fn info<'a>(n: &'a Node, pods: Vec<&'a Pod>) -> NodeInfo<'a> {
+fn info(n: &Node, pods: Vec<&Pod>) -> NodeInfo {
     NodeInfo::new(n, pods)
+}
+
+fn ctx(p: &Pod) -> ScoreContext<'_> {
+    ScoreContext {
+        pod: PodInfo::new(p),
+        spread: None,
+    }
+}
+
+/// Schedules `p` on a cache of `nodes` and `pods` from a fresh cursor.
+fn decide(p: &Pod, nodes: &[&Node], pods: &[&Pod]) -> Decision {
+    schedule(
+        p,
+        Cache::from_objects(nodes, pods).nodes(),
+        &mut Cursor::default(),
+    )
 }
 
 #[test]
@@ -289,13 +306,155 @@ fn least_allocated_prefers_emptier_nodes() {
     let b = info(&busy, vec![&load]);
     let i = info(&idle, vec![]);
     let p = pod_req("p", "500m", "512Mi");
-    assert!(least_allocated(&p, &i, &[&b, &i]) > least_allocated(&p, &b, &[&b, &i]));
+    let c = ctx(&p);
+    assert!(least_allocated(&c, &i) > least_allocated(&c, &b));
     // 2 cpu: (2000-500)*100/2000 = 75; 4Gi: (4096-512)*100/4096 = 87 -> 81.
-    assert_eq!(least_allocated(&p, &i, &[&i]), 81);
+    assert_eq!(least_allocated(&c, &i), 81);
 }
 
 #[test]
-fn spread_prefers_nodes_without_siblings() {
+fn balanced_allocation_prefers_even_use_of_cpu_and_memory() {
+    let n = node("n", "4", "4Gi", "110");
+    let cpu_heavy = on(pod_req("h", "2", "0"), "n");
+    let skewed = info(&n, vec![&cpu_heavy]);
+    let even = info(&n, vec![]);
+    let p = pod_req("p", "1", "1Gi");
+    let c = ctx(&p);
+    // Empty + the Pod: 1/4 cpu and 1/4 memory -> 100.
+    assert_eq!(balanced_allocation(&c, &even), 100);
+    // 3/4 cpu and 1/4 memory: (1 - 0.25) * 100 = 75.
+    assert_eq!(balanced_allocation(&c, &skewed), 75);
+}
+
+#[test]
+fn default_normalize_scales_and_reverses() {
+    let mut s = vec![0, 5, 10];
+    default_normalize(&mut s, false);
+    assert_eq!(s, vec![0, 50, 100]);
+    let mut r = vec![0, 1, 2];
+    default_normalize(&mut r, true);
+    assert_eq!(r, vec![100, 50, 0]);
+    let mut zero = vec![0, 0];
+    default_normalize(&mut zero, true);
+    assert_eq!(zero, vec![100, 100], "nothing to count is best everywhere");
+}
+
+#[test]
+fn feasible_nodes_to_find_follow_kube_scheduler() {
+    assert_eq!(num_feasible_nodes_to_find(0, None), 0);
+    assert_eq!(num_feasible_nodes_to_find(99, None), 99);
+    assert_eq!(num_feasible_nodes_to_find(100, None), 100);
+    assert_eq!(num_feasible_nodes_to_find(200, None), 100, "at least 100");
+    assert_eq!(
+        num_feasible_nodes_to_find(1000, None),
+        420,
+        "50 - 1000/125 = 42 %"
+    );
+    assert_eq!(num_feasible_nodes_to_find(5000, None), 500, "10 %");
+    assert_eq!(num_feasible_nodes_to_find(6000, None), 300, "at least 5 %");
+    assert_eq!(num_feasible_nodes_to_find(1000, Some(10)), 100);
+    assert_eq!(num_feasible_nodes_to_find(1000, Some(100)), 1000);
+}
+
+fn many_nodes(n: usize) -> Vec<Node> {
+    (0..n)
+        .map(|i| node(&format!("n{i:04}"), "4", "32Gi", "110"))
+        .collect()
+}
+
+#[test]
+fn schedule_scores_a_share_of_the_nodes_and_rotates_its_start() {
+    let nodes = many_nodes(1000);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let cache = Cache::from_objects(&refs, &[]);
+    let mut cursor = Cursor::default();
+    let p = pod_req("p", "100m", "500Mi");
+    let Decision::Bind(first) = schedule(&p, cache.nodes(), &mut cursor) else {
+        panic!("fits")
+    };
+    assert_eq!(cursor.next_start, 420, "stopped after 420 feasible Nodes");
+    assert!(
+        first.as_str() < "n0420",
+        "picked among the Nodes examined: {first}"
+    );
+    let Decision::Bind(second) = schedule(&p, cache.nodes(), &mut cursor) else {
+        panic!("fits")
+    };
+    assert_eq!(cursor.next_start, 840);
+    assert!(
+        ("n0420".."n0840").contains(&second.as_str()),
+        "the next search starts where the last stopped: {second}"
+    );
+    // A Pod that fits nowhere examines every Node.
+    let huge = pod_req("huge", "64", "1Gi");
+    assert_eq!(
+        schedule(&huge, cache.nodes(), &mut cursor),
+        Decision::Unschedulable("0/1000 nodes are available: 1000 Insufficient cpu.".into())
+    );
+}
+
+#[test]
+fn select_host_rotates_among_ties() {
+    let mut ties = 0;
+    assert_eq!(select_host(&[], &mut ties), None);
+    assert_eq!(select_host(&[1, 9, 3], &mut ties), Some(1));
+    assert_eq!(ties, 0, "no tie, no turn");
+    let s = [5, 7, 7, 1, 7];
+    let picks: Vec<usize> = (0..4)
+        .map(|_| select_host(&s, &mut ties).expect("some"))
+        .collect();
+    assert_eq!(picks, vec![1, 2, 4, 1]);
+}
+
+/// Places `count` alike Pods one after another, assuming each as the loop does; returns Pods
+/// per Node.
+fn place_alike(cache: &mut Cache, count: usize, owner: Option<&str>) -> HashMap<String, usize> {
+    let mut cursor = Cursor::default();
+    let mut per_node: HashMap<String, usize> = HashMap::new();
+    for i in 0..count {
+        let mut p = pod_req(&format!("p{i}"), "100m", "500Mi");
+        if let Some(o) = owner {
+            p = with_owner(p, "ReplicaSet", o, &format!("{o}-uid"));
+        }
+        let Decision::Bind(n) = schedule(&p, cache.nodes(), &mut cursor) else {
+            panic!("pod {i} should fit")
+        };
+        cache.assume(&p, &n);
+        *per_node.entry(n).or_default() += 1;
+    }
+    per_node
+}
+
+#[test]
+fn alike_pods_spread_evenly_over_many_nodes() {
+    let nodes = many_nodes(1000);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let mut cache = Cache::from_objects(&refs, &[]);
+    let per_node = place_alike(&mut cache, 5000, None);
+    assert_eq!(per_node.len(), 1000, "every Node used");
+    let max = per_node.values().max().copied().unwrap_or(0);
+    let min = per_node.values().min().copied().unwrap_or(0);
+    assert!(max as f64 <= 1.5 * 5.0, "max {max} over a mean of 5");
+    assert!(min >= 4, "min {min}");
+}
+
+#[test]
+fn replicas_spread_over_hosts_and_zones() {
+    let mut nodes = many_nodes(6);
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(framework::ZONE_LABEL.into(), format!("z{}", i % 2));
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let mut cache = Cache::from_objects(&refs, &[]);
+    let per_node = place_alike(&mut cache, 12, Some("rs"));
+    assert!(per_node.values().all(|&c| c == 2), "{per_node:?}");
+}
+
+#[test]
+fn topology_spread_scores_fewer_matching_pods_higher() {
     let n1 = node("n1", "4", "8Gi", "110");
     let n2 = node("n2", "4", "8Gi", "110");
     let sib = on(
@@ -306,14 +465,29 @@ fn spread_prefers_nodes_without_siblings() {
         with_owner(bare_pod("x", 0), "ReplicaSet", "other", "other-uid"),
         "n2",
     );
-    let a = info(&n1, vec![&sib]);
-    let b = info(&n2, vec![&stranger]);
+    let cache = Cache::from_objects(&[&n1, &n2], &[&sib, &stranger]);
+    let all = cache.nodes();
+    let feasible: Vec<&NodeInfo> = all.iter().collect();
     let p = with_owner(bare_pod("new", 0), "ReplicaSet", "rs", "rs-uid");
-    assert_eq!(siblings_on(&p, &a), 1);
-    assert_eq!(siblings_on(&p, &b), 0);
-    assert_eq!(owner_spread(&p, &a, &[&a, &b]), 0);
-    assert_eq!(owner_spread(&p, &b, &[&a, &b]), 100);
-    assert_eq!(owner_spread(&bare_pod("orphan", 0), &a, &[&a, &b]), 100);
+    let info = PodInfo::new(&p);
+    let state = spread::pre_score(&info, &feasible, all).expect("the Pod has a group");
+    // Hostname only (no zones): weight ln(2 + 2); n1: 1 * ln 4 + 2 = 3.39 -> 3; n2: 2.
+    let mut raw: Vec<i64> = feasible
+        .iter()
+        .map(|n| spread::raw_score(&state, n))
+        .collect();
+    assert_eq!(raw, vec![3, 2]);
+    spread::normalize(&mut raw);
+    // 100 * (max + min - s) / max: n1 66, n2 100.
+    assert_eq!(raw, vec![66, 100]);
+    assert!(
+        spread::pre_score(&PodInfo::new(&bare_pod("orphan", 0)), &feasible, all).is_none(),
+        "a Pod without a controller spreads against nothing"
+    );
+    assert_eq!(
+        decide(&p, &[&n1, &n2], &[&sib, &stranger]),
+        Decision::Bind("n2".into())
+    );
 }
 
 #[test]
@@ -322,17 +496,18 @@ fn schedule_spreads_replicas_and_uses_assumed_bindings() {
     let n2 = node("n2", "4", "8Gi", "110");
     let first = with_owner(bare_pod("r-1", 0), "ReplicaSet", "r", "r-uid");
     let second = with_owner(bare_pod("r-2", 0), "ReplicaSet", "r", "r-uid");
-    let nodes = [&n1, &n2];
-    let pods = [&first, &second];
-    let snap = Snapshot::build(&nodes, &pods, &HashMap::new());
-    let Decision::Bind(a) = schedule(&first, &snap) else {
+    let mut cache = Cache::from_objects(&[&n1, &n2], &[&first, &second]);
+    let mut cursor = Cursor::default();
+    let Decision::Bind(a) = schedule(&first, cache.nodes(), &mut cursor) else {
         panic!("should bind")
     };
-    assert_eq!(a, "n1", "ties go to the first name");
+    assert_eq!(a, "n1", "the first tie goes to the first Node");
     // first is assumed on n1 (its binding not yet in the store): second goes to n2.
-    let assumed = HashMap::from([("uid-r-1".to_string(), "n1".to_string())]);
-    let snap = Snapshot::build(&nodes, &pods, &assumed);
-    assert_eq!(schedule(&second, &snap), Decision::Bind("n2".into()));
+    cache.assume(&first, "n1");
+    assert_eq!(
+        schedule(&second, cache.nodes(), &mut cursor),
+        Decision::Bind("n2".into())
+    );
 }
 
 #[test]
@@ -348,15 +523,14 @@ fn unschedulable_message_counts_reasons() {
     let mut down = node("down", "8", "8Gi", "110");
     down.status.as_mut().expect("status").conditions = None;
     let p = pod_req("big", "2", "100Mi");
-    let snap = Snapshot::build(&[&small, &tainted, &down], &[&p], &HashMap::new());
     assert_eq!(
-        schedule(&p, &snap),
+        decide(&p, &[&small, &tainted, &down], &[&p]),
         Decision::Unschedulable(
             "0/3 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {k: v}, 1 node(s) were not ready.".into()
         )
     );
     assert_eq!(
-        schedule(&p, &Snapshot::build(&[], &[&p], &HashMap::new())),
+        decide(&p, &[], &[&p]),
         Decision::Unschedulable("0/0 nodes are available.".into())
     );
 }
@@ -386,8 +560,7 @@ fn terminal_pods_free_their_node() {
     let mut done = on(pod_req("done", "1", "1Gi"), "n1");
     done.status.as_mut().expect("status").phase = Some("Succeeded".into());
     let p = pod_req("p", "1", "1Gi");
-    let snap = Snapshot::build(&[&n], &[&done, &p], &HashMap::new());
-    assert_eq!(schedule(&p, &snap), Decision::Bind("n1".into()));
+    assert_eq!(decide(&p, &[&n], &[&done, &p]), Decision::Bind("n1".into()));
 }
 
 #[test]
@@ -402,20 +575,20 @@ fn prefer_no_schedule_taints_and_preferred_affinity_steer_placement() {
     }]);
     let plain = node("b-plain", "4", "8Gi", "110");
     let p = bare_pod("p", 0);
-    let snap = Snapshot::build(&[&soft, &plain], &[&p], &HashMap::new());
     assert_eq!(
-        schedule(&p, &snap),
+        decide(&p, &[&soft, &plain], &[&p]),
         Decision::Bind("b-plain".into()),
         "the PreferNoSchedule taint repels"
     );
-    let (a, b) = (&snap.nodes[0], &snap.nodes[1]);
-    assert_eq!(
-        (
-            prefer_no_schedule(&p, a, &[a, b]),
-            prefer_no_schedule(&p, b, &[a, b])
-        ),
-        (0, 100)
-    );
+    let (a, b) = (info(&soft, vec![]), info(&plain, vec![]));
+    let c = ctx(&p);
+    let mut raw = vec![
+        intolerable_prefer_no_schedule(&c, &a),
+        intolerable_prefer_no_schedule(&c, &b),
+    ];
+    assert_eq!(raw, vec![1, 0]);
+    default_normalize(&mut raw, true);
+    assert_eq!(raw, vec![0, 100]);
 
     let mut ssd = node("z-ssd", "4", "8Gi", "110");
     ssd.metadata.labels = Some(labels(&[("disk", "ssd")]));
@@ -439,18 +612,15 @@ fn prefer_no_schedule_taints_and_preferred_affinity_steer_placement() {
         }),
         ..Default::default()
     });
-    let snap = Snapshot::build(&[&plain, &ssd], &[&picky], &HashMap::new());
     assert_eq!(
-        schedule(&picky, &snap),
+        decide(&picky, &[&plain, &ssd], &[&picky]),
         Decision::Bind("z-ssd".into()),
-        "preferred even though it sorts last"
+        "preferred even though it comes last"
     );
-    let (a, b) = (&snap.nodes[0], &snap.nodes[1]);
+    let c = ctx(&picky);
+    let (a, b) = (info(&plain, vec![]), info(&ssd, vec![]));
     assert_eq!(
-        (
-            preferred_affinity(&picky, a, &[a, b]),
-            preferred_affinity(&picky, b, &[a, b])
-        ),
-        (0, 100)
+        (preferred_affinity(&c, &a), preferred_affinity(&c, &b)),
+        (0, 50)
     );
 }
