@@ -248,18 +248,7 @@ pub fn now_rfc3339() -> String {
         .to_string()
 }
 
-/// A random RFC 4122 version 4 UID.
+/// A random RFC 4122 version 4 UID, as kube-apiserver's `uuid.NewUUID` makes it.
 pub fn new_uid() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid::Uuid::new_v4().to_string()
 }

@@ -13,7 +13,7 @@ pub enum PatchType {
     Json,
     Merge,
     Strategic,
-    /// Server-side apply (`application/apply-patch+yaml`, JSON bodies). Without field ownership
+    /// Server-side apply (`application/apply-patch+yaml`, YAML or JSON bodies). Without field ownership
     /// tracking it is served as a strategic merge of the applied configuration, creating the
     /// object when it does not exist: fields a manager stops applying are not removed.
     Apply,
@@ -36,8 +36,19 @@ impl PatchType {
 
 /// Applies `patch` (raw body) of type `ty` to `target`.
 pub fn apply(ty: PatchType, target: &mut Value, patch: &[u8]) -> Result<(), ApiError> {
-    let patch: Value = serde_json::from_slice(patch)
-        .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?;
+    let parsed = serde_json::from_slice::<Value>(patch);
+    let patch: Value = match (parsed, ty) {
+        (Ok(v), _) => v,
+        // An apply configuration is YAML (`application/apply-patch+yaml`), of which JSON is a
+        // subset.
+        (Err(_), PatchType::Apply) => std::str::from_utf8(patch)
+            .ok()
+            .and_then(|text| serde_saphyr::from_str::<Value>(text).ok())
+            .ok_or_else(|| {
+                ApiError::BadRequest("error decoding YAML apply configuration".into())
+            })?,
+        (Err(e), _) => return Err(ApiError::BadRequest(format!("error decoding patch: {e}"))),
+    };
     match ty {
         PatchType::Merge => {
             if !patch.is_object() {

@@ -1,138 +1,46 @@
 //! Defaulting: the values kube-apiserver fills in on create and update (pkg/apis/*/v1/defaults.go),
-//! applied to the JSON form of an object before validation and storage.
+//! applied to the JSON form of an object before validation and storage. What a kind defaults is
+//! its strategy's; this module runs it and holds the helpers kinds share (Pod templates).
 
 use serde_json::{Map, Value, json};
 
-use super::{ResourceInfo, networkpolicy};
-
-/// The label kube-apiserver gives every Namespace, its name (k8s.io/api core/v1
-/// LabelMetadataName); NetworkPolicy namespaceSelectors match namespaces by it.
-pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+use super::ResourceInfo;
+pub use super::kinds::namespace::NAMESPACE_NAME_LABEL;
 
 /// Sets `obj[key]` to `value` when it is absent or null.
-pub(super) fn set_default(obj: &mut Map<String, Value>, key: &str, value: Value) {
+pub fn set_default(obj: &mut Map<String, Value>, key: &str, value: Value) {
     if obj.get(key).is_none_or(Value::is_null) {
         obj.insert(key.to_string(), value);
     }
 }
 
 /// The object at `obj[key]`, created empty when absent.
-pub(super) fn child<'a>(
-    obj: &'a mut Map<String, Value>,
-    key: &str,
-) -> Option<&'a mut Map<String, Value>> {
+pub fn child<'a>(obj: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Map<String, Value>> {
     if obj.get(key).is_none_or(Value::is_null) {
         obj.insert(key.to_string(), Value::Object(Map::new()));
     }
     obj.get_mut(key).and_then(Value::as_object_mut)
 }
 
-/// Applies the defaults of `info`'s kind to `obj`.
+/// Runs `info`'s write-time conversion and then its defaults on `obj`.
 pub fn apply(info: &ResourceInfo, obj: &mut Value) {
-    let Some(root) = obj.as_object_mut() else {
-        return;
-    };
-    match (info.group, info.kind) {
-        ("", "Pod") => {
-            if let Some(spec) = child(root, "spec") {
-                pod_spec(spec);
-            }
-            if let Some(status) = child(root, "status") {
-                set_default(status, "phase", json!("Pending"));
-            }
-        }
-        ("", "Service") => {
-            if let Some(spec) = child(root, "spec") {
-                service_spec(spec);
-            }
-        }
-        ("", "Namespace") => {
-            namespace_name_label(root);
-            if let Some(spec) = child(root, "spec") {
-                set_default(spec, "finalizers", json!(["kubernetes"]));
-            }
-            if let Some(status) = child(root, "status") {
-                set_default(status, "phase", json!("Active"));
-            }
-        }
-        ("", "Secret") => set_default(root, "type", json!("Opaque")),
-        ("apps", "Deployment") => {
-            if let Some(spec) = child(root, "spec") {
-                set_default(spec, "replicas", json!(1));
-                set_default(
-                    spec,
-                    "strategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
-                );
-                if let Some(strategy) = spec.get_mut("strategy").and_then(Value::as_object_mut) {
-                    set_default(strategy, "type", json!("RollingUpdate"));
-                    if strategy.get("type") == Some(&json!("RollingUpdate"))
-                        && let Some(ru) = child(strategy, "rollingUpdate")
-                    {
-                        set_default(ru, "maxUnavailable", json!("25%"));
-                        set_default(ru, "maxSurge", json!("25%"));
-                    }
-                }
-                set_default(spec, "revisionHistoryLimit", json!(10));
-                set_default(spec, "progressDeadlineSeconds", json!(600));
-                template(spec);
-            }
-        }
-        ("apps", "ReplicaSet") => {
-            if let Some(spec) = child(root, "spec") {
-                set_default(spec, "replicas", json!(1));
-                template(spec);
-            }
-        }
-        ("apps", "DaemonSet") => {
-            if let Some(spec) = child(root, "spec") {
-                set_default(
-                    spec,
-                    "updateStrategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
-                );
-                set_default(spec, "revisionHistoryLimit", json!(10));
-                template(spec);
-            }
-        }
-        ("networking.k8s.io", "NetworkPolicy") => networkpolicy::apply_defaults(root),
-        _ => {}
-    }
-}
-
-/// Sets the Namespace's [`NAMESPACE_NAME_LABEL`] to its name, replacing whatever the request
-/// had: SetDefaults_Namespace (pkg/apis/core/v1/defaults.go) on every decode, and the namespace
-/// strategy's Canonicalize (pkg/registry/core/namespace/strategy.go) on every create and update,
-/// so the label cannot be removed or changed. Defaulting here runs after generateName is
-/// resolved, which is why kube-apiserver needs the second hook and keelson does not.
-fn namespace_name_label(root: &mut Map<String, Value>) {
-    let Some(name) = root
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .map(str::to_string)
-    else {
-        return;
-    };
-    if let Some(meta) = child(root, "metadata")
-        && let Some(labels) = child(meta, "labels")
-    {
-        labels.insert(NAMESPACE_NAME_LABEL.into(), json!(name));
+    if let Some(root) = obj.as_object_mut() {
+        info.strategy.normalize(root);
+        info.strategy.defaults(root);
     }
 }
 
 /// Defaults of a workload's `spec.template.spec`.
-fn template(spec: &mut Map<String, Value>) {
+pub fn template_defaults(spec: &mut Map<String, Value>) {
     if let Some(tpl) = child(spec, "template")
         && let Some(pod) = child(tpl, "spec")
     {
-        pod_spec(pod);
+        pod_spec_defaults(pod);
     }
 }
 
 /// Pod spec defaults (pkg/apis/core/v1/defaults.go SetDefaults_PodSpec and friends).
-pub fn pod_spec(spec: &mut Map<String, Value>) {
+pub fn pod_spec_defaults(spec: &mut Map<String, Value>) {
     set_default(spec, "restartPolicy", json!("Always"));
     set_default(spec, "terminationGracePeriodSeconds", json!(30));
     set_default(spec, "dnsPolicy", json!("ClusterFirst"));
@@ -170,48 +78,6 @@ fn container(c: &mut Map<String, Value>) {
     if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
         for p in ports.iter_mut().filter_map(Value::as_object_mut) {
             set_default(p, "protocol", json!("TCP"));
-        }
-    }
-}
-
-/// Service spec defaults (type ClusterIP, sessionAffinity None, TCP, targetPort = port, IPv4
-/// single stack, internalTrafficPolicy Cluster, externalTrafficPolicy Cluster for externally
-/// reachable Services). ClusterIP/NodePort allocation happens elsewhere.
-fn service_spec(spec: &mut Map<String, Value>) {
-    set_default(spec, "type", json!("ClusterIP"));
-    set_default(spec, "sessionAffinity", json!("None"));
-    let ty = spec
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or("ClusterIP")
-        .to_string();
-    if ty != "ExternalName" {
-        set_default(spec, "ipFamilies", json!(["IPv4"]));
-        set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
-        set_default(spec, "internalTrafficPolicy", json!("Cluster"));
-    }
-    // SetDefaults_Service defaults externalTrafficPolicy for every externally-accessible
-    // Service, which includes a ClusterIP Service with externalIPs; an empty string is unset
-    // there (the field is a plain string in the Go type).
-    let has_external_ips = spec
-        .get("externalIPs")
-        .and_then(Value::as_array)
-        .is_some_and(|ips| !ips.is_empty());
-    if spec.get("externalTrafficPolicy") == Some(&json!("")) {
-        spec.remove("externalTrafficPolicy");
-    }
-    if ty == "NodePort" || ty == "LoadBalancer" || (ty == "ClusterIP" && has_external_ips) {
-        set_default(spec, "externalTrafficPolicy", json!("Cluster"));
-    }
-    if ty == "LoadBalancer" {
-        set_default(spec, "allocateLoadBalancerNodePorts", json!(true));
-    }
-    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
-            set_default(p, "protocol", json!("TCP"));
-            if let Some(port) = p.get("port").cloned() {
-                set_default(p, "targetPort", port);
-            }
         }
     }
 }

@@ -1,13 +1,25 @@
-//! The registry: the one table of kinds `keelson server` serves (group, version, kind, plural,
-//! scope, short names, subresources, verbs), with per-kind defaulting and validation and the
-//! OpenAPI schemas taken from k8s-openapi's types.
+//! The registry: the one table of kinds `keelson server` serves ([`kinds`]), each kind's
+//! identity (group, version, kind, plural, scope, short names, subresources, verbs) and its
+//! [`Strategy`] in its own file, as kube-apiserver's `pkg/registry/<group>/<kind>/`; and the
+//! machinery kinds share: defaulting, validation, OpenAPI schemas from k8s-openapi's types,
+//! Table printing helpers.
 
-pub mod convert;
+use std::fmt;
+
 pub mod defaults;
+pub mod kinds;
 pub mod labels;
-pub mod networkpolicy;
+pub mod printers;
 pub mod schema;
+pub mod strategy;
 pub mod validation;
+
+pub use kinds::RESOURCES;
+
+/// The Namespace kind, which namespaced objects live in (NamespaceLifecycle admission, the
+/// namespace finalizer).
+pub const NAMESPACES: &ResourceInfo = &kinds::namespace::INFO;
+pub use strategy::Strategy;
 
 /// Verbs every served kind supports.
 pub const ALL_VERBS: &[&str] = &[
@@ -21,8 +33,8 @@ pub const ALL_VERBS: &[&str] = &[
     "watch",
 ];
 
-/// One served kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One served kind: its identity and the strategy of everything that varies by kind.
+#[derive(Clone, Copy)]
 pub struct ResourceInfo {
     /// API group; "" for the core group.
     pub group: &'static str,
@@ -37,7 +49,28 @@ pub struct ResourceInfo {
     pub verbs: &'static [&'static str],
     /// Categories kubectl uses for `kubectl get all`.
     pub categories: &'static [&'static str],
+    pub strategy: &'static dyn Strategy,
 }
+
+impl fmt::Debug for ResourceInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResourceInfo")
+            .field("group", &self.group)
+            .field("version", &self.version)
+            .field("kind", &self.kind)
+            .field("plural", &self.plural)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A kind is identified by its group, version and plural.
+impl PartialEq for ResourceInfo {
+    fn eq(&self, other: &Self) -> bool {
+        (self.group, self.version, self.plural) == (other.group, other.version, other.plural)
+    }
+}
+
+impl Eq for ResourceInfo {}
 
 impl ResourceInfo {
     /// `apps/v1` or `v1`.
@@ -58,20 +91,17 @@ impl ResourceInfo {
         }
     }
 
-    /// The store group segment: the group, or `core`.
-    /// The store group segment: the group, or `core`. events.k8s.io Events are stored with
-    /// the core Events (see [`convert`]).
+    /// The store group segment: the group, or `core`; for a kind stored as another kind's
+    /// objects ([`strategy::StoredAs`]), that kind's.
     pub fn storage_group(&self) -> &'static str {
-        if self.group.is_empty() || self.group == "events.k8s.io" {
-            "core"
-        } else {
-            self.group
-        }
+        let group = self.strategy.stored_as().map_or(self.group, |s| s.group);
+        if group.is_empty() { "core" } else { group }
     }
 
     /// `/registry/<group>/<plural>/` — every object of the kind lives under it.
     pub fn prefix(&self) -> String {
-        format!("/registry/{}/{}/", self.storage_group(), self.plural)
+        let plural = self.strategy.stored_as().map_or(self.plural, |s| s.plural);
+        format!("/registry/{}/{plural}/", self.storage_group())
     }
 
     /// The prefix of one namespace's objects (or of all objects when `namespace` is None).
@@ -93,7 +123,7 @@ impl ResourceInfo {
     /// Whether this kind is another version of a kind stored under the same keys (its
     /// objects are listed once, through the stored version).
     pub fn stored_elsewhere(&self) -> bool {
-        self.group == "events.k8s.io"
+        self.strategy.stored_as().is_some()
     }
 
     /// `<Kind>List`.
@@ -101,198 +131,16 @@ impl ResourceInfo {
         format!("{}List", self.kind)
     }
 
+    /// Whether `sub` is served: listed in discovery, or hidden (`namespaces/finalize`).
     pub fn has_subresource(&self, sub: &str) -> bool {
         self.subresources.contains(&sub)
     }
-}
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one row of the RESOURCES table, positional for readability"
-)]
-const fn kind(
-    group: &'static str,
-    version: &'static str,
-    kind: &'static str,
-    plural: &'static str,
-    singular: &'static str,
-    namespaced: bool,
-    short_names: &'static [&'static str],
-    subresources: &'static [&'static str],
-    categories: &'static [&'static str],
-) -> ResourceInfo {
-    ResourceInfo {
-        group,
-        version,
-        kind,
-        plural,
-        singular,
-        namespaced,
-        short_names,
-        subresources,
-        verbs: ALL_VERBS,
-        categories,
+    /// Whether the subresource `sub` is served, listed or not.
+    pub fn serves_subresource(&self, sub: &str) -> bool {
+        self.has_subresource(sub) || self.strategy.hidden_subresource(sub)
     }
 }
-
-/// Every kind the server serves.
-pub const RESOURCES: &[ResourceInfo] = &[
-    kind(
-        "",
-        "v1",
-        "Namespace",
-        "namespaces",
-        "namespace",
-        false,
-        &["ns"],
-        &["status"],
-        &[],
-    ),
-    kind(
-        "",
-        "v1",
-        "Node",
-        "nodes",
-        "node",
-        false,
-        &["no"],
-        &["status"],
-        &[],
-    ),
-    kind(
-        "",
-        "v1",
-        "Pod",
-        "pods",
-        "pod",
-        true,
-        &["po"],
-        &["status", "binding", "log"],
-        &["all"],
-    ),
-    kind(
-        "",
-        "v1",
-        "Service",
-        "services",
-        "service",
-        true,
-        &["svc"],
-        &["status"],
-        &["all"],
-    ),
-    kind(
-        "",
-        "v1",
-        "Event",
-        "events",
-        "event",
-        true,
-        &["ev"],
-        &[],
-        &[],
-    ),
-    kind(
-        "",
-        "v1",
-        "ConfigMap",
-        "configmaps",
-        "configmap",
-        true,
-        &["cm"],
-        &[],
-        &[],
-    ),
-    kind("", "v1", "Secret", "secrets", "secret", true, &[], &[], &[]),
-    kind(
-        "",
-        "v1",
-        "ServiceAccount",
-        "serviceaccounts",
-        "serviceaccount",
-        true,
-        &["sa"],
-        &[],
-        &[],
-    ),
-    kind(
-        "discovery.k8s.io",
-        "v1",
-        "EndpointSlice",
-        "endpointslices",
-        "endpointslice",
-        true,
-        &[],
-        &[],
-        &[],
-    ),
-    kind(
-        "apps",
-        "v1",
-        "Deployment",
-        "deployments",
-        "deployment",
-        true,
-        &["deploy"],
-        &["status", "scale"],
-        &["all"],
-    ),
-    kind(
-        "apps",
-        "v1",
-        "ReplicaSet",
-        "replicasets",
-        "replicaset",
-        true,
-        &["rs"],
-        &["status", "scale"],
-        &["all"],
-    ),
-    kind(
-        "apps",
-        "v1",
-        "DaemonSet",
-        "daemonsets",
-        "daemonset",
-        true,
-        &["ds"],
-        &["status"],
-        &["all"],
-    ),
-    kind(
-        "networking.k8s.io",
-        "v1",
-        "NetworkPolicy",
-        "networkpolicies",
-        "networkpolicy",
-        true,
-        &["netpol"],
-        &[],
-        &[],
-    ),
-    kind(
-        "events.k8s.io",
-        "v1",
-        "Event",
-        "events",
-        "event",
-        true,
-        &[],
-        &[],
-        &[],
-    ),
-    kind(
-        "coordination.k8s.io",
-        "v1",
-        "Lease",
-        "leases",
-        "lease",
-        true,
-        &[],
-        &[],
-        &[],
-    ),
-];
 
 /// The kind served at `group/version/plural`.
 pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
@@ -306,6 +154,14 @@ pub fn lookup_kind(group: &str, kind: &str) -> Option<&'static ResourceInfo> {
     RESOURCES
         .iter()
         .find(|r| r.group == group && r.kind == kind)
+}
+
+/// The kind an object's `apiVersion` and `kind` name (`apps/v1`, `Deployment`).
+pub fn lookup_type(api_version: &str, kind: &str) -> Option<&'static ResourceInfo> {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.kind == kind)
 }
 
 /// The (group, version) pairs served, core first, in a stable order.

@@ -1,11 +1,11 @@
-//! OpenAPI schemas of the served kinds, generated from k8s-openapi's `JsonSchema` impls (schema
-//! names like `io.k8s.api.core.v1.Pod`), and the unknown-field check that server-side field
+//! OpenAPI schemas of the served kinds, generated from k8s-openapi's `JsonSchema` impls (each
+//! kind's strategy names its type; schema names like `io.k8s.api.core.v1.Pod`), and the unknown-field check that server-side field
 //! validation (`?fieldValidation=Strict|Warn`) runs against them.
 
 use std::sync::OnceLock;
 
-use k8s_openapi::api::{apps, coordination, core, discovery, networking};
-use schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings};
+use k8s_openapi::api::core;
+use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value};
 
 use super::{RESOURCES, ResourceInfo};
@@ -19,34 +19,6 @@ pub struct Schemas {
     pub kinds: Vec<(&'static str, &'static str, String)>,
 }
 
-fn name_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> String {
-    generator.subschema_for::<T>();
-    T::schema_name().into_owned()
-}
-
-fn schema_for_kind(info: &ResourceInfo, generator: &mut SchemaGenerator) -> Option<String> {
-    Some(match (info.group, info.kind) {
-        ("", "Namespace") => name_of::<core::v1::Namespace>(generator),
-        ("", "Node") => name_of::<core::v1::Node>(generator),
-        ("", "Pod") => name_of::<core::v1::Pod>(generator),
-        ("", "Service") => name_of::<core::v1::Service>(generator),
-        ("", "Event") => name_of::<core::v1::Event>(generator),
-        ("events.k8s.io", "Event") => name_of::<k8s_openapi::api::events::v1::Event>(generator),
-        ("", "ConfigMap") => name_of::<core::v1::ConfigMap>(generator),
-        ("", "Secret") => name_of::<core::v1::Secret>(generator),
-        ("", "ServiceAccount") => name_of::<core::v1::ServiceAccount>(generator),
-        ("discovery.k8s.io", "EndpointSlice") => name_of::<discovery::v1::EndpointSlice>(generator),
-        ("apps", "Deployment") => name_of::<apps::v1::Deployment>(generator),
-        ("apps", "ReplicaSet") => name_of::<apps::v1::ReplicaSet>(generator),
-        ("apps", "DaemonSet") => name_of::<apps::v1::DaemonSet>(generator),
-        ("networking.k8s.io", "NetworkPolicy") => {
-            name_of::<networking::v1::NetworkPolicy>(generator)
-        }
-        ("coordination.k8s.io", "Lease") => name_of::<coordination::v1::Lease>(generator),
-        _ => return None,
-    })
-}
-
 /// The schemas, built once.
 pub fn schemas() -> &'static Schemas {
     static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
@@ -54,9 +26,8 @@ pub fn schemas() -> &'static Schemas {
         let mut generator = SchemaSettings::openapi3().into_generator();
         let mut kinds = Vec::new();
         for info in RESOURCES {
-            if let Some(name) = schema_for_kind(info, &mut generator) {
-                kinds.push((info.group, info.kind, name));
-            }
+            let name = info.strategy.schema(&mut generator);
+            kinds.push((info.group, info.kind, name));
         }
         // Binding and Scale are request bodies of subresources.
         generator.subschema_for::<core::v1::Binding>();

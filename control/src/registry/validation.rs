@@ -1,16 +1,18 @@
 //! Validation: the checks kube-apiserver makes (pkg/apis/*/validation), worded as it words them so
 //! kubectl users see familiar messages. Each function returns the causes it found; none means valid.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use super::{ResourceInfo, networkpolicy};
+use super::{ResourceInfo, strategy::NameRule};
+
+pub use super::kinds::service::{externally_accessible, needs_health_check_node_port};
 use crate::api::error::Cause;
 
 pub(super) const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
-const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
-const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+pub(super) const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+pub(super) const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
 
 /// RFC 1123 label: at most 63 of [a-z0-9-], alphanumeric at both ends.
 pub fn is_dns1123_label(s: &str) -> bool {
@@ -32,48 +34,50 @@ pub fn is_dns1035_label(s: &str) -> bool {
     is_dns1123_label(s) && s.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
 }
 
-/// Validates `obj` as an object of `info`'s kind. `old` is the stored object on update.
+/// Validates `obj` as an object of `info`'s kind: the metadata every object has, then the
+/// kind's own checks (its strategy's `validate`). `old` is the stored object on update.
 pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = metadata(info, obj);
-    match (info.group, info.kind) {
-        ("", "Pod") => {
-            pod_spec(&obj["spec"], "spec", &mut causes);
-            if let Some(old) = old {
-                let (was, is) = (&old["spec"]["nodeName"], &obj["spec"]["nodeName"]);
-                if was.as_str().is_some_and(|s| !s.is_empty()) && was != is {
-                    causes.push(Cause::forbidden("spec.nodeName", "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"));
-                }
-            }
-        }
-        ("", "Service") => service(obj, old, &mut causes),
-        ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet") => {
-            workload(info, obj, &mut causes);
-        }
-        ("discovery.k8s.io", "EndpointSlice") => endpoint_slice(obj, &mut causes),
-        ("networking.k8s.io", "NetworkPolicy") => networkpolicy::validate(obj, old, &mut causes),
-        ("", "ConfigMap") | ("", "Secret") => {
-            for field in ["data", "binaryData", "stringData"] {
-                if let Some(map) = obj[field].as_object() {
-                    for key in map.keys() {
-                        let ok = !key.is_empty()
-                            && key.len() <= 253
-                            && key
-                                .bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
-                        if !ok {
-                            causes.push(Cause::invalid(
-                                format!("{field}[{key}]"),
-                                &json!(key),
-                                "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
+    info.strategy.validate(obj, old, &mut causes);
     causes
+}
+
+/// The message of a config key that is not one (IsConfigMapKey).
+const CONFIG_KEY_MSG: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
+
+/// The most a ConfigMap's or a Secret's data may hold, in bytes (core.MaxSecretSize).
+pub const MAX_DATA_SIZE: usize = 1024 * 1024;
+
+/// The keys of a ConfigMap's or a Secret's maps (`fields`): each a valid config key
+/// (ValidateConfigMap, ValidateSecret).
+pub fn config_keys(obj: &Value, fields: &[&str], causes: &mut Vec<Cause>) {
+    for field in fields {
+        if let Some(map) = obj[*field].as_object() {
+            for key in map.keys() {
+                let ok = !key.is_empty()
+                    && key.len() <= 253
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                if !ok {
+                    causes.push(Cause::invalid(
+                        format!("{field}[{key}]"),
+                        &json!(key),
+                        CONFIG_KEY_MSG,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// `field: Too long: must have at most <max> bytes` (field.TooLong).
+pub fn too_long(field: &str, max: usize) -> Cause {
+    Cause {
+        reason: "FieldValueTooLong",
+        field: field.to_string(),
+        message: format!("Too long: must have at most {max} bytes"),
+    }
 }
 
 fn metadata(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
@@ -85,15 +89,14 @@ fn metadata(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
             "name or generateName is required",
         )),
         Some(name) => {
-            let (ok, msg) = match info.kind {
-                "Namespace" => (is_dns1123_label(name), DNS1123_LABEL_MSG),
-                "Service" => (is_dns1035_label(name), DNS1035_LABEL_MSG),
-                // Events and Leases are named after other objects (node names, `x.17a...`).
-                "Event" | "Lease" | "Node" => (
+            let (ok, msg) = match info.strategy.name_rule() {
+                NameRule::Label => (is_dns1123_label(name), DNS1123_LABEL_MSG),
+                NameRule::Dns1035 => (is_dns1035_label(name), DNS1035_LABEL_MSG),
+                NameRule::PathSegment => (
                     !name.contains('/') && !name.contains('%') && name != "." && name != "..",
                     "may not contain '/' or '%'",
                 ),
-                _ => (is_dns1123_subdomain(name), DNS1123_SUBDOMAIN_MSG),
+                NameRule::Subdomain => (is_dns1123_subdomain(name), DNS1123_SUBDOMAIN_MSG),
             };
             if !ok {
                 causes.push(Cause::invalid("metadata.name", &json!(name), msg));
@@ -136,7 +139,7 @@ fn label_value_ok(v: &str) -> bool {
 }
 
 /// Pod spec checks: containers present and named uniquely, images set, container ports valid.
-fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+pub(crate) fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     let containers = spec["containers"].as_array();
     if containers.is_none_or(Vec::is_empty) {
         causes.push(Cause::required(format!("{path}.containers"), ""));
@@ -189,7 +192,7 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     }
 }
 
-fn port_number(v: &Value, path: &str, required: bool, causes: &mut Vec<Cause>) {
+pub(crate) fn port_number(v: &Value, path: &str, required: bool, causes: &mut Vec<Cause>) {
     match v.as_i64() {
         None if v.is_null() && required => causes.push(Cause::required(path, "")),
         None if v.is_null() => {}
@@ -202,7 +205,7 @@ fn port_number(v: &Value, path: &str, required: bool, causes: &mut Vec<Cause>) {
     }
 }
 
-fn protocol(v: &Value, path: &str, causes: &mut Vec<Cause>) {
+pub(crate) fn protocol(v: &Value, path: &str, causes: &mut Vec<Cause>) {
     if let Some(p) = v.as_str()
         && !["TCP", "UDP", "SCTP"].contains(&p)
     {
@@ -212,358 +215,10 @@ fn protocol(v: &Value, path: &str, causes: &mut Vec<Cause>) {
     }
 }
 
-/// EndpointSlice (pkg/apis/discovery/validation): addressType from the supported set, every
-/// endpoint with 1 to 100 addresses valid for that type, ports in range with a supported
-/// protocol and unique names. The datapath programs these addresses directly, so nothing
-/// malformed may be stored.
-fn endpoint_slice(obj: &Value, causes: &mut Vec<Cause>) {
-    const ADDRESS_TYPES: [&str; 3] = ["FQDN", "IPv4", "IPv6"];
-    let address_type = obj["addressType"].as_str();
-    match address_type {
-        None => causes.push(Cause::required("addressType", "")),
-        Some(t) if !ADDRESS_TYPES.contains(&t) => {
-            causes.push(Cause::not_supported(
-                "addressType",
-                &obj["addressType"],
-                &ADDRESS_TYPES,
-            ));
-        }
-        Some(_) => {}
-    }
-    let endpoints = obj["endpoints"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if endpoints.len() > 1000 {
-        causes.push(Cause::invalid(
-            "endpoints",
-            &json!(endpoints.len()),
-            "must have at most 1000 items",
-        ));
-    }
-    for (i, ep) in endpoints.iter().enumerate() {
-        let path = format!("endpoints[{i}]");
-        let addresses = ep["addresses"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        if addresses.is_empty() {
-            causes.push(Cause::required(
-                format!("{path}.addresses"),
-                "must contain at least 1 address",
-            ));
-        } else if addresses.len() > 100 {
-            causes.push(Cause::invalid(
-                format!("{path}.addresses"),
-                &json!(addresses.len()),
-                "must have at most 100 items",
-            ));
-        }
-        for (j, a) in addresses.iter().enumerate() {
-            let apath = format!("{path}.addresses[{j}]");
-            let text = a.as_str().unwrap_or_default();
-            let (ok, msg) = match address_type {
-                Some("IPv4") => (
-                    text.parse::<std::net::Ipv4Addr>().is_ok(),
-                    "must be a valid IPv4 address",
-                ),
-                Some("IPv6") => (
-                    text.parse::<std::net::Ipv6Addr>().is_ok(),
-                    "must be a valid IPv6 address",
-                ),
-                Some("FQDN") => (is_dns1123_subdomain(text), DNS1123_SUBDOMAIN_MSG),
-                _ => (true, ""),
-            };
-            if !ok {
-                causes.push(Cause::invalid(apath, a, msg));
-            }
-        }
-        if let Some(node) = ep["nodeName"].as_str()
-            && !is_dns1123_subdomain(node)
-        {
-            causes.push(Cause::invalid(
-                format!("{path}.nodeName"),
-                &ep["nodeName"],
-                DNS1123_SUBDOMAIN_MSG,
-            ));
-        }
-    }
-    let mut names = BTreeSet::new();
-    for (i, p) in obj["ports"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let path = format!("ports[{i}]");
-        port_number(&p["port"], &format!("{path}.port"), false, causes);
-        protocol(&p["protocol"], &format!("{path}.protocol"), causes);
-        let name = p["name"].as_str().unwrap_or_default();
-        if !name.is_empty() && !is_dns1123_label(name) {
-            causes.push(Cause::invalid(
-                format!("{path}.name"),
-                &p["name"],
-                DNS1123_LABEL_MSG,
-            ));
-        }
-        if !names.insert(name.to_string()) {
-            causes.push(Cause::duplicate(format!("{path}.name"), &json!(name)));
-        }
-    }
-}
-
-fn service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
-    let spec = &obj["spec"];
-    let ty = spec["type"].as_str().unwrap_or("ClusterIP");
-    if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
-        causes.push(Cause::not_supported(
-            "spec.type",
-            &spec["type"],
-            &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
-        ));
-    }
-    let ports = spec["ports"].as_array();
-    if ty != "ExternalName" && ports.is_none_or(Vec::is_empty) && spec["clusterIP"] != json!("None")
-    {
-        causes.push(Cause::required("spec.ports", ""));
-    }
-    let many = ports.is_some_and(|p| p.len() > 1);
-    // NodePorts a NodePort/LoadBalancer Service turned ClusterIP still holds (none added) are
-    // dropped on admission (dropTypeDependentFields), not refused.
-    let carried_node_ports = old.is_some_and(|o| {
-        let node_ports = |spec: &Value| -> BTreeSet<i64> {
-            spec["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p["nodePort"].as_i64())
-                .filter(|n| *n != 0)
-                .collect()
-        };
-        matches!(
-            o["spec"]["type"].as_str(),
-            Some("NodePort" | "LoadBalancer")
-        ) && node_ports(&o["spec"]).is_superset(&node_ports(spec))
-    });
-    let mut seen = BTreeSet::new();
-    let mut names = BTreeSet::new();
-    for (i, p) in ports.into_iter().flatten().enumerate() {
-        let path = format!("spec.ports[{i}]");
-        port_number(&p["port"], &format!("{path}.port"), true, causes);
-        protocol(&p["protocol"], &format!("{path}.protocol"), causes);
-        let name = p["name"].as_str().unwrap_or_default();
-        if many && name.is_empty() {
-            causes.push(Cause::required(format!("{path}.name"), ""));
-        } else if !name.is_empty() && !names.insert(name.to_string()) {
-            causes.push(Cause::duplicate(format!("{path}.name"), &p["name"]));
-        }
-        match &p["targetPort"] {
-            // A targetPort defaulted from an invalid port is reported once, at the port.
-            Value::Number(_) if p["targetPort"] == p["port"] => {}
-            Value::Number(_) => port_number(
-                &p["targetPort"],
-                &format!("{path}.targetPort"),
-                false,
-                causes,
-            ),
-            Value::String(s) if s.is_empty() || s.len() > 15 => causes.push(Cause::invalid(
-                format!("{path}.targetPort"),
-                &p["targetPort"],
-                "must contain at least one letter (a-z) and be no more than 15 characters",
-            )),
-            _ => {}
-        }
-        if let Some(np) = p["nodePort"].as_i64()
-            && np != 0
-        {
-            if ty == "ClusterIP" && !carried_node_ports {
-                causes.push(Cause::forbidden(
-                    format!("{path}.nodePort"),
-                    "may not be used when `type` is 'ClusterIP'",
-                ));
-            } else if !(1..=65535).contains(&np) {
-                causes.push(Cause::invalid(
-                    format!("{path}.nodePort"),
-                    &p["nodePort"],
-                    "must be between 1 and 65535, inclusive",
-                ));
-            }
-        }
-        let key = (
-            p["port"].as_i64(),
-            p["protocol"].as_str().unwrap_or("TCP").to_string(),
-        );
-        if !seen.insert(key) {
-            causes.push(Cause::duplicate(
-                path.clone(),
-                &json!({"port": p["port"], "protocol": p["protocol"].as_str().unwrap_or("TCP")}),
-            ));
-        }
-    }
-    external_ips(spec, causes);
-    traffic_policies(spec, old.map(|o| &o["spec"]), causes);
-    if let Some(old) = old {
-        let (was, is) = (&old["spec"]["clusterIP"], &spec["clusterIP"]);
-        if was.as_str().is_some_and(|s| !s.is_empty())
-            && !is.is_null()
-            && was != is
-            && ty != "ExternalName"
-        {
-            causes.push(Cause::invalid(
-                "spec.clusterIPs[0]",
-                is,
-                "may not change once set",
-            ));
-        }
-    }
-}
-
-/// Whether a Service spec is reachable from outside the cluster (kube-apiserver's
-/// `ExternallyAccessible`): NodePort, LoadBalancer, or ClusterIP with externalIPs. Only these
-/// may carry `externalTrafficPolicy`.
-pub fn externally_accessible(spec: &Value) -> bool {
-    match spec["type"].as_str().unwrap_or("ClusterIP") {
-        "NodePort" | "LoadBalancer" => true,
-        "ClusterIP" => spec["externalIPs"]
-            .as_array()
-            .is_some_and(|ips| !ips.is_empty()),
-        _ => false,
-    }
-}
-
-/// Whether a Service spec gets a `healthCheckNodePort` (kube-apiserver's `NeedsHealthCheck`):
-/// type LoadBalancer with `externalTrafficPolicy: Local`, so that a load balancer can ask each
-/// node whether it has local endpoints.
-pub fn needs_health_check_node_port(spec: &Value) -> bool {
-    spec["type"] == "LoadBalancer" && spec["externalTrafficPolicy"] == "Local"
-}
-
-/// `spec.externalIPs[i]`: each a valid IP address that is not unspecified, loopback or
-/// link-local (ValidateService with ValidateNonSpecialIP).
-fn external_ips(spec: &Value, causes: &mut Vec<Cause>) {
-    for (i, v) in spec["externalIPs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let path = format!("spec.externalIPs[{i}]");
-        let Some(ip) = v.as_str().and_then(|s| s.parse::<IpAddr>().ok()) else {
-            causes.push(Cause::invalid(
-                path,
-                v,
-                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
-            ));
-            continue;
-        };
-        for detail in special_ip(ip) {
-            causes.push(Cause::invalid(path.clone(), v, &detail));
-        }
-    }
-}
-
-/// Why `ip` may not be an external or endpoint address, as Go's `net.IP` classifies it
-/// (IPv4-mapped IPv6 addresses count as IPv4).
-fn special_ip(ip: IpAddr) -> Vec<String> {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 @ IpAddr::V4(_) => v4,
-    };
-    let (unspecified, loopback, link_local, link_local_multicast) = match ip {
-        IpAddr::V4(v4) => (
-            v4.is_unspecified(),
-            v4.is_loopback(),
-            v4.is_link_local(),
-            v4.octets()[..3] == [224, 0, 0],
-        ),
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            (
-                v6.is_unspecified(),
-                v6.is_loopback(),
-                first & 0xffc0 == 0xfe80,
-                first & 0xff0f == 0xff02,
-            )
-        }
-    };
-    let mut out = Vec::new();
-    if unspecified {
-        out.push(format!("may not be unspecified ({ip})"));
-    }
-    if loopback {
-        out.push("may not be in the loopback range (127.0.0.0/8, ::1/128)".into());
-    }
-    if link_local {
-        out.push("may not be in the link-local range (169.254.0.0/16, fe80::/10)".into());
-    }
-    if link_local_multicast {
-        out.push("may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)".into());
-    }
-    out
-}
-
-/// `spec.externalTrafficPolicy`, `spec.internalTrafficPolicy` and `spec.healthCheckNodePort`
-/// (validateServiceExternalTrafficPolicy, validateServiceInternalTrafficFieldsValue).
-///
-/// On update, a value the stored Service carried into a type that no longer uses it (a NodePort
-/// Service turned ClusterIP still holding `externalTrafficPolicy: Cluster`, a LoadBalancer
-/// switched to `Cluster` still holding its `healthCheckNodePort`) is not refused: admission
-/// drops it, as kube-apiserver's dropTypeDependentFields does, so `kubectl apply` of the new
-/// type works. A value the request changed is refused.
-fn traffic_policies(spec: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
-    let carried = |field: &str, used_by: fn(&Value) -> bool| {
-        old.is_some_and(|o| used_by(o) && o[field] == spec[field])
-    };
-    let etp = &spec["externalTrafficPolicy"];
-    if !etp.is_null() && etp != "" {
-        if !externally_accessible(spec) {
-            if !carried("externalTrafficPolicy", externally_accessible) {
-                causes.push(Cause::invalid(
-                    "spec.externalTrafficPolicy",
-                    etp,
-                    "may only be set for externally-accessible services",
-                ));
-            }
-        } else if !matches!(etp.as_str(), Some("Cluster" | "Local")) {
-            causes.push(Cause::not_supported(
-                "spec.externalTrafficPolicy",
-                etp,
-                &["Cluster", "Local"],
-            ));
-        }
-    }
-    let itp = &spec["internalTrafficPolicy"];
-    if !itp.is_null() && !matches!(itp.as_str(), Some("Cluster" | "Local")) {
-        causes.push(Cause::not_supported(
-            "spec.internalTrafficPolicy",
-            itp,
-            &["Cluster", "Local"],
-        ));
-    }
-    let hc = &spec["healthCheckNodePort"];
-    if !hc.is_null() && hc != 0 {
-        if !needs_health_check_node_port(spec) {
-            if !carried("healthCheckNodePort", needs_health_check_node_port) {
-                causes.push(Cause::invalid(
-                    "spec.healthCheckNodePort",
-                    hc,
-                    "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
-                ));
-            }
-        } else if !hc.as_i64().is_some_and(|n| (1..=65535).contains(&n)) {
-            causes.push(Cause::invalid(
-                "spec.healthCheckNodePort",
-                hc,
-                "must be between 1 and 65535, inclusive",
-            ));
-        }
-    }
-}
-
 /// Deployment/ReplicaSet/DaemonSet: selector required, non-empty and matching template labels;
-/// template a valid Pod spec; replicas non-negative.
-fn workload(info: &ResourceInfo, obj: &Value, causes: &mut Vec<Cause>) {
+/// template a valid Pod spec; replicas non-negative; with `restart_always`, the template's
+/// restartPolicy Always.
+pub(crate) fn workload(obj: &Value, restart_always: bool, causes: &mut Vec<Cause>) {
     let spec = &obj["spec"];
     if let Some(r) = spec["replicas"].as_i64()
         && r < 0
@@ -606,7 +261,7 @@ fn workload(info: &ResourceInfo, obj: &Value, causes: &mut Vec<Cause>) {
         ));
     }
     pod_spec(&spec["template"]["spec"], "spec.template.spec", causes);
-    if info.kind != "DaemonSet"
+    if restart_always
         && let Some(rp) = spec["template"]["spec"]["restartPolicy"].as_str()
         && rp != "Always"
     {

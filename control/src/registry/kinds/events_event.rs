@@ -1,8 +1,54 @@
-//! Conversion between the two versions of one stored kind: `events.k8s.io/v1` Events are stored
-//! as core/v1 Events (as in kube-apiserver, which keeps both in one etcd resource), renamed field
-//! by field per k8s.io/kubernetes pkg/apis/events/v1 conversion.
+//! Event (events.k8s.io/v1): served over the stored core/v1 Events (as in kube-apiserver, which
+//! keeps both versions in one etcd resource), renamed field by field per k8s.io/kubernetes
+//! pkg/apis/events/v1 conversion. Requests are converted to core/v1 on the way in and answers
+//! back on the way out; everything else is the core Event's strategy.
 
+use schemars::SchemaGenerator;
 use serde_json::{Map, Value, json};
+
+use crate::registry::{
+    ALL_VERBS, ResourceInfo,
+    strategy::{NameRule, StoredAs, Strategy, schema_of},
+};
+
+pub const INFO: ResourceInfo = ResourceInfo {
+    group: "events.k8s.io",
+    version: "v1",
+    kind: "Event",
+    plural: "events",
+    singular: "event",
+    namespaced: true,
+    short_names: &[],
+    subresources: &[],
+    verbs: ALL_VERBS,
+    categories: &[],
+    strategy: &EventsV1,
+};
+
+struct EventsV1;
+
+/// Stored as core/v1 Events, renamed on the way in and out.
+const STORED_AS: StoredAs = StoredAs {
+    group: "",
+    version: "v1",
+    plural: "events",
+    to_stored: event_to_core,
+    from_stored: event_from_core,
+};
+
+impl Strategy for EventsV1 {
+    fn schema(&self, generator: &mut SchemaGenerator) -> String {
+        schema_of::<k8s_openapi::api::events::v1::Event>(generator)
+    }
+
+    fn name_rule(&self) -> NameRule {
+        NameRule::PathSegment
+    }
+
+    fn stored_as(&self) -> Option<&'static StoredAs> {
+        Some(&STORED_AS)
+    }
+}
 
 /// (events.k8s.io/v1 name, core/v1 name) of the fields that differ.
 const EVENT_RENAMES: &[(&str, &str)] = &[
@@ -38,23 +84,6 @@ pub fn event_to_core(obj: Value) -> Value {
 /// A stored core/v1 Event as events.k8s.io/v1 shows it.
 pub fn event_from_core(obj: Value) -> Value {
     rename(obj, false, "events.k8s.io/v1")
-}
-
-/// Converts a response body (an Event or an EventList; Tables and Status pass) from core/v1.
-pub fn events_response_from_core(mut body: Value) -> Value {
-    match body["kind"].as_str() {
-        Some("Event") => event_from_core(body),
-        Some("EventList") => {
-            if let Some(items) = body.get_mut("items").and_then(Value::as_array_mut) {
-                for item in items.iter_mut() {
-                    *item = event_from_core(item.take());
-                }
-            }
-            body["apiVersion"] = json!("events.k8s.io/v1");
-            body
-        }
-        _ => body,
-    }
 }
 
 #[cfg(test)]

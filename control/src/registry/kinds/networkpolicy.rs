@@ -1,20 +1,77 @@
-//! NetworkPolicy (networking.k8s.io/v1): the defaults of pkg/apis/networking/v1/defaults.go and
-//! the checks of pkg/apis/networking/validation/validation.go ValidateNetworkPolicy, with
-//! kube-apiserver's messages. The agent programs these policies into the datapath, so nothing
-//! kube-apiserver would refuse may be stored.
+//! NetworkPolicy (networking.k8s.io/v1): pkg/registry/networking/networkpolicy/strategy.go, the
+//! defaults of pkg/apis/networking/v1/defaults.go and the checks of
+//! pkg/apis/networking/validation/validation.go ValidateNetworkPolicy, with kube-apiserver's
+//! messages, and its kubectl columns. The agent programs these policies into the datapath, so
+//! nothing kube-apiserver would refuse may be stored.
 
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+use schemars::SchemaGenerator;
 use serde_json::{Map, Value, json};
 
-use super::{
+use crate::api::{error::Cause, selectors::format_label_selector};
+use crate::registry::{
+    ALL_VERBS, ResourceInfo,
     defaults::{child, set_default},
     labels::{selector_has_errors, validate_label_selector},
+    printers::{Column, age, name},
+    strategy::{Strategy, schema_of},
 };
-use crate::api::error::Cause;
+
+pub const INFO: ResourceInfo = ResourceInfo {
+    group: "networking.k8s.io",
+    version: "v1",
+    kind: "NetworkPolicy",
+    plural: "networkpolicies",
+    singular: "networkpolicy",
+    namespaced: true,
+    short_names: &["netpol"],
+    subresources: &[],
+    verbs: ALL_VERBS,
+    categories: &[],
+    strategy: &NetworkPolicies,
+};
+
+struct NetworkPolicies;
+
+impl Strategy for NetworkPolicies {
+    fn schema(&self, generator: &mut SchemaGenerator) -> String {
+        schema_of::<k8s_openapi::api::networking::v1::NetworkPolicy>(generator)
+    }
+
+    /// PrepareForCreate sets generation 1; PrepareForUpdate bumps it on a spec change.
+    fn tracks_generation(&self) -> bool {
+        true
+    }
+
+    fn defaults(&self, root: &mut Map<String, Value>) {
+        apply_defaults(root);
+    }
+
+    fn validate(&self, obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+        validate(obj, old, causes);
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            ("Name", "string", 0),
+            ("Pod-Selector", "string", 0),
+            ("Age", "string", 0),
+        ]
+    }
+
+    /// printNetworkPolicy: metav1.FormatLabelSelector of spec.podSelector.
+    fn cells(&self, o: &Value) -> Vec<Value> {
+        vec![
+            name(o),
+            json!(format_label_selector(&o["spec"]["podSelector"])),
+            json!(age(o)),
+        ]
+    }
+}
 
 /// The (rule list, peer list) field names of the two directions.
 const DIRECTIONS: [(&str, &str); 2] = [("ingress", "from"), ("egress", "to")];
@@ -27,7 +84,7 @@ fn arr(v: &Value) -> &[Value] {
 /// `Ingress`, plus `Egress` when there are egress rules; every port's protocol to TCP. The spec
 /// and its podSelector are plain structs in k8s.io/api, so kube-apiserver always writes them out
 /// (`spec: {podSelector: {}}` for a policy created without either).
-pub fn apply_defaults(root: &mut Map<String, Value>) {
+fn apply_defaults(root: &mut Map<String, Value>) {
     let Some(spec) = child(root, "spec") else {
         return;
     };
@@ -68,7 +125,7 @@ pub fn apply_defaults(root: &mut Map<String, Value>) {
 /// selector values the stored policy already had are let through as kube-apiserver lets them
 /// (ValidateNetworkPolicyUpdate, ValidationOptionsForNetworking), so an object stored under
 /// older rules can still be edited.
-pub fn validate(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+fn validate(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     let spec = &obj["spec"];
     let allow_invalid_values = old.is_some_and(|o| selector_has_errors(&o["spec"]["podSelector"]));
     let old_cidrs = old.map(|o| stored_cidrs(&o["spec"])).unwrap_or_default();
