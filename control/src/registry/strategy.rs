@@ -56,6 +56,8 @@ impl std::fmt::Debug for DynInUse<'_> {
     }
 }
 
+/// Every method is forwarded, the provided ones too: the allocation index overrides the
+/// scans and `hold` (its reservation), which the defaults would silently skip.
 impl InUse for DynInUse<'_> {
     fn ip_in_use(&self, ip: &Ipv4Addr) -> bool {
         self.0.ip_in_use(ip)
@@ -63,6 +65,23 @@ impl InUse for DynInUse<'_> {
 
     fn node_port_in_use(&self, port: u16, proto: &str) -> bool {
         self.0.node_port_in_use(port, proto)
+    }
+
+    fn free_ip(&self, cfg: &crate::api::ApiConfig) -> Option<Ipv4Addr> {
+        self.0.free_ip(cfg)
+    }
+
+    fn free_node_port(
+        &self,
+        cfg: &crate::api::ApiConfig,
+        proto: &str,
+        also_free: &dyn Fn(u16) -> bool,
+    ) -> Option<u16> {
+        self.0.free_node_port(cfg, proto, also_free)
+    }
+
+    fn hold(&self, svc: &Value) {
+        self.0.hold(svc);
     }
 }
 

@@ -36,7 +36,9 @@ pub(super) fn to_json(headers: &HeaderMap, body: Bytes) -> Result<Bytes, ApiErro
 /// One YAML document as JSON (kube-apiserver's yaml.YAMLToJSON, then its JSON decoder).
 pub(super) fn yaml_to_json(body: &[u8]) -> Result<Value, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| {
-        ApiError::BadRequest(format!("error converting YAML to JSON: yaml: invalid UTF-8: {e}"))
+        ApiError::BadRequest(format!(
+            "error converting YAML to JSON: yaml: invalid UTF-8: {e}"
+        ))
     })?;
     serde_saphyr::from_str::<Value>(text)
         .map_err(|e| ApiError::BadRequest(format!("error converting YAML to JSON: yaml: {e}")))
@@ -78,7 +80,8 @@ mod tests {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/yaml"),
         );
-        let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: \"1\"\n  b: two\n";
+        let yaml =
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: \"1\"\n  b: two\n";
         let out = to_json(&headers, Bytes::from(yaml)).expect("decodes");
         let v: Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(

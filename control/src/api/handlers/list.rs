@@ -314,7 +314,6 @@ async fn list_consistent<S: Store>(
     }))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -463,8 +463,10 @@ impl<S: Store> Req<'_, S> {
         }
     }
 
-    /// Holds the admission lock for kinds whose admission must see every earlier write.
-    async fn admission_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    /// A write ticket for kinds whose admission hands out numbers (ClusterIPs, NodePorts): held
+    /// from admission until the store write returns, so the allocation index keeps what
+    /// admission gave until the store shows it (see `alloc::WriteGate`).
+    async fn admission_guard(&self) -> Option<crate::api::alloc::WriteTicket> {
         if self.t.info.strategy.serial_admission() {
             Some(self.state.alloc_lock.lock().await)
         } else {

@@ -94,7 +94,11 @@ fn dry_run(values: &[String], causes: &mut Vec<Cause>) -> bool {
         .filter(|v| !DRY_RUN_VALUES.contains(&v.as_str()))
         .collect();
     if !unsupported.is_empty() {
-        causes.push(Cause::not_supported("dryRun", &json!(values), DRY_RUN_VALUES));
+        causes.push(Cause::not_supported(
+            "dryRun",
+            &json!(values),
+            DRY_RUN_VALUES,
+        ));
     }
     values.iter().any(|v| v == "All")
 }
@@ -105,7 +109,11 @@ impl WriteOptions {
     pub fn parse(params: &Params, kind: &str) -> Result<Self, ApiError> {
         let mut causes = Vec::new();
         let dry_run = dry_run(
-            &params.get("dryRun").cloned().into_iter().collect::<Vec<_>>(),
+            &params
+                .get("dryRun")
+                .cloned()
+                .into_iter()
+                .collect::<Vec<_>>(),
             &mut causes,
         );
         let field_validation = match params.get("fieldValidation").map(String::as_str) {
@@ -121,7 +129,10 @@ impl WriteOptions {
                 FieldValidation::Warn
             }
         };
-        let field_manager = params.get("fieldManager").filter(|m| !m.is_empty()).cloned();
+        let field_manager = params
+            .get("fieldManager")
+            .filter(|m| !m.is_empty())
+            .cloned();
         if let Some(m) = &field_manager
             && m.len() > 128
         {
