@@ -19,6 +19,8 @@ use crate::store::{SqliteStore, Store};
 mod netpol;
 #[cfg(test)]
 mod operability;
+#[cfg(test)]
+mod writes;
 
 const TOKEN: &str = "test-token";
 
