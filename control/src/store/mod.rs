@@ -2,6 +2,7 @@
 //! create/mod revisions, watch from a revision, compaction) behind one trait, so the embedded
 //! SQLite store and real etcd are interchangeable. resourceVersion is the store revision.
 
+mod heap;
 mod sqlite;
 #[cfg(test)]
 mod tests;

@@ -39,6 +39,7 @@ use rusqlite::{
 };
 use tokio::sync::{broadcast, oneshot};
 
+use super::heap::TrimPolicy;
 use super::{KeyValue, ListResult, Store, StoreError, WatchEvent, WatchStream};
 
 /// `PRAGMA user_version` of the schema below.
@@ -916,7 +917,23 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, queue: &mpsc::Receiver<Op>) {
-        while let Ok(first) = queue.recv() {
+        let mut trim = TrimPolicy::default();
+        loop {
+            let first = match trim.idle_deadline() {
+                None => match queue.recv() {
+                    Ok(op) => op,
+                    Err(_) => break,
+                },
+                // After a burst of writes, an idle spell gives the freed heap back.
+                Some(idle) => match queue.recv_timeout(idle) {
+                    Ok(op) => op,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        trim.idle();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+            };
             // Everything queued while the previous batch was being committed goes into this one.
             let mut bytes = first.payload_len();
             let mut batch = vec![first];
@@ -929,6 +946,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            trim.wrote(batch.len() as u64);
             self.commit_batch(batch);
         }
     }
