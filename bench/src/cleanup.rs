@@ -145,6 +145,8 @@ pub fn remove(item: &Item, cgroup_root: &Path) -> Result<()> {
         Item::Netns(name) => delete_netns(name)?,
         Item::PinDir(p) => gone(fs::remove_dir_all(p))?,
         Item::Cgroup(p) => remove_cgroup(p, cgroup_root)?,
+        // A directory (the api bench's scratch) goes with everything in it.
+        Item::TempFile(p) if p.is_dir() => gone(fs::remove_dir_all(p))?,
         Item::TempFile(p) => gone(fs::remove_file(p))?,
     }
     Ok(())

