@@ -2,7 +2,11 @@
 //! the control plane (`keelson-control`), the agent (`keelson-agent`) or local clusters
 //! (`keelson-localcluster`).
 
-use std::{net::Ipv4Addr, net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -35,6 +39,17 @@ enum Cmd {
         /// LoadBalancer Services get addresses from these CIDRs (e.g. 172.30.0.0/24,172.30.1.0/28).
         #[arg(long)]
         lb_pool: Option<String>,
+        /// The address Pods reach the API server on: the endpoint of the `kubernetes` Service
+        /// (default: the listen address, unless it is loopback or a wildcard).
+        #[arg(long)]
+        advertise_address: Option<IpAddr>,
+        /// The port of the advertised address (default: the listen port).
+        #[arg(long, requires = "advertise_address")]
+        advertise_port: Option<u16>,
+        /// Also listen on the advertised address and port inside this network namespace
+        /// (e.g. /run/netns/kls-keelson-ul, the underlay of a local cluster).
+        #[arg(long, requires = "advertise_address")]
+        advertise_netns: Option<PathBuf>,
     },
     /// Run the node agent: eBPF datapath, Service load balancing, CNI and (standalone) kubelet.
     Agent {
@@ -213,6 +228,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cluster_cidr,
             node_cidr_mask,
             lb_pool,
+            advertise_address,
+            advertise_port,
+            advertise_netns,
         } => {
             init_tracing();
             let cfg = keelson_control::server::ServerConfig {
@@ -222,6 +240,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cluster_cidr,
                 node_cidr_mask,
                 lb_pool,
+                advertise: advertise_address.map(|address| keelson_control::server::Advertise {
+                    address,
+                    port: advertise_port,
+                    netns: advertise_netns,
+                }),
             };
             runtime()?.block_on(keelson_control::server::run(cfg))?;
         }

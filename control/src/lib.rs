@@ -6,6 +6,7 @@
 pub mod api;
 pub mod controllers;
 pub mod ipam;
+pub mod listen;
 pub mod registry;
 pub mod scheduler;
 pub mod server;

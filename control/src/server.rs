@@ -1,12 +1,18 @@
 //! `keelson server`: wires the store, the API, the scheduler and the controllers together.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use ipnetwork::Ipv4Network;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 
 use crate::{
-    api::{self, ApiConfig, ApiState, pki},
+    api::{self, ApiConfig, ApiState, kubernetes_service, pki},
+    listen::{self, ListenError},
     store::{SqliteStore, Store, StoreError},
 };
 
@@ -25,6 +31,36 @@ pub struct ServerConfig {
     pub node_cidr_mask: u8,
     /// Pool of LoadBalancer addresses (comma-separated CIDRs); `None`: no LB-IPAM.
     pub lb_pool: Option<String>,
+    /// Where Pods reach the server (kube-apiserver's `--advertise-address`); `None`: the
+    /// listen address, unless that is a loopback or wildcard address no Pod can reach.
+    pub advertise: Option<Advertise>,
+}
+
+/// The address the `kubernetes` Service's endpoint names, and where it is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertise {
+    pub address: IpAddr,
+    /// Default: the listen port.
+    pub port: Option<u16>,
+    /// When set, the server also listens on the advertised address and port inside this
+    /// network namespace (a local cluster's underlay, which its nodes are plugged into).
+    pub netns: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// The address and port the `kubernetes` EndpointSlice lists, if Pods can reach one.
+    pub fn advertised(&self) -> Option<SocketAddr> {
+        match &self.advertise {
+            Some(a) => Some(SocketAddr::new(
+                a.address,
+                a.port.unwrap_or(self.listen.port()),
+            )),
+            None => {
+                let ip = self.listen.ip();
+                (!ip.is_loopback() && !ip.is_unspecified()).then_some(self.listen)
+            }
+        }
+    }
 }
 
 /// Errors of the server as a whole.
@@ -44,6 +80,8 @@ pub enum ServerError {
     Store(#[source] StoreError),
     #[error("TLS setup: {0}")]
     Tls(#[source] rustls::Error),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     #[error("serving HTTPS on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
@@ -192,7 +230,20 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
                 cidr: cfg.service_cidr.clone(),
                 source,
             })?;
-    let creds = pki::ensure(&cfg.data_dir, cfg.listen).map_err(ServerError::Pki)?;
+    let advertised = cfg.advertised();
+    let cluster_ip = kubernetes_service::cluster_ip(service_cidr);
+    let extra_names: Vec<IpAddr> = std::iter::once(IpAddr::V4(cluster_ip))
+        .chain(advertised.map(|a| a.ip()))
+        .collect();
+    let creds = pki::ensure(&cfg.data_dir, cfg.listen, &extra_names).map_err(ServerError::Pki)?;
+    // Both sockets are bound before anything else starts, so a port in use fails the start.
+    let mut listeners = vec![(cfg.listen, listen::bind(cfg.listen, None)?)];
+    if let (Some(addr), Some(netns)) = (
+        advertised,
+        cfg.advertise.as_ref().and_then(|a| a.netns.as_deref()),
+    ) {
+        listeners.push((addr, listen::bind(addr, Some(netns))?));
+    }
     let store =
         Arc::new(SqliteStore::open(&cfg.data_dir.join("state.db")).map_err(ServerError::Store)?);
     let state = ApiState::new(
@@ -209,39 +260,29 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         Arc::clone(&state.lifecycle.informers_synced),
     ));
     let shutting_down = Arc::clone(&state.lifecycle.shutting_down);
+    let bootstrapped = Arc::clone(&state.lifecycle.bootstrap_controller);
     tasks.spawn(compaction_loop(store));
     tasks.spawn(api::namespaces::finalize_loop(state.clone()));
 
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(tls_config(&creds)?);
     let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
     let app = api::router(state);
-    let listen = cfg.listen;
-    let mut server = tokio::spawn({
-        let handle = handle.clone();
-        async move {
-            axum_server::bind_rustls(listen, tls)
-                // Like kube-apiserver (Go's net package sets it on every TCP connection): a
-                // response or watch event written in more than one segment must not wait for
-                // the client's delayed ACK (Nagle's algorithm; up to 40 ms on Linux).
-                .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
-        }
-    });
-    tasks.0.push(server.abort_handle());
-    let Some(bound) = handle.listening().await else {
-        let err = match server.await {
-            Ok(Err(source)) => ServerError::Serve {
-                addr: listen,
-                source,
-            },
-            _ => ServerError::Other(format!("HTTPS server on {listen} did not start")),
-        };
-        return Err(err);
-    };
-    tracing::info!(addr = %bound, kubeconfig = %creds.kubeconfig_path.display(), "API server listening");
-
+    let mut servers = tokio::task::JoinSet::new();
+    for (addr, listener) in listeners {
+        let server = axum_server::from_tcp_rustls(listener, tls.clone())
+            .map_err(|source| ServerError::Serve { addr, source })?
+            // Like kube-apiserver (Go's net package sets it on every TCP connection): a
+            // response or watch event written in more than one segment must not wait for the
+            // client's delayed ACK (Nagle's algorithm; up to 40 ms on Linux).
+            .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
+            .handle(handle.clone());
+        let app = app.clone();
+        servers.spawn(async move {
+            let res = server.serve(app.into_make_service()).await;
+            (addr, res)
+        });
+        tracing::info!(%addr, kubeconfig = %creds.kubeconfig_path.display(), "API server listening");
+    }
     let client = admin_client(&creds.kubeconfig_path).await?;
     let controllers_cfg = crate::controllers::ControllersConfig {
         cluster_cidr: cfg.cluster_cidr.clone(),
@@ -256,6 +297,20 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
             }
         }
     });
+    if advertised.is_none() {
+        tracing::warn!(
+            listen = %cfg.listen,
+            "no address Pods can reach: the kubernetes Service has no endpoints (set --advertise-address)"
+        );
+    }
+    tasks.spawn(kubernetes_service::run(
+        client.clone(),
+        kubernetes_service::Desired {
+            cluster_ip,
+            endpoint: advertised.map(|a| (a.ip(), a.port())),
+        },
+        bootstrapped,
+    ));
     tasks.spawn(async move {
         if let Err(e) = crate::scheduler::run(client).await {
             tracing::error!(error = %e, "scheduler stopped");
@@ -267,14 +322,21 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
             tracing::info!("shutting down");
             shutting_down.store(true, std::sync::atomic::Ordering::Release);
             handle.graceful_shutdown(Some(Duration::from_secs(5)));
-            match tokio::time::timeout(Duration::from_secs(10), &mut server).await {
-                Ok(Ok(Err(source))) => Err(ServerError::Serve { addr: listen, source }),
-                _ => Ok(()),
-            }
+            let drained = tokio::time::timeout(Duration::from_secs(10), async {
+                let mut first = Ok(());
+                while let Some(done) = servers.join_next().await {
+                    if let (Ok((addr, Err(source))), Ok(())) = (done, &first) {
+                        first = Err(ServerError::Serve { addr, source });
+                    }
+                }
+                first
+            });
+            drained.await.unwrap_or(Ok(()))
         }
-        res = &mut server => match res {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(ServerError::Serve { addr: listen, source }),
+        // Any listener stopping stops the server.
+        Some(done) = servers.join_next() => match done {
+            Ok((_, Ok(()))) => Ok(()),
+            Ok((addr, Err(source))) => Err(ServerError::Serve { addr, source }),
             Err(e) => Err(ServerError::Other(format!("HTTPS server task: {e}"))),
         },
     };

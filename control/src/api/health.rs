@@ -96,6 +96,9 @@ impl Check {
 pub struct Lifecycle {
     /// Set once the system namespaces exist (`poststarthook/start-system-namespaces-controller`).
     pub system_namespaces: Arc<AtomicBool>,
+    /// Set once the `kubernetes` Service and EndpointSlice exist
+    /// (`poststarthook/bootstrap-controller`).
+    pub bootstrap_controller: Arc<AtomicBool>,
     /// The revision the storage object counter listed at, once it has (`informer-sync`).
     pub informers_synced: Arc<AtomicU64>,
     /// Set when the server starts shutting down (readyz's `shutdown`).
@@ -129,11 +132,17 @@ impl HealthChecks {
             Arc::clone(&life.system_namespaces),
             "not finished",
         );
+        let bootstrap_hook = Check::flag(
+            "poststarthook/bootstrap-controller",
+            Arc::clone(&life.bootstrap_controller),
+            "not finished",
+        );
         let base = || {
             vec![
                 Check::ping(),
                 Check::store(Arc::clone(&store)),
                 namespaces_hook.clone(),
+                bootstrap_hook.clone(),
             ]
         };
         // Readiness also waits for the storage object counter's first list: a server that
@@ -367,6 +376,7 @@ mod tests {
                 "etcd",
                 "informer-sync",
                 "poststarthook/start-system-namespaces-controller",
+                "poststarthook/bootstrap-controller",
                 "shutdown"
             ]
         );
@@ -385,6 +395,9 @@ mod tests {
         );
         life.system_namespaces.store(true, Ordering::Release);
         life.informers_synced.store(7, Ordering::Release);
+        let a = run_all("readyz", checks.of("readyz"), &HealthQuery::default()).await;
+        assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", a.body);
+        life.bootstrap_controller.store(true, Ordering::Release);
         let a = run_all("readyz", checks.of("readyz"), &HealthQuery::default()).await;
         assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "ok"));
         life.shutting_down.store(true, Ordering::Release);

@@ -6,6 +6,7 @@ pub mod discovery;
 pub mod error;
 pub mod handlers;
 pub mod health;
+pub mod kubernetes_service;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
@@ -78,8 +79,7 @@ impl ApiConfig {
     /// The reserved first address of the Service CIDR (the `kubernetes` Service's IP in
     /// kube-apiserver).
     pub fn reserved_ip(&self) -> Ipv4Addr {
-        let base = u32::from(self.service_cidr.network());
-        Ipv4Addr::from(base + 1)
+        kubernetes_service::cluster_ip(self.service_cidr)
     }
 }
 

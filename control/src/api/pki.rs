@@ -1,11 +1,10 @@
-//! The server's credentials in its data dir: a CA and a serving certificate (rcgen; SANs
-//! 127.0.0.1, localhost, kubernetes, kubernetes.default.svc and the listen address), the admin
-//! bearer token, and `admin.kubeconfig` pointing clients at all of it. Generated on first start,
-//! reused afterwards.
+//! The server's credentials in its data dir: a CA and a serving certificate (rcgen; the names
+//! of [`serving_names`]), the admin bearer token, and `admin.kubeconfig` pointing clients at all
+//! of it. Generated on first start, reused afterwards.
 
 use std::{
     io::Write as _,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -69,8 +68,9 @@ fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-fn generate(listen: SocketAddr) -> Result<(String, String, String), PkiError> {
-    let ca_key = KeyPair::generate().map_err(PkiError::Cert)?;
+/// The CA's certificate parameters. The CA is reloaded from its key with these, so a serving
+/// certificate re-issued later chains to the same `ca.crt` every client already trusts.
+fn ca_params() -> Result<CertificateParams, PkiError> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(PkiError::Cert)?;
     ca_params
         .distinguished_name
@@ -83,9 +83,21 @@ fn generate(listen: SocketAddr) -> Result<(String, String, String), PkiError> {
     ];
     ca_params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     ca_params.not_after = rcgen::date_time_ymd(2125, 1, 1);
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(PkiError::Cert)?;
-    let issuer = Issuer::new(ca_params, ca_key);
+    Ok(ca_params)
+}
 
+/// A new CA: (certificate PEM, key PEM).
+fn generate_ca() -> Result<(String, String), PkiError> {
+    let ca_key = KeyPair::generate().map_err(PkiError::Cert)?;
+    let ca_cert = ca_params()?.self_signed(&ca_key).map_err(PkiError::Cert)?;
+    Ok((ca_cert.pem(), ca_key.serialize_pem()))
+}
+
+/// The names the serving certificate holds: kube-apiserver's (`kubernetes`,
+/// `kubernetes.default`, `kubernetes.default.svc`, `kubernetes.default.svc.cluster.local`,
+/// the `kubernetes` Service's ClusterIP), loopback, the listen address and `extra` (the
+/// advertised address), without repeats, in a stable order.
+pub fn serving_names(listen: SocketAddr, extra: &[IpAddr]) -> Vec<String> {
     let mut sans = vec![
         "127.0.0.1".to_string(),
         "localhost".to_string(),
@@ -94,12 +106,21 @@ fn generate(listen: SocketAddr) -> Result<(String, String, String), PkiError> {
         "kubernetes.default.svc".to_string(),
         "kubernetes.default.svc.cluster.local".to_string(),
     ];
-    let ip = listen.ip().to_string();
-    if !listen.ip().is_unspecified() && !sans.contains(&ip) {
-        sans.push(ip);
+    for ip in std::iter::once(listen.ip()).chain(extra.iter().copied()) {
+        let ip_s = ip.to_string();
+        if !ip.is_unspecified() && !sans.contains(&ip_s) {
+            sans.push(ip_s);
+        }
     }
+    sans
+}
+
+/// A serving certificate for `sans` signed by the CA of `ca_key_pem`: (certificate, key).
+fn generate_serving(ca_key_pem: &str, sans: &[String]) -> Result<(String, String), PkiError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(PkiError::Cert)?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
     let key = KeyPair::generate().map_err(PkiError::Cert)?;
-    let mut params = CertificateParams::new(sans).map_err(PkiError::Cert)?;
+    let mut params = CertificateParams::new(sans.to_vec()).map_err(PkiError::Cert)?;
     params
         .distinguished_name
         .push(DnType::CommonName, "kube-apiserver");
@@ -111,30 +132,57 @@ fn generate(listen: SocketAddr) -> Result<(String, String, String), PkiError> {
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2125, 1, 1);
     let cert = params.signed_by(&key, &issuer).map_err(PkiError::Cert)?;
-    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// Loads the credentials from `data_dir`, creating whatever is missing, and (re)writes
-/// `admin.kubeconfig` for `listen`.
-pub fn ensure(data_dir: &Path, listen: SocketAddr) -> Result<Credentials, PkiError> {
+/// `admin.kubeconfig` for `listen`. The serving certificate is re-issued by the same CA when
+/// the names it must hold ([`serving_names`]) changed since it was made; a data dir from
+/// before the CA key was kept gets a new CA.
+pub fn ensure(
+    data_dir: &Path,
+    listen: SocketAddr,
+    extra_names: &[IpAddr],
+) -> Result<Credentials, PkiError> {
     std::fs::create_dir_all(data_dir).map_err(|source| PkiError::Io {
         path: data_dir.to_path_buf(),
         source,
     })?;
-    let (ca_path, cert_path, key_path, token_path) = (
-        data_dir.join("ca.crt"),
-        data_dir.join("apiserver.crt"),
-        data_dir.join("apiserver.key"),
-        data_dir.join("admin.token"),
+    let path = |name: &str| data_dir.join(name);
+    let (ca_path, ca_key_path, cert_path, key_path, sans_path, token_path) = (
+        path("ca.crt"),
+        path("ca.key"),
+        path("apiserver.crt"),
+        path("apiserver.key"),
+        path("apiserver.names"),
+        path("admin.token"),
     );
-    let (ca_pem, cert_pem, key_pem) = match (read(&ca_path)?, read(&cert_path)?, read(&key_path)?) {
-        (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+    let sans = serving_names(listen, extra_names);
+    let sans_text = sans.join("\n") + "\n";
+    let (ca_pem, ca_key_pem) = match (read(&ca_path)?, read(&ca_key_path)?) {
+        (Some(ca), Some(key)) => (ca, key),
         _ => {
-            let (ca, cert, key) = generate(listen)?;
+            let (ca, key) = generate_ca()?;
+            // The key first: a crash between the two writes leaves no CA without its key.
+            write_private(&ca_key_path, &key)?;
             write_private(&ca_path, &ca)?;
-            write_private(&cert_path, &cert)?;
+            // Whatever the old CA signed is now worthless.
+            let _ = std::fs::remove_file(&sans_path);
+            (ca, key)
+        }
+    };
+    let (cert_pem, key_pem) = match (
+        read(&cert_path)?,
+        read(&key_path)?,
+        read(&sans_path)?.filter(|s| *s == sans_text),
+    ) {
+        (Some(cert), Some(key), Some(_)) => (cert, key),
+        _ => {
+            let (cert, key) = generate_serving(&ca_key_pem, &sans)?;
             write_private(&key_path, &key)?;
-            (ca, cert, key)
+            write_private(&cert_path, &cert)?;
+            write_private(&sans_path, &sans_text)?;
+            (cert, key)
         }
     };
     let token = match read(&token_path)?
@@ -194,9 +242,16 @@ mod tests {
     fn api_pki_is_generated_once_and_reused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let listen: SocketAddr = "127.0.0.1:6443".parse().expect("addr");
-        let first = ensure(dir.path(), listen).expect("generates");
-        let second = ensure(dir.path(), listen).expect("reuses");
+        let first = ensure(dir.path(), listen, &[]).expect("generates");
+        let second = ensure(dir.path(), listen, &[]).expect("reuses");
         assert_eq!(first.ca_pem, second.ca_pem);
+        assert_eq!(first.cert_pem, second.cert_pem);
+        // A new name to serve re-issues the serving certificate from the same CA.
+        let extra: IpAddr = "10.96.0.1".parse().expect("ip");
+        let third = ensure(dir.path(), listen, &[extra]).expect("re-issues");
+        assert_eq!(first.ca_pem, third.ca_pem);
+        assert_ne!(first.cert_pem, third.cert_pem);
+        assert!(serving_names(listen, &[extra]).contains(&"10.96.0.1".to_string()));
         assert_eq!(first.token, second.token);
         let kc: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(&first.kubeconfig_path).expect("kubeconfig"),

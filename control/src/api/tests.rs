@@ -1671,6 +1671,7 @@ async fn start_server(
         cluster_cidr: "10.244.0.0/16".into(),
         node_cidr_mask: 24,
         lb_pool: None,
+        advertise: None,
     };
     let server = tokio::spawn(crate::server::run(cfg));
     let kc = dir.join("admin.kubeconfig");

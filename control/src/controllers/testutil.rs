@@ -63,6 +63,7 @@ pub(crate) async fn start_server() -> TestServer {
         cluster_cidr: "10.244.0.0/16".into(),
         node_cidr_mask: 24,
         lb_pool: None,
+        advertise: None,
     };
     let server = Abort(tokio::spawn(async move {
         if let Err(e) = run(cfg).await {

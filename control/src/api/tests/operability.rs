@@ -1,6 +1,7 @@
 //! The server as an operator meets it, through the real kubectl: `/metrics` with
 //! kube-apiserver's request counters, `/readyz?verbose` with its checks, the trailing-slash
-//! discovery paths real clients ask for, and an oversized body answered with a 413 Status.
+//! discovery paths real clients ask for, an oversized body answered with a 413 Status, and the
+//! `kubernetes` Service.
 
 use super::{KUBECTL, kubectl, start_server};
 
@@ -50,11 +51,36 @@ async fn api_operability_metrics_readyz_and_limits_through_kubectl() {
         "[+]ping ok",
         "[+]etcd ok",
         "[+]informer-sync ok",
+        "[+]poststarthook/bootstrap-controller ok",
         "[+]shutdown ok",
         "readyz check passed",
     ] {
         assert!(ready.contains(line), "no {line:?} in {ready}");
     }
+    // The kubernetes Service on the first address of the service CIDR, as kubectl shows it;
+    // this server listens on loopback only, so its slice names no endpoint.
+    let (ok, out, err) = run(
+        argv("get svc kubernetes -o jsonpath={.spec.clusterIP}/{.spec.ports[0].port}"),
+        None,
+    )
+    .await
+    .expect("join");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "10.96.0.1/443");
+    let (ok, out, err) = run(argv("get svc kubernetes"), None).await.expect("join");
+    assert!(
+        ok && out.contains("10.96.0.1") && out.contains("443/TCP"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = run(argv("get endpointslice kubernetes -o json"), None)
+        .await
+        .expect("join");
+    assert!(ok, "{err}");
+    let slice: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        slice["metadata"]["labels"]["kubernetes.io/service-name"],
+        "kubernetes"
+    );
     let (ok, out, _) = run(argv("get --raw /livez/ping"), None)
         .await
         .expect("join");
