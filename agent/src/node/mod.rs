@@ -2,6 +2,7 @@
 //! kubelet-lite), routes to other nodes' podCIDRs, and the agent API the server proxies logs to.
 
 pub mod api;
+pub mod env;
 pub mod pods;
 pub mod probe;
 pub mod process;

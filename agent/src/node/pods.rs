@@ -6,7 +6,7 @@
 //! the deletion to the API server (delete with gracePeriodSeconds=0).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::HashMap,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -14,7 +14,7 @@ use std::{
 };
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams, Preconditions},
@@ -29,6 +29,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    env::{EnvSources, container_env},
     probe::{self, ProbeState, ProbeTarget},
     process::{self, ContainerRecord, PodRecord, ProcessSpec, Running},
     status::{
@@ -168,170 +169,6 @@ pub async fn cni_call(
             command,
             output: stdout,
         })
-}
-
-/// ConfigMap and Secret data a Pod's environment refers to, read once before its containers
-/// start (as the kubelet does; later changes reach only restarted Pods).
-#[derive(Debug, Clone, Default)]
-pub struct EnvSources {
-    pub config_maps: HashMap<String, BTreeMap<String, String>>,
-    pub secrets: HashMap<String, BTreeMap<String, String>>,
-}
-
-impl EnvSources {
-    /// Reads every ConfigMap and Secret named by `env[].valueFrom` or `envFrom` of the Pod's
-    /// containers. Missing ones are left out: the variables that need them stay unset.
-    pub async fn fetch(client: &Client, namespace: &str, pod: &Pod) -> Self {
-        let (mut cms, mut secrets) = (BTreeSet::new(), BTreeSet::new());
-        let spec = pod.spec.as_ref();
-        let all = spec
-            .map(|s| {
-                s.containers
-                    .iter()
-                    .chain(s.init_containers.iter().flatten())
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        for c in all {
-            for e in c.env.iter().flatten() {
-                if let Some(from) = &e.value_from {
-                    cms.extend(from.config_map_key_ref.as_ref().map(|r| r.name.clone()));
-                    secrets.extend(from.secret_key_ref.as_ref().map(|r| r.name.clone()));
-                }
-            }
-            for f in c.env_from.iter().flatten() {
-                cms.extend(f.config_map_ref.as_ref().map(|r| r.name.clone()));
-                secrets.extend(f.secret_ref.as_ref().map(|r| r.name.clone()));
-            }
-        }
-        let mut out = Self::default();
-        let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        for name in cms {
-            match cm_api.get_opt(&name).await {
-                Ok(Some(cm)) => {
-                    out.config_maps.insert(name, cm.data.unwrap_or_default());
-                }
-                Ok(None) => {
-                    tracing::warn!(%namespace, configmap = %name, "ConfigMap referenced by a pod's environment not found")
-                }
-                Err(e) => {
-                    tracing::warn!(%namespace, configmap = %name, error = %e, "reading a ConfigMap for a pod's environment")
-                }
-            }
-        }
-        let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        for name in secrets {
-            match secret_api.get_opt(&name).await {
-                Ok(Some(sec)) => {
-                    let mut data: BTreeMap<String, String> = sec.string_data.unwrap_or_default();
-                    for (k, v) in sec.data.unwrap_or_default() {
-                        data.insert(k, String::from_utf8_lossy(&v.0).into_owned());
-                    }
-                    out.secrets.insert(name, data);
-                }
-                Ok(None) => {
-                    tracing::warn!(%namespace, secret = %name, "Secret referenced by a pod's environment not found")
-                }
-                Err(e) => {
-                    tracing::warn!(%namespace, secret = %name, error = %e, "reading a Secret for a pod's environment")
-                }
-            }
-        }
-        out
-    }
-}
-
-/// The environment of a container: a default PATH, HOSTNAME, then `envFrom`, then `env`
-/// (which wins over `envFrom`, as in Kubernetes), with `fieldRef`s resolved from the downward
-/// API fields that exist before the container starts and ConfigMap/Secret keys from `sources`.
-pub fn container_env(
-    pod: &Pod,
-    container: &Container,
-    pod_ip: Option<Ipv4Addr>,
-    node_ip: Ipv4Addr,
-    sources: &EnvSources,
-) -> Vec<(String, String)> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let mut env: Vec<(String, String)> = vec![
-        (
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ),
-        ("HOSTNAME".into(), name.clone()),
-    ];
-    let field = |path: &str| -> Option<String> {
-        let spec = pod.spec.as_ref();
-        let meta = &pod.metadata;
-        let keyed = |prefix: &str, map: Option<&std::collections::BTreeMap<String, String>>| {
-            let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
-            map?.get(key).cloned()
-        };
-        match path {
-            "metadata.name" => meta.name.clone(),
-            "metadata.namespace" => meta.namespace.clone(),
-            "metadata.uid" => meta.uid.clone(),
-            "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
-            "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
-            "status.podIP" | "status.podIPs" => pod_ip.map(|ip| ip.to_string()),
-            "status.hostIP" | "status.hostIPs" => Some(node_ip.to_string()),
-            p if p.starts_with("metadata.labels['") => {
-                keyed("metadata.labels['", meta.labels.as_ref())
-            }
-            p if p.starts_with("metadata.annotations['") => {
-                keyed("metadata.annotations['", meta.annotations.as_ref())
-            }
-            _ => None,
-        }
-    };
-    let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
-        env.retain(|(name, _)| *name != k);
-        env.push((k, v));
-    };
-    for from in container.env_from.iter().flatten() {
-        let prefix = from.prefix.clone().unwrap_or_default();
-        let data = from
-            .config_map_ref
-            .as_ref()
-            .and_then(|r| sources.config_maps.get(&r.name))
-            .or_else(|| {
-                from.secret_ref
-                    .as_ref()
-                    .and_then(|r| sources.secrets.get(&r.name))
-            });
-        for (k, v) in data.into_iter().flatten() {
-            set(&mut env, format!("{prefix}{k}"), v.clone());
-        }
-    }
-    for var in container.env.iter().flatten() {
-        let value = match (&var.value, &var.value_from) {
-            (Some(v), _) => Some(v.clone()),
-            (None, Some(from)) => {
-                if let Some(f) = &from.field_ref {
-                    field(&f.field_path)
-                } else if let Some(r) = &from.config_map_key_ref {
-                    sources
-                        .config_maps
-                        .get(&r.name)
-                        .and_then(|d| d.get(&r.key))
-                        .cloned()
-                } else if let Some(r) = &from.secret_key_ref {
-                    sources
-                        .secrets
-                        .get(&r.name)
-                        .and_then(|d| d.get(&r.key))
-                        .cloned()
-                } else {
-                    tracing::warn!(var = %var.name, "resourceFieldRef is not supported; variable left unset");
-                    None
-                }
-            }
-            (None, None) => Some(String::new()),
-        };
-        if let Some(value) = value {
-            set(&mut env, var.name.clone(), value);
-        }
-    }
-    env
 }
 
 /// Shared state of one Pod's worker and its container supervisors.
@@ -1321,72 +1158,6 @@ pub async fn run(client: Client, cfg: PodRuntimeConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn env_resolves_field_refs_and_sets_hostname() {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": { "name": "web-1", "namespace": "shop", "uid": "u-1", "labels": { "app": "web" } },
-            "spec": { "nodeName": "n1", "containers": [] },
-        }))
-        .expect("pod");
-        let c: Container = serde_json::from_value(json!({
-            "name": "c",
-            "env": [
-                { "name": "GREETING", "value": "hi" },
-                { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
-                { "name": "POD_NS", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
-                { "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } },
-                { "name": "APP", "valueFrom": { "fieldRef": { "fieldPath": "metadata.labels['app']" } } },
-                { "name": "SECRET", "valueFrom": { "secretKeyRef": { "name": "s", "key": "k" } } },
-                { "name": "MISSING", "valueFrom": { "secretKeyRef": { "name": "absent", "key": "k" } } },
-                { "name": "MODE", "valueFrom": { "configMapKeyRef": { "name": "cm", "key": "mode" } } },
-                { "name": "PATH", "value": "/opt/bin" },
-                { "name": "FROM_CM_LEVEL", "value": "env wins" },
-            ],
-            "envFrom": [
-                { "configMapRef": { "name": "cm" }, "prefix": "FROM_CM_" },
-                { "secretRef": { "name": "s" } },
-            ],
-        }))
-        .expect("container");
-        let env: HashMap<String, String> = container_env(
-            &pod,
-            &c,
-            Some(Ipv4Addr::new(10, 244, 1, 2)),
-            Ipv4Addr::new(10, 250, 0, 11),
-            &EnvSources {
-                config_maps: [(
-                    "cm".to_owned(),
-                    [
-                        ("mode".to_owned(), "fast".to_owned()),
-                        ("LEVEL".to_owned(), "3".to_owned()),
-                    ]
-                    .into(),
-                )]
-                .into(),
-                secrets: [(
-                    "s".to_owned(),
-                    [("k".to_owned(), "hunter2".to_owned())].into(),
-                )]
-                .into(),
-            },
-        )
-        .into_iter()
-        .collect();
-        assert_eq!(env["HOSTNAME"], "web-1");
-        assert_eq!(env["GREETING"], "hi");
-        assert_eq!(env["POD_NAME"], "web-1");
-        assert_eq!(env["POD_NS"], "shop");
-        assert_eq!(env["POD_IP"], "10.244.1.2");
-        assert_eq!(env["APP"], "web");
-        assert_eq!(env["PATH"], "/opt/bin");
-        assert_eq!(env["SECRET"], "hunter2");
-        assert_eq!(env["k"], "hunter2", "envFrom secretRef");
-        assert_eq!(env["MODE"], "fast");
-        assert_eq!(env["FROM_CM_mode"], "fast", "envFrom with prefix");
-        assert_eq!(env["FROM_CM_LEVEL"], "env wins", "env overrides envFrom");
-        assert!(!env.contains_key("MISSING"));
-    }
 
     #[test]
     fn grace_period_prefers_the_deletion_value() {
