@@ -1,7 +1,7 @@
 //! A standalone cluster end to end: `keelson up --nodes 2`, the real kubectl applying a
 //! Deployment and Services, Service traffic over TCP and UDP through the eBPF socket load
-//! balancer from a Pod, scaling, deletion, refused bad input, and `keelson down` leaving
-//! nothing behind.
+//! balancer from a Pod, the API server reached from Pods through the `kubernetes` Service,
+//! scaling, deletion, refused bad input, and `keelson down` leaving nothing behind.
 
 mod support;
 
@@ -122,6 +122,100 @@ fn escape_yaml_double(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// Asks the API server for `/version` through `KUBERNETES_SERVICE_HOST:PORT`, verifying its
+/// certificate against the cluster CA (so the ClusterIP is one of its names), and prints the
+/// environment's `KUBERNETES_*` variables as one JSON line.
+const VERSION_PROBE: &str = r#"
+import http.client, json, os, ssl, sys
+host, port = os.environ["KUBERNETES_SERVICE_HOST"], int(os.environ["KUBERNETES_SERVICE_PORT"])
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+c = http.client.HTTPSConnection(host, port, context=ctx, timeout=10)
+c.request("GET", "/version")
+r = c.getresponse()
+body = json.loads(r.read())
+env = {k: v for k, v in os.environ.items() if k.startswith("KUBERNETES_")}
+print(json.dumps({"status": r.status, "version": body.get("gitVersion"), "env": env}))
+"#;
+
+/// The `kubernetes` Service and EndpointSlice as kubectl shows them, and a Pod on each node
+/// reaching the API server through the Service: `/version` over TLS verified with the cluster
+/// CA, and the real kubectl run inside the Pod against `$KUBERNETES_SERVICE_HOST`.
+fn api_server_through_the_kubernetes_service(c: &LocalCluster) {
+    let svc = c.kubectl_ok(&["get", "svc", "kubernetes"]);
+    println!("{svc}");
+    assert!(
+        svc.contains("10.96.0.1") && svc.contains("443/TCP"),
+        "{svc}"
+    );
+    let slice = c.kubectl_ok(&[
+        "get",
+        "endpointslice",
+        "kubernetes",
+        "-o",
+        "jsonpath={.endpoints[0].addresses[0]}:{.ports[0].port}",
+    ]);
+    assert_eq!(slice.trim(), "10.250.0.1:6443");
+
+    let server_dir = c.data_dir.path().join("server");
+    let ca = server_dir.join("ca.crt").to_string_lossy().into_owned();
+    let token = server_dir
+        .join("admin.token")
+        .to_string_lossy()
+        .into_owned();
+    let kubectl = support::kubectl().to_string_lossy().into_owned();
+    let probe = escape_yaml_double(VERSION_PROBE);
+    let pods: Vec<String> = (1..=2).map(|i| format!("apicheck-{i}")).collect();
+    for (i, pod) in (1..=2).zip(&pods) {
+        let node = c.node(i);
+        let yaml = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {pod}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  containers:
+    - name: version
+      image: example.invalid/client:1
+      command: ["/usr/bin/python3", "-c", "{probe}", "{ca}"]
+    - name: kubectl
+      image: example.invalid/client:1
+      env: [{{name: HOME, value: /tmp}}]
+      command:
+        - /bin/sh
+        - -c
+        - exec {kubectl} --kubeconfig=/dev/null --server=https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT --certificate-authority={ca} --token=$(cat {token}) get svc kubernetes -o jsonpath={{.spec.clusterIP}}
+"#
+        );
+        c.apply_ok(&format!("{pod}.yaml"), &yaml);
+    }
+    for pod in &pods {
+        c.kubectl_ok(&[
+            "wait",
+            "--for=jsonpath={.status.phase}=Succeeded",
+            &format!("pod/{pod}"),
+            "--timeout=60s",
+        ]);
+        let line = c.kubectl_ok(&["logs", pod, "-c", "version"]);
+        println!("{pod}: {}", line.trim());
+        let v: serde_json::Value = serde_json::from_str(line.trim()).expect("probe JSON");
+        assert_eq!(v["status"], 200, "{v}");
+        assert!(
+            v["version"].as_str().is_some_and(|s| s.starts_with('v')),
+            "{v}"
+        );
+        assert_eq!(v["env"]["KUBERNETES_SERVICE_HOST"], "10.96.0.1", "{v}");
+        assert_eq!(v["env"]["KUBERNETES_SERVICE_PORT"], "443", "{v}");
+        assert_eq!(v["env"]["KUBERNETES_PORT"], "tcp://10.96.0.1:443", "{v}");
+        let out = c.kubectl_ok(&["logs", pod, "-c", "kubectl"]);
+        assert_eq!(out.trim(), "10.96.0.1", "kubectl in {pod}");
+    }
+    let mut args = vec!["delete", "pod", "--wait=true"];
+    args.extend(pods.iter().map(String::as_str));
+    c.kubectl_ok(&args);
 }
 
 /// `kubectl wait -l` fails when nothing matches yet, so first wait for the controllers to have
@@ -257,6 +351,8 @@ fn standalone_cluster_end_to_end() {
         remaining.keys().collect(),
         "{r:?}"
     );
+
+    api_server_through_the_kubernetes_service(&c);
 
     // Delete: the Pods, their processes and their map entries go.
     c.kubectl_ok(&["delete", "-f", &m]);

@@ -129,21 +129,7 @@ async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
     let system_cg = cgroup.join("system");
     fs::create_dir_all(&system_cg).map_err(io(&system_cg))?;
 
-    let server_dir = data_dir.join("server");
-    fs::create_dir_all(&server_dir).map_err(io(&server_dir))?;
-    let api_port = free_port()?;
-    let server_log = data_dir.join("server.log");
-    spawn_detached(
-        Command::new(&opts.keelson_bin)
-            .arg("server")
-            .arg("--data-dir")
-            .arg(&server_dir)
-            .args(["--listen", &format!("127.0.0.1:{api_port}")])
-            .args(["--lb-pool", names::LB_POOL]),
-        &server_log,
-        &system_cg,
-    )?;
-
+    // The underlay first: the server listens on it too.
     topology::create_underlay(name)?;
     let nodes: Vec<String> = (1..=opts.nodes)
         .map(|i| names::node_name(name, i))
@@ -151,6 +137,26 @@ async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
     for i in 1..=opts.nodes {
         topology::create_node(name, i)?;
     }
+
+    let server_dir = data_dir.join("server");
+    fs::create_dir_all(&server_dir).map_err(io(&server_dir))?;
+    let api_port = free_port()?;
+    let server_log = data_dir.join("server.log");
+    let underlay = Path::new(names::NETNS_DIR).join(names::underlay_netns(name));
+    spawn_detached(
+        Command::new(&opts.keelson_bin)
+            .arg("server")
+            .arg("--data-dir")
+            .arg(&server_dir)
+            .args(["--listen", &format!("127.0.0.1:{api_port}")])
+            .args(["--advertise-address", names::API_IP])
+            .args(["--advertise-port", &names::API_PORT.to_string()])
+            .arg("--advertise-netns")
+            .arg(&underlay)
+            .args(["--lb-pool", names::LB_POOL]),
+        &server_log,
+        &system_cg,
+    )?;
 
     let kubeconfig = server_dir.join("admin.kubeconfig");
     let client = wait_api(&kubeconfig, &server_log).await?;
@@ -182,12 +188,36 @@ async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
         )?;
     }
     wait_nodes_ready(&client, &nodes, &data_dir).await?;
+    route_pod_cidrs(&client, name).await?;
     Ok(Cluster {
         name: name.clone(),
         data_dir,
         kubeconfig,
         nodes,
     })
+}
+
+/// Routes every Node's podCIDR via its InternalIP in the underlay namespace (Nodes are Ready,
+/// so both are set).
+async fn route_pod_cidrs(client: &kube::Client, cluster: &str) -> Result<(), Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::Kube)?;
+    for node in &list.items {
+        let cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref());
+        let ip = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .map(|a| a.address.as_str());
+        if let (Some(cidr), Some(ip)) = (cidr, ip) {
+            topology::route_pod_cidr(cluster, cidr, ip)?;
+        }
+    }
+    Ok(())
 }
 
 /// A port the kernel just handed out on loopback, free at the time of asking.

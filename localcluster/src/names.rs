@@ -14,6 +14,12 @@ pub const RUN_DIR: &str = "/run/keelson/clusters";
 /// Underlay subnet: node i gets 10.250.0.(10+i).
 pub const UNDERLAY_PREFIX: &str = "10.250.0";
 pub const UNDERLAY_PREFIX_LEN: u8 = 24;
+/// The API server's address on the underlay: it listens here (inside the underlay namespace)
+/// besides the host's loopback, and the `kubernetes` Service's endpoint names it, so every
+/// Pod reaches the API server through the Service as on a real cluster.
+pub const API_IP: &str = "10.250.0.1";
+/// The API server's port on the underlay (kube-apiserver's default secure port).
+pub const API_PORT: u16 = 6443;
 /// LoadBalancer pool the server assigns `status.loadBalancer.ingress` addresses from. It lies
 /// outside the underlay subnet on purpose: like addresses a BGP speaker announces, they are on
 /// no link and are reached through a route via a node IP, so traffic to them crosses the

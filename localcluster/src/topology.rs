@@ -41,13 +41,25 @@ fn netns_sysctl(netns: &str, key: &str, value: &str) -> Result<(), Error> {
     ])
 }
 
-/// Creates the underlay namespace and its bridge.
+/// Creates the underlay namespace and its bridge, which carries the API server's underlay
+/// address ([`names::API_IP`]): the underlay namespace is the control-plane machine of the
+/// cluster's network.
 pub fn create_underlay(cluster: &str) -> Result<(), Error> {
     let ul = names::underlay_netns(cluster);
     ip(&["netns", "add", &ul])?;
     ip(&["-n", &ul, "link", "set", "lo", "up"])?;
     ip(&["-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+    let addr = format!("{}/{}", names::API_IP, names::UNDERLAY_PREFIX_LEN);
+    ip(&["-n", &ul, "addr", "add", &addr, "dev", "br0"])?;
     ip(&["-n", &ul, "link", "set", "br0", "up"])
+}
+
+/// Routes `pod_cidr` via `node_ip` in the underlay namespace, so the API server's answers
+/// reach the Pods of that node (as a router of a natively routed cluster has a route to each
+/// node's podCIDR).
+pub fn route_pod_cidr(cluster: &str, pod_cidr: &str, node_ip: &str) -> Result<(), Error> {
+    let ul = names::underlay_netns(cluster);
+    ip(&["-n", &ul, "route", "replace", pod_cidr, "via", node_ip])
 }
 
 /// Creates node `i`'s namespace, its `eth0` on the underlay with its node IP, and turns on
