@@ -39,6 +39,12 @@ async fn harness() -> Harness {
     crate::server::ensure_system_namespaces(&state)
         .await
         .expect("namespaces");
+    // No bootstrap controller runs here (it needs a listening server); its health hook is
+    // tested with the whole server (tests/operability.rs).
+    state
+        .lifecycle
+        .bootstrap_controller
+        .store(true, std::sync::atomic::Ordering::Release);
     Harness {
         _dir: dir,
         store,
