@@ -35,11 +35,27 @@ pub const OWNER_KINDS: [(&str, &str); 4] = [
     ("v1", "Service"),
 ];
 
+/// Whether an owner is live: an object of one of the [`OWNER_KINDS`] with the reference's uid.
+pub trait Owners {
+    fn is_live(&self, owner: &OwnerReference) -> bool;
+}
+
+/// The uids of every live owner.
+impl Owners for HashSet<String> {
+    fn is_live(&self, owner: &OwnerReference) -> bool {
+        self.contains(&owner.uid)
+    }
+}
+
 /// What the GC plan sees besides the dependent.
-#[derive(Debug)]
 pub struct Snapshot<'a> {
-    /// The uids of every live object of the [`OWNER_KINDS`].
-    pub owner_uids: &'a HashSet<String>,
+    pub owners: &'a (dyn Owners + Sync),
+}
+
+impl std::fmt::Debug for Snapshot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").finish_non_exhaustive()
+    }
 }
 
 /// One GC step.
@@ -70,7 +86,7 @@ pub fn plan(meta: &ObjectMeta, snap: &Snapshot<'_>) -> Vec<Change> {
     }
     let all_gone = refs
         .iter()
-        .all(|r| is_watched_kind(r) && !snap.owner_uids.contains(&r.uid));
+        .all(|r| is_watched_kind(r) && !snap.owners.is_live(r));
     if all_gone {
         vec![Change::DeleteIfOwnersGone(refs.clone())]
     } else {
@@ -174,14 +190,14 @@ pub const ORPHAN_QUARANTINE: std::time::Duration = std::time::Duration::from_sec
 
 /// The Node a Pod is bound to when that Node is not among `nodes` (terminating Pods included:
 /// without their Node nobody finishes them).
-pub fn pod_on_gone_node<'a>(pod: &'a Pod, nodes: &HashSet<String>) -> Option<&'a str> {
+pub fn pod_on_gone_node<'a>(pod: &'a Pod, node_exists: &dyn Fn(&str) -> bool) -> Option<&'a str> {
     let node = pod
         .spec
         .as_ref()?
         .node_name
         .as_deref()
         .filter(|n| !n.is_empty())?;
-    (!nodes.contains(node)).then_some(node)
+    (!node_exists(node)).then_some(node)
 }
 
 /// The GC loop. Keys: `<Kind>/<namespace>/<name>` for one dependent, `owner:<Kind>/<namespace>/
@@ -198,30 +214,53 @@ pub(crate) struct GcLoop {
     pub(crate) nodes: Store<Node>,
 }
 
+/// The owners the GC loop's stores hold: an owner reference is looked up by its kind, the
+/// dependent's namespace and its name, and is live when the stored object has its uid.
+struct StoreOwners<'a> {
+    gc: &'a GcLoop,
+    ns: &'a str,
+}
+
+impl Owners for StoreOwners<'_> {
+    fn is_live(&self, r: &OwnerReference) -> bool {
+        fn uid_of<K>(store: &Store<K>, name: &str, ns: &str) -> Option<String>
+        where
+            K: Resource<DynamicType = ()> + Clone,
+        {
+            store
+                .get(&ObjectRef::new(name).within(ns))
+                .and_then(|o| o.meta().uid.clone())
+        }
+        let (name, ns) = (r.name.as_str(), self.ns);
+        let uid = match r.kind.as_str() {
+            "Deployment" => uid_of(&self.gc.deployments, name, ns),
+            "ReplicaSet" => uid_of(&self.gc.replicasets, name, ns),
+            "DaemonSet" => uid_of(&self.gc.daemonsets, name, ns),
+            "Service" => uid_of(&self.gc.services, name, ns),
+            _ => None,
+        };
+        uid.as_deref() == Some(r.uid.as_str())
+    }
+}
+
 /// The key of a dependent in the GC queue.
 pub fn gc_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!("{}/{}", K::kind(&()), key_of(obj))
 }
 
 impl GcLoop {
-    fn node_names(&self) -> HashSet<String> {
-        self.nodes
-            .state()
-            .iter()
-            .filter_map(|n| n.metadata.name.clone())
-            .collect()
+    /// Whether the Node store holds `name`: one lookup, not a copy of every Node's name, since
+    /// this runs for every Pod event.
+    fn node_exists(&self, name: &str) -> bool {
+        self.nodes.get(&ObjectRef::new(name)).is_some()
     }
 
     /// Force-deletes a Pod bound to a Node that no longer exists (confirmed with the API): no
     /// kubelet will ever finish it (Kubernetes' PodGC `gcOrphaned`). A Pod younger than
     /// [`ORPHAN_QUARANTINE`] is given time for its Node to register; the answer is when to look
     /// again.
-    async fn collect_orphaned_pod(
-        &self,
-        pod: &Pod,
-        nodes: &HashSet<String>,
-    ) -> Result<Requeue, kube::Error> {
-        let Some(node) = pod_on_gone_node(pod, nodes) else {
+    async fn collect_orphaned_pod(&self, pod: &Pod) -> Result<Requeue, kube::Error> {
+        let Some(node) = pod_on_gone_node(pod, &|n| self.node_exists(n)) else {
             return Ok(None);
         };
         let age = pod
@@ -265,29 +304,6 @@ impl GcLoop {
         Ok(None)
     }
 
-    fn owner_uids(&self) -> HashSet<String> {
-        let mut uids = HashSet::new();
-        let mut add = |m: &ObjectMeta| {
-            if let Some(u) = &m.uid {
-                uids.insert(u.clone());
-            }
-        };
-        self.daemonsets
-            .state()
-            .iter()
-            .for_each(|o| add(&o.metadata));
-        self.deployments
-            .state()
-            .iter()
-            .for_each(|o| add(&o.metadata));
-        self.replicasets
-            .state()
-            .iter()
-            .for_each(|o| add(&o.metadata));
-        self.services.state().iter().for_each(|o| add(&o.metadata));
-        uids
-    }
-
     /// Asks the API server whether `r` (in `ns`) still exists with the same uid.
     async fn owner_exists(&self, ns: &str, r: &OwnerReference) -> Result<bool, kube::Error> {
         let c = self.client.clone();
@@ -313,7 +329,7 @@ impl GcLoop {
         Ok(found.flatten().as_deref() == Some(r.uid.as_str()))
     }
 
-    async fn collect<K>(&self, obj: &K, uids: &HashSet<String>) -> Result<(), kube::Error>
+    async fn collect<K>(&self, obj: &K) -> Result<(), kube::Error>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -323,7 +339,8 @@ impl GcLoop {
         let meta = obj.meta();
         let ns = meta.namespace.clone().unwrap_or_default();
         let name = meta.name.clone().unwrap_or_default();
-        for change in plan(meta, &Snapshot { owner_uids: uids }) {
+        let owners = StoreOwners { gc: self, ns: &ns };
+        for change in plan(meta, &Snapshot { owners: &owners }) {
             let Change::DeleteIfOwnersGone(owners) = change;
             for r in &owners {
                 if self.owner_exists(&ns, r).await? {
@@ -517,24 +534,22 @@ impl GcLoop {
 
 impl Reconciler for GcLoop {
     async fn reconcile(&mut self, key: &str) -> Result<Requeue, kube::Error> {
-        let uids = self.owner_uids();
         if let Some(owner) = key.strip_prefix("owner:") {
             return self.finish_owner(owner).await;
         }
         if key == "all" {
             for rs in self.replicasets.state() {
-                self.collect(&*rs, &uids).await?;
+                self.collect(&*rs).await?;
             }
-            let nodes = self.node_names();
             let mut later: Requeue = None;
             for p in self.pods.state() {
-                self.collect(&*p, &uids).await?;
-                if let Some(d) = self.collect_orphaned_pod(&p, &nodes).await? {
+                self.collect(&*p).await?;
+                if let Some(d) = self.collect_orphaned_pod(&p).await? {
                     later = Some(later.map_or(d, |l| l.min(d)));
                 }
             }
             for s in self.slices.state() {
-                self.collect(&*s, &uids).await?;
+                self.collect(&*s).await?;
             }
             return Ok(later);
         }
@@ -547,18 +562,18 @@ impl Reconciler for GcLoop {
         match kind {
             "ReplicaSet" => {
                 if let Some(o) = self.replicasets.get(&ObjectRef::new(&name).within(&ns)) {
-                    self.collect(&*o, &uids).await?;
+                    self.collect(&*o).await?;
                 }
             }
             "Pod" => {
                 if let Some(o) = self.pods.get(&ObjectRef::new(&name).within(&ns)) {
-                    self.collect(&*o, &uids).await?;
-                    return self.collect_orphaned_pod(&o, &self.node_names()).await;
+                    self.collect(&*o).await?;
+                    return self.collect_orphaned_pod(&o).await;
                 }
             }
             "EndpointSlice" => {
                 if let Some(o) = self.slices.get(&ObjectRef::new(&name).within(&ns)) {
-                    self.collect(&*o, &uids).await?;
+                    self.collect(&*o).await?;
                 }
             }
             _ => {}
@@ -733,7 +748,7 @@ mod tests {
     #[test]
     fn dependent_of_deleted_owner_is_collected() {
         let uids = HashSet::from(["live".to_string()]);
-        let snap = Snapshot { owner_uids: &uids };
+        let snap = Snapshot { owners: &uids };
         let refs = vec![owner("apps/v1", "ReplicaSet", "dead")];
         assert_eq!(
             plan(&meta(refs.clone()), &snap),
@@ -746,7 +761,7 @@ mod tests {
     #[test]
     fn one_live_owner_keeps_the_dependent() {
         let uids = HashSet::from(["live".to_string()]);
-        let snap = Snapshot { owner_uids: &uids };
+        let snap = Snapshot { owners: &uids };
         let refs = vec![
             owner("apps/v1", "Deployment", "dead"),
             owner("v1", "Service", "live"),
@@ -757,7 +772,7 @@ mod tests {
     #[test]
     fn unknown_owner_kinds_and_orphans_are_left_alone() {
         let uids = HashSet::new();
-        let snap = Snapshot { owner_uids: &uids };
+        let snap = Snapshot { owners: &uids };
         assert!(plan(&meta(vec![owner("batch/v1", "Job", "x")]), &snap).is_empty());
         assert!(
             plan(
@@ -776,7 +791,7 @@ mod tests {
         let uids = HashSet::new();
         let mut m = meta(vec![owner("apps/v1", "ReplicaSet", "dead")]);
         m.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-        assert!(plan(&m, &Snapshot { owner_uids: &uids }).is_empty());
+        assert!(plan(&m, &Snapshot { owners: &uids }).is_empty());
     }
 
     fn deleting(finalizer: &str) -> ObjectMeta {
@@ -881,14 +896,18 @@ mod tests {
             metadata: meta(vec![]),
             ..Default::default()
         };
-        assert_eq!(pod_on_gone_node(&p, &nodes), None, "unscheduled");
+        assert_eq!(
+            pod_on_gone_node(&p, &|n| nodes.contains(n)),
+            None,
+            "unscheduled"
+        );
         p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
             node_name: Some("n1".into()),
             ..Default::default()
         });
-        assert_eq!(pod_on_gone_node(&p, &nodes), None);
+        assert_eq!(pod_on_gone_node(&p, &|n| nodes.contains(n)), None);
         p.spec.as_mut().expect("spec").node_name = Some("n2".into());
-        assert_eq!(pod_on_gone_node(&p, &nodes), Some("n2"));
+        assert_eq!(pod_on_gone_node(&p, &|n| nodes.contains(n)), Some("n2"));
     }
 
     #[test]
