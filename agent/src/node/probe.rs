@@ -142,6 +142,8 @@ pub async fn run_once(action: &ProbeAction, target: &ProbeTarget, timeout: Durat
                 log: PathBuf::from("/dev/null"),
                 netns: target.netns.clone(),
                 cgroup: target.cgroup.clone(),
+                extra_cgroups: Vec::new(),
+                rootfs: None,
             };
             let Ok(mut child) = process::spawn(&spec) else {
                 return false;
