@@ -153,7 +153,8 @@ async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
             .args(["--advertise-port", &names::API_PORT.to_string()])
             .arg("--advertise-netns")
             .arg(&underlay)
-            .args(["--lb-pool", names::LB_POOL]),
+            .args(["--lb-pool", names::LB_POOL])
+            .args(["--service-cidr", names::SERVICE_CIDR]),
         &server_log,
         &system_cg,
     )?;
@@ -176,6 +177,7 @@ async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
                 .arg("--node-netns")
                 .arg(&netns)
                 .args(["--node-ip", &names::node_ip(i)])
+                .args(["--cluster-dns", names::CLUSTER_DNS])
                 .arg("--cgroup-root")
                 .arg(&node_cg)
                 .arg("--pin-dir")
