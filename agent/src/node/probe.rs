@@ -106,6 +106,9 @@ pub struct ProbeTarget {
     pub cgroup: PathBuf,
     pub cwd: PathBuf,
     pub env: Vec<(String, String)>,
+    /// The container's process: an exec probe runs in its mount and UTS namespaces (its own
+    /// root, its volumes), as the kubelet's runs inside the container.
+    pub container_pid: Option<i32>,
 }
 
 /// Runs the probe once; `true` on success.
@@ -144,6 +147,7 @@ pub async fn run_once(action: &ProbeAction, target: &ProbeTarget, timeout: Durat
                 cgroup: target.cgroup.clone(),
                 extra_cgroups: Vec::new(),
                 rootfs: None,
+                enter_ns_of: target.container_pid,
             };
             let Ok(mut child) = process::spawn(&spec) else {
                 return false;

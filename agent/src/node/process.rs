@@ -55,6 +55,9 @@ pub struct ProcessSpec {
     /// The container's own filesystem view ([`super::rootfs`]); `None` runs it in the
     /// agent's mount namespace.
     pub rootfs: Option<std::sync::Arc<super::rootfs::Prepared>>,
+    /// Join the mount and UTS namespaces of this process (an exec probe joins its
+    /// container's) instead of making a root.
+    pub enter_ns_of: Option<i32>,
 }
 
 /// The argv of a container: `command` then `args`; with no command, `args` alone (there is no
@@ -120,6 +123,26 @@ pub fn spawn(spec: &ProcessSpec) -> Result<tokio::process::Child, ProcessError> 
     let extra_fds: Vec<i32> = extra.iter().map(|f| f.as_raw_fd()).collect();
     let (netns_fd, procs_fd) = (netns.as_raw_fd(), procs.as_raw_fd());
     let rootfs = spec.rootfs.clone();
+    // The container's namespaces, opened before the fork (mount first: setns(2) into a mount
+    // namespace also moves the root and working directory to its root).
+    let joined = spec
+        .enter_ns_of
+        .map(|pid| {
+            ["mnt", "uts"]
+                .iter()
+                .map(|ns| {
+                    let path = PathBuf::from(format!("/proc/{pid}/ns/{ns}"));
+                    File::open(&path).map_err(io("opening", &path))
+                })
+                .collect::<Result<Vec<File>, _>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let joined_fds: Vec<(i32, i32)> = joined
+        .iter()
+        .zip([libc::CLONE_NEWNS, libc::CLONE_NEWUTS])
+        .map(|(f, t)| (f.as_raw_fd(), t))
+        .collect();
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
     // system calls (setns, write, setsid, and the mounts of `Prepared::enter`) on descriptors
     // and strings made before the fork; it allocates nothing. `netns`, `procs` and `extra`
@@ -143,13 +166,18 @@ pub fn spawn(spec: &ProcessSpec) -> Result<tokio::process::Child, ProcessError> 
             if let Some(root) = &rootfs {
                 root.enter()?;
             }
+            for (fd, nstype) in &joined_fds {
+                if libc::setns(*fd, *nstype) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
     let child = cmd
         .spawn()
         .map_err(io("starting", Path::new(&spec.argv[0])))?;
-    drop((netns, procs, extra));
+    drop((netns, procs, extra, joined));
     Ok(child)
 }
 
@@ -443,6 +471,7 @@ mod tests {
             cgroup: sb.cgroup.clone(),
             extra_cgroups: Vec::new(),
             rootfs: None,
+            enter_ns_of: None,
         };
         let child = spawn(&spec).expect("spawn");
         let pid = child.id().expect("pid") as i32;

@@ -466,6 +466,7 @@ mod tests {
             cgroup,
             extra_cgroups: vec![],
             rootfs: Some(std::sync::Arc::new(prepared)),
+            enter_ns_of: None,
         };
         let mut child = crate::node::process::spawn(&spec).expect("spawn");
         let status = child.wait().await.expect("wait");

@@ -226,7 +226,12 @@ fn pod_volumes(spec: &Value, path: &str, causes: &mut Vec<Cause>) -> BTreeSet<St
             }
         }
         for source in ["configMap", "secret", "downwardAPI"] {
-            for (j, item) in vol[source]["items"].as_array().into_iter().flatten().enumerate() {
+            for (j, item) in vol[source]["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 local_descending_path(
                     &item["path"],
                     &format!("{vpath}.{source}.items[{j}].path"),
@@ -251,7 +256,12 @@ fn pod_volumes(spec: &Value, path: &str, causes: &mut Vec<Cause>) -> BTreeSet<St
 /// not-empty mountPath, a subPath inside the volume, no mountPath twice.
 fn volume_mounts(c: &Value, cpath: &str, volumes: &BTreeSet<String>, causes: &mut Vec<Cause>) {
     let mut paths = BTreeSet::new();
-    for (j, m) in c["volumeMounts"].as_array().into_iter().flatten().enumerate() {
+    for (j, m) in c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let mpath = format!("{cpath}.volumeMounts[{j}]");
         match m["name"].as_str() {
             None | Some("") => causes.push(Cause::required(format!("{mpath}.name"), "")),

@@ -65,6 +65,13 @@ impl PodShared {
         self.changed.notify_one();
     }
 
+    /// The pid of container `idx`'s current process, if it runs.
+    pub fn container_pid(&self, idx: usize) -> Option<i32> {
+        let name = self.views.lock().ok()?.get(idx)?.name.clone();
+        let c = self.record.lock().ok()?.containers.get(&name)?.clone();
+        process::is_alive(c.pid, c.start_ticks).then_some(c.pid)
+    }
+
     pub fn update_record(&self, f: impl FnOnce(&mut PodRecord)) {
         if let Ok(mut rec) = self.record.lock() {
             f(&mut rec);
@@ -442,6 +449,7 @@ pub(super) async fn run_containers(shared: Arc<PodShared>, pod: Pod, ctx: PodCon
             cgroup: shared.cgroup.clone(),
             cwd: PathBuf::from("/"),
             env: launch.env.clone(),
+            container_pid: None,
         };
         if let Some(plan) = c.readiness_probe.as_ref().and_then(|p| probe::plan(p, &c)) {
             tasks.push(tokio::spawn(probes::readiness_loop(

@@ -96,6 +96,7 @@ impl Launch {
                 cgroup: shared.cgroup.clone(),
                 extra_cgroups: cgroups.dirs.clone(),
                 rootfs,
+                enter_ns_of: None,
             };
             let oom_before = cgroups.oom_kills();
             // tokio::process needs the runtime's context to register the child.

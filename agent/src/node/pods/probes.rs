@@ -34,6 +34,10 @@ pub(super) async fn readiness_loop(
             })
             .unwrap_or(false);
         if running {
+            let target = ProbeTarget {
+                container_pid: shared.container_pid(idx),
+                ..target.clone()
+            };
             let ok = probe::run_once(&plan.action, &target, plan.timeout).await;
             if state.record(ok, &plan) {
                 let ready = state.ready;
@@ -90,6 +94,10 @@ pub(super) async fn liveness_loop(
                 () = shared.stop.cancelled() => return,
             }
         }
+        let target = ProbeTarget {
+            container_pid: shared.container_pid(idx),
+            ..target.clone()
+        };
         let ok = probe::run_once(&plan.action, &target, plan.timeout).await;
         if state.record(ok, &plan) && !state.ready {
             let pid = shared

@@ -179,6 +179,7 @@ async fn supervisor_readopts_a_live_container_instead_of_starting_another() {
         cgroup: t.shared.cgroup.clone(),
         extra_cgroups: Vec::new(),
         rootfs: None,
+        enter_ns_of: None,
     };
     let mut child = process::spawn(&spec).expect("spawn");
     let pid = child.id().expect("pid") as i32;
@@ -333,6 +334,7 @@ async fn failing_liveness_probe_kills_the_container() {
         cgroup: t.shared.cgroup.clone(),
         cwd: "/".into(),
         env: env(),
+        container_pid: None,
     };
     let live = tokio::spawn(liveness_loop(
         Arc::clone(&t.shared),
