@@ -109,6 +109,38 @@ fn pods_get_their_volumes_env_files_and_limits() {
         "no etc-hosts with {hosts_line:?}: {files:?}"
     );
 
+    // Logs: --tail, -f follows, --previous of a container that never restarted is refused.
+    let tail = c.kubectl_ok(&["logs", "vols", "--tail=1"]);
+    assert!(
+        tail.lines().count() == 1 && tail.starts_with("file greeting="),
+        "{tail:?}"
+    );
+    let out = c.kubectl(&["logs", "vols", "--previous"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("previous terminated container \"app\" in pod \"vols\" not found"),
+        "{}",
+        output_text(&out)
+    );
+    {
+        use std::io::{BufRead as _, BufReader};
+        let mut follow = std::process::Command::new(support::kubectl())
+            .args(["logs", "-f", "vols", "--tail=1"])
+            .env("KUBECONFIG", &c.kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl logs -f");
+        let mut lines = BufReader::new(follow.stdout.take().expect("stdout")).lines();
+        // One line of the tail, then two more that appear while following.
+        for _ in 0..3 {
+            let line = lines.next().expect("a followed line").expect("utf-8");
+            assert!(line.starts_with("file greeting="), "{line}");
+        }
+        let _ = follow.kill();
+        let _ = follow.wait();
+    }
+
     // An update of the ConfigMap reaches the running Pod's file within 60 s.
     c.kubectl_ok(&[
         "patch",
@@ -229,7 +261,7 @@ spec:
   containers:
   - name: c
     image: x
-    command: [python3, -c, "import time; b = b'x' * (256 << 20); time.sleep(60)"]
+    command: [python3, -c, "import time; print('hog starting', flush=True); b = b'x' * (256 << 20); time.sleep(60)"]
     resources: {limits: {memory: 64Mi}}
 "#,
     );
@@ -243,4 +275,11 @@ spec:
         (parts.len() == 3 && parts[2] != "0").then(|| (parts[0].to_owned(), parts[1].to_owned()))
     });
     assert_eq!((reason.as_str(), code.as_str()), ("OOMKilled", "137"));
+    // Once it runs again, the run that was killed keeps its log for --previous.
+    wait_for("the hog's previous log", Duration::from_secs(60), || {
+        let out = c.kubectl(&["logs", "hog", "--previous"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("hog starting")
+            .then_some(())
+    });
 }

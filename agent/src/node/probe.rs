@@ -359,6 +359,7 @@ mod tests {
             cgroup: PathBuf::new(),
             cwd: PathBuf::from("/"),
             env: vec![],
+            container_pid: None,
         };
         let t = Duration::from_secs(1);
         assert!(run_once(&ProbeAction::Tcp { port }, &target, t).await);

@@ -69,8 +69,13 @@ impl Launch {
     pub async fn start(&self, shared: &Arc<PodShared>, log_key: &str) -> Result<Started, String> {
         let argv = self.argv.clone()?;
         let (launch, shared) = (self.clone(), Arc::clone(shared));
-        let log = shared.pod_dir.join(format!("{log_key}.log"));
+        let log = crate::node::api::log_path(&shared.pod_dir, log_key);
+        let previous = crate::node::api::previous_log_path(&shared.pod_dir, log_key);
         tokio::task::spawn_blocking(move || {
+            // A new run gets a new log; the last run's stays for `kubectl logs --previous`.
+            if log.exists() {
+                let _ = std::fs::rename(&log, &previous);
+            }
             let cgroups = cgroups::setup(
                 &shared.cfg.node_name,
                 &shared.uid,
