@@ -250,6 +250,61 @@ spec:
         "{text}"
     );
 
+    // Lifecycle: postStart runs after the start, the startup probe (in the container's own
+    // root) holds readiness back, preStop runs on deletion.
+    let hooks_dir = c.data_dir.path().join("hooks");
+    c.apply_ok(
+        "hooks.yaml",
+        &r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hooks}
+spec:
+  terminationGracePeriodSeconds: 10
+  containers:
+  - name: c
+    image: x
+    command: [sh, -c, "sleep 2; touch /tmp/started; while true; do sleep 1; done"]
+    volumeMounts: [{name: out, mountPath: /out}]
+    startupProbe: {exec: {command: [test, -f, /tmp/started]}, periodSeconds: 1, failureThreshold: 30}
+    lifecycle:
+      postStart: {exec: {command: [sh, -c, "echo post > /out/post"]}}
+      preStop: {exec: {command: [sh, -c, "echo pre > /out/pre"]}}
+  volumes: [{name: out, hostPath: {path: HOOKS, type: DirectoryOrCreate}}]
+"#
+        .replace("HOOKS", &hooks_dir.to_string_lossy()),
+    );
+    wait_for("the postStart hook", Duration::from_secs(60), || {
+        hooks_dir.join("post").exists().then_some(())
+    });
+    assert_ne!(
+        jsonpath(
+            &c,
+            "hooks",
+            "{.status.conditions[?(@.type==\"Ready\")].status}"
+        ),
+        "True",
+        "Ready before the startup probe passed"
+    );
+    wait_for(
+        "hooks Ready after its startup probe",
+        Duration::from_secs(60),
+        || {
+            (jsonpath(
+                &c,
+                "hooks",
+                "{.status.conditions[?(@.type==\"Ready\")].status}",
+            ) == "True")
+                .then_some(())
+        },
+    );
+    c.kubectl_ok(&["delete", "pod", "hooks", "--wait=true", "--timeout=60s"]);
+    assert_eq!(
+        std::fs::read_to_string(hooks_dir.join("pre")).unwrap_or_default(),
+        "pre\n",
+        "the preStop hook did not run"
+    );
+
     // Over its memory limit: OOMKilled, and restarted under restartPolicy Always.
     c.apply_ok(
         "oom.yaml",

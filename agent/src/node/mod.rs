@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cgroups;
 pub mod env;
+pub mod lifecycle;
 pub mod podfiles;
 pub mod pods;
 pub mod probe;

@@ -23,6 +23,7 @@ use super::{
 };
 use crate::node::{
     env::{self, container_env},
+    lifecycle::{self, Hook},
     probe::{self, ProbeTarget},
     process::{self, ContainerRecord, PodRecord, Running},
     rootfs::PodFiles,
@@ -43,6 +44,9 @@ pub(super) struct PodShared {
     pub init_views: Mutex<Vec<ContainerView>>,
     pub record: Mutex<PodRecord>,
     pub changed: Notify,
+    /// The containers' lifecycle state: preStop hooks to run on deletion, and which
+    /// containers have not passed their startup probe yet.
+    pub hooks: Mutex<Hooks>,
     pub stop: CancellationToken,
 }
 
@@ -80,6 +84,16 @@ impl PodShared {
             }
         }
     }
+}
+
+/// What the Pod's stop and probes need of each container's lifecycle.
+#[derive(Debug, Default)]
+pub(super) struct Hooks {
+    /// Container name → its preStop hook and where it runs.
+    pub pre_stop: BTreeMap<String, (Hook, ProbeTarget)>,
+    /// Indexes of containers whose startup probe has not succeeded in their current run:
+    /// readiness and liveness probes wait for it.
+    pub starting: std::collections::BTreeSet<usize>,
 }
 
 /// Runs one container: start (or re-adopt), wait, restart per policy with backoff, until the
@@ -451,6 +465,30 @@ pub(super) async fn run_containers(shared: Arc<PodShared>, pod: Pod, ctx: PodCon
             env: launch.env.clone(),
             container_pid: None,
         };
+        let lc = c.lifecycle.as_ref();
+        if let Some(h) = lc
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| lifecycle::hook(h, &c))
+            && let Ok(mut hooks) = shared.hooks.lock()
+        {
+            hooks.pre_stop.insert(c.name.clone(), (h, target()));
+        }
+        let post_start = lc
+            .and_then(|l| l.post_start.as_ref())
+            .and_then(|h| lifecycle::hook(h, &c))
+            .map(|h| (h, target()));
+        if let Some(plan) = c.startup_probe.as_ref().and_then(|p| probe::plan(p, &c)) {
+            if let Ok(mut hooks) = shared.hooks.lock() {
+                hooks.starting.insert(idx);
+            }
+            tasks.push(tokio::spawn(probes::startup_loop(
+                Arc::clone(&shared),
+                idx,
+                plan,
+                target(),
+                c.readiness_probe.is_some(),
+            )));
+        }
         if let Some(plan) = c.readiness_probe.as_ref().and_then(|p| probe::plan(p, &c)) {
             tasks.push(tokio::spawn(probes::readiness_loop(
                 Arc::clone(&shared),
@@ -471,6 +509,14 @@ pub(super) async fn run_containers(shared: Arc<PodShared>, pod: Pod, ctx: PodCon
                 target(),
             )));
         }
+        if let Some((hook, target)) = post_start {
+            tasks.push(tokio::spawn(probes::post_start_loop(
+                Arc::clone(&shared),
+                idx,
+                hook,
+                target,
+            )));
+        }
         tasks.push(tokio::spawn(supervise(Arc::clone(&shared), idx, launch)));
     }
     for t in tasks {
@@ -478,8 +524,37 @@ pub(super) async fn run_containers(shared: Arc<PodShared>, pod: Pod, ctx: PodCon
     }
 }
 
-/// Sends SIGTERM to every container, waits up to `grace` for them to end, then SIGKILL.
+/// Runs every container's preStop hook (together, within the grace period), then sends
+/// SIGTERM to every container, waits for the rest of `grace` for them to end, then SIGKILL
+/// (the kubelet's `killContainer`).
 pub(super) async fn stop_containers(shared: &PodShared, grace: Duration) {
+    let started = Instant::now();
+    let pre_stop: Vec<(String, Hook, ProbeTarget)> = shared
+        .hooks
+        .lock()
+        .map(|mut h| {
+            std::mem::take(&mut h.pre_stop)
+                .into_iter()
+                .map(|(n, (hook, t))| (n, hook, t))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !pre_stop.is_empty() && !grace.is_zero() {
+        let runs = pre_stop.into_iter().filter_map(|(name, hook, target)| {
+            let c = shared.record.lock().ok()?.containers.get(&name)?.clone();
+            process::is_alive(c.pid, c.start_ticks).then(|| async move {
+                let target = ProbeTarget {
+                    container_pid: Some(c.pid),
+                    ..target
+                };
+                if !lifecycle::run(&hook, &target, grace).await {
+                    tracing::info!(uid = %shared.uid, container = %name, "preStop hook failed");
+                }
+            })
+        });
+        futures::future::join_all(runs).await;
+    }
+    let grace = grace.saturating_sub(started.elapsed());
     let pids: Vec<(i32, u64)> = shared
         .record
         .lock()

@@ -125,6 +125,7 @@ fn test_pod(tag: &str, policy: RestartPolicy, containers: &[&str]) -> TestPod {
             ..Default::default()
         }),
         changed: Notify::new(),
+        hooks: Mutex::default(),
         stop: CancellationToken::new(),
     });
     TestPod {

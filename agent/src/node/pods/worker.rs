@@ -144,7 +144,7 @@ pub(super) async fn pod_worker(
         },
         last_terminated: None,
         restart_count: 0,
-        probe_ready: c.readiness_probe.is_none(),
+        probe_ready: c.readiness_probe.is_none() && c.startup_probe.is_none(),
     };
     let init_containers = spec.init_containers.clone().unwrap_or_default();
     let first_reason = if init_containers.is_empty() {
@@ -173,6 +173,7 @@ pub(super) async fn pod_worker(
         init_views: Mutex::new(init_views),
         record: Mutex::new(rec),
         changed: Notify::new(),
+        hooks: Mutex::default(),
         stop: CancellationToken::new(),
     });
     let runner = tokio::spawn(prepare_and_run(
