@@ -249,7 +249,7 @@ mod tests {
         let limit = fs::read_to_string(dir.join("memory.limit_in_bytes")).expect("limit");
         remove_node(&node);
         assert_eq!(limit.trim(), (32u64 << 20).to_string());
-        assert_eq!(cg.dirs, [dir.clone()]);
+        assert_eq!(cg.dirs, std::slice::from_ref(&dir));
         assert_eq!(cg.oom_kills(), 0);
         assert!(!dir.exists());
         assert!(

@@ -542,7 +542,7 @@ pub(super) async fn stop_containers(shared: &PodShared, grace: Duration) {
     if !pre_stop.is_empty() && !grace.is_zero() {
         let runs = pre_stop.into_iter().filter_map(|(name, hook, target)| {
             let c = shared.record.lock().ok()?.containers.get(&name)?.clone();
-            process::is_alive(c.pid, c.start_ticks).then(|| async move {
+            process::is_alive(c.pid, c.start_ticks).then_some(async move {
                 let target = ProbeTarget {
                     container_pid: Some(c.pid),
                     ..target
