@@ -20,6 +20,11 @@ pub const UNDERLAY_PREFIX_LEN: u8 = 24;
 pub const API_IP: &str = "10.250.0.1";
 /// The API server's port on the underlay (kube-apiserver's default secure port).
 pub const API_PORT: u16 = 6443;
+/// The Service CIDR the server allocates ClusterIPs from; the cluster DNS gets its tenth
+/// address (10.96.0.10).
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The cluster domain.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// LoadBalancer pool the server assigns `status.loadBalancer.ingress` addresses from. It lies
 /// outside the underlay subnet on purpose: like addresses a BGP speaker announces, they are on
 /// no link and are reached through a route via a node IP, so traffic to them crosses the
