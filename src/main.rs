@@ -84,6 +84,14 @@ enum Cmd {
         /// verdicts, or only `drops`.
         #[arg(long, default_value = "all", value_parser = ["all", "drops"])]
         flow_events: String,
+        /// The cluster DNS Service's address Pods resolve names through (the kubelet's
+        /// `--cluster-dns`); without it, `dnsPolicy: ClusterFirst` Pods get the node's
+        /// resolv.conf.
+        #[arg(long)]
+        cluster_dns: Option<Ipv4Addr>,
+        /// The cluster's DNS domain (the kubelet's `--cluster-domain`).
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
     },
     /// Cluster DNS: answers the Kubernetes DNS records of Services, endpoints and Pods (what
     /// CoreDNS's kubernetes plugin serves) and forwards other names upstream.
@@ -279,6 +287,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_kubelet,
             lb_algorithm,
             flow_events,
+            cluster_dns,
+            cluster_domain,
         } => {
             init_tracing();
             let pin_dir = pin_dir.unwrap_or_else(|| default_pin_dir(&node_name));
@@ -295,6 +305,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 kubelet: !no_kubelet,
                 maglev_default: lb_algorithm == "maglev",
                 all_flow_events: flow_events == "all",
+                cluster_dns,
+                cluster_domain,
             };
             runtime()?.block_on(keelson_agent::run(cfg))?;
         }

@@ -31,6 +31,11 @@ pub struct AgentConfig {
     pub kubelet: bool,
     /// Flows from outside the node use Maglev unless a Service asks for random selection.
     pub maglev_default: bool,
+    /// The cluster's DNS Service address (the kubelet's `--cluster-dns`); `None`: Pods with
+    /// `dnsPolicy: ClusterFirst` get the node's resolv.conf.
+    pub cluster_dns: Option<Ipv4Addr>,
+    /// The cluster's DNS domain (the kubelet's `--cluster-domain`).
+    pub cluster_domain: String,
     /// Whether the datapath reports every new flow (`keelson flows`, `policy whatif`), or
     /// drops only.
     pub all_flow_events: bool,

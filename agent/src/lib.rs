@@ -317,6 +317,10 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             cgroup_root: cfg.cgroup_root.clone(),
             cni_bin: cfg.cni_bin.clone(),
             cni_socket: cfg.data_dir.join("cni.sock"),
+            cluster_dns: node::podfiles::ClusterDns {
+                server: cfg.cluster_dns,
+                domain: cfg.cluster_domain.clone(),
+            },
         };
         let client = client.clone();
         tasks.spawn(async move {

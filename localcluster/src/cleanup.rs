@@ -20,6 +20,8 @@ pub struct Inventory {
     pub netns: Vec<String>,
     pub pin_dirs: Vec<PathBuf>,
     pub cgroup: Option<PathBuf>,
+    /// The nodes' v1 cgroups of container limits.
+    pub limit_cgroups: Vec<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub run_file: Option<PathBuf>,
     pub pids: Vec<i32>,
@@ -30,6 +32,7 @@ impl Inventory {
         self.netns.is_empty()
             && self.pin_dirs.is_empty()
             && self.cgroup.is_none()
+            && self.limit_cgroups.is_empty()
             && self.data_dir.is_none()
             && self.run_file.is_none()
             && self.pids.is_empty()
@@ -97,6 +100,15 @@ pub fn inventory(cluster: &str) -> Inventory {
     if cg.exists() {
         inv.pids.extend(cgroup_pids(&cg));
         inv.cgroup = Some(cg);
+    }
+    for hierarchy in names::CGROUP1_LIMITS {
+        let dir = Path::new(hierarchy).join("keelson");
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if names::is_cluster_node(cluster, &e.file_name().to_string_lossy()) {
+                inv.pids.extend(cgroup_pids(&e.path()));
+                inv.limit_cgroups.push(e.path());
+            }
+        }
     }
     inv.pids.extend(pids_in_netns(&inv.netns));
     let run_file = Path::new(names::RUN_DIR).join(cluster);
@@ -186,7 +198,16 @@ pub fn remove(inv: &Inventory) -> Result<Report, Error> {
             let _ = fs::remove_dir(parent);
         }
     }
+    for cg in &inv.limit_cgroups {
+        report.cgroups += remove_cgroup_tree(cg)?;
+        if let Some(parent) = cg.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+    }
     if let Some(dir) = &inv.data_dir {
+        // Pods' tmpfs volumes (Secrets, memory emptyDirs) of agents that died before tearing
+        // them down.
+        unmount_below(dir);
         fs::remove_dir_all(dir).map_err(|e| Error::Io {
             path: dir.clone(),
             source: e,
@@ -216,6 +237,24 @@ fn wait_gone(pids: &[i32], timeout: Duration) {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Lazily unmounts every mount at or below `dir`, deepest first (/proc/self/mountinfo, field
+/// 5 is the mount point, with spaces as `\040`).
+fn unmount_below(dir: &Path) {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

@@ -264,6 +264,14 @@ mod tests {
     }
 
     #[test]
+    fn the_agents_cluster_dns_is_the_services_address() {
+        assert_eq!(
+            dns_service_ip(crate::names::SERVICE_CIDR).map(|ip| ip.to_string()),
+            Some(crate::names::CLUSTER_DNS.to_owned())
+        );
+    }
+
+    #[test]
     fn manifests_select_what_they_label() {
         let (secret, svc, dep) = manifests(
             Path::new("/usr/bin/keelson"),

@@ -178,6 +178,7 @@ async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
                 .arg("--node-netns")
                 .arg(&netns)
                 .args(["--node-ip", &names::node_ip(i)])
+                .args(["--cluster-dns", names::CLUSTER_DNS])
                 .arg("--cgroup-root")
                 .arg(&node_cg)
                 .arg("--pin-dir")

@@ -20,9 +20,13 @@ pub const UNDERLAY_PREFIX_LEN: u8 = 24;
 pub const API_IP: &str = "10.250.0.1";
 /// The API server's port on the underlay (kube-apiserver's default secure port).
 pub const API_PORT: u16 = 6443;
-/// The Service CIDR the server allocates ClusterIPs from; the cluster DNS gets its tenth
-/// address (10.96.0.10).
+/// The Services' ClusterIP range the server allocates from.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The cluster DNS Service's ClusterIP: the tenth address of [`SERVICE_CIDR`], as kubeadm
+/// chooses it. Every Pod's resolv.conf names it (the agents' `--cluster-dns`).
+pub const CLUSTER_DNS: &str = "10.96.0.10";
+/// The v1 cgroup hierarchies the agents put container limits in (`<hierarchy>/keelson/<node>`).
+pub const CGROUP1_LIMITS: [&str; 2] = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu"];
 /// The cluster domain.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// LoadBalancer pool the server assigns `status.loadBalancer.ingress` addresses from. It lies

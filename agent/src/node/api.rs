@@ -48,6 +48,9 @@ pub enum ApiError {
         name: String,
         container: String,
     },
+    /// The kubelet's words for `previous=true` when the container never restarted.
+    #[error("previous terminated container {container:?} in pod {name:?} not found")]
+    NoPrevious { name: String, container: String },
     #[error("reading the datapath metrics: {0}")]
     Metrics(String),
     #[error("reading log {path}")]
@@ -64,6 +67,7 @@ impl IntoResponse for ApiError {
             Self::PodNotFound { .. } | Self::ContainerNotFound { .. } => {
                 (StatusCode::NOT_FOUND, "NotFound")
             }
+            Self::NoPrevious { .. } => (StatusCode::BAD_REQUEST, "BadRequest"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         };
         let status = json!({
@@ -86,6 +90,19 @@ pub struct LogQuery {
     #[serde(default)]
     pub follow: bool,
     pub tail_lines: Option<usize>,
+    /// The log of the container's previous run (kept when it restarts).
+    #[serde(default)]
+    pub previous: bool,
+}
+
+/// The log file of a container's current run.
+pub fn log_path(pod_dir: &Path, container: &str) -> PathBuf {
+    pod_dir.join(format!("{container}.log"))
+}
+
+/// The log file of a container's previous run (`kubectl logs --previous`).
+pub fn previous_log_path(pod_dir: &Path, container: &str) -> PathBuf {
+    pod_dir.join(format!("{container}.previous.log"))
 }
 
 /// What the datapath part of the API serves: metrics and flows.
@@ -248,9 +265,16 @@ async fn container_logs(
             namespace: namespace.clone(),
             name: name.clone(),
         })?;
-    let path = pod_dir.join(format!("{container}.log"));
+    let path = if q.previous {
+        previous_log_path(&pod_dir, &container)
+    } else {
+        log_path(&pod_dir, &container)
+    };
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && q.previous => {
+            return Err(ApiError::NoPrevious { name, container });
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ApiError::ContainerNotFound {
                 namespace,
@@ -270,39 +294,47 @@ async fn container_logs(
     let head = Bytes::copy_from_slice(&data[start..]);
     let offset = data.len() as u64;
     let resp = Response::builder().header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
-    if !q.follow {
+    if !q.follow || q.previous {
         return Ok(resp
             .body(Body::from(head))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
     }
-    // Follow: the initial part, then whatever is appended, until the Pod's directory is gone.
+    // Follow: the initial part, then whatever is appended, until the Pod's directory is gone
+    // or the container restarted (its log moved aside: the stream of a run ends with it, as the
+    // kubelet's does).
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = file.metadata().await.map(|m| m.ino()).ok();
     let stream = futures::stream::unfold(
         (Some(head), file, pod_dir, offset),
-        |(first, mut file, pod_dir, mut offset)| async move {
-            if let Some(first) = first {
-                return Some((
-                    Ok::<_, std::io::Error>(first),
-                    (None, file, pod_dir, offset),
-                ));
-            }
-            loop {
-                let mut buf = vec![0u8; 64 * 1024];
-                if file.seek(SeekFrom::Start(offset)).await.is_err() {
-                    return None;
+        move |(first, mut file, pod_dir, mut offset)| {
+            let path = path.clone();
+            async move {
+                if let Some(first) = first {
+                    return Some((
+                        Ok::<_, std::io::Error>(first),
+                        (None, file, pod_dir, offset),
+                    ));
                 }
-                match file.read(&mut buf).await {
-                    Ok(0) => {
-                        if !pod_dir.exists() {
-                            return None;
+                loop {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    if file.seek(SeekFrom::Start(offset)).await.is_err() {
+                        return None;
+                    }
+                    match file.read(&mut buf).await {
+                        Ok(0) => {
+                            let same = std::fs::metadata(&path).map(|m| m.ino()).ok() == ino;
+                            if !pod_dir.exists() || !same {
+                                return None;
+                            }
+                            tokio::time::sleep(FOLLOW_POLL).await;
                         }
-                        tokio::time::sleep(FOLLOW_POLL).await;
+                        Ok(n) => {
+                            offset += n as u64;
+                            buf.truncate(n);
+                            return Some((Ok(Bytes::from(buf)), (None, file, pod_dir, offset)));
+                        }
+                        Err(e) => return Some((Err(e), (None, file, pod_dir, offset))),
                     }
-                    Ok(n) => {
-                        offset += n as u64;
-                        buf.truncate(n);
-                        return Some((Ok(Bytes::from(buf)), (None, file, pod_dir, offset)));
-                    }
-                    Err(e) => return Some((Err(e), (None, file, pod_dir, offset))),
                 }
             }
         },

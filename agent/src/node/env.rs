@@ -1,14 +1,14 @@
 //! A container's environment, as the kubelet builds it: its `env` and `envFrom` with the
 //! ConfigMap, Secret and downward API values they refer to, and the variables that tell it
 //! about Services (`KUBERNETES_SERVICE_HOST` and the Docker-link style `<NAME>_PORT_...`).
+//! A required reference that cannot be resolved is the kubelet's `CreateContainerConfigError`.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Container, Pod, Service};
 use kube::{Api, Client};
+
+use super::sources::PodSources;
 
 /// The namespace and name of the Service every Pod is told about, whatever its namespace and
 /// `enableServiceLinks` (the kubelet's master services).
@@ -16,7 +16,11 @@ const API_SERVICE: (&str, &str) = ("default", "kubernetes");
 
 /// Reads the Services a Pod's environment names: those of its namespace unless
 /// `enableServiceLinks` is false, and `default/kubernetes`.
-async fn fetch_services(client: &Client, namespace: &str, pod: &Pod) -> BTreeMap<String, String> {
+pub(super) async fn fetch_services(
+    client: &Client,
+    namespace: &str,
+    pod: &Pod,
+) -> BTreeMap<String, String> {
     let links = pod
         .spec
         .as_ref()
@@ -117,84 +121,6 @@ fn env_name(name: &str) -> String {
     name.to_uppercase().replace('-', "_")
 }
 
-/// ConfigMap and Secret data a Pod's environment refers to, and the Services it is told
-/// about, read once before its containers start (as the kubelet does; later changes reach
-/// only restarted Pods).
-#[derive(Debug, Clone, Default)]
-pub struct EnvSources {
-    pub config_maps: HashMap<String, BTreeMap<String, String>>,
-    pub secrets: HashMap<String, BTreeMap<String, String>>,
-    /// The Services' variables ([`service_env`]).
-    pub services: BTreeMap<String, String>,
-}
-
-impl EnvSources {
-    /// Reads every ConfigMap and Secret named by `env[].valueFrom` or `envFrom` of the Pod's
-    /// containers, and the Services of [`service_env`]. Missing ones are left out: the
-    /// variables that need them stay unset.
-    pub async fn fetch(client: &Client, namespace: &str, pod: &Pod) -> Self {
-        let (mut cms, mut secrets) = (BTreeSet::new(), BTreeSet::new());
-        let spec = pod.spec.as_ref();
-        let all = spec
-            .map(|s| {
-                s.containers
-                    .iter()
-                    .chain(s.init_containers.iter().flatten())
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        for c in all {
-            for e in c.env.iter().flatten() {
-                if let Some(from) = &e.value_from {
-                    cms.extend(from.config_map_key_ref.as_ref().map(|r| r.name.clone()));
-                    secrets.extend(from.secret_key_ref.as_ref().map(|r| r.name.clone()));
-                }
-            }
-            for f in c.env_from.iter().flatten() {
-                cms.extend(f.config_map_ref.as_ref().map(|r| r.name.clone()));
-                secrets.extend(f.secret_ref.as_ref().map(|r| r.name.clone()));
-            }
-        }
-        let mut out = Self {
-            services: fetch_services(client, namespace, pod).await,
-            ..Self::default()
-        };
-        let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        for name in cms {
-            match cm_api.get_opt(&name).await {
-                Ok(Some(cm)) => {
-                    out.config_maps.insert(name, cm.data.unwrap_or_default());
-                }
-                Ok(None) => {
-                    tracing::warn!(%namespace, configmap = %name, "ConfigMap referenced by a pod's environment not found")
-                }
-                Err(e) => {
-                    tracing::warn!(%namespace, configmap = %name, error = %e, "reading a ConfigMap for a pod's environment")
-                }
-            }
-        }
-        let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        for name in secrets {
-            match secret_api.get_opt(&name).await {
-                Ok(Some(sec)) => {
-                    let mut data: BTreeMap<String, String> = sec.string_data.unwrap_or_default();
-                    for (k, v) in sec.data.unwrap_or_default() {
-                        data.insert(k, String::from_utf8_lossy(&v.0).into_owned());
-                    }
-                    out.secrets.insert(name, data);
-                }
-                Ok(None) => {
-                    tracing::warn!(%namespace, secret = %name, "Secret referenced by a pod's environment not found")
-                }
-                Err(e) => {
-                    tracing::warn!(%namespace, secret = %name, error = %e, "reading a Secret for a pod's environment")
-                }
-            }
-        }
-        out
-    }
-}
-
 /// The environment of a container: a default PATH, HOSTNAME, then `envFrom`, then `env`
 /// (which wins over `envFrom`, as in Kubernetes), with `fieldRef`s resolved from the downward
 /// API fields that exist before the container starts and ConfigMap/Secret keys from `sources`,
@@ -205,7 +131,7 @@ pub fn container_env(
     container: &Container,
     pod_ip: Option<Ipv4Addr>,
     node_ip: Ipv4Addr,
-    sources: &EnvSources,
+    sources: &PodSources,
 ) -> Vec<(String, String)> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let mut env: Vec<(String, String)> = vec![
@@ -215,30 +141,7 @@ pub fn container_env(
         ),
         ("HOSTNAME".into(), name.clone()),
     ];
-    let field = |path: &str| -> Option<String> {
-        let spec = pod.spec.as_ref();
-        let meta = &pod.metadata;
-        let keyed = |prefix: &str, map: Option<&std::collections::BTreeMap<String, String>>| {
-            let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
-            map?.get(key).cloned()
-        };
-        match path {
-            "metadata.name" => meta.name.clone(),
-            "metadata.namespace" => meta.namespace.clone(),
-            "metadata.uid" => meta.uid.clone(),
-            "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
-            "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
-            "status.podIP" | "status.podIPs" => pod_ip.map(|ip| ip.to_string()),
-            "status.hostIP" | "status.hostIPs" => Some(node_ip.to_string()),
-            p if p.starts_with("metadata.labels['") => {
-                keyed("metadata.labels['", meta.labels.as_ref())
-            }
-            p if p.starts_with("metadata.annotations['") => {
-                keyed("metadata.annotations['", meta.annotations.as_ref())
-            }
-            _ => None,
-        }
-    };
+    let field = |path: &str| downward_field(pod, path, pod_ip, node_ip);
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
         env.retain(|(name, _)| *name != k);
         env.push((k, v));
@@ -255,7 +158,7 @@ pub fn container_env(
                     .and_then(|r| sources.secrets.get(&r.name))
             });
         for (k, v) in data.into_iter().flatten() {
-            set(&mut env, format!("{prefix}{k}"), v.clone());
+            set(&mut env, format!("{prefix}{k}"), text(v));
         }
     }
     for var in container.env.iter().flatten() {
@@ -269,15 +172,16 @@ pub fn container_env(
                         .config_maps
                         .get(&r.name)
                         .and_then(|d| d.get(&r.key))
-                        .cloned()
+                        .map(|v| text(v))
                 } else if let Some(r) = &from.secret_key_ref {
                     sources
                         .secrets
                         .get(&r.name)
                         .and_then(|d| d.get(&r.key))
-                        .cloned()
+                        .map(|v| text(v))
+                } else if let Some(r) = &from.resource_field_ref {
+                    resource_field(pod, &container.name, r)
                 } else {
-                    tracing::warn!(var = %var.name, "resourceFieldRef is not supported; variable left unset");
                     None
                 }
             }
@@ -295,8 +199,168 @@ pub fn container_env(
     env
 }
 
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A downward API field (`fieldRef.fieldPath`) of the Pod, as env and `downwardAPI` volumes
+/// read it; `metadata.labels` and `metadata.annotations` as a whole are the volume form
+/// (`key="value"` lines, sorted).
+pub fn downward_field(
+    pod: &Pod,
+    path: &str,
+    pod_ip: Option<Ipv4Addr>,
+    node_ip: Ipv4Addr,
+) -> Option<String> {
+    let spec = pod.spec.as_ref();
+    let meta = &pod.metadata;
+    let keyed = |prefix: &str, map: Option<&BTreeMap<String, String>>| {
+        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        map?.get(key).cloned()
+    };
+    let all = |map: Option<&BTreeMap<String, String>>| {
+        Some(
+            map.into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={v:?}\n"))
+                .collect::<String>(),
+        )
+    };
+    match path {
+        "metadata.name" => meta.name.clone(),
+        "metadata.namespace" => meta.namespace.clone(),
+        "metadata.uid" => meta.uid.clone(),
+        "metadata.labels" => all(meta.labels.as_ref()),
+        "metadata.annotations" => all(meta.annotations.as_ref()),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
+        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
+        "status.podIP" | "status.podIPs" => pod_ip.map(|ip| ip.to_string()),
+        "status.hostIP" | "status.hostIPs" => Some(node_ip.to_string()),
+        p if p.starts_with("metadata.labels['") => keyed("metadata.labels['", meta.labels.as_ref()),
+        p if p.starts_with("metadata.annotations['") => {
+            keyed("metadata.annotations['", meta.annotations.as_ref())
+        }
+        _ => None,
+    }
+}
+
+/// A `resourceFieldRef` (limits/requests of cpu, memory, ephemeral-storage) divided by its
+/// divisor and rounded up, as the kubelet's `ExtractContainerResourceValue`; a limit that is
+/// not set reads as unset here (the kubelet would use the node's allocatable).
+pub fn resource_field(
+    pod: &Pod,
+    default_container: &str,
+    r: &k8s_openapi::api::core::v1::ResourceFieldSelector,
+) -> Option<String> {
+    let name = r.container_name.as_deref().unwrap_or(default_container);
+    let c = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == name)?;
+    let res = c.resources.as_ref()?;
+    let (kind, key) = r.resource.split_once('.')?;
+    let map = match kind {
+        "limits" => res.limits.as_ref(),
+        "requests" => res.requests.as_ref(),
+        _ => None,
+    }?;
+    let value = quantity(&map.get(key)?.0)?;
+    let divisor = r
+        .divisor
+        .as_ref()
+        .and_then(|d| quantity(&d.0))
+        .filter(|d| *d > 0.0)
+        .unwrap_or(1.0);
+    Some(format!("{}", (value / divisor).ceil() as u64))
+}
+
+/// A Kubernetes quantity (`500m`, `2`, `128Mi`, `1G`, `1e3`) as a number.
+pub fn quantity(q: &str) -> Option<f64> {
+    const SUFFIXES: [(&str, f64); 13] = [
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("Ei", 1_152_921_504_606_846_976.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+    ];
+    let q = q.trim();
+    for (suffix, mult) in SUFFIXES {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<f64>().ok().map(|n| n * mult);
+        }
+    }
+    q.parse().ok()
+}
+
+/// Why the kubelet would refuse to create this container (`CreateContainerConfigError`): a
+/// non-optional `configMapKeyRef`/`secretKeyRef`/`envFrom` naming a ConfigMap or Secret that
+/// does not exist, or a key it does not hold; worded as the kubelet's `makeEnvironmentVariables`.
+pub fn config_error(pod: &Pod, container: &Container, sources: &PodSources) -> Option<String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    for from in container.env_from.iter().flatten() {
+        if let Some(r) = &from.config_map_ref
+            && !r.optional.unwrap_or(false)
+            && !sources.config_maps.contains_key(&r.name)
+        {
+            return Some(format!("configmap {:?} not found", r.name));
+        }
+        if let Some(r) = &from.secret_ref
+            && !r.optional.unwrap_or(false)
+            && !sources.secrets.contains_key(&r.name)
+        {
+            return Some(format!("secret {:?} not found", r.name));
+        }
+    }
+    for var in container.env.iter().flatten() {
+        let Some(from) = &var.value_from else {
+            continue;
+        };
+        if let Some(r) = &from.config_map_key_ref
+            && !r.optional.unwrap_or(false)
+        {
+            match sources.config_maps.get(&r.name) {
+                None => return Some(format!("configmap {:?} not found", r.name)),
+                Some(d) if !d.contains_key(&r.key) => {
+                    return Some(format!(
+                        "couldn't find key {} in ConfigMap {ns}/{}",
+                        r.key, r.name
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(r) = &from.secret_key_ref
+            && !r.optional.unwrap_or(false)
+        {
+            match sources.secrets.get(&r.name) {
+                None => return Some(format!("secret {:?} not found", r.name)),
+                Some(d) if !d.contains_key(&r.key) => {
+                    return Some(format!(
+                        "couldn't find key {} in Secret {ns}/{}",
+                        r.key, r.name
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use serde_json::json;
 
     use super::*;
@@ -333,19 +397,19 @@ mod tests {
             &c,
             Some(Ipv4Addr::new(10, 244, 1, 2)),
             Ipv4Addr::new(10, 250, 0, 11),
-            &EnvSources {
+            &PodSources {
                 config_maps: [(
                     "cm".to_owned(),
                     [
-                        ("mode".to_owned(), "fast".to_owned()),
-                        ("LEVEL".to_owned(), "3".to_owned()),
+                        ("mode".to_owned(), b"fast".to_vec()),
+                        ("LEVEL".to_owned(), b"3".to_vec()),
                     ]
                     .into(),
                 )]
                 .into(),
                 secrets: [(
                     "s".to_owned(),
-                    [("k".to_owned(), "hunter2".to_owned())].into(),
+                    [("k".to_owned(), b"hunter2".to_vec())].into(),
                 )]
                 .into(),
                 services: BTreeMap::new(),
@@ -435,7 +499,7 @@ mod tests {
             "env": [{ "name": "KUBERNETES_SERVICE_PORT", "value": "8443" }],
         }))
         .expect("container");
-        let sources = EnvSources {
+        let sources = PodSources {
             services: service_env(
                 "default",
                 true,
@@ -446,7 +510,7 @@ mod tests {
                     json!([{ "name": "https", "port": 443 }]),
                 )],
             ),
-            ..EnvSources::default()
+            ..PodSources::default()
         };
         let env: HashMap<String, String> =
             container_env(&pod, &c, None, Ipv4Addr::new(10, 250, 0, 11), &sources)

@@ -1,10 +1,16 @@
 //! The Node side of the agent in a standalone cluster: registration, Lease, Pods (the
-//! kubelet-lite), routes to other nodes' podCIDRs, and the agent API the server proxies logs to.
+//! kubelet-lite: sandboxes, each container's filesystem and volumes, its environment and
+//! cgroups, status), and the agent API the server proxies logs to.
 
 pub mod api;
+pub mod cgroups;
 pub mod env;
+pub mod podfiles;
 pub mod pods;
 pub mod probe;
 pub mod process;
 pub mod registration;
+pub mod rootfs;
+pub mod sources;
 pub mod status;
+pub mod volumes;

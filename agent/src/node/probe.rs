@@ -106,6 +106,9 @@ pub struct ProbeTarget {
     pub cgroup: PathBuf,
     pub cwd: PathBuf,
     pub env: Vec<(String, String)>,
+    /// The container's process: an exec probe runs in its mount and UTS namespaces (its own
+    /// root, its volumes), as the kubelet's runs inside the container.
+    pub container_pid: Option<i32>,
 }
 
 /// Runs the probe once; `true` on success.
@@ -142,6 +145,9 @@ pub async fn run_once(action: &ProbeAction, target: &ProbeTarget, timeout: Durat
                 log: PathBuf::from("/dev/null"),
                 netns: target.netns.clone(),
                 cgroup: target.cgroup.clone(),
+                extra_cgroups: Vec::new(),
+                rootfs: None,
+                enter_ns_of: target.container_pid,
             };
             let Ok(mut child) = process::spawn(&spec) else {
                 return false;
@@ -353,6 +359,7 @@ mod tests {
             cgroup: PathBuf::new(),
             cwd: PathBuf::from("/"),
             env: vec![],
+            container_pid: None,
         };
         let t = Duration::from_secs(1);
         assert!(run_once(&ProbeAction::Tcp { port }, &target, t).await);

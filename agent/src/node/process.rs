@@ -50,6 +50,14 @@ pub struct ProcessSpec {
     pub log: PathBuf,
     pub netns: PathBuf,
     pub cgroup: PathBuf,
+    /// More cgroups to join (the container's v1 memory and cpu cgroups, [`super::cgroups`]).
+    pub extra_cgroups: Vec<PathBuf>,
+    /// The container's own filesystem view ([`super::rootfs`]); `None` runs it in the
+    /// agent's mount namespace.
+    pub rootfs: Option<std::sync::Arc<super::rootfs::Prepared>>,
+    /// Join the mount and UTS namespaces of this process (an exec probe joins its
+    /// container's) instead of making a root.
+    pub enter_ns_of: Option<i32>,
 }
 
 /// The argv of a container: `command` then `args`; with no command, `args` alone (there is no
@@ -89,29 +97,79 @@ pub fn spawn(spec: &ProcessSpec) -> Result<tokio::process::Child, ProcessError> 
     cmd.args(&spec.argv[1..])
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.cwd)
+        // With its own root the container's working directory is entered after the pivot
+        // (std changes directory before the pre_exec hook runs).
+        .current_dir(if spec.rootfs.is_some() {
+            Path::new("/")
+        } else {
+            spec.cwd.as_path()
+        })
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err))
         // Containers outlive the agent: a restarted agent re-adopts them.
         .kill_on_drop(false);
+    let extra = spec
+        .extra_cgroups
+        .iter()
+        .map(|dir| {
+            let path = dir.join("cgroup.procs");
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io("opening", &path))
+        })
+        .collect::<Result<Vec<File>, _>>()?;
+    let extra_fds: Vec<i32> = extra.iter().map(|f| f.as_raw_fd()).collect();
     let (netns_fd, procs_fd) = (netns.as_raw_fd(), procs.as_raw_fd());
+    let rootfs = spec.rootfs.clone();
+    // The container's namespaces, opened before the fork (mount first: setns(2) into a mount
+    // namespace also moves the root and working directory to its root).
+    let joined = spec
+        .enter_ns_of
+        .map(|pid| {
+            ["mnt", "uts"]
+                .iter()
+                .map(|ns| {
+                    let path = PathBuf::from(format!("/proc/{pid}/ns/{ns}"));
+                    File::open(&path).map_err(io("opening", &path))
+                })
+                .collect::<Result<Vec<File>, _>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let joined_fds: Vec<(i32, i32)> = joined
+        .iter()
+        .zip([libc::CLONE_NEWNS, libc::CLONE_NEWUTS])
+        .map(|(f, t)| (f.as_raw_fd(), t))
+        .collect();
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
-    // system calls (setns, write, setsid) on descriptors opened before the fork; it allocates
-    // nothing. `netns` and `procs` outlive `spawn` below, so the descriptors are valid.
+    // system calls (setns, write, setsid, and the mounts of `Prepared::enter`) on descriptors
+    // and strings made before the fork; it allocates nothing. `netns`, `procs` and `extra`
+    // outlive `spawn` below, so the descriptors are valid.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // "0" moves the writing process itself (cgroup v2, cgroup.procs).
-            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
+            // "0" moves the writing process itself (cgroup.procs, v2 and v1 alike).
+            for fd in std::iter::once(&procs_fd).chain(&extra_fds) {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             // Own session and process group: signals reach the container's whole tree, and
             // the agent's terminal or process group never does.
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(root) = &rootfs {
+                root.enter()?;
+            }
+            for (fd, nstype) in &joined_fds {
+                if libc::setns(*fd, *nstype) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -119,7 +177,7 @@ pub fn spawn(spec: &ProcessSpec) -> Result<tokio::process::Child, ProcessError> 
     let child = cmd
         .spawn()
         .map_err(io("starting", Path::new(&spec.argv[0])))?;
-    drop((netns, procs));
+    drop((netns, procs, extra, joined));
     Ok(child)
 }
 
@@ -411,6 +469,9 @@ mod tests {
             log: log.clone(),
             netns: ns.clone(),
             cgroup: sb.cgroup.clone(),
+            extra_cgroups: Vec::new(),
+            rootfs: None,
+            enter_ns_of: None,
         };
         let child = spawn(&spec).expect("spawn");
         let pid = child.id().expect("pid") as i32;

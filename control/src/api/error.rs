@@ -44,6 +44,15 @@ impl Cause {
         }
     }
 
+    /// `field: Not found: <value>`.
+    pub fn not_found(field: impl Into<String>, value: &serde_json::Value) -> Self {
+        Self {
+            reason: "FieldValueNotFound",
+            field: field.into(),
+            message: format!("Not found: {}", render_value(value)),
+        }
+    }
+
     /// `field: Duplicate value: <value>`.
     pub fn duplicate(field: impl Into<String>, value: &serde_json::Value) -> Self {
         Self {

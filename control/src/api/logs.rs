@@ -119,7 +119,15 @@ pub async fn proxy<S: Store>(
             .await
             .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
             .unwrap_or_default();
-        return Err(if status == StatusCode::NOT_FOUND {
+        return Err(if status == StatusCode::BAD_REQUEST {
+            // The node's own refusal (no previous run, say), in its words.
+            ApiError::BadRequest(
+                serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|s| s["message"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| body.trim().to_owned()),
+            )
+        } else if status == StatusCode::NOT_FOUND {
             ApiError::BadRequest(format!(
                 "container \"{container}\" in pod \"{name}\" has no logs: {}",
                 body.trim()

@@ -144,6 +144,7 @@ pub(crate) fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     if containers.is_none_or(Vec::is_empty) {
         causes.push(Cause::required(format!("{path}.containers"), ""));
     }
+    let volumes = pod_volumes(spec, path, causes);
     let mut names = BTreeSet::new();
     for list in ["initContainers", "containers"] {
         for (i, c) in spec[list].as_array().into_iter().flatten().enumerate() {
@@ -166,6 +167,7 @@ pub(crate) fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
             if c["image"].as_str().is_none_or(|s| s.trim().is_empty()) {
                 causes.push(Cause::required(format!("{cpath}.image"), ""));
             }
+            volume_mounts(c, &cpath, &volumes, causes);
             for (j, p) in c["ports"].as_array().into_iter().flatten().enumerate() {
                 port_number(
                     &p["containerPort"],
@@ -189,6 +191,98 @@ pub(crate) fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
             &spec["restartPolicy"],
             &["Always", "Never", "OnFailure"],
         ));
+    }
+}
+
+/// A path that must stay below a directory (`validateLocalDescendingPath`): relative, no `..`
+/// element.
+fn local_descending_path(v: &Value, field: &str, causes: &mut Vec<Cause>) {
+    let Some(p) = v.as_str() else { return };
+    if p.starts_with('/') {
+        causes.push(Cause::invalid(field, v, "must be a relative path"));
+    }
+    if p.split('/').any(|e| e == "..") {
+        causes.push(Cause::invalid(field, v, "must not contain '..'"));
+    }
+}
+
+/// The Pod's volumes (`ValidateVolumes`): named, unique, their item paths inside the volume.
+/// Returns the names.
+fn pod_volumes(spec: &Value, path: &str, causes: &mut Vec<Cause>) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (i, vol) in spec["volumes"].as_array().into_iter().flatten().enumerate() {
+        let vpath = format!("{path}.volumes[{i}]");
+        match vol["name"].as_str() {
+            None | Some("") => causes.push(Cause::required(format!("{vpath}.name"), "")),
+            Some(name) if !is_dns1123_label(name) => causes.push(Cause::invalid(
+                format!("{vpath}.name"),
+                &vol["name"],
+                DNS1123_LABEL_MSG,
+            )),
+            Some(name) => {
+                if !names.insert(name.to_owned()) {
+                    causes.push(Cause::duplicate(format!("{vpath}.name"), &vol["name"]));
+                }
+            }
+        }
+        for source in ["configMap", "secret", "downwardAPI"] {
+            for (j, item) in vol[source]["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                local_descending_path(
+                    &item["path"],
+                    &format!("{vpath}.{source}.items[{j}].path"),
+                    causes,
+                );
+            }
+        }
+        if let Some(h) = vol["hostPath"]["path"].as_str()
+            && h.split('/').any(|e| e == "..")
+        {
+            causes.push(Cause::invalid(
+                format!("{vpath}.hostPath.path"),
+                &vol["hostPath"]["path"],
+                "must not contain '..'",
+            ));
+        }
+    }
+    names
+}
+
+/// A container's volumeMounts (`ValidateVolumeMounts`): a volume of the Pod, an absolute-or-
+/// not-empty mountPath, a subPath inside the volume, no mountPath twice.
+fn volume_mounts(c: &Value, cpath: &str, volumes: &BTreeSet<String>, causes: &mut Vec<Cause>) {
+    let mut paths = BTreeSet::new();
+    for (j, m) in c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let mpath = format!("{cpath}.volumeMounts[{j}]");
+        match m["name"].as_str() {
+            None | Some("") => causes.push(Cause::required(format!("{mpath}.name"), "")),
+            Some(name) if !volumes.contains(name) => {
+                causes.push(Cause::not_found(format!("{mpath}.name"), &m["name"]));
+            }
+            Some(_) => {}
+        }
+        match m["mountPath"].as_str() {
+            None | Some("") => causes.push(Cause::required(format!("{mpath}.mountPath"), "")),
+            Some(p) => {
+                if !paths.insert(p.to_owned()) {
+                    causes.push(Cause::invalid(
+                        format!("{mpath}.mountPath"),
+                        &m["mountPath"],
+                        "must be unique",
+                    ));
+                }
+            }
+        }
+        local_descending_path(&m["subPath"], &format!("{mpath}.subPath"), causes);
     }
 }
 
@@ -305,6 +399,46 @@ mod tests {
         let no_type =
             json!({"metadata": {"name": "s", "namespace": "default"}, "addressType": "IPX"});
         assert_eq!(validate(info, &no_type, None)[0].field, "addressType");
+    }
+
+    #[test]
+    fn registry_validation_pod_volumes_and_mounts() {
+        let info = lookup("", "v1", "pods").expect("pods");
+        let pod = |mounts: Value, volumes: Value| {
+            json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {
+                "containers": [{"name": "c", "image": "x", "volumeMounts": mounts}],
+                "volumes": volumes}})
+        };
+        let ok = pod(
+            json!([{"name": "cfg", "mountPath": "/etc/app", "subPath": "a/b"}]),
+            json!([{"name": "cfg", "configMap": {"name": "c", "items": [{"key": "k", "path": "p"}]}}]),
+        );
+        assert!(validate(info, &ok, None).is_empty());
+        let bad = pod(
+            json!([
+                {"name": "cfg", "mountPath": "/x", "subPath": "../etc"},
+                {"name": "nope", "mountPath": "/y"},
+                {"name": "cfg", "mountPath": "/x"},
+            ]),
+            json!([
+                {"name": "cfg", "configMap": {"name": "c", "items": [{"key": "k", "path": "/abs"}]}},
+                {"name": "cfg", "emptyDir": {}},
+            ]),
+        );
+        let got: Vec<String> = validate(info, &bad, None)
+            .into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "spec.volumes[0].configMap.items[0].path: Invalid value: \"/abs\": must be a relative path",
+                "spec.volumes[1].name: Duplicate value: \"cfg\"",
+                "spec.containers[0].volumeMounts[0].subPath: Invalid value: \"../etc\": must not contain '..'",
+                "spec.containers[0].volumeMounts[1].name: Not found: \"nope\"",
+                "spec.containers[0].volumeMounts[2].mountPath: Invalid value: \"/x\": must be unique",
+            ]
+        );
     }
 
     #[test]
