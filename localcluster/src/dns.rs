@@ -150,7 +150,9 @@ pub fn manifests(
                     }},
                     "containers": [{
                         "name": "dns",
-                        // The process runtime runs host commands: the keelson binary itself.
+                        // The API requires an image; the process runtime runs the command on
+                        // the host's root (no image is pulled): the keelson binary itself.
+                        "image": "keelson.invalid/keelson:host",
                         "command": [keelson_bin.to_string_lossy(), "dns",
                                     "--listen", "0.0.0.0:53",
                                     "--health-listen", format!("0.0.0.0:{METRICS_PORT}")],
