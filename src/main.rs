@@ -93,6 +93,25 @@ enum Cmd {
         #[arg(long, default_value = "cluster.local")]
         cluster_domain: String,
     },
+    /// Cluster DNS: answers the Kubernetes DNS records of Services, endpoints and Pods (what
+    /// CoreDNS's kubernetes plugin serves) and forwards other names upstream.
+    Dns {
+        /// UDP and TCP address to answer on.
+        #[arg(long, default_value = "0.0.0.0:53")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+        /// kubeconfig (default: in-cluster, the service account token and CA, or $KUBECONFIG).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Resolvers for names outside the cluster, `IP` or `IP:port`, comma-separated
+        /// (default: the nameservers of /etc/resolv.conf).
+        #[arg(long, value_delimiter = ',', value_parser = parse_upstream)]
+        upstream: Option<Vec<SocketAddr>>,
+        /// HTTP `/health`, `/ready` (once the watches have synced) and `/metrics`.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        health_listen: SocketAddr,
+    },
     /// The CNI plugin (CNI 1.1): reads CNI_* variables and the network config on stdin.
     Cni,
     /// Start a local cluster: a server and N agents, each node in its own network namespace.
@@ -291,6 +310,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             runtime()?.block_on(keelson_agent::run(cfg))?;
         }
+        Cmd::Dns {
+            listen,
+            cluster_domain,
+            kubeconfig,
+            upstream,
+            health_listen,
+        } => {
+            init_tracing();
+            let cfg = keelson_agent::dns::DnsConfig {
+                listen,
+                cluster_domain,
+                kubeconfig,
+                upstream,
+                health_listen,
+            };
+            runtime()?.block_on(keelson_agent::dns::run(cfg))?;
+        }
         Cmd::Cni => unreachable!("handled before"),
         Cmd::Up {
             nodes,
@@ -390,6 +426,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         })?,
     }
     Ok(())
+}
+
+/// A resolver address: `IP` (port 53) or `IP:port`.
+fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    text.parse()
+        .map_err(|_| format!("{text:?}: expected IP or IP:port"))
 }
 
 /// A duration such as `90s`, `5m`, `1h30m` or `2d`.

@@ -7,6 +7,7 @@
 pub mod bpf;
 pub mod cni;
 pub mod config;
+pub mod dns;
 pub mod flows;
 pub mod ipam;
 pub mod links;

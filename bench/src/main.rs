@@ -6,7 +6,7 @@
 //! NetworkPolicy enforcement (`policy`); its `policy-server`/`policy-client` are its Pods'
 //! processes. `cargo xtask bench scheduler` measures the scheduler with 1,000 fake Nodes
 //! (`scheduler`); `cargo xtask bench api` measures the API server and its store against etcd
-//! (`api`).
+//! (`api`); `cargo xtask bench dns` measures the cluster DNS against dnsmasq (`dns`).
 
 mod api_bench;
 mod api_bench_load;
@@ -14,6 +14,8 @@ mod api_bench_procs;
 mod api_bench_report;
 mod api_latency;
 mod cleanup;
+mod dns;
+mod dns_report;
 mod keelson_mode;
 mod kube_proxy_hash;
 mod kube_proxy_iptables;
@@ -168,6 +170,28 @@ enum Cmd {
         #[arg(long)]
         skip_etcd: bool,
     },
+    /// Cluster DNS: dnsperf's queries/s and p99 latency against `keelson dns` serving 1,000
+    /// Services of a real `keelson server`, and against dnsmasq serving the same records.
+    Dns {
+        /// Services (A records) served.
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Seconds per dnsperf window.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Windows per server, taking turns; figures are medians over them.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// dnsperf's outstanding queries in the saturating windows (`-q`).
+        #[arg(long, default_value_t = 100)]
+        outstanding: usize,
+        /// dnsperf's clients (`-c`, one socket each).
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// The fixed rate of the latency windows (`-Q`).
+        #[arg(long, default_value_t = 20000)]
+        paced_qps: u64,
+    },
     /// (internal) The policy bench's server Pod: accept-and-close ports and a stream sink.
     PolicyServer {
         #[arg(long)]
@@ -283,6 +307,21 @@ fn main() -> Result<()> {
             let _run = cleanup::Run::start()?;
             api_bench::run(&api_bench::Options { quick, skip_etcd })
         }
+        Cmd::Dns {
+            services,
+            seconds,
+            rounds,
+            outstanding,
+            clients,
+            paced_qps,
+        } => dns::run(&dns::Options {
+            services,
+            seconds,
+            rounds: rounds.max(1),
+            outstanding,
+            clients,
+            paced_qps,
+        }),
         Cmd::PolicyServer {
             netns,
             cgroup,

@@ -3,6 +3,7 @@
 //! bpffs directory — like kind, without containers.
 
 pub mod cleanup;
+pub mod dns;
 pub mod names;
 pub mod topology;
 
@@ -191,6 +192,27 @@ async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
     }
     wait_nodes_ready(&client, &nodes, &data_dir).await?;
     route_pod_cidrs(&client, name).await?;
+    // The cluster DNS Pods; their readiness needs the Pods' routes above.
+    dns::install(
+        &client,
+        &kubeconfig,
+        &opts.keelson_bin,
+        names::SERVICE_CIDR,
+        nodes.len(),
+    )
+    .await
+    .map_err(|e| match e {
+        Error::Timeout { what, secs, .. } => Error::Timeout {
+            what,
+            secs,
+            logs: nodes
+                .iter()
+                .map(|n| log_tail(&data_dir.join("nodes").join(n).join("agent.log"), 20))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        },
+        other => other,
+    })?;
     Ok(Cluster {
         name: name.clone(),
         data_dir,

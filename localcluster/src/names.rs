@@ -27,6 +27,8 @@ pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 pub const CLUSTER_DNS: &str = "10.96.0.10";
 /// The v1 cgroup hierarchies the agents put container limits in (`<hierarchy>/keelson/<node>`).
 pub const CGROUP1_LIMITS: [&str; 2] = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu"];
+/// The cluster domain.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// LoadBalancer pool the server assigns `status.loadBalancer.ingress` addresses from. It lies
 /// outside the underlay subnet on purpose: like addresses a BGP speaker announces, they are on
 /// no link and are reached through a route via a node IP, so traffic to them crosses the

