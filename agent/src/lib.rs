@@ -240,7 +240,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         tasks.spawn(async move {
             (
                 "agent API",
-                node::api::serve(addr, dir, Some(api))
+                node::api::serve(addr, dir, Some(api), None)
                     .await
                     .map_err(AgentError::Api),
             )

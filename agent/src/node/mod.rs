@@ -3,8 +3,11 @@
 
 pub mod api;
 pub mod env;
+pub mod exec;
 pub mod pods;
+pub mod portforward;
 pub mod probe;
 pub mod process;
 pub mod registration;
 pub mod status;
+pub mod stream;
