@@ -405,7 +405,9 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(axum::serve(listener, router(dir.path().to_owned(), None, None)).into_future());
+        tokio::spawn(
+            axum::serve(listener, router(dir.path().to_owned(), None, None)).into_future(),
+        );
 
         let mut s = get(addr, "/healthz").await;
         assert!(read_until(&mut s, "ok").await.contains("200 OK"));

@@ -169,10 +169,7 @@ pub fn cgroup_procs_paths(proc_cgroup: &str, mountinfo: &str) -> Vec<PathBuf> {
             continue;
         };
         if let Some((_, root)) = mounts.iter().find(|(c, _)| *c == want) {
-            out.push(
-                root.join(path.trim_start_matches('/'))
-                    .join("cgroup.procs"),
-            );
+            out.push(root.join(path.trim_start_matches('/')).join("cgroup.procs"));
         }
     }
     out

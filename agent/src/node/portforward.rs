@@ -110,7 +110,10 @@ mod tests {
         std::thread::spawn(move || {
             let ns = File::open(&p).expect("ns");
             // SAFETY: setns on an open namespace descriptor, on this test thread only.
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
             let up = std::process::Command::new("ip")
                 .args(["link", "set", "lo", "up"])
                 .status()
@@ -122,7 +125,8 @@ mod tests {
             use std::io::{Read as _, Write as _};
             let mut b = [0u8; 4];
             s.read_exact(&mut b).expect("read");
-            s.write_all(&b.map(|c| c.to_ascii_uppercase())).expect("write");
+            s.write_all(&b.map(|c| c.to_ascii_uppercase()))
+                .expect("write");
         });
         let port = rx.recv().expect("port");
         // The agent's own namespace has no such listener.
@@ -136,6 +140,9 @@ mod tests {
         s.read_exact(&mut b).await.expect("read");
         assert_eq!(&b, b"PING");
         let err = connect(&path, 1).await.expect_err("nothing listens on 1");
-        assert!(matches!(err, ForwardError::Connect { port: 1, .. }), "{err}");
+        assert!(
+            matches!(err, ForwardError::Connect { port: 1, .. }),
+            "{err}"
+        );
     }
 }

@@ -128,9 +128,14 @@ impl StreamOptions {
                 "tty" => o.tty = yes(&v),
                 "port" | "ports" => {
                     for p in v.split(',').filter(|p| !p.is_empty()) {
-                        let port = p.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(
-                            || StreamError::BadRequest(format!("invalid port {p:?}")),
-                        )?;
+                        let port =
+                            p.trim()
+                                .parse::<u16>()
+                                .ok()
+                                .filter(|p| *p > 0)
+                                .ok_or_else(|| {
+                                    StreamError::BadRequest(format!("invalid port {p:?}"))
+                                })?;
                         o.ports.push(port);
                     }
                 }
@@ -218,6 +223,15 @@ fn failure_status(message: String) -> Value {
     json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError"})
 }
 
+/// A Close with status 1000: clients (gorilla/websocket in kubectl) treat a Close without a
+/// status (1005) as an error of the stream.
+fn normal_close() -> Message {
+    Message::Close(Some(axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: "".into(),
+    }))
+}
+
 fn frame(channel: u8, data: &[u8]) -> Message {
     let mut v = Vec::with_capacity(data.len() + 1);
     v.push(channel);
@@ -265,7 +279,7 @@ async fn exec_session(socket: WebSocket, pid: i32, opts: StreamOptions) {
                 break;
             }
         }
-        let _ = sink.close().await;
+        let _ = sink.send(normal_close()).await;
     });
     let spec = ExecSpec {
         argv: opts.command.clone(),
@@ -403,12 +417,11 @@ pub async fn attach(
     authorize(&st, &headers)?;
     let _opts = StreamOptions::parse(query.as_deref().unwrap_or_default())?;
     let (pid, ticks) = running_container(&st, &namespace, &name, &container)?;
-    let dir = find_pod_dir(&st.data_dir, &namespace, &name).ok_or_else(|| {
-        StreamError::PodNotFound {
+    let dir =
+        find_pod_dir(&st.data_dir, &namespace, &name).ok_or_else(|| StreamError::PodNotFound {
             namespace: namespace.clone(),
             name: name.clone(),
-        }
-    })?;
+        })?;
     let log = dir.join(format!("{container}.log"));
     Ok(ws
         .protocols([V5, V4])
@@ -452,7 +465,7 @@ async fn attach_session(socket: WebSocket, log: PathBuf, pid: i32, ticks: u64) {
             if let Some(mut sink) = sink {
                 let ok = json!({"metadata": {}, "status": "Success"}).to_string();
                 let _ = sink.send(frame(ERROR, ok.as_bytes())).await;
-                let _ = sink.close().await;
+                let _ = sink.send(normal_close()).await;
             }
         }
         () = input => {}
@@ -510,7 +523,7 @@ async fn forward_session(socket: WebSocket, netns: PathBuf, ports: Vec<u16>) {
                 break;
             }
         }
-        let _ = sink.close().await;
+        let _ = sink.send(normal_close()).await;
     });
     let mut writers = Vec::new();
     let mut readers = Vec::new();
