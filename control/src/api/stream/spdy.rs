@@ -654,4 +654,40 @@ mod tests {
         );
         assert!(decode_block(&block[..10]).is_err());
     }
+
+    /// The first frame kubectl 1.37 sent after a plain SPDY/3.1 upgrade of
+    /// `kubectl port-forward pod/x 18721:80`, when a connection came to the local port:
+    /// the error stream's SYN_STREAM, its header block compressed by Go's zlib with the
+    /// dictionary (DICTID e3c6a7c2).
+    #[rustfmt::skip]
+    const KUBECTL_SYN_STREAM: &[u8] = &[
+        0x80, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x3d, 0x00, 0x00, 0x00, 0x01,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x78, 0xf9, 0xe3, 0xc6, 0xa7, 0xc2,
+        0x02, 0x25, 0x3a, 0x06, 0x06, 0x06, 0xce, 0x22, 0x48, 0xfc, 0x64, 0x82,
+        0xd2, 0x2d, 0xa3, 0x01, 0x38, 0xe5, 0x95, 0x14, 0xa5, 0x26, 0xe6, 0x42,
+        0x0b, 0x17, 0xd6, 0x54, 0x50, 0xd0, 0x43, 0x0a, 0xea, 0x22, 0x50, 0xa2,
+        0x66, 0xb2, 0x30, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff,
+    ];
+
+    #[test]
+    fn decodes_a_syn_stream_captured_from_kubectl() {
+        let mut inflater = Inflater::default();
+        let (frame, used) = decode(KUBECTL_SYN_STREAM, &mut inflater)
+            .expect("decode")
+            .expect("a whole frame");
+        assert_eq!(used, KUBECTL_SYN_STREAM.len());
+        let Frame::SynStream {
+            stream_id,
+            associated_to,
+            headers,
+            ..
+        } = frame
+        else {
+            panic!("not a SYN_STREAM: {frame:?}");
+        };
+        assert_eq!((stream_id, associated_to), (1, 0));
+        assert_eq!(header(&headers, "streamtype"), Some("error"));
+        assert_eq!(header(&headers, "port"), Some("80"));
+        assert_eq!(header(&headers, "requestid"), Some("0"));
+    }
 }
