@@ -274,6 +274,24 @@ fn exec_cp_port_forward_attach_and_logs_with_kubectl() {
         "still-fine\n"
     );
 
+    // The agent serves exec, port-forward and logs to the API server only: a direct caller
+    // is refused.
+    let agent = c.kubectl_ok(&[
+        "get",
+        "node",
+        &node,
+        "-o",
+        "jsonpath={.metadata.annotations.keelson\\.io/agent-api}",
+    ]);
+    for path in [
+        "/exec/default/web/web?command=id&stdout=true",
+        "/portForward/default/web?port=8080",
+        "/containerLogs/default/web/web",
+    ] {
+        let answer = raw_upgrade(&agent, path);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+    }
+
     // attach: the running container's output from now on.
     let mut at = Background::start(&c, &["attach", "ticker"]);
     let lines = at.lines();
@@ -290,6 +308,23 @@ fn exec_cp_port_forward_attach_and_logs_with_kubectl() {
         .parse()
         .expect("tick number");
     wait_line(&lines, &format!("tick-{}", n + 5), Duration::from_secs(20));
+}
+
+/// A WebSocket upgrade request straight to `addr` without credentials; the answer's head.
+fn raw_upgrade(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("agent API {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n"
+    )
+    .expect("request");
+    let mut buf = [0u8; 2048];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 /// Removes a file the test put on the host (the `process` runtime's Pods share its /tmp).

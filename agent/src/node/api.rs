@@ -99,8 +99,8 @@ pub struct DatapathApi {
     pub flows: Arc<FlowStore>,
 }
 
-/// The router, serving logs under `data_dir/pods`, exec/attach/port-forward into its Pods (only
-/// to callers presenting `stream_token`, when one is set) and, with a datapath, its metrics and
+/// The router, serving logs under `data_dir/pods` and exec/attach/port-forward into its Pods
+/// (those only to callers presenting `stream_token`, when one is set) and, with a datapath, its metrics and
 /// flows.
 pub fn router(
     data_dir: PathBuf,
@@ -122,14 +122,21 @@ pub fn router(
         )
         .with_state(StreamState {
             data_dir: data_dir.clone(),
-            token: stream_token,
+            token: stream_token.clone(),
         });
+    let guard = axum::middleware::from_fn_with_state(
+        StreamState {
+            data_dir: data_dir.clone(),
+            token: stream_token,
+        },
+        stream::require_token,
+    );
     let logs = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
-            get(container_logs),
+            get(container_logs).route_layer(guard),
         )
+        .route("/healthz", get(|| async { "ok" }))
         .with_state(data_dir)
         .merge(streams);
     match dp {

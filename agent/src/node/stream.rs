@@ -146,6 +146,18 @@ impl StreamOptions {
     }
 }
 
+/// Middleware for the agent's other Pod endpoints (container logs): the same token check.
+pub async fn require_token(
+    State(st): State<StreamState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authorize(&st, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 fn authorize(st: &StreamState, headers: &HeaderMap) -> Result<(), StreamError> {
     let Some(want) = &st.token else {
         return Ok(());
@@ -607,5 +619,78 @@ mod tests {
         assert_eq!(s["reason"], "NonZeroExitCode");
         assert_eq!(s["details"]["causes"][0]["reason"], "ExitCode");
         assert_eq!(s["details"]["causes"][0]["message"], "3");
+    }
+
+    /// A raw WebSocket upgrade request and the status line of the answer.
+    async fn upgrade_status(addr: std::net::SocketAddr, path: &str, auth: Option<&str>) -> String {
+        use tokio::io::AsyncWriteExt as _;
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let auth = auth
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        s.write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n{auth}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.expect("read");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn only_the_token_holder_may_exec_and_bad_targets_are_statuses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pod_dir = dir.path().join("pods").join("uid-1");
+        let mut rec = PodRecord {
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: "uid-1".into(),
+            ..Default::default()
+        };
+        let me = std::process::id() as i32;
+        rec.containers.insert(
+            "c".into(),
+            process::ContainerRecord {
+                pid: me,
+                start_ticks: process::start_ticks(me).expect("ticks"),
+                started_at: jiff::Timestamp::UNIX_EPOCH,
+                restart_count: 0,
+                exit_code: None,
+                finished_at: None,
+            },
+        );
+        rec.save(&pod_dir).expect("record");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = super::super::api::router(dir.path().to_owned(), None, Some("s3cret".into()));
+        tokio::spawn(axum::serve(listener, router).into_future());
+
+        let exec = "/exec/default/web/c?command=true&stdout=true";
+        let no = upgrade_status(addr, exec, None).await;
+        assert!(no.starts_with("HTTP/1.1 401"), "{no}");
+        let wrong = upgrade_status(addr, exec, Some("s3creT")).await;
+        assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+        let ok = upgrade_status(addr, exec, Some("s3cret")).await;
+        assert!(ok.starts_with("HTTP/1.1 101"), "{ok}");
+        assert!(ok.contains("v5.channel.k8s.io"), "{ok}");
+        let missing =
+            upgrade_status(addr, "/exec/default/web/nope?command=true", Some("s3cret")).await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        assert!(missing.contains("container not found"), "{missing}");
+        let pod = upgrade_status(addr, "/exec/default/gone/c?command=true", Some("s3cret")).await;
+        assert!(
+            pod.starts_with("HTTP/1.1 404") && pod.contains("\"kind\":\"Status\""),
+            "{pod}"
+        );
+        let pf = upgrade_status(addr, "/portForward/default/web", Some("s3cret")).await;
+        assert!(pf.starts_with("HTTP/1.1 400"), "{pf}");
     }
 }

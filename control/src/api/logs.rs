@@ -149,7 +149,16 @@ pub async fn proxy<S: Store>(
         .parse()
         .map_err(|e| ApiError::Internal(format!("bad agent URL {url}: {e}")))?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let resp = client.get(uri).await.map_err(|e| {
+    let mut req = http::Request::get(uri);
+    // Agents serve container logs only to the API server, as the kubelet does with
+    // --authentication-token-webhook / client certificates.
+    if let Some(token) = &state.config.agent_token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ApiError::Internal(format!("building the agent request: {e}")))?;
+    let resp = client.request(req).await.map_err(|e| {
         ApiError::ServiceUnavailable(format!("error talking to the agent of node {node}: {e}"))
     })?;
     if !resp.status().is_success() {
