@@ -298,10 +298,10 @@ pub fn spawn_blocking_in(pid: i32, spec: &ExecSpec) -> Result<Exec, ExecError> {
             }
             // The container's root: a pivot_root'ed mount namespace has its own, which setns
             // alone does not make the caller's root (nsenter(1) --root does the same).
-            if let Some(root) = root_fd {
-                if libc::fchdir(root) != 0 || libc::chroot(c".".as_ptr()) != 0 {
-                    return last();
-                }
+            if let Some(root) = root_fd
+                && (libc::fchdir(root) != 0 || libc::chroot(c".".as_ptr()) != 0)
+            {
+                return last();
             }
             if libc::chdir(cwd.as_ptr()) != 0 && libc::chdir(c"/".as_ptr()) != 0 {
                 return last();

@@ -110,10 +110,8 @@ mod tests {
         std::thread::spawn(move || {
             let ns = File::open(&p).expect("ns");
             // SAFETY: setns on an open namespace descriptor, on this test thread only.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+            let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0);
             let up = std::process::Command::new("ip")
                 .args(["link", "set", "lo", "up"])
                 .status()

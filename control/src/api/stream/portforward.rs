@@ -213,11 +213,10 @@ async fn forward(
                             continue;
                         }
                         match ch {
-                            0 => {
-                                if out.send(data(data_stream, 0, rest.to_vec())).await.is_err() {
-                                    break;
-                                }
+                            0 if out.send(data(data_stream, 0, rest.to_vec())).await.is_err() => {
+                                break;
                             }
+                            0 => {}
                             1 => {
                                 let text = String::from_utf8_lossy(rest).into_owned();
                                 report(&out, error_stream, text).await;
@@ -276,11 +275,7 @@ pub fn websocket_bytes(ws: WebSocket) -> tokio::io::DuplexStream {
         let up = async {
             while let Some(Ok(m)) = ws_rx.next().await {
                 match m {
-                    ClientMessage::Binary(b) => {
-                        if wr.write_all(&b).await.is_err() {
-                            break;
-                        }
-                    }
+                    ClientMessage::Binary(b) if wr.write_all(&b).await.is_err() => break,
                     ClientMessage::Close(_) => break,
                     _ => {}
                 }
