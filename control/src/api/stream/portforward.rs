@@ -303,3 +303,175 @@ pub fn websocket_bytes(ws: WebSocket) -> tokio::io::DuplexStream {
     });
     theirs
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+    use super::*;
+
+    /// An agent's port-forward endpoint for one port: the port prefixes, then whatever
+    /// arrives on the data channel comes back upper-cased, until the client half-closes.
+    async fn fake_agent() -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let pick = |_: &Request, mut resp: Response| {
+                        resp.headers_mut().insert(
+                            "Sec-WebSocket-Protocol",
+                            channel::V4.parse().expect("header"),
+                        );
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, pick).await else {
+                        return;
+                    };
+                    for ch in [0u8, 1] {
+                        let m = channel::frame(ch, &8080u16.to_le_bytes());
+                        let _ = ws.send(Message::Binary(m.into())).await;
+                    }
+                    while let Some(Ok(Message::Binary(m))) = ws.next().await {
+                        match channel::split(&m) {
+                            Some((0, data)) => {
+                                let up = channel::frame(0, &data.to_ascii_uppercase());
+                                let _ = ws.send(Message::Binary(up.into())).await;
+                            }
+                            Some((channel::CLOSE, _)) => break,
+                            _ => {}
+                        }
+                    }
+                    let _ = ws.send(super::super::proxy::agent_close()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_spdy_session_forwards_a_connection_and_ends_both_streams() {
+        let agent = fake_agent().await;
+        let dial: Dial = Arc::new(move |port| {
+            let agent = agent.clone();
+            Box::pin(async move {
+                let path = format!("/portForward/default/web?port={port}");
+                super::super::proxy::connect_agent(&agent, &path, channel::V4, None).await
+            })
+        });
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(serve(server, dial));
+        let h = |kind: &str| -> spdy::Headers {
+            [("streamtype", kind), ("port", "8080"), ("requestid", "0")]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let mut deflater = spdy::Deflater::default();
+        let mut wire = Vec::new();
+        for f in [
+            Frame::SynStream {
+                stream_id: 1,
+                associated_to: 0,
+                priority: 0,
+                flags: 0,
+                headers: h("error"),
+            },
+            Frame::SynStream {
+                stream_id: 3,
+                associated_to: 0,
+                priority: 0,
+                flags: 0,
+                headers: h("data"),
+            },
+            Frame::Ping { id: 7 },
+            Frame::Data {
+                stream_id: 3,
+                flags: 0,
+                data: b"hello".to_vec(),
+            },
+        ] {
+            spdy::encode(&f, &mut deflater, &mut wire).expect("encode");
+        }
+        client.write_all(&wire).await.expect("write");
+        let mut inflater = spdy::Inflater::default();
+        let (mut buf, mut frames) = (Vec::new(), Vec::new());
+        let mut fins = 0;
+        let mut sent_fin = false;
+        while fins < 2 {
+            let mut chunk = [0u8; 4096];
+            let n =
+                tokio::time::timeout(std::time::Duration::from_secs(10), client.read(&mut chunk))
+                    .await
+                    .expect("in time")
+                    .expect("read");
+            assert!(n > 0, "session ended early: {frames:?}");
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some((f, used)) = spdy::decode(&buf, &mut inflater).expect("decode") {
+                buf.drain(..used);
+                if let Frame::Data { data, .. } = &f
+                    && data == b"HELLO"
+                    && !sent_fin
+                {
+                    // The client is done: FIN, which the agent sees as a half-close.
+                    let mut fin = Vec::new();
+                    let f = Frame::Data {
+                        stream_id: 3,
+                        flags: spdy::FLAG_FIN,
+                        data: Vec::new(),
+                    };
+                    spdy::encode(&f, &mut deflater, &mut fin).expect("encode");
+                    client.write_all(&fin).await.expect("fin");
+                    sent_fin = true;
+                }
+                if matches!(&f, Frame::Data { flags, .. } if flags & spdy::FLAG_FIN != 0) {
+                    fins += 1;
+                }
+                frames.push(f);
+            }
+        }
+        let replies: Vec<u32> = frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::SynReply { stream_id, .. } => Some(*stream_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replies, [1, 3], "{frames:?}");
+        assert!(frames.contains(&Frame::Ping { id: 7 }), "{frames:?}");
+        assert!(
+            frames.contains(&Frame::Data {
+                stream_id: 3,
+                flags: 0,
+                data: b"HELLO".to_vec()
+            }),
+            "{frames:?}"
+        );
+        assert!(
+            frames.contains(&Frame::WindowUpdate {
+                stream_id: 3,
+                delta: 5
+            }),
+            "{frames:?}"
+        );
+        for stream_id in [1, 3] {
+            assert!(
+                frames.contains(&Frame::Data {
+                    stream_id,
+                    flags: spdy::FLAG_FIN,
+                    data: Vec::new()
+                }),
+                "no FIN on {stream_id}: {frames:?}"
+            );
+        }
+        // Nothing but the port prefix came on the error channel: the error stream is empty.
+        assert!(
+            !frames
+                .iter()
+                .any(|f| matches!(f, Frame::Data { stream_id: 1, data, .. } if !data.is_empty())),
+            "{frames:?}"
+        );
+    }
+}
