@@ -72,6 +72,11 @@ enum Cmd {
         data_dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:10250")]
         api_listen: SocketAddr,
+        /// File with the token the API server presents to exec, attach and port-forward
+        /// (the server keeps it in `<data-dir>/agent-stream.token`); without it those endpoints
+        /// serve anyone who reaches `--api-listen`.
+        #[arg(long)]
+        stream_token_file: Option<PathBuf>,
         /// Only the dataplane (a DaemonSet on an existing cluster): no Node registration, no Pods.
         #[arg(long)]
         no_kubelet: bool,
@@ -284,6 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pin_dir,
             data_dir,
             api_listen,
+            stream_token_file,
             no_kubelet,
             lb_algorithm,
             flow_events,
@@ -301,6 +307,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pin_dir,
                 data_dir,
                 api_listen,
+                stream_token_file,
                 cni_bin: std::env::current_exe().context("locating the keelson binary")?,
                 kubelet: !no_kubelet,
                 maglev_default: lb_algorithm == "maglev",

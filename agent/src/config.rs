@@ -24,6 +24,9 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Where the agent serves its own API (container logs) for the server to proxy.
     pub api_listen: SocketAddr,
+    /// A file holding the token the API server presents to the streaming endpoints (exec,
+    /// attach, port-forward); without it they serve any caller that reaches `api_listen`.
+    pub stream_token_file: Option<PathBuf>,
     /// Path of the `keelson` binary, invoked as the CNI plugin.
     pub cni_bin: PathBuf,
     /// Whether this agent is also the Node's kubelet (standalone clusters) or only its

@@ -71,6 +71,12 @@ pub enum AgentError {
     Cni(#[source] CniServerError),
     #[error("agent API")]
     Api(#[source] ApiError),
+    #[error("reading the stream token {path}")]
+    StreamToken {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("routing")]
     Routing(#[source] RoutingError),
     #[error("service load balancing")]
@@ -117,6 +123,25 @@ const CT_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// plane assigned `spec.podCIDR` — the CNI server, inter-node routes and the Pods.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     privileges::check().map_err(AgentError::Privileges)?;
+    let stream_token: Option<Arc<str>> = match &cfg.stream_token_file {
+        Some(path) => {
+            let err = |source| AgentError::StreamToken {
+                path: path.display().to_string(),
+                source,
+            };
+            let token = std::fs::read_to_string(path).map_err(err)?;
+            let token = token.trim();
+            // An empty token would let every caller through.
+            if token.is_empty() {
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the file is empty",
+                )));
+            }
+            Some(token.into())
+        }
+        None => None,
+    };
     let client = kube_client(cfg.kubeconfig.as_deref()).await?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::DataDir {
         path: cfg.data_dir.display().to_string(),
@@ -241,7 +266,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         tasks.spawn(async move {
             (
                 "agent API",
-                node::api::serve(addr, dir, Some(api))
+                node::api::serve(addr, dir, Some(api), stream_token)
                     .await
                     .map_err(AgentError::Api),
             )

@@ -248,7 +248,10 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         Arc::new(SqliteStore::open(&cfg.data_dir.join("state.db")).map_err(ServerError::Store)?);
     let state = ApiState::new(
         store.clone(),
-        ApiConfig::with_admin_token(service_cidr, creds.token.clone()),
+        ApiConfig {
+            agent_token: Some(creds.agent_token.clone()),
+            ..ApiConfig::with_admin_token(service_cidr, creds.token.clone())
+        },
     );
     ensure_system_namespaces(&state).await?;
     // Everything spawned here stops when `run` returns or is dropped (a cancelled `run` must

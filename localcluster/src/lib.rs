@@ -185,7 +185,9 @@ async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
                 .arg(Path::new(names::BPFFS_KEELSON).join(node))
                 .arg("--data-dir")
                 .arg(&node_dir)
-                .args(["--api-listen", &format!("127.0.0.1:{}", free_port()?)]),
+                .args(["--api-listen", &format!("127.0.0.1:{}", free_port()?)])
+                .arg("--stream-token-file")
+                .arg(server_dir.join("agent-stream.token")),
             &node_dir.join("agent.log"),
             &system_cg,
         )?;

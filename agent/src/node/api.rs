@@ -1,6 +1,7 @@
 //! The agent's own HTTP API on `api_listen`, which the server proxies `pods/log` to:
 //! `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=` streams a container's
-//! log file, `GET /healthz` answers `ok`, `GET /metrics` is Prometheus' scrape endpoint.
+//! log file, `GET /healthz` answers `ok`, `GET /metrics` is Prometheus' scrape endpoint, and
+//! the streaming endpoints of [`super::stream`] (exec, attach, port-forward) are routed here.
 //! Errors are Kubernetes `Status` objects.
 
 use std::{
@@ -23,7 +24,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
-use super::process::PodRecord;
+use super::{
+    process::PodRecord,
+    stream::{self, StreamState},
+};
 use crate::{flows::FlowStore, loader::Datapath};
 
 /// How often a followed log is checked for new output.
@@ -112,15 +116,46 @@ pub struct DatapathApi {
     pub flows: Arc<FlowStore>,
 }
 
-/// The router, serving logs under `data_dir/pods` and, with a datapath, its metrics and flows.
-pub fn router(data_dir: PathBuf, dp: Option<DatapathApi>) -> Router {
+/// The router, serving logs under `data_dir/pods` and exec/attach/port-forward into its Pods
+/// (those only to callers presenting `stream_token`, when one is set) and, with a datapath, its metrics and
+/// flows.
+pub fn router(
+    data_dir: PathBuf,
+    dp: Option<DatapathApi>,
+    stream_token: Option<Arc<str>>,
+) -> Router {
+    let streams = Router::new()
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(stream::exec).post(stream::exec),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(stream::attach).post(stream::attach),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(stream::port_forward).post(stream::port_forward),
+        )
+        .with_state(StreamState {
+            data_dir: data_dir.clone(),
+            token: stream_token.clone(),
+        });
+    let guard = axum::middleware::from_fn_with_state(
+        StreamState {
+            data_dir: data_dir.clone(),
+            token: stream_token,
+        },
+        stream::require_token,
+    );
     let logs = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
-            get(container_logs),
+            get(container_logs).route_layer(guard),
         )
-        .with_state(data_dir);
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(data_dir)
+        .merge(streams);
     match dp {
         Some(dp) => logs.merge(
             Router::new()
@@ -137,11 +172,12 @@ pub async fn serve(
     addr: SocketAddr,
     data_dir: PathBuf,
     dp: Option<DatapathApi>,
+    stream_token: Option<Arc<str>>,
 ) -> Result<(), ApiError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ApiError::Bind { addr, source })?;
-    axum::serve(listener, router(data_dir, dp))
+    axum::serve(listener, router(data_dir, dp, stream_token))
         .await
         .map_err(ApiError::Serve)
 }
@@ -218,7 +254,7 @@ async fn metrics(State(api): State<DatapathApi>) -> Result<Response, ApiError> {
 }
 
 /// The directory of the Pod `namespace/name` (the newest, if a Pod of that name was recreated).
-fn find_pod_dir(data_dir: &Path, namespace: &str, name: &str) -> Option<PathBuf> {
+pub(super) fn find_pod_dir(data_dir: &Path, namespace: &str, name: &str) -> Option<PathBuf> {
     let dirs = std::fs::read_dir(data_dir.join("pods")).ok()?;
     dirs.flatten()
         .filter_map(|d| {
@@ -408,7 +444,9 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(axum::serve(listener, router(dir.path().to_owned(), None)).into_future());
+        tokio::spawn(
+            axum::serve(listener, router(dir.path().to_owned(), None, None)).into_future(),
+        );
 
         let mut s = get(addr, "/healthz").await;
         assert!(read_until(&mut s, "ok").await.contains("200 OK"));

@@ -124,6 +124,21 @@ fn subresources(
             ),
             "binding" => ("binding", "Binding", "", "v1", vec!["create"]),
             "log" => ("log", "Pod", "", "v1", vec!["get"]),
+            "exec" => ("exec", "PodExecOptions", "", "v1", vec!["create", "get"]),
+            "attach" => (
+                "attach",
+                "PodAttachOptions",
+                "",
+                "v1",
+                vec!["create", "get"],
+            ),
+            "portforward" => (
+                "portforward",
+                "PodPortForwardOptions",
+                "",
+                "v1",
+                vec!["create", "get"],
+            ),
             other => (
                 other,
                 info.kind,

@@ -30,11 +30,18 @@ const PASSED: &[&str] = &[
     "limitBytes",
 ];
 
-pub async fn proxy<S: Store>(
-    state: &ApiState<S>,
-    t: &Target,
-    params: &Params,
-) -> Result<Response, ApiError> {
+/// A Pod, the container a request names (or its only one) and the agent API of its node.
+#[derive(Debug)]
+pub struct PodOnNode {
+    pub pod: serde_json::Value,
+    pub name: String,
+    pub node: String,
+    pub agent: String,
+}
+
+/// Loads the Pod of `t` and finds the agent API address of its node, with kube-apiserver's
+/// errors: 404 for a missing Pod, 400 for one not yet bound to a node.
+pub async fn pod_on_node<S: Store>(state: &ApiState<S>, t: &Target) -> Result<PodOnNode, ApiError> {
     let name = t.name.clone().unwrap_or_default();
     let kv = state
         .store
@@ -45,46 +52,18 @@ pub async fn proxy<S: Store>(
             name: name.clone(),
         })?;
     let pod = load(&kv)?;
-    let names: Vec<&str> = pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
-    let container = match params.get("container").filter(|c| !c.is_empty()) {
-        Some(c) => {
-            let known = names.contains(&c.as_str())
-                || pod["spec"]["initContainers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|ic| ic["name"] == c.as_str());
-            if !known {
-                return Err(ApiError::BadRequest(format!(
-                    "container {c} is not valid for pod {name}"
-                )));
-            }
-            c.clone()
-        }
-        None if names.len() == 1 => names[0].to_string(),
-        None => {
-            return Err(ApiError::BadRequest(format!(
-                "a container name must be specified for pod {name}, choose one of: [{}]",
-                names.join(" ")
-            )));
-        }
-    };
     let node = pod["spec"]["nodeName"]
         .as_str()
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::BadRequest(format!("pod {name} does not have a host assigned")))?;
+        .ok_or_else(|| ApiError::BadRequest(format!("pod {name} does not have a host assigned")))?
+        .to_owned();
     let node_info = registry::lookup("", "v1", "nodes").ok_or(ApiError::NoSuchResource)?;
-    let node_obj = match state.store.get(&node_info.key(None, node)).await? {
+    let node_obj = match state.store.get(&node_info.key(None, &node)).await? {
         Some(kv) => load(&kv)?,
         None => {
             return Err(ApiError::NotFound {
                 resource: "nodes".into(),
-                name: node.to_string(),
+                name: node,
             });
         }
     };
@@ -95,7 +74,67 @@ pub async fn proxy<S: Store>(
             ApiError::BadRequest(format!(
                 "node {node} does not publish its agent API ({AGENT_API_ANNOTATION})"
             ))
-        })?;
+        })?
+        .to_owned();
+    Ok(PodOnNode {
+        pod,
+        name,
+        node,
+        agent,
+    })
+}
+
+/// The container a request means: the named one (a container or init container of the Pod),
+/// or the Pod's only container, as kube-apiserver's `validateContainer`/log and exec locations
+/// choose it.
+pub fn pick_container(
+    pod: &serde_json::Value,
+    name: &str,
+    requested: Option<&str>,
+) -> Result<String, ApiError> {
+    let names: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    match requested.filter(|c| !c.is_empty()) {
+        Some(c) => {
+            let known = names.contains(&c)
+                || ["initContainers", "ephemeralContainers"].iter().any(|k| {
+                    pod["spec"][*k]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|ic| ic["name"] == c)
+                });
+            if !known {
+                return Err(ApiError::BadRequest(format!(
+                    "container {c} is not valid for pod {name}"
+                )));
+            }
+            Ok(c.to_owned())
+        }
+        None if names.len() == 1 => Ok(names[0].to_string()),
+        None => Err(ApiError::BadRequest(format!(
+            "a container name must be specified for pod {name}, choose one of: [{}]",
+            names.join(" ")
+        ))),
+    }
+}
+
+pub async fn proxy<S: Store>(
+    state: &ApiState<S>,
+    t: &Target,
+    params: &Params,
+) -> Result<Response, ApiError> {
+    let PodOnNode {
+        pod,
+        name,
+        node,
+        agent,
+    } = pod_on_node(state, t).await?;
+    let container = pick_container(&pod, &name, params.get("container").map(String::as_str))?;
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
     let query: Vec<String> = PASSED
         .iter()
@@ -110,7 +149,16 @@ pub async fn proxy<S: Store>(
         .parse()
         .map_err(|e| ApiError::Internal(format!("bad agent URL {url}: {e}")))?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let resp = client.get(uri).await.map_err(|e| {
+    let mut req = http::Request::get(uri);
+    // Agents serve container logs only to the API server, as the kubelet does with
+    // --authentication-token-webhook / client certificates.
+    if let Some(token) = &state.config.agent_token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ApiError::Internal(format!("building the agent request: {e}")))?;
+    let resp = client.request(req).await.map_err(|e| {
         ApiError::ServiceUnavailable(format!("error talking to the agent of node {node}: {e}"))
     })?;
     if !resp.status().is_success() {

@@ -16,6 +16,7 @@ pub mod patch;
 pub mod pki;
 pub mod protobuf;
 pub mod selectors;
+pub mod stream;
 pub mod table;
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,9 @@ pub struct ApiConfig {
     pub node_port_range: (u16, u16),
     /// Bearer tokens accepted by authentication.
     pub tokens: Vec<TokenEntry>,
+    /// The token presented to agents' streaming endpoints (exec, attach, port-forward), which
+    /// serve only the API server when they are given one.
+    pub agent_token: Option<String>,
 }
 
 impl ApiConfig {
@@ -66,6 +70,7 @@ impl ApiConfig {
         Self {
             service_cidr,
             node_port_range: (30000, 32767),
+            agent_token: None,
             tokens: vec![TokenEntry {
                 token,
                 user: UserInfo {
@@ -186,6 +191,18 @@ pub fn router<S: Store>(state: Arc<ApiState<S>>) -> Router {
         .route("/apis/{group}/{version}", get(discovery::group_resources))
         .route("/openapi/v3", get(openapi::index))
         .route("/openapi/v3/{*path}", get(openapi::document))
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/exec",
+            any(stream::exec::<S>),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/attach",
+            any(stream::attach::<S>),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/portforward",
+            any(stream::port_forward::<S>),
+        )
         .route("/api/v1/{*rest}", any(handlers::core_entry::<S>))
         .route(
             "/apis/{group}/{version}/{*rest}",

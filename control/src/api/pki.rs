@@ -34,7 +34,27 @@ pub struct Credentials {
     pub cert_pem: String,
     pub key_pem: String,
     pub token: String,
+    /// The token the server presents to agents' streaming endpoints (exec, attach,
+    /// port-forward); agents are given the file `agent-stream.token` it is kept in.
+    pub agent_token: String,
     pub kubeconfig_path: PathBuf,
+}
+
+/// The file holding [`Credentials::agent_token`] in the server's data directory.
+pub const AGENT_TOKEN_FILE: &str = "agent-stream.token";
+
+/// A token kept in `path`: read if there is one, else 32 random bytes in hex, written first.
+fn ensure_token(path: &Path) -> Result<String, PkiError> {
+    if let Some(t) = read(path)?
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+    {
+        return Ok(t);
+    }
+    let bytes: [u8; 32] = rand::random();
+    let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(path, &t)?;
+    Ok(t)
 }
 
 fn read(path: &Path) -> Result<Option<String>, PkiError> {
@@ -185,18 +205,8 @@ pub fn ensure(
             (cert, key)
         }
     };
-    let token = match read(&token_path)?
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-    {
-        Some(t) => t,
-        None => {
-            let bytes: [u8; 32] = rand::random();
-            let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            write_private(&token_path, &t)?;
-            t
-        }
-    };
+    let token = ensure_token(&token_path)?;
+    let agent_token = ensure_token(&path(AGENT_TOKEN_FILE))?;
     let kubeconfig_path = data_dir.join("admin.kubeconfig");
     write_private(&kubeconfig_path, &kubeconfig(&ca_pem, listen, &token))?;
     Ok(Credentials {
@@ -204,6 +214,7 @@ pub fn ensure(
         cert_pem,
         key_pem,
         token,
+        agent_token,
         kubeconfig_path,
     })
 }

@@ -44,7 +44,8 @@ pub struct ResourceInfo {
     pub singular: &'static str,
     pub namespaced: bool,
     pub short_names: &'static [&'static str],
-    /// Subresources: "status", "scale", "binding", "log".
+    /// Subresources: "status", "scale", "binding", "log", and Pods' streaming "exec", "attach",
+    /// "portforward" (served by `api::stream`).
     pub subresources: &'static [&'static str],
     pub verbs: &'static [&'static str],
     /// Categories kubectl uses for `kubectl get all`.

@@ -26,7 +26,7 @@ pub const INFO: ResourceInfo = ResourceInfo {
     singular: "pod",
     namespaced: true,
     short_names: &["po"],
-    subresources: &["status", "binding", "log"],
+    subresources: &["status", "binding", "log", "exec", "attach", "portforward"],
     verbs: ALL_VERBS,
     categories: &["all"],
     strategy: &Pods,
