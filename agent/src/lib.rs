@@ -29,7 +29,7 @@ use keelson_common::DropReason;
 
 use crate::{
     cni::server::{CniServer, CniServerError, EndpointSink},
-    links::{IpRoute, NetOps as _},
+    links::{NetOps as _, Netlink},
     loader::{Datapath, DatapathConfig, LoaderError},
     node::{
         api::ApiError,
@@ -157,7 +157,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     );
     // NodePorts and LoadBalancer IPs are served on the interface that holds the node's
     // address.
-    let (uplink, uplink_ifindex) = IpRoute
+    let (uplink, uplink_ifindex) = Netlink::default()
         .link_with_addr(cfg.node_netns.as_deref(), cfg.node_ip)
         .map_err(AgentError::Uplink)?
         .ok_or(AgentError::NoUplink(cfg.node_ip))?;
@@ -300,7 +300,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             cfg.node_netns.clone(),
             cidr,
             &cfg.data_dir.join("ipam.json"),
-            Arc::new(IpRoute),
+            Arc::new(Netlink::for_namespace(cfg.node_netns.clone())),
             sink,
         )
         .map_err(AgentError::Cni)?;
@@ -327,9 +327,14 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         tasks.spawn(async move {
             (
                 "routing",
-                routing::run(client, name, ns, Arc::new(IpRoute))
-                    .await
-                    .map_err(AgentError::Routing),
+                routing::run(
+                    client,
+                    name,
+                    ns.clone(),
+                    Arc::new(Netlink::for_namespace(ns)),
+                )
+                .await
+                .map_err(AgentError::Routing),
             )
         });
     }

@@ -9,10 +9,12 @@
 use std::{
     fs::File,
     path::{Path, PathBuf},
-    process::Command,
 };
 
-use nix::sched::{CloneFlags, setns};
+use nix::{
+    mount::{MntFlags, MsFlags, mount, umount2},
+    sched::{CloneFlags, setns, unshare},
+};
 
 /// Where named network namespaces live (iproute2's convention).
 pub const NETNS_RUN_DIR: &str = "/run/netns";
@@ -34,14 +36,25 @@ pub enum NetnsError {
     },
     #[error("the thread working in network namespace {0} panicked")]
     Panicked(PathBuf),
-    #[error("running {cmd}")]
-    Spawn {
-        cmd: String,
+    #[error("creating network namespace {path}: {what}")]
+    Create {
+        path: PathBuf,
+        what: &'static str,
         #[source]
         source: std::io::Error,
     },
-    #[error("{cmd} failed: {stderr}")]
-    Command { cmd: String, stderr: String },
+    #[error("bringing up the loopback of network namespace {path}")]
+    Loopback {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::links::LinkError>,
+    },
+    #[error("removing network namespace {path}")]
+    Delete {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs `f` on a thread that has entered the network namespace at `path` (`None`: the
@@ -85,46 +98,126 @@ pub fn named_path(name: &str) -> PathBuf {
 }
 
 /// Creates the named namespace `/run/netns/<name>` unless it exists, and brings its loopback
-/// up. `ip netns add` does the bind mount that keeps an empty namespace alive.
+/// up. As `ip netns add` does: a thread unshares a new network namespace and bind-mounts its
+/// `/proc/thread-self/ns/net` on the file, which keeps the namespace alive with no process in
+/// it (ip-netns(8)); `/run/netns` is made a shared mount first so the mount shows in mount
+/// namespaces created later (iproute2 ip/ipnetns.c: netns_add).
 pub fn create_named(name: &str) -> Result<PathBuf, NetnsError> {
     let path = named_path(name);
     if !path.exists() {
-        run("ip", &["netns", "add", name])?;
+        share_run_dir()?;
+        let fail = |what: &'static str| {
+            let path = path.clone();
+            move |source: nix::Error| NetnsError::Create {
+                path,
+                what,
+                source: source.into(),
+            }
+        };
+        File::create_new(&path)
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Ok(File::open(&path)?)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|source| NetnsError::Create {
+                path: path.clone(),
+                what: "creating the mount point",
+                source,
+            })?;
+        let made = std::thread::scope(|s| {
+            s.spawn(|| {
+                unshare(CloneFlags::CLONE_NEWNET).map_err(fail("unsharing"))?;
+                mount(
+                    Some("/proc/thread-self/ns/net"),
+                    &path,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(fail("bind-mounting"))?;
+                crate::links::bring_up_loopback(None).map_err(|e| NetnsError::Loopback {
+                    path: path.clone(),
+                    source: Box::new(e),
+                })
+            })
+            .join()
+            .map_err(|_| NetnsError::Panicked(path.clone()))?
+        });
+        if let Err(e) = made {
+            let _ = umount2(&path, MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        return Ok(path);
     }
-    run("ip", &["-n", name, "link", "set", "lo", "up"])?;
+    crate::links::bring_up_loopback(Some(&path)).map_err(|e| NetnsError::Loopback {
+        path: path.clone(),
+        source: Box::new(e),
+    })?;
     Ok(path)
 }
 
-/// Removes the named namespace; a missing one is not an error.
+/// Makes `/run/netns` a shared mount point of its own (bind-mounting it on itself the first
+/// time), as iproute2 does before creating a namespace.
+fn share_run_dir() -> Result<(), NetnsError> {
+    let dir = Path::new(NETNS_RUN_DIR);
+    let err = |what: &'static str| {
+        move |source: nix::Error| NetnsError::Create {
+            path: dir.to_owned(),
+            what,
+            source: source.into(),
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(|source| NetnsError::Create {
+        path: dir.to_owned(),
+        what: "creating the directory",
+        source,
+    })?;
+    let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
+    match mount(None::<&str>, dir, Some("none"), shared, None::<&str>) {
+        Ok(()) => Ok(()),
+        // Not a mount point yet.
+        Err(nix::Error::EINVAL) => {
+            mount(
+                Some(dir),
+                dir,
+                Some("none"),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(err("bind-mounting on itself"))?;
+            mount(None::<&str>, dir, Some("none"), shared, None::<&str>)
+                .map_err(err("making it shared"))
+        }
+        Err(e) => Err(err("making it shared")(e)),
+    }
+}
+
+/// Removes the named namespace (`ip netns delete`: detach the bind mount, remove the file);
+/// a missing one is not an error. The namespace itself goes when nothing uses it any more.
 pub fn delete_named(name: &str) -> Result<(), NetnsError> {
-    if !named_path(name).exists() {
+    let path = named_path(name);
+    if !path.exists() {
         return Ok(());
     }
-    run("ip", &["netns", "delete", name])
-}
-
-/// Runs a command to completion, turning a non-zero exit into an error with its stderr.
-pub(crate) fn run(program: &str, args: &[&str]) -> Result<(), NetnsError> {
-    output(program, args).map(|_| ())
-}
-
-/// Runs a command to completion and returns its stdout.
-pub(crate) fn output(program: &str, args: &[&str]) -> Result<String, NetnsError> {
-    let cmd = format!("{program} {}", args.join(" "));
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|source| NetnsError::Spawn {
-            cmd: cmd.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(NetnsError::Command {
-            cmd,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
+    match umount2(&path, MntFlags::MNT_DETACH) {
+        // EINVAL: not mounted (a creation interrupted half-way); the file still goes.
+        Ok(()) | Err(nix::Error::EINVAL) => {}
+        Err(e) => {
+            return Err(NetnsError::Delete {
+                path,
+                source: e.into(),
+            });
+        }
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(NetnsError::Delete { path, source }),
+    }
 }
 
 #[cfg(test)]

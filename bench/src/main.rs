@@ -6,7 +6,9 @@
 //! NetworkPolicy enforcement (`policy`); its `policy-server`/`policy-client` are its Pods'
 //! processes. `cargo xtask bench scheduler` measures the scheduler with 1,000 fake Nodes
 //! (`scheduler`); `cargo xtask bench api` measures the API server and its store against etcd
-//! (`api`); `cargo xtask bench dns` measures the cluster DNS against dnsmasq (`dns`).
+//! (`api`); `cargo xtask bench dns` measures the cluster DNS against dnsmasq (`dns`);
+//! `cargo xtask bench pods` measures what a node costs per Pod: CNI ADD/DEL against the
+//! reference bridge plugin and a Deployment's time to Ready (`pods`).
 
 mod api_bench;
 mod api_bench_load;
@@ -21,6 +23,9 @@ mod kube_proxy_hash;
 mod kube_proxy_iptables;
 mod kube_proxy_nftables;
 mod load;
+mod pods;
+mod pods_cni;
+mod pods_ready;
 mod policy;
 mod policy_cluster;
 mod policy_load;
@@ -192,6 +197,25 @@ enum Cmd {
         #[arg(long, default_value_t = 20000)]
         paced_qps: u64,
     },
+    /// Pods: CNI ADD/DEL latency of `keelson cni` against the reference `bridge` +
+    /// `host-local` plugins, and `kubectl apply` of a Deployment -> all its Pods Ready.
+    Pods {
+        /// Pods (network namespaces) per plugin for the CNI latencies.
+        #[arg(long, default_value_t = 200)]
+        cni_pods: usize,
+        /// Replicas of the Deployment.
+        #[arg(long, default_value_t = 100)]
+        replicas: usize,
+        /// Nodes of the cluster the Deployment runs on.
+        #[arg(long, default_value_t = 2)]
+        nodes: u8,
+        /// Leave out the CNI latencies.
+        #[arg(long)]
+        skip_cni: bool,
+        /// Leave out the Deployment (the part that needs a local cluster).
+        #[arg(long)]
+        skip_ready: bool,
+    },
     /// (internal) The policy bench's server Pod: accept-and-close ports and a stream sink.
     PolicyServer {
         #[arg(long)]
@@ -322,6 +346,25 @@ fn main() -> Result<()> {
             clients,
             paced_qps,
         }),
+        Cmd::Pods {
+            cni_pods,
+            replicas,
+            nodes,
+            skip_cni,
+            skip_ready,
+        } => {
+            let _run = cleanup::Run::start()?;
+            pods::run(
+                &pods::Options {
+                    cni_pods,
+                    replicas,
+                    nodes,
+                    skip_cni,
+                    skip_ready,
+                },
+                std::env::current_exe()?.with_file_name("keelson"),
+            )
+        }
         Cmd::PolicyServer {
             netns,
             cgroup,

@@ -36,6 +36,13 @@ pub enum Error {
     },
     #[error("`{cmd}` failed: {stderr}")]
     Command { cmd: String, stderr: String },
+    /// A step of the network topology (the `ip` command it is equivalent to) failed.
+    #[error("network setup, `{step}`")]
+    Network {
+        step: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

