@@ -149,6 +149,13 @@ fn sweep_leftovers() {
 }
 
 pub fn run(opts: &Options) -> Result<()> {
+    let (measured, rss) = measure(opts)?;
+    print!("{}", dns_report::render(opts, &measured, rss));
+    Ok(())
+}
+
+/// Both servers' windows and, after them, their RSS in KiB (keelson's, dnsmasq's).
+pub fn measure(opts: &Options) -> Result<(Measured, Option<(u64, u64)>)> {
     sweep_leftovers();
     for tool in ["dnsperf", "dnsmasq"] {
         ensure!(
@@ -291,10 +298,9 @@ pub fn run(opts: &Options) -> Result<()> {
         dnsmasq.check_alive()?;
     }
     let rss = rss_kib(keelson_dns.child.id()).zip(rss_kib(dnsmasq.child.id()));
-    print!("{}", dns_report::render(opts, &measured, rss));
     drop((keelson_dns, dnsmasq, server));
     drop(dir);
-    Ok(())
+    Ok((measured, rss))
 }
 
 /// One dnsperf window; `verbose` records every latency (dnsperf prints one line per answer).

@@ -123,6 +123,70 @@ fn summary(windows: &[(Window, Window)]) -> Summary {
     }
 }
 
+/// The DNS part of `bench pods`: the same medians as [`render`] as one report section.
+pub fn section(opts: &Options, m: &Measured) -> crate::pods::Section {
+    use crate::pods::{Row, Section};
+    let k = summary(&m.keelson);
+    let d = summary(&m.dnsmasq);
+    let ratio = k.qps / d.qps;
+    let met = |ok: bool| if ok { "yes" } else { "NO" }.to_owned();
+    let rows = vec![
+        Row {
+            metric: format!(
+                "DNS queries/s ({} Services, -q {})",
+                opts.services, opts.outstanding
+            ),
+            keelson: format!("{:.0}", k.qps),
+            baseline: format!("{:.0}", d.qps),
+            ratio: format!("{ratio:.2}"),
+            goal: "keelson >= 1x dnsmasq".into(),
+            met: met(ratio >= 1.0),
+        },
+        Row {
+            metric: format!("DNS p99 (ms, paced at {} q/s)", opts.paced_qps),
+            keelson: format!("{:.3}", k.p99_paced),
+            baseline: format!("{:.3}", d.p99_paced),
+            ratio: format!("{:.2}", k.p99_paced / d.p99_paced),
+            goal: "keelson <= 2 ms".into(),
+            met: met(k.p99_paced <= 2.0),
+        },
+        Row {
+            metric: "DNS p99 (ms, saturating)".into(),
+            keelson: format!("{:.3}", k.p99_full),
+            baseline: format!("{:.3}", d.p99_full),
+            ratio: format!("{:.2}", k.p99_full / d.p99_full),
+            ..Row::default()
+        },
+        Row {
+            metric: "DNS queries lost".into(),
+            keelson: k.lost.to_string(),
+            baseline: d.lost.to_string(),
+            ..Row::default()
+        },
+    ];
+    Section {
+        key: "dns",
+        title: format!(
+            "DNS, `keelson dns` vs dnsmasq, dnsperf on loopback, {} rounds of {} s (medians)",
+            opts.rounds, opts.seconds
+        ),
+        baseline: "dnsmasq",
+        rows,
+        json: json!({
+            "services": opts.services,
+            "keelson_qps": k.qps.round(),
+            "dnsmasq_qps": d.qps.round(),
+            "ratio": (ratio * 1000.0).round() / 1000.0,
+            "keelson_p99_paced_ms": k.p99_paced,
+            "dnsmasq_p99_paced_ms": d.p99_paced,
+            "keelson_p99_ms": k.p99_full,
+            "dnsmasq_p99_ms": d.p99_full,
+            "keelson_lost": k.lost,
+            "dnsmasq_lost": d.lost,
+        }),
+    }
+}
+
 /// The table and the `BENCH_JSON` line.
 pub fn render(opts: &Options, m: &Measured, rss_kib: Option<(u64, u64)>) -> String {
     let k = summary(&m.keelson);

@@ -215,6 +215,18 @@ enum Cmd {
         /// Leave out the Deployment (the part that needs a local cluster).
         #[arg(long)]
         skip_ready: bool,
+        /// Leave out the DNS part.
+        #[arg(long)]
+        skip_dns: bool,
+        /// Services (A records) the DNS part serves.
+        #[arg(long, default_value_t = 1000)]
+        dns_services: usize,
+        /// Seconds per dnsperf window.
+        #[arg(long, default_value_t = 10)]
+        dns_seconds: u64,
+        /// dnsperf windows per DNS server, taking turns.
+        #[arg(long, default_value_t = 3)]
+        dns_rounds: usize,
     },
     /// (internal) The policy bench's server Pod: accept-and-close ports and a stream sink.
     PolicyServer {
@@ -352,6 +364,10 @@ fn main() -> Result<()> {
             nodes,
             skip_cni,
             skip_ready,
+            skip_dns,
+            dns_services,
+            dns_seconds,
+            dns_rounds,
         } => {
             let _run = cleanup::Run::start()?;
             pods::run(
@@ -361,6 +377,14 @@ fn main() -> Result<()> {
                     nodes,
                     skip_cni,
                     skip_ready,
+                    dns: (!skip_dns).then_some(dns::Options {
+                        services: dns_services,
+                        seconds: dns_seconds,
+                        rounds: dns_rounds.max(1),
+                        outstanding: 100,
+                        clients: 4,
+                        paced_qps: 20_000,
+                    }),
                 },
                 std::env::current_exe()?.with_file_name("keelson"),
             )

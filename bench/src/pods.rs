@@ -2,7 +2,8 @@
 //! a table with its goals and its part of the one `BENCH_JSON` line: CNI ADD/DEL latency of
 //! `keelson cni` against the reference `bridge` + `host-local` plugins
 //! ([`pods_cni`](crate::pods_cni)), and the time from `kubectl apply` of a Deployment to all
-//! its Pods Ready ([`pods_ready`](crate::pods_ready)). Another measurement of the Pods' view
+//! its Pods Ready ([`pods_ready`](crate::pods_ready)), and DNS queries/s and p99 of `keelson dns`
+//! against dnsmasq ([`dns`](crate::dns)). Another measurement of the Pods' view
 //! of the node is one more [`Section`] pushed in [`run`].
 
 use std::{path::PathBuf, time::Duration};
@@ -28,6 +29,8 @@ pub struct Options {
     pub nodes: u8,
     pub skip_cni: bool,
     pub skip_ready: bool,
+    /// The DNS part (`None`: left out).
+    pub dns: Option<crate::dns::Options>,
 }
 
 /// One table row: the metric, keelson's figure, the baseline's, their ratio, the goal and
@@ -188,7 +191,7 @@ pub fn render(sections: &[Section]) -> String {
 /// Runs every section asked for and prints the report.
 pub fn run(opts: &Options, keelson_bin: PathBuf) -> Result<()> {
     ensure!(
-        !(opts.skip_cni && opts.skip_ready),
+        !(opts.skip_cni && opts.skip_ready && opts.dns.is_none()),
         "nothing to measure: both parts are skipped"
     );
     let mut sections = Vec::new();
@@ -199,6 +202,10 @@ pub fn run(opts: &Options, keelson_bin: PathBuf) -> Result<()> {
     if !opts.skip_ready {
         let f = pods_ready::measure(opts.replicas, opts.nodes, &keelson_bin)?;
         sections.push(ready_section(&f));
+    }
+    if let Some(dns) = &opts.dns {
+        let (measured, _) = crate::dns::measure(dns)?;
+        sections.push(crate::dns_report::section(dns, &measured));
     }
     print!("{}", render(&sections));
     Ok(())

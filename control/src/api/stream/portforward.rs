@@ -320,6 +320,8 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
                 tokio::spawn(async move {
+                    // tungstenite's handshake callback returns its own `ErrorResponse` type.
+                    #[allow(clippy::result_large_err)]
                     let pick = |_: &Request, mut resp: Response| {
                         resp.headers_mut().insert(
                             "Sec-WebSocket-Protocol",
