@@ -212,7 +212,7 @@ fn exec_cp_port_forward_attach_and_logs_with_kubectl() {
 
     // -it: a terminal of its own, sized from kubectl's (script(1) gives kubectl a pty).
     let cmd = format!(
-        "stty cols 97 rows 23; KUBECONFIG={} {} exec -it web -- sh -c 'test -t 0 && echo TTY-OK; stty size; exit 4'",
+        "stty cols 97 rows 23; KUBECONFIG={} {} exec -it web -- sh -c 'test -t 0 && echo TTY-OK; echo HOST=$(hostname); hostname -I; stty size; exit 4'",
         c.kubeconfig.display(),
         kubectl().display()
     );
@@ -224,6 +224,9 @@ fn exec_cp_port_forward_attach_and_logs_with_kubectl() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("TTY-OK"), "{}", output_text(&out));
     assert!(text.contains("23 97"), "{}", output_text(&out));
+    // The shell is in the Pod's UTS and network namespaces: its hostname and its IP.
+    assert!(text.contains("HOST=web"), "{}", output_text(&out));
+    assert!(text.contains(&ip), "{}", output_text(&out));
     assert_eq!(out.status.code(), Some(4), "{}", output_text(&out));
 
     // cp in and out (kubectl runs tar through exec both ways).
