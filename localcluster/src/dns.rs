@@ -12,13 +12,13 @@ use std::{
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{Secret, Service},
+        core::v1::{Pod, Secret, Service},
     },
     serde::de::DeserializeOwned,
 };
 use kube::{
     Api, Resource,
-    api::{Patch, PatchParams},
+    api::{ListParams, LogParams, Patch, PatchParams},
 };
 use serde_json::json;
 
@@ -244,8 +244,68 @@ async fn wait_available(client: &kube::Client) -> Result<(), Error> {
     Err(Error::Timeout {
         what: format!("Deployment {NAMESPACE}/{DEPLOYMENT} to be Available ({last})"),
         secs: AVAILABLE_TIMEOUT.as_secs(),
-        logs: String::new(),
+        logs: pods_report(client).await,
     })
+}
+
+/// Each DNS Pod's node, phase, readiness and container state with the tail of its log: what
+/// a user would read with `kubectl get pods -o wide`, `describe` and `logs` after a timeout.
+async fn pods_report(client: &kube::Client) -> String {
+    let (k, v) = APP_LABEL;
+    let api: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let pods = match api
+        .list(&ListParams::default().labels(&format!("{k}={v}")))
+        .await
+    {
+        Ok(list) => list.items,
+        Err(e) => return format!("--- listing the DNS Pods failed: {e} ---"),
+    };
+    let mut out = Vec::new();
+    for pod in pods {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let status = pod.status.clone().unwrap_or_default();
+        let conditions: Vec<String> = status
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| format!("{}={}", c.type_, c.status))
+            .collect();
+        let containers: Vec<String> = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .map(|c| {
+                format!(
+                    "{} ready={} restarts={} state={}",
+                    c.name,
+                    c.ready,
+                    c.restart_count,
+                    serde_json::to_string(&c.state).unwrap_or_default()
+                )
+            })
+            .collect();
+        let log = api
+            .logs(
+                &name,
+                &LogParams {
+                    tail_lines: Some(15),
+                    ..LogParams::default()
+                },
+            )
+            .await
+            .unwrap_or_else(|e| format!("(logs: {e})"));
+        out.push(format!(
+            "--- Pod {NAMESPACE}/{name} on {} phase={} ip={} [{}] {} ---\n{}",
+            node.as_deref().unwrap_or("<unscheduled>"),
+            status.phase.as_deref().unwrap_or("?"),
+            status.pod_ip.as_deref().unwrap_or("-"),
+            conditions.join(" "),
+            containers.join("; "),
+            log.trim_end()
+        ));
+    }
+    out.join("\n")
 }
 
 #[cfg(test)]

@@ -211,12 +211,15 @@ async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
     )
     .await
     .map_err(|e| match e {
-        Error::Timeout { what, secs, .. } => Error::Timeout {
+        Error::Timeout { what, secs, logs } => Error::Timeout {
             what,
             secs,
-            logs: nodes
-                .iter()
-                .map(|n| log_tail(&data_dir.join("nodes").join(n).join("agent.log"), 20))
+            logs: std::iter::once(logs)
+                .chain(
+                    nodes
+                        .iter()
+                        .map(|n| log_tail(&data_dir.join("nodes").join(n).join("agent.log"), 20)),
+                )
                 .collect::<Vec<_>>()
                 .join("\n"),
         },

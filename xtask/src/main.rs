@@ -29,6 +29,8 @@ const APT_PACKAGES: &[&str] = &[
     // The `api` bench's anchor (etcd 3.4) and what its etcd client's build needs.
     "etcd-server",
     "protobuf-compiler",
+    // protoc's well-known types (google/protobuf/descriptor.proto), imported by etcd's protos.
+    "libprotobuf-dev",
     // Cluster DNS: `dig` for the DNS tests, dnsperf and dnsmasq (its binary only, no system
     // service that would take port 53) for `cargo xtask bench dns`.
     "dnsutils",
