@@ -201,6 +201,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             }
         });
     }
+    let (services_synced, services_synced_rx) = tokio::sync::watch::channel(false);
     {
         let (client, dp) = (client.clone(), Arc::clone(&dp));
         let node = services::plan::NodeContext {
@@ -211,7 +212,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         tasks.spawn(async move {
             (
                 "services",
-                services::run(client, dp, node)
+                services::run(client, dp, node, services_synced)
                     .await
                     .map_err(AgentError::Services),
             )
@@ -354,7 +355,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         };
         let client = client.clone();
         tasks.spawn(async move {
-            pods::run(client, pods_cfg).await;
+            pods::run(client, pods_cfg, services_synced_rx).await;
             ("pods", Ok(()))
         });
     }

@@ -294,10 +294,14 @@ impl Programmer {
 /// A change is programmed as soon as it arrives when the loop is idle; changes that arrive
 /// while a pass runs are all taken into the next one, so a burst is batched by the cost of a
 /// pass itself and a lone change waits for nothing.
+///
+/// `synced` turns true after the first pass that programmed the initial lists: the Pods of
+/// this node start only then (see `node::pods::run`).
 pub async fn run(
     client: kube::Client,
     dp: Arc<Datapath>,
     node: plan::NodeContext,
+    synced: tokio::sync::watch::Sender<bool>,
 ) -> Result<(), ServicesError> {
     let svc_watch = watcher(
         Api::<Service>::all(client.clone()),
@@ -361,8 +365,16 @@ pub async fn run(
         if programmer.needs_read() {
             next_resync = Instant::now() + RESYNC;
         }
-        if let Err(e) = programmer.pass(&dp).await {
-            tracing::error!(error = %e, source = ?std::error::Error::source(&e), "programming services failed; retrying");
+        match programmer.pass(&dp).await {
+            Ok(_) => {
+                if !*synced.borrow() {
+                    tracing::info!("services programmed from the initial lists");
+                    synced.send_replace(true);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "programming services failed; retrying");
+            }
         }
         for (port, e) in health.sync(&programmer.health()) {
             tracing::warn!(port, error = %e, "healthCheckNodePort not served; retrying");

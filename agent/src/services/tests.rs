@@ -490,7 +490,13 @@ async fn run_programs_the_maps_from_the_api() {
     let (url, server) = fake_api(vec![s], vec![eps]).await;
     let config = kube::Config::new(url.parse().expect("url"));
     let client = kube::Client::try_from(config).expect("client");
-    let task = tokio::spawn(super::run(client, dp.clone(), NodeContext::default()));
+    let (synced, mut synced_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(super::run(
+        client,
+        dp.clone(),
+        NodeContext::default(),
+        synced,
+    ));
 
     let f = fe([10, 96, 0, 53], 53, Proto::Udp);
     let want = vec![Some(be([10, 244, 1, 7], 5353, Proto::Udp))];
@@ -506,6 +512,14 @@ async fn run_programs_the_maps_from_the_api() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // The maps hold the initial lists: the Pods of the node may start.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        synced_rx.wait_for(|s| *s),
+    )
+    .await
+    .expect("synced in time")
+    .expect("sender alive");
     task.abort();
     let _ = task.await;
     server.abort();

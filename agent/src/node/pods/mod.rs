@@ -103,6 +103,18 @@ pub enum PodError {
     #[error("pod state")]
     Process(#[from] process::ProcessError),
 }
+async fn wait_services_synced(mut synced: watch::Receiver<bool>) {
+    match tokio::time::timeout(SERVICES_SYNC_WAIT, synced.wait_for(|s| *s)).await {
+        Ok(Ok(_)) => {}
+        // The services loop ended: the agent is stopping with it.
+        Ok(Err(_)) => {}
+        Err(_) => tracing::warn!(
+            waited_s = SERVICES_SYNC_WAIT.as_secs(),
+            "services not programmed yet; starting pods anyway"
+        ),
+    }
+}
+
 /// Removes sandboxes of Pods that no longer exist (deleted while the agent was down).
 async fn cleanup_orphans(
     cfg: &PodRuntimeConfig,
@@ -124,8 +136,17 @@ async fn cleanup_orphans(
     }
 }
 
-/// Runs the Pods bound to this node until the task is dropped.
-pub async fn run(client: Client, cfg: PodRuntimeConfig) {
+/// How long Pods wait for the first Services pass before they start regardless.
+const SERVICES_SYNC_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs the Pods bound to this node until the task is dropped. Pods start once
+/// `services_synced` is true (or after [`SERVICES_SYNC_WAIT`]): the connect4 hook translates
+/// a ClusterIP once, at connect(), so a Pod that connects to a Service (the API server's,
+/// say) before the node's first Services pass keeps a socket to the bare ClusterIP until its
+/// connect times out. Cilium holds endpoint creation until its Kubernetes caches have synced
+/// for the same reason.
+pub async fn run(client: Client, cfg: PodRuntimeConfig, services_synced: watch::Receiver<bool>) {
+    wait_services_synced(services_synced).await;
     let cfg = Arc::new(cfg);
     let api: Api<Pod> = Api::all(client.clone());
     let selector = format!("spec.nodeName={}", cfg.node_name);
