@@ -24,7 +24,9 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, ProgramFd, ProgramInfo,
-        SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions,
+        SchedClassifier, TcAttachType,
+        links::FdLink,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
     },
 };
 use keelson_common::{EndpointInfo, NodeConfig, limits, names, paths, policy::policy_state_flags};
@@ -39,6 +41,16 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// The socket-level load balancer's programs, in attach order. The v6 hooks translate
 /// IPv4-mapped destinations of AF_INET6 sockets.
+/// The programs on a Pod's host veth: from the Pod (the veth's ingress) and to it (egress).
+const ENDPOINT_PROGRAMS: [(&str, TcAttachType); 2] = [
+    (names::PROG_FROM_CONTAINER, TcAttachType::Ingress),
+    (names::PROG_TO_CONTAINER, TcAttachType::Egress),
+];
+/// The tc priority and handle of the endpoint filters: fixed, so a restarted agent finds and
+/// replaces its own filters and an operator's `tc filter show` names them.
+const ENDPOINT_TC_PRIORITY: u16 = 1;
+const ENDPOINT_TC_HANDLE: TcHandle = TcHandle::new(0, 1);
+
 pub const SOCK_PROGRAMS: [&str; 8] = [
     names::PROG_CONNECT4,
     names::PROG_SENDMSG4,
@@ -249,21 +261,104 @@ impl Datapath {
             })
             .map_err(LoaderError::Maps)?;
         let mut ebpf = self.lock_ebpf();
-        for (name, hook) in [
-            (names::PROG_FROM_CONTAINER, TcAttachType::Ingress),
-            (names::PROG_TO_CONTAINER, TcAttachType::Egress),
-        ] {
-            let link_path = self.endpoint_link_path(name, ep.ip);
-            self.attach_tc(
-                &mut ebpf,
-                name,
-                hook,
-                &ep.host_ifname,
-                ep.host_ifindex,
-                &link_path,
-            )?;
+        for (name, hook) in ENDPOINT_PROGRAMS {
+            self.attach_endpoint_tc(&mut ebpf, name, hook, &ep.host_ifname)?;
+            // A tcx link an earlier agent pinned for this address goes: one copy of the
+            // program per direction.
+            remove_pin(&self.endpoint_link_path(name, ep.ip))?;
         }
         Ok(())
+    }
+
+    /// Attaches `name` to a Pod's host veth as a cls_bpf filter in direct-action mode on the
+    /// veth's clsact qdisc, or swaps it into the filter already there (an agent restart: the
+    /// filter is replaced in place, so the veth is never without its program).
+    ///
+    /// Not tcx, which the uplink uses: every tcx attach waits for an RCU grace period with
+    /// the RTNL held (kernel/bpf/tcx.c `tcx_entry_sync`), 10-30 ms here, twice per Pod and
+    /// serialised with every other link change of the node; a cls_bpf filter on a fresh
+    /// clsact qdisc costs no grace period.
+    fn attach_endpoint_tc(
+        &self,
+        ebpf: &mut Ebpf,
+        name: &'static str,
+        hook: TcAttachType,
+        ifname: &str,
+    ) -> Result<(), LoaderError> {
+        let prog: &mut SchedClassifier = program_mut(ebpf, name)?;
+        sys::in_netns(self.cfg.node_netns.as_deref(), || {
+            // EEXIST when the qdisc is there already (a restart); a real failure shows in
+            // the attach below.
+            let _ = tc::qdisc_add_clsact(ifname);
+            let created = prog.attach_with_options(
+                ifname,
+                hook,
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: ENDPOINT_TC_PRIORITY,
+                    handle: ENDPOINT_TC_HANDLE,
+                    classid: None,
+                }),
+            );
+            let id = match created {
+                Ok(id) => id,
+                Err(_) => {
+                    let existing = SchedClassifierLink::attached(
+                        ifname,
+                        hook,
+                        ENDPOINT_TC_PRIORITY,
+                        ENDPOINT_TC_HANDLE,
+                        None,
+                    )
+                    .map_err(|source| LoaderError::Io {
+                        what: "no such interface",
+                        path: ifname.to_owned(),
+                        source,
+                    })?;
+                    prog.attach_to_link(existing)
+                        .map_err(|source| LoaderError::Program { name, source })?
+                }
+            };
+            let link = prog
+                .take_link(id)
+                .map_err(|source| LoaderError::Program { name, source })?;
+            // The filter belongs to the veth, not to this process: dropping the link would
+            // detach it, and it must stay when the agent exits (Pods keep running).
+            std::mem::forget(link);
+            Ok(())
+        })
+        .map_err(|source| LoaderError::Io {
+            what: "cannot enter network namespace",
+            path: format!("{:?}", self.cfg.node_netns),
+            source,
+        })?
+    }
+
+    /// Detaches the endpoint programs from the interface `ifindex` of the node's namespace,
+    /// if it still exists (a veth that is gone took its filters with it).
+    fn detach_endpoint_tc(&self, ifindex: u32) -> Result<(), LoaderError> {
+        sys::in_netns(self.cfg.node_netns.as_deref(), || {
+            let Ok(ifname) = nix::net::if_::if_indextoname(ifindex) else {
+                return;
+            };
+            let ifname = ifname.to_string_lossy();
+            for (_, hook) in ENDPOINT_PROGRAMS {
+                if let Ok(link) = SchedClassifierLink::attached(
+                    &ifname,
+                    hook,
+                    ENDPOINT_TC_PRIORITY,
+                    ENDPOINT_TC_HANDLE,
+                    None,
+                ) {
+                    // ENOENT: the filter (or the veth) went meanwhile.
+                    let _ = aya::programs::Link::detach(link);
+                }
+            }
+        })
+        .map_err(|source| LoaderError::Io {
+            what: "cannot enter network namespace",
+            path: format!("{:?}", self.cfg.node_netns),
+            source,
+        })
     }
 
     /// Attaches the uplink program to the node's interface `ifname` (the one holding
@@ -375,10 +470,18 @@ impl Datapath {
 
     /// Forgets an endpoint (its veth, and so its tc links, are gone with the Pod's netns).
     pub fn remove_endpoint(&self, ip: Ipv4Addr) -> Result<(), LoaderError> {
-        self.maps
-            .run_blocking(move |m| m.delete_endpoint(ip))
+        let old = self
+            .maps
+            .run_blocking(move |m| {
+                let old = m.endpoint(ip)?;
+                m.delete_endpoint(ip)?;
+                Ok(old)
+            })
             .map_err(LoaderError::Maps)?;
-        // Unpinning releases the links: the programs leave the veth if it still exists.
+        if let Some(old) = old {
+            self.detach_endpoint_tc(old.ifindex)?;
+        }
+        // Tcx links an earlier agent pinned: unpinning releases them.
         remove_pin(&self.endpoint_link_path(names::PROG_TO_CONTAINER, ip))?;
         remove_pin(&self.endpoint_link_path(names::PROG_FROM_CONTAINER, ip))
     }
@@ -458,10 +561,18 @@ impl Datapath {
     /// The kernel's info on each socket hook program (its id and, while BPF_STATS_RUN_TIME
     /// is enabled, its accumulated run time and run count), by program name.
     pub fn sock_program_infos(&self) -> Result<Vec<(&'static str, ProgramInfo)>, LoaderError> {
+        self.program_infos(&CGROUP_PROGRAMS)
+    }
+
+    /// The kernel's info on each of the programs `names` (see [`Self::sock_program_infos`]).
+    pub fn program_infos(
+        &self,
+        names: &[&'static str],
+    ) -> Result<Vec<(&'static str, ProgramInfo)>, LoaderError> {
         let ebpf = self.lock_ebpf();
-        CGROUP_PROGRAMS
-            .into_iter()
-            .map(|name| {
+        names
+            .iter()
+            .map(|&name| {
                 let prog = ebpf.program(name).ok_or_else(|| {
                     LoaderError::Other(format!("program {name} is missing from the object"))
                 })?;
