@@ -326,28 +326,14 @@ impl CniServer {
             .link(node, host)
             .map_err(link_err("reading the host veth"))?
             .ok_or_else(|| missing("host veth"))?;
-        let pod_link = net
-            .link(pod, ifname)
-            .map_err(link_err("reading the pod interface"))?
-            .ok_or_else(|| missing("pod interface"))?;
         let pod_addr = Ipv4Network::new(ip, 32)
             .map_err(|e| CniError::new(code::IPAM_FAILURE, "bad address", e.to_string()))?;
-        net.set_up(pod, "lo")
-            .map_err(link_err("bringing up the pod loopback"))?;
-        net.add_addr(pod, ifname, pod_addr)
-            .map_err(link_err("adding the pod address"))?;
-        net.set_up(pod, ifname)
-            .map_err(link_err("bringing up the pod interface"))?;
-        net.set_up(node, host)
-            .map_err(link_err("bringing up the host veth"))?;
         let gw = Route {
             dst: host_route(GATEWAY),
             via: None,
             dev: Some(ifname.to_owned()),
             scope_link: true,
         };
-        net.replace_route(pod, &gw)
-            .map_err(link_err("adding the pod's gateway route"))?;
         let default = Route {
             dst: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0)
                 .map_err(|e| CniError::new(code::INTERFACE_FAILURE, "route", e.to_string()))?,
@@ -355,10 +341,48 @@ impl CniServer {
             dev: Some(ifname.to_owned()),
             scope_link: false,
         };
-        net.replace_route(pod, &default)
-            .map_err(link_err("adding the pod's default route"))?;
-        net.replace_neigh(pod, GATEWAY, host_link.mac, ifname)
-            .map_err(link_err("adding the gateway neighbour"))?;
+        // The Pod side in one entry of its namespace.
+        let mut pod_link = None;
+        let mut failed = None;
+        net.in_namespace(pod, &mut |pod_net| {
+            let step =
+                |what: &'static str, r: Result<(), LinkError>| r.map_err(|e| link_err(what)(e));
+            let mut run = || -> Result<(), CniError> {
+                pod_link = Some(
+                    pod_net
+                        .link(pod, ifname)
+                        .map_err(link_err("reading the pod interface"))?
+                        .ok_or_else(|| missing("pod interface"))?,
+                );
+                step("bringing up the pod loopback", pod_net.set_up(pod, "lo"))?;
+                step(
+                    "adding the pod address",
+                    pod_net.add_addr(pod, ifname, pod_addr),
+                )?;
+                step("bringing up the pod interface", pod_net.set_up(pod, ifname))?;
+                step(
+                    "adding the pod's gateway route",
+                    pod_net.replace_route(pod, &gw),
+                )?;
+                step(
+                    "adding the pod's default route",
+                    pod_net.replace_route(pod, &default),
+                )?;
+                step(
+                    "adding the gateway neighbour",
+                    pod_net.replace_neigh(pod, GATEWAY, host_link.mac, ifname),
+                )
+            };
+            failed = run().err();
+            Ok(())
+        })
+        .map_err(link_err("entering the pod namespace"))?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let pod_link = pod_link.ok_or_else(|| missing("pod interface"))?;
+        net.set_up(node, host)
+            .map_err(link_err("bringing up the host veth"))?;
         let to_pod = Route {
             dst: pod_addr,
             via: None,

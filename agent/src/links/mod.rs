@@ -119,6 +119,15 @@ pub trait NetOps: Send + Sync {
     ) -> Result<(), LinkError>;
     /// Writes an IPv4 sysctl of the namespace (`net.ipv4.<key>`), e.g. `ip_forward`.
     fn set_ipv4_sysctl(&self, ns: Option<&Path>, key: &str, value: &str) -> Result<(), LinkError>;
+    /// Runs `f` with operations in `ns` that share one connection to that namespace, closed
+    /// when `f` returns: a run of changes in a Pod's namespace enters it once, not once per
+    /// change. Operations in other namespaces through the handle `f` gets work too, each on
+    /// a connection of its own.
+    fn in_namespace(
+        &self,
+        ns: Option<&Path>,
+        f: &mut dyn FnMut(&dyn NetOps) -> Result<(), LinkError>,
+    ) -> Result<(), LinkError>;
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.

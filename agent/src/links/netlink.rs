@@ -449,4 +449,22 @@ impl NetOps for Netlink {
             source,
         })
     }
+
+    fn in_namespace(
+        &self,
+        ns: Option<&Path>,
+        f: &mut dyn FnMut(&dyn NetOps) -> Result<(), LinkError>,
+    ) -> Result<(), LinkError> {
+        if self.kept.0.as_deref() == ns {
+            return f(self);
+        }
+        // Dropped (and so closed) on return: the socket holds a reference on the namespace.
+        let scoped = Self {
+            kept: (
+                ns.map(Path::to_owned),
+                Mutex::new(Some(NlSocket::open(ns)?)),
+            ),
+        };
+        f(&scoped)
+    }
 }
