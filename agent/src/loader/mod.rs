@@ -39,8 +39,6 @@ use crate::services::model::{LbState, MapOp};
 /// The eBPF object built from `ebpf/` by the build script.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keelson"));
 
-/// The socket-level load balancer's programs, in attach order. The v6 hooks translate
-/// IPv4-mapped destinations of AF_INET6 sockets.
 /// The programs on a Pod's host veth: from the Pod (the veth's ingress) and to it (egress).
 const ENDPOINT_PROGRAMS: [(&str, TcAttachType); 2] = [
     (names::PROG_FROM_CONTAINER, TcAttachType::Ingress),
@@ -51,6 +49,8 @@ const ENDPOINT_PROGRAMS: [(&str, TcAttachType); 2] = [
 const ENDPOINT_TC_PRIORITY: u16 = 1;
 const ENDPOINT_TC_HANDLE: TcHandle = TcHandle::new(0, 1);
 
+/// The socket-level load balancer's programs, in attach order. The v6 hooks translate
+/// IPv4-mapped destinations of AF_INET6 sockets.
 pub const SOCK_PROGRAMS: [&str; 8] = [
     names::PROG_CONNECT4,
     names::PROG_SENDMSG4,
@@ -468,7 +468,8 @@ impl Datapath {
         Ok(())
     }
 
-    /// Forgets an endpoint (its veth, and so its tc links, are gone with the Pod's netns).
+    /// Forgets an endpoint and takes its filters off its veth if the veth is still there
+    /// (usually it went with the Pod's netns, and its filters with it).
     pub fn remove_endpoint(&self, ip: Ipv4Addr) -> Result<(), LoaderError> {
         let old = self
             .maps
