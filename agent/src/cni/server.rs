@@ -341,45 +341,29 @@ impl CniServer {
             dev: Some(ifname.to_owned()),
             scope_link: false,
         };
-        // The Pod side in one entry of its namespace.
+        // The Pod side in one entry of its namespace; `stage` names the step that failed.
         let mut pod_link = None;
-        let mut failed = None;
+        let mut stage = "entering the pod namespace";
         net.in_namespace(pod, &mut |pod_net| {
-            let step =
-                |what: &'static str, r: Result<(), LinkError>| r.map_err(|e| link_err(what)(e));
-            let mut run = || -> Result<(), CniError> {
-                pod_link = Some(
-                    pod_net
-                        .link(pod, ifname)
-                        .map_err(link_err("reading the pod interface"))?
-                        .ok_or_else(|| missing("pod interface"))?,
-                );
-                step("bringing up the pod loopback", pod_net.set_up(pod, "lo"))?;
-                step(
-                    "adding the pod address",
-                    pod_net.add_addr(pod, ifname, pod_addr),
-                )?;
-                step("bringing up the pod interface", pod_net.set_up(pod, ifname))?;
-                step(
-                    "adding the pod's gateway route",
-                    pod_net.replace_route(pod, &gw),
-                )?;
-                step(
-                    "adding the pod's default route",
-                    pod_net.replace_route(pod, &default),
-                )?;
-                step(
-                    "adding the gateway neighbour",
-                    pod_net.replace_neigh(pod, GATEWAY, host_link.mac, ifname),
-                )
-            };
-            failed = run().err();
-            Ok(())
+            stage = "reading the pod interface";
+            pod_link = pod_net.link(pod, ifname)?;
+            if pod_link.is_none() {
+                return Ok(());
+            }
+            stage = "bringing up the pod loopback";
+            pod_net.set_up(pod, "lo")?;
+            stage = "adding the pod address";
+            pod_net.add_addr(pod, ifname, pod_addr)?;
+            stage = "bringing up the pod interface";
+            pod_net.set_up(pod, ifname)?;
+            stage = "adding the pod's gateway route";
+            pod_net.replace_route(pod, &gw)?;
+            stage = "adding the pod's default route";
+            pod_net.replace_route(pod, &default)?;
+            stage = "adding the gateway neighbour";
+            pod_net.replace_neigh(pod, GATEWAY, host_link.mac, ifname)
         })
-        .map_err(link_err("entering the pod namespace"))?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
+        .map_err(|e| link_err(stage)(e))?;
         let pod_link = pod_link.ok_or_else(|| missing("pod interface"))?;
         net.set_up(node, host)
             .map_err(link_err("bringing up the host veth"))?;

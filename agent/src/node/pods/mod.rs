@@ -103,17 +103,6 @@ pub enum PodError {
     #[error("pod state")]
     Process(#[from] process::ProcessError),
 }
-async fn wait_services_synced(mut synced: watch::Receiver<bool>) {
-    match tokio::time::timeout(SERVICES_SYNC_WAIT, synced.wait_for(|s| *s)).await {
-        Ok(Ok(_)) => {}
-        // The services loop ended: the agent is stopping with it.
-        Ok(Err(_)) => {}
-        Err(_) => tracing::warn!(
-            waited_s = SERVICES_SYNC_WAIT.as_secs(),
-            "services not programmed yet; starting pods anyway"
-        ),
-    }
-}
 
 /// Removes sandboxes of Pods that no longer exist (deleted while the agent was down).
 async fn cleanup_orphans(
@@ -138,6 +127,18 @@ async fn cleanup_orphans(
 
 /// How long Pods wait for the first Services pass before they start regardless.
 const SERVICES_SYNC_WAIT: Duration = Duration::from_secs(30);
+
+async fn wait_services_synced(mut synced: watch::Receiver<bool>) {
+    match tokio::time::timeout(SERVICES_SYNC_WAIT, synced.wait_for(|s| *s)).await {
+        Ok(Ok(_)) => {}
+        // The services loop ended: the agent is stopping with it.
+        Ok(Err(_)) => {}
+        Err(_) => tracing::warn!(
+            waited_s = SERVICES_SYNC_WAIT.as_secs(),
+            "services not programmed yet; starting pods anyway"
+        ),
+    }
+}
 
 /// Runs the Pods bound to this node until the task is dropped. Pods start once
 /// `services_synced` is true (or after [`SERVICES_SYNC_WAIT`]): the connect4 hook translates
