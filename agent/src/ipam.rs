@@ -186,10 +186,13 @@ impl Ipam {
             path: self.path.clone(),
             source,
         })?;
-        // Write-then-rename keeps the file whole if the agent dies mid-write.
+        // Write-then-rename keeps the file whole if the agent dies mid-write. No fsync: the
+        // page cache outlives an agent crash, and a machine crash ends every Pod network
+        // namespace the file describes (the sandboxes are made again after a reboot), so the
+        // state only has to survive the agent, as host-local's files (written without fsync)
+        // do. The fsync was 0.6 ms of every CNI ADD and DEL.
         let mut f = fs::File::create(&tmp).map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
         fs::rename(&tmp, &self.path).map_err(io)
     }
 }
