@@ -18,6 +18,7 @@ pub mod maglev;
 pub mod model;
 pub mod plan;
 pub mod programmed;
+pub mod sockdiag;
 pub mod teardown;
 
 use std::{

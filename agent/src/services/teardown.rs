@@ -13,15 +13,14 @@
 //! Sockets live in the namespaces of the processes that own them: those of every process in
 //! the node's cgroup subtree (the Pods), plus the node namespace itself. The namespaces are
 //! found here; the destroying goes through the narrow [`SocketDestroyer`] trait, implemented
-//! by iproute2's `ss -K` run inside each namespace with `nsenter --net`.
+//! on sock_diag netlink messages by [`super::sockdiag`].
 
 use std::{
     collections::BTreeSet,
     fs, io,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use super::model::{BackendAddr, Proto};
@@ -49,76 +48,6 @@ pub trait SocketDestroyer {
     /// Destroys every `proto` socket in the namespace at `netns` whose remote address is one of
     /// `targets`, and returns how many it destroyed.
     fn destroy(&self, netns: &Path, proto: Proto, targets: &[SocketAddr]) -> io::Result<usize>;
-}
-
-/// [`SocketDestroyer`] running `nsenter --net=<netns> ss -K ...` (iproute2), which sends
-/// SOCK_DESTROY for each socket its filter matches and prints the ones destroyed.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SsDestroyer;
-
-/// Backends per `ss` invocation: keeps the filter expression (one argv word per token) short.
-const SS_BATCH: usize = 64;
-
-impl SocketDestroyer for SsDestroyer {
-    fn destroy(&self, netns: &Path, proto: Proto, targets: &[SocketAddr]) -> io::Result<usize> {
-        let flag = match proto {
-            Proto::Tcp => "-t",
-            Proto::Udp => "-u",
-            // sctp_diag has no destroy operation.
-            Proto::Sctp => return Ok(0),
-        };
-        let mut destroyed = 0;
-        for batch in targets.chunks(SS_BATCH) {
-            let mut net = std::ffi::OsString::from("--net=");
-            net.push(netns);
-            let out = Command::new("nsenter")
-                .arg(net)
-                .args(["ss", "-K", "-n", "-H", flag])
-                .args(ss_filter(batch))
-                .output()?;
-            if !out.status.success() {
-                return Err(io::Error::other(format!(
-                    "ss -K exited with {}: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
-            // One line per destroyed socket: ss prints a socket only once SOCK_DESTROY on it
-            // succeeded (it skips sockets gone in between, ENOENT).
-            destroyed += String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .count();
-        }
-        Ok(destroyed)
-    }
-}
-
-/// The `ss` filter matching sockets whose remote end is one of `targets`:
-/// `( dst A and dport = :P ) or ( dst [B6] and dport = :Q ) ...`, one argv word per token.
-pub fn ss_filter(targets: &[SocketAddr]) -> Vec<String> {
-    let mut words = Vec::new();
-    for (i, t) in targets.iter().enumerate() {
-        if i > 0 {
-            words.push("or".to_owned());
-        }
-        let host = match t.ip() {
-            IpAddr::V4(a) => a.to_string(),
-            // ss reads a bare IPv6 address's last `:x` as a port; brackets keep it whole.
-            IpAddr::V6(a) => format!("[{a}]"),
-        };
-        words.extend([
-            "(".to_owned(),
-            "dst".to_owned(),
-            host,
-            "and".to_owned(),
-            "dport".to_owned(),
-            "=".to_owned(),
-            format!(":{}", t.port()),
-            ")".to_owned(),
-        ]);
-    }
-    words
 }
 
 /// The network namespaces sockets to backends may live in: `node_netns` (if any) first, then
@@ -189,7 +118,12 @@ pub fn destroy_connections(
     node_netns: Option<&Path>,
     backends: &[BackendAddr],
 ) -> Result<usize, TeardownError> {
-    destroy_with(&SsDestroyer, cgroup_root, node_netns, backends)
+    destroy_with(
+        &super::sockdiag::NetlinkDestroyer,
+        cgroup_root,
+        node_netns,
+        backends,
+    )
 }
 
 /// [`destroy_connections`] with a given destroyer. Every namespace is tried even when one

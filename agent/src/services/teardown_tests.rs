@@ -20,20 +20,6 @@ fn backend(ip: &str, port: u16, proto: Proto) -> BackendAddr {
     }
 }
 
-#[test]
-fn ss_filter_matches_remote_address_and_port() {
-    let f = ss_filter(&[
-        SocketAddr::from((Ipv4Addr::new(10, 244, 1, 5), 8080)),
-        SocketAddr::from((Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x15), 53)),
-    ]);
-    assert_eq!(
-        f.join(" "),
-        "( dst 10.244.1.5 and dport = :8080 ) or ( dst [fd00::15] and dport = :53 )"
-    );
-    assert!(ss_filter(&[]).is_empty());
-}
-
-/// A cgroup tree in a temporary directory: `cgroup.procs` files are plain files there.
 fn fake_cgroup(procs: &[(&str, String)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     for (sub, content) in procs {
@@ -312,4 +298,39 @@ fn destroys_sockets_in_the_node_namespace() {
         destroy_connections(&empty.0, Some(&ns.path()), &gone).expect("destroy"),
         0
     );
+}
+
+#[test]
+fn destroys_ipv6_and_v4_mapped_connections() {
+    let ns = Netns::new(&unique("td6"));
+    let empty = Cgroup::new(&unique("td6"));
+    let (v6, mapped, keep) = in_netns(Some(&ns.path()), || -> io::Result<_> {
+        let l6 = TcpListener::bind((Ipv6Addr::LOCALHOST, 0))?;
+        let v6 = TcpStream::connect(l6.local_addr()?)?;
+        let (p6, _) = l6.accept()?;
+        // A dual-stack listener's accepted socket sees its IPv4 peer as ::ffff:127.0.0.1.
+        let l4 = TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))?;
+        let client = TcpStream::connect((Ipv4Addr::LOCALHOST, l4.local_addr()?.port()))?;
+        let (mapped, _) = l4.accept()?;
+        Ok((v6, mapped, (l6, p6, l4, client)))
+    })
+    .expect("enter netns")
+    .expect("connect inside netns");
+    let gone = [
+        backend("::1", keep.0.local_addr().expect("addr").port(), Proto::Tcp),
+        // The accepted socket's remote end: the IPv4 client's port, named as plain IPv4.
+        backend(
+            "127.0.0.1",
+            keep.3.local_addr().expect("addr").port(),
+            Proto::Tcp,
+        ),
+    ];
+    let n = destroy_connections(&empty.0, Some(&ns.path()), &gone).expect("destroy");
+    assert_eq!(n, 2);
+    for mut s in [v6, mapped] {
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let e = s.read(&mut [0u8; 1]).expect_err("destroyed");
+        assert_eq!(e.raw_os_error(), Some(libc::ECONNABORTED), "{e}");
+    }
 }
