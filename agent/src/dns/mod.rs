@@ -7,6 +7,7 @@
 
 pub mod records;
 pub mod server;
+pub mod udp;
 pub mod watch;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};

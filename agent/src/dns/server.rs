@@ -1,6 +1,6 @@
-//! The DNS server: hickory-server's request handler answering from the snapshot (or the
-//! upstream resolvers for names outside the cluster), its UDP and TCP listeners, and the
-//! metrics it counts.
+//! The DNS server: the handler answering from the snapshot (or the upstream resolvers for
+//! names outside the cluster) for hickory-server's TCP listener and keelson's UDP loop
+//! ([`super::udp`]), and the metrics it counts.
 
 use std::{
     net::SocketAddr,
@@ -9,7 +9,7 @@ use std::{
 };
 
 use hickory_proto::{
-    op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode},
+    op::{Edns, Message, MessageType, Metadata, OpCode, Query, ResponseCode},
     rr::{RData, Record, RecordType},
 };
 use hickory_server::{
@@ -56,16 +56,22 @@ pub enum ServerError {
     },
     #[error("the DNS server stopped")]
     Serve(#[source] hickory_server::net::NetError),
+    #[error("serving UDP on {addr}")]
+    Udp {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProtoLabels {
-    proto: String,
+pub(super) struct ProtoLabels {
+    pub proto: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RcodeLabels {
-    rcode: String,
+pub(super) struct RcodeLabels {
+    pub rcode: String,
 }
 
 /// What the server counts, served on `/metrics` (the families CoreDNS's `prometheus` plugin
@@ -73,11 +79,11 @@ struct RcodeLabels {
 #[derive(Debug)]
 pub struct DnsMetrics {
     registry: Registry,
-    requests: Family<ProtoLabels, Counter>,
-    responses: Family<RcodeLabels, Counter>,
+    pub(super) requests: Family<ProtoLabels, Counter>,
+    pub(super) responses: Family<RcodeLabels, Counter>,
     forwards: Counter,
     forward_failures: Counter,
-    duration: Histogram,
+    pub(super) duration: Histogram,
 }
 
 impl Default for DnsMetrics {
@@ -215,24 +221,39 @@ pub struct Handler {
     pub metrics: Arc<DnsMetrics>,
 }
 
+/// A question as either listener received it.
+#[derive(Debug)]
+pub(super) struct Asked<'a> {
+    pub metadata: &'a Metadata,
+    pub queries: &'a [Query],
+    /// The whole message, as forwarded upstream.
+    pub raw: &'a [u8],
+    pub tcp: bool,
+}
+
 /// What goes into the response: header and the three sections.
-struct Reply {
-    metadata: Metadata,
-    answers: Vec<Record>,
-    authorities: Vec<Record>,
-    additionals: Vec<Record>,
-    edns: Option<Edns>,
+#[derive(Debug)]
+pub(super) struct Reply {
+    pub metadata: Metadata,
+    pub answers: Vec<Record>,
+    pub authorities: Vec<Record>,
+    pub additionals: Vec<Record>,
+    pub edns: Option<Edns>,
+    /// Made from the snapshot alone (not forwarded, no CNAME chased upstream, the snapshot
+    /// synced): the same question gets the same answer until the snapshot changes.
+    pub from_snapshot: bool,
 }
 
 impl Handler {
-    async fn reply(&self, request: &Request) -> Reply {
-        let mut metadata = Metadata::response_from_request(&request.metadata);
+    pub(super) async fn reply(&self, request: &Asked<'_>) -> Reply {
+        let mut metadata = Metadata::response_from_request(request.metadata);
         let empty = |metadata: Metadata| Reply {
             metadata,
             answers: Vec::new(),
             authorities: Vec::new(),
             additionals: Vec::new(),
             edns: None,
+            from_snapshot: false,
         };
         if request.metadata.message_type != MessageType::Query
             || request.metadata.op_code != OpCode::Query
@@ -240,13 +261,13 @@ impl Handler {
             metadata.response_code = ResponseCode::NotImp;
             return empty(metadata);
         }
-        let [query] = request.queries.queries() else {
+        let [query] = request.queries else {
             // Zero or several questions: RFC 9619 allows one per message.
             metadata.response_code = ResponseCode::FormErr;
             return empty(metadata);
         };
         // The name as asked (its case kept in the answers, RFC 4343).
-        let qname = query.original().name().clone();
+        let qname = query.name().clone();
         let qtype = query.query_type();
         let snap = self.snapshot.get();
         metadata.recursion_available = true;
@@ -256,13 +277,14 @@ impl Handler {
                 additionals,
             } => {
                 metadata.authoritative = true;
-                self.chase_cname(request, &mut answers, qtype).await;
+                let chased = self.chase_cname(request, &mut answers, qtype).await;
                 Reply {
                     metadata,
                     answers,
                     authorities: Vec::new(),
                     additionals,
                     edns: None,
+                    from_snapshot: !chased && snap_ready(&self.snapshot),
                 }
             }
             Answer::NoData | Answer::NxDomain if !snap_ready(&self.snapshot) => {
@@ -281,16 +303,16 @@ impl Handler {
                     authorities: vec![self.zone.soa(snap.serial)],
                     additionals: Vec::new(),
                     edns: None,
+                    from_snapshot: true,
                 }
             }
             Answer::Forward => self.forward(request, metadata).await,
         }
     }
 
-    async fn forward(&self, request: &Request, mut metadata: Metadata) -> Reply {
+    async fn forward(&self, request: &Asked<'_>, mut metadata: Metadata) -> Reply {
         self.metrics.forwards.inc();
-        let tcp = request.protocol() == hickory_server::net::xfer::Protocol::Tcp;
-        match self.upstream.exchange(request.as_slice(), tcp).await {
+        match self.upstream.exchange(request.raw, request.tcp).await {
             Some(reply) => {
                 metadata = reply.metadata;
                 metadata.id = request.metadata.id;
@@ -300,6 +322,7 @@ impl Handler {
                     authorities: reply.authorities,
                     additionals: reply.additionals,
                     edns: reply.edns,
+                    from_snapshot: false,
                 }
             }
             None => {
@@ -311,6 +334,7 @@ impl Handler {
                     authorities: Vec::new(),
                     additionals: Vec::new(),
                     edns: None,
+                    from_snapshot: false,
                 }
             }
         }
@@ -318,24 +342,31 @@ impl Handler {
 
     /// An ExternalName's CNAME points out of the cluster: resolve its target upstream and add
     /// the records, as CoreDNS does, since stub resolvers do not chase CNAMEs themselves.
-    async fn chase_cname(&self, request: &Request, answers: &mut Vec<Record>, qtype: RecordType) {
+    /// Whether it asked upstream.
+    async fn chase_cname(
+        &self,
+        request: &Asked<'_>,
+        answers: &mut Vec<Record>,
+        qtype: RecordType,
+    ) -> bool {
         if !matches!(qtype, RecordType::A | RecordType::AAAA) {
-            return;
+            return false;
         }
         let Some(RData::CNAME(target)) = answers.last().map(|r| &r.data) else {
-            return;
+            return false;
         };
         let mut query = Message::query();
         query.metadata.id = request.metadata.id;
         query.metadata.recursion_desired = true;
         query.add_query(hickory_proto::op::Query::query(target.0.clone(), qtype));
         let Ok(bytes) = query.to_vec() else {
-            return;
+            return true;
         };
         self.metrics.forwards.inc();
         if let Some(reply) = self.upstream.exchange(&bytes, false).await {
             answers.extend(reply.answers);
         }
+        true
     }
 }
 
@@ -343,25 +374,42 @@ fn snap_ready(shared: &SharedSnapshot) -> bool {
     shared.is_ready()
 }
 
+/// hickory-server's handle on the shared [`Handler`] (its TCP listener).
+#[derive(Debug)]
+struct TcpHandler(Arc<Handler>);
+
 #[async_trait::async_trait]
-impl RequestHandler for Handler {
+impl RequestHandler for TcpHandler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
+        let this = &self.0;
         let start = Instant::now();
         let proto = match request.protocol() {
             hickory_server::net::xfer::Protocol::Tcp => "tcp",
             _ => "udp",
         };
-        self.metrics
+        this.metrics
             .requests
             .get_or_create(&ProtoLabels {
                 proto: proto.to_owned(),
             })
             .inc();
-        let reply = self.reply(request).await;
+        let queries: Vec<Query> = request
+            .queries
+            .queries()
+            .iter()
+            .map(|q| q.original().clone())
+            .collect();
+        let asked = Asked {
+            metadata: &request.metadata,
+            queries: &queries,
+            raw: request.as_slice(),
+            tcp: proto == "tcp",
+        };
+        let reply = this.reply(&asked).await;
         let rcode = reply.metadata.response_code;
         // EDNS (RFC 6891): answer with our own OPT when the client sent one.
         let edns = request.edns.as_ref().map(|req| {
@@ -393,19 +441,19 @@ impl RequestHandler for Handler {
                 })
             }
         };
-        self.metrics
+        this.metrics
             .responses
             .get_or_create(&RcodeLabels {
                 rcode: rcode_label(rcode),
             })
             .inc();
-        self.metrics.duration.observe(start.elapsed().as_secs_f64());
+        this.metrics.duration.observe(start.elapsed().as_secs_f64());
         info
     }
 }
 
 /// The rcode as CoreDNS's `coredns_dns_responses_total` labels it (RFC 6895 mnemonics).
-fn rcode_label(rcode: ResponseCode) -> String {
+pub(super) fn rcode_label(rcode: ResponseCode) -> String {
     match rcode {
         ResponseCode::NoError => "NOERROR".into(),
         ResponseCode::FormErr => "FORMERR".into(),
@@ -417,7 +465,8 @@ fn rcode_label(rcode: ResponseCode) -> String {
     }
 }
 
-/// Binds UDP and TCP on `addr` and serves `handler` until the server fails.
+/// Binds UDP and TCP on `addr` and serves `handler` until the server fails: TCP through
+/// hickory-server, UDP through [`super::udp`].
 pub async fn serve(addr: SocketAddr, handler: Handler) -> Result<(), ServerError> {
     let udp = UdpSocket::bind(addr)
         .await
@@ -433,8 +482,11 @@ pub async fn serve(addr: SocketAddr, handler: Handler) -> Result<(), ServerError
             addr,
             source,
         })?;
-    let mut server = Server::new(handler);
-    server.register_socket(udp);
+    let handler = Arc::new(handler);
+    let mut server = Server::new(TcpHandler(Arc::clone(&handler)));
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, 64);
-    server.block_until_done().await.map_err(ServerError::Serve)
+    tokio::select! {
+        r = server.block_until_done() => r.map_err(ServerError::Serve),
+        r = super::udp::serve(udp, handler) => r.map_err(|source| ServerError::Udp { addr, source }),
+    }
 }
