@@ -70,13 +70,22 @@ enum Cmd {
         pin_dir: Option<PathBuf>,
         #[arg(long, default_value = "/var/lib/keelson/agent")]
         data_dir: PathBuf,
+        /// The node API (logs, exec, attach, port-forward) the server proxies to.
         #[arg(long, default_value = "127.0.0.1:10250")]
         api_listen: SocketAddr,
-        /// File with the token the API server presents to exec, attach and port-forward
-        /// (the server keeps it in `<data-dir>/agent-stream.token`); without it those endpoints
-        /// serve anyone who reaches `--api-listen`.
+        /// CA of the client certificate the API server presents (the server keeps it in
+        /// `<data-dir>/agent-client-ca.crt`): with it the node API serves TLS to that
+        /// certificate only; without it, plain HTTP to anyone who reaches `--api-listen`.
         #[arg(long)]
-        stream_token_file: Option<PathBuf>,
+        client_ca_file: Option<PathBuf>,
+        /// The node API's serving certificate; default: self-signed, kept in the data dir.
+        #[arg(long, requires = "tls_private_key_file")]
+        tls_cert_file: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert_file")]
+        tls_private_key_file: Option<PathBuf>,
+        /// Plain-HTTP `/metrics`, `/flows` and `/healthz`.
+        #[arg(long, default_value = "127.0.0.1:9962")]
+        metrics_listen: SocketAddr,
         /// Only the dataplane (a DaemonSet on an existing cluster): no Node registration, no Pods.
         #[arg(long)]
         no_kubelet: bool,
@@ -98,6 +107,10 @@ enum Cmd {
         #[arg(long, default_value = "cluster.local")]
         cluster_domain: String,
     },
+    /// Copy a container's stdout (stdin) and stderr (descriptor 3) into its log file in the CRI
+    /// format; the agent starts one per container.
+    #[command(hide = true)]
+    Logger { file: PathBuf },
     /// Cluster DNS: answers the Kubernetes DNS records of Services, endpoints and Pods (what
     /// CoreDNS's kubernetes plugin serves) and forwards other names upstream.
     Dns {
@@ -289,7 +302,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pin_dir,
             data_dir,
             api_listen,
-            stream_token_file,
+            client_ca_file,
+            tls_cert_file,
+            tls_private_key_file,
+            metrics_listen,
             no_kubelet,
             lb_algorithm,
             flow_events,
@@ -307,7 +323,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pin_dir,
                 data_dir,
                 api_listen,
-                stream_token_file,
+                node_tls: client_ca_file.map(|client_ca| keelson_agent::node::tls::TlsFiles {
+                    cert_and_key: tls_cert_file.zip(tls_private_key_file),
+                    client_ca,
+                }),
+                metrics_listen,
                 cni_bin: std::env::current_exe().context("locating the keelson binary")?,
                 kubelet: !no_kubelet,
                 maglev_default: lb_algorithm == "maglev",
@@ -316,6 +336,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cluster_domain,
             };
             runtime()?.block_on(keelson_agent::run(cfg))?;
+        }
+        Cmd::Logger { file } => {
+            keelson_agent::node::logfile::run_logger(&file)?;
         }
         Cmd::Dns {
             listen,

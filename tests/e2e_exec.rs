@@ -277,8 +277,9 @@ fn exec_cp_port_forward_attach_and_logs_with_kubectl() {
         "still-fine\n"
     );
 
-    // The agent serves exec, port-forward and logs to the API server only: a direct caller
-    // is refused.
+    // The agent serves exec, port-forward and logs to the API server only, over TLS: a caller
+    // without the server's client certificate is refused in the handshake, in plain HTTP gets
+    // no HTTP answer, and the server's certificate (from its data dir) is let in.
     let agent = c.kubectl_ok(&[
         "get",
         "node",
@@ -286,14 +287,36 @@ fn exec_cp_port_forward_attach_and_logs_with_kubectl() {
         "-o",
         "jsonpath={.metadata.annotations.keelson\\.io/agent-api}",
     ]);
+    let server_dir = c.data_dir.path().join("server");
+    let cert = server_dir.join("apiserver-agent-client.crt");
+    let key = server_dir.join("apiserver-agent-client.key");
     for path in [
         "/exec/default/web/web?command=id&stdout=true",
         "/portForward/default/web?port=8080",
         "/containerLogs/default/web/web",
     ] {
         let answer = raw_upgrade(&agent, path);
-        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+        assert!(!answer.starts_with("HTTP/1.1 1"), "{path}: {answer}");
+        let url = format!("https://{agent}{path}");
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "10", &url])
+            .output()
+            .expect("curl");
+        assert!(
+            !out.status.success() && out.stdout.is_empty(),
+            "{path} without a client certificate: {}",
+            output_text(&out)
+        );
     }
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "10", "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .arg(format!("https://{agent}/containerLogs/default/web/web"))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "{}", output_text(&out));
 
     // attach: the running container's output from now on.
     let mut at = Background::start(&c, &["attach", "ticker"]);
@@ -311,20 +334,51 @@ fn exec_cp_port_forward_attach_and_logs_with_kubectl() {
         .parse()
         .expect("tick number");
     wait_line(&lines, &format!("tick-{}", n + 5), Duration::from_secs(20));
+    drop(logs);
+
+    // --timestamps prefixes each line with the RFC 3339 time it was written; --since keeps
+    // only recent lines; --limit-bytes cuts the output.
+    let stamped = c.kubectl_ok(&["logs", "ticker", "--timestamps", "--tail=3"]);
+    let stamped: Vec<&str> = stamped.lines().collect();
+    assert_eq!(stamped.len(), 3, "{stamped:?}");
+    for line in &stamped {
+        let (time, text) = line.split_once(' ').unwrap_or_default();
+        assert!(
+            time.len() == 30 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+            "{line}"
+        );
+        assert!(text.starts_with("tick-"), "{line}");
+    }
+    let all = c.kubectl_ok(&["logs", "ticker"]).lines().count();
+    let recent = c
+        .kubectl_ok(&["logs", "ticker", "--since=2s"])
+        .lines()
+        .count();
+    assert!(
+        recent > 0 && recent < all && recent <= 15,
+        "{recent} of {all}"
+    );
+    assert_eq!(
+        c.kubectl_ok(&["logs", "ticker", "--limit-bytes=7"]),
+        "tick-1\n"
+    );
 }
 
-/// A WebSocket upgrade request straight to `addr` without credentials; the answer's head.
+/// A WebSocket upgrade request straight to `addr` in plain HTTP, without credentials; the
+/// answer's head (empty when the agent hangs up, as its TLS does).
 fn raw_upgrade(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("agent API {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    write!(
+    let sent = write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n"
-    )
-    .expect("request");
+    );
+    if sent.is_err() {
+        return String::new();
+    }
     let mut buf = [0u8; 2048];
     let n = s.read(&mut buf).unwrap_or(0);
     String::from_utf8_lossy(&buf[..n]).into_owned()

@@ -241,7 +241,7 @@ fn agent_api(c: &LocalCluster, i: u8) -> String {
         "node",
         &c.node(i),
         "-o",
-        "jsonpath={.metadata.annotations.keelson\\.io/agent-api}",
+        "jsonpath={.metadata.annotations.keelson\\.io/agent-metrics}",
     ])
     .trim()
     .to_owned()

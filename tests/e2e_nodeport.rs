@@ -569,7 +569,7 @@ fn services_from_outside_the_cluster() {
         "node",
         &c.node(2),
         "-o",
-        "jsonpath={.metadata.annotations.keelson\\.io/agent-api}",
+        "jsonpath={.metadata.annotations.keelson\\.io/agent-metrics}",
     ]);
     let metrics = http_get_local(api.trim(), "/metrics");
     let translated = metrics

@@ -22,11 +22,13 @@ pub struct AgentConfig {
     pub pin_dir: PathBuf,
     /// Pod logs, the CNI socket and local state live here.
     pub data_dir: PathBuf,
-    /// Where the agent serves its own API (container logs) for the server to proxy.
+    /// Where the agent serves its node API (logs, exec, attach, port-forward) for the server
+    /// to proxy (standalone clusters).
     pub api_listen: SocketAddr,
-    /// A file holding the token the API server presents to the streaming endpoints (exec,
-    /// attach, port-forward); without it they serve any caller that reaches `api_listen`.
-    pub stream_token_file: Option<PathBuf>,
+    /// The node API's TLS; without it the node API is plain HTTP open to any caller.
+    pub node_tls: Option<crate::node::tls::TlsFiles>,
+    /// Where the agent serves `/metrics`, `/flows` and `/healthz` (plain HTTP).
+    pub metrics_listen: SocketAddr,
     /// Path of the `keelson` binary, invoked as the CNI plugin.
     pub cni_bin: PathBuf,
     /// Whether this agent is also the Node's kubelet (standalone clusters) or only its

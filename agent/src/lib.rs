@@ -71,12 +71,8 @@ pub enum AgentError {
     Cni(#[source] CniServerError),
     #[error("agent API")]
     Api(#[source] ApiError),
-    #[error("reading the stream token {path}")]
-    StreamToken {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("the node API's TLS")]
+    Tls(#[source] node::tls::TlsError),
     #[error("routing")]
     Routing(#[source] RoutingError),
     #[error("service load balancing")]
@@ -123,25 +119,6 @@ const CT_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// plane assigned `spec.podCIDR` — the CNI server, inter-node routes and the Pods.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     privileges::check().map_err(AgentError::Privileges)?;
-    let stream_token: Option<Arc<str>> = match &cfg.stream_token_file {
-        Some(path) => {
-            let err = |source| AgentError::StreamToken {
-                path: path.display().to_string(),
-                source,
-            };
-            let token = std::fs::read_to_string(path).map_err(err)?;
-            let token = token.trim();
-            // An empty token would let every caller through.
-            if token.is_empty() {
-                return Err(err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "the file is empty",
-                )));
-            }
-            Some(token.into())
-        }
-        None => None,
-    };
     let client = kube_client(cfg.kubeconfig.as_deref()).await?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::DataDir {
         path: cfg.data_dir.display().to_string(),
@@ -259,25 +236,54 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         });
     }
     {
-        let (addr, dir) = (cfg.api_listen, cfg.data_dir.clone());
+        let addr = cfg.metrics_listen;
         let api = node::api::DatapathApi {
             dp: Arc::clone(&dp),
             flows: Arc::clone(&flow_store),
         };
         tasks.spawn(async move {
             (
-                "agent API",
-                node::api::serve(addr, dir, Some(api), stream_token)
+                "metrics API",
+                node::api::serve_metrics(addr, Some(api))
                     .await
                     .map_err(AgentError::Api),
             )
         });
     }
     if cfg.kubelet {
+        let tls = match &cfg.node_tls {
+            Some(files) => {
+                let names = vec![
+                    cfg.node_name.clone(),
+                    cfg.node_ip.to_string(),
+                    cfg.api_listen.ip().to_string(),
+                ];
+                Some(node::tls::load(files, &cfg.data_dir, &names).map_err(AgentError::Tls)?)
+            }
+            None => {
+                tracing::warn!(
+                    "no --client-ca-file: the node API (logs, exec, port-forward) serves plain \
+                     HTTP to any caller"
+                );
+                None
+            }
+        };
+        let (addr, dir) = (cfg.api_listen, cfg.data_dir.clone());
+        let server_tls = tls.as_ref().map(|t| Arc::clone(&t.config));
+        tasks.spawn(async move {
+            (
+                "node API",
+                node::api::serve_node(addr, dir, server_tls)
+                    .await
+                    .map_err(AgentError::Api),
+            )
+        });
         let facts = NodeFacts {
             name: cfg.node_name.clone(),
             ip: cfg.node_ip,
             api_listen: cfg.api_listen,
+            api_cert_sha256: tls.map(|t| t.cert_sha256),
+            metrics_listen: cfg.metrics_listen,
             machine: MachineInfo::probe(),
         };
         let uid = registration::register(&client, &facts)
@@ -347,6 +353,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             data_dir: cfg.data_dir.clone(),
             cgroup_root: cfg.cgroup_root.clone(),
             cni_bin: cfg.cni_bin.clone(),
+            logger_bin: Some(cfg.cni_bin.clone()),
             cni_socket: cfg.data_dir.join("cni.sock"),
             cluster_dns: node::podfiles::ClusterDns {
                 server: cfg.cluster_dns,

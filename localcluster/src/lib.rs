@@ -193,8 +193,9 @@ async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
                 .arg("--data-dir")
                 .arg(&node_dir)
                 .args(["--api-listen", &format!("127.0.0.1:{}", free_port()?)])
-                .arg("--stream-token-file")
-                .arg(server_dir.join("agent-stream.token")),
+                .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port()?)])
+                .arg("--client-ca-file")
+                .arg(server_dir.join("agent-client-ca.crt")),
             &node_dir.join("agent.log"),
             &system_cg,
         )?;
@@ -371,10 +372,19 @@ async fn wait_nodes_ready(
     let start = Instant::now();
     while start.elapsed() < NODES_READY_TIMEOUT {
         if let Ok(list) = api.list(&ListParams::default()).await {
+            // A podCIDR too: the underlay's route back to each node's Pods is made from it
+            // next, and a node can report Ready a moment before the controller assigns one
+            // (a Pod on that node would then never hear back from the API server).
             let ready = nodes.iter().all(|n| {
-                list.items
-                    .iter()
-                    .any(|node| node.metadata.name.as_deref() == Some(n) && is_ready(node))
+                list.items.iter().any(|node| {
+                    node.metadata.name.as_deref() == Some(n)
+                        && is_ready(node)
+                        && node
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.pod_cidr.as_ref())
+                            .is_some()
+                })
             });
             if ready {
                 return Ok(());
@@ -389,7 +399,7 @@ async fn wait_nodes_ready(
         .collect::<Vec<_>>()
         .join("\n");
     Err(Error::Timeout {
-        what: format!("nodes {nodes:?} to be Ready"),
+        what: format!("nodes {nodes:?} to be Ready with a podCIDR"),
         secs: NODES_READY_TIMEOUT.as_secs(),
         logs,
     })

@@ -1,7 +1,7 @@
 //! `keelson flows`: asks every node's agent (or one) for its flows over the agent API
 //! (`GET /flows`), merges them by time, filters them and prints them, once or following.
 //! The nodes and their agents' addresses come from the Node objects (annotation
-//! `keelson.io/agent-api`), so it works against any cluster the agents registered in.
+//! `keelson.io/agent-metrics`), so it works against any cluster the agents registered in.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -13,14 +13,14 @@ use k8s_openapi::api::core::v1::Node;
 use kube::{Api, api::ListParams};
 
 use super::Flow;
-use crate::node::registration::AGENT_API_ANNOTATION;
+use crate::node::registration::AGENT_METRICS_ANNOTATION;
 
 /// Errors of `keelson flows`.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("listing the nodes")]
     Nodes(#[source] kube::Error),
-    #[error("node {0} has no agent API address (annotation {AGENT_API_ANNOTATION})")]
+    #[error("node {0} has no agent metrics address (annotation {AGENT_METRICS_ANNOTATION})")]
     NoAgent(String),
     #[error("node {0} not found")]
     NoNode(String),
@@ -70,7 +70,7 @@ pub async fn agents(
             .metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(AGENT_API_ANNOTATION))
+            .and_then(|a| a.get(AGENT_METRICS_ANNOTATION))
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| ClientError::NoAgent(name.clone()))?;
         out.push((name, addr));

@@ -1,8 +1,10 @@
-//! The agent's own HTTP API on `api_listen`, which the server proxies `pods/log` to:
+//! The agent's own HTTP APIs. The node API on `api_listen`, which the server proxies
+//! `pods/log`, exec, attach and port-forward to, as kube-apiserver does to the kubelet's port
+//! 10250 (TLS admitting only the server's client certificate, [`super::tls`]):
 //! `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=` streams a container's
-//! log file, `GET /healthz` answers `ok`, `GET /metrics` is Prometheus' scrape endpoint, and
-//! the streaming endpoints of [`super::stream`] (exec, attach, port-forward) are routed here.
-//! Errors are Kubernetes `Status` objects.
+//! log file and the streaming endpoints of [`super::stream`] are routed here. The metrics API
+//! on `metrics_listen`, plain HTTP as Prometheus scrapes it: `GET /metrics`, `GET /flows` and
+//! `GET /healthz` (`ok`, also on the node API). Errors are Kubernetes `Status` objects.
 
 use std::{
     io::SeekFrom,
@@ -25,6 +27,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use super::{
+    logfile,
     process::PodRecord,
     stream::{self, StreamState},
 };
@@ -97,6 +100,36 @@ pub struct LogQuery {
     /// The log of the container's previous run (kept when it restarts).
     #[serde(default)]
     pub previous: bool,
+    /// Each line prefixed with the time it was written.
+    #[serde(default)]
+    pub timestamps: bool,
+    /// Only lines of the last this many seconds.
+    pub since_seconds: Option<u64>,
+    /// Only lines written at or after this time (RFC 3339).
+    pub since_time: Option<String>,
+    /// At most this many bytes of output.
+    pub limit_bytes: Option<u64>,
+}
+
+impl LogQuery {
+    /// How the log's entries are shown.
+    fn render(&self) -> logfile::Render {
+        let since_seconds = self.since_seconds.and_then(|s| {
+            jiff::Timestamp::now()
+                .checked_sub(jiff::SignedDuration::from_secs(
+                    i64::try_from(s).unwrap_or(i64::MAX),
+                ))
+                .ok()
+        });
+        let since_time = self.since_time.as_deref().and_then(|t| t.parse().ok());
+        logfile::Render {
+            timestamps: self.timestamps,
+            // The kubelet takes sinceTime over sinceSeconds when both are given (the API
+            // server refuses both at once).
+            since: since_time.or(since_seconds),
+            ..logfile::Render::default()
+        }
+    }
 }
 
 /// The log file of a container's current run.
@@ -116,14 +149,9 @@ pub struct DatapathApi {
     pub flows: Arc<FlowStore>,
 }
 
-/// The router, serving logs under `data_dir/pods` and exec/attach/port-forward into its Pods
-/// (those only to callers presenting `stream_token`, when one is set) and, with a datapath, its metrics and
-/// flows.
-pub fn router(
-    data_dir: PathBuf,
-    dp: Option<DatapathApi>,
-    stream_token: Option<Arc<str>>,
-) -> Router {
+/// The node API's router: logs under `data_dir/pods`, exec/attach/port-forward into its Pods,
+/// and `/healthz`.
+pub fn node_router(data_dir: PathBuf) -> Router {
     let streams = Router::new()
         .route(
             "/exec/{namespace}/{pod}/{container}",
@@ -139,45 +167,69 @@ pub fn router(
         )
         .with_state(StreamState {
             data_dir: data_dir.clone(),
-            token: stream_token.clone(),
         });
-    let guard = axum::middleware::from_fn_with_state(
-        StreamState {
-            data_dir: data_dir.clone(),
-            token: stream_token,
-        },
-        stream::require_token,
-    );
-    let logs = Router::new()
+    Router::new()
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
-            get(container_logs).route_layer(guard),
+            get(container_logs),
         )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(data_dir)
-        .merge(streams);
+        .merge(streams)
+}
+
+/// The metrics API's router: `/healthz`, and with a datapath its metrics and flows.
+pub fn metrics_router(dp: Option<DatapathApi>) -> Router {
+    let health = Router::new().route("/healthz", get(|| async { "ok" }));
     match dp {
-        Some(dp) => logs.merge(
+        Some(dp) => health.merge(
             Router::new()
                 .route("/metrics", get(metrics))
                 .route("/flows", get(flows))
                 .with_state(dp),
         ),
-        None => logs,
+        None => health,
     }
 }
 
-/// Serves the API until the task is dropped.
-pub async fn serve(
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ApiError> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| ApiError::Bind { addr, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ApiError::Bind { addr, source })?;
+    Ok(listener)
+}
+
+/// Serves the node API until the task is dropped: over TLS with `tls`, else in plain HTTP to
+/// any caller (a development setup without `--client-ca-file`).
+pub async fn serve_node(
     addr: SocketAddr,
     data_dir: PathBuf,
-    dp: Option<DatapathApi>,
-    stream_token: Option<Arc<str>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<(), ApiError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ApiError::Bind { addr, source })?;
-    axum::serve(listener, router(data_dir, dp, stream_token))
+    let listener = bind(addr)?;
+    let app = node_router(data_dir).into_make_service();
+    match tls {
+        Some(cfg) => {
+            let cfg = axum_server::tls_rustls::RustlsConfig::from_config(cfg);
+            axum_server::from_tcp_rustls(listener, cfg)
+                .map_err(ApiError::Serve)?
+                .serve(app)
+                .await
+                .map_err(ApiError::Serve)
+        }
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener).map_err(ApiError::Serve)?;
+            axum::serve(listener, app).await.map_err(ApiError::Serve)
+        }
+    }
+}
+
+/// Serves the metrics API until the task is dropped.
+pub async fn serve_metrics(addr: SocketAddr, dp: Option<DatapathApi>) -> Result<(), ApiError> {
+    let listener = tokio::net::TcpListener::from_std(bind(addr)?).map_err(ApiError::Serve)?;
+    axum::serve(listener, metrics_router(dp))
         .await
         .map_err(ApiError::Serve)
 }
@@ -326,58 +378,103 @@ async fn container_logs(
     };
     let mut data = Vec::new();
     file.read_to_end(&mut data).await.map_err(read_err)?;
+    let mut render = q.render();
+    // Only whole lines are shown; a line being written waits for its end.
     let start = q.tail_lines.map_or(0, |n| tail_offset(&data, n));
-    let head = Bytes::copy_from_slice(&data[start..]);
-    let offset = data.len() as u64;
+    let mut head = Vec::new();
+    let used = render.lines(&data[start..], &mut head);
+    let mut budget = q.limit_bytes.unwrap_or(u64::MAX);
+    let head = take(&mut head, &mut budget);
+    let offset = (start + used) as u64;
     let resp = Response::builder().header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
-    if !q.follow || q.previous {
+    if !q.follow || q.previous || budget == 0 {
         return Ok(resp
             .body(Body::from(head))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
     }
-    // Follow: the initial part, then whatever is appended, until the Pod's directory is gone
-    // or the container restarted (its log moved aside: the stream of a run ends with it, as the
-    // kubelet's does).
+    // Follow: the initial part, then whatever is appended, until the Pod's directory is gone,
+    // the container restarted (its log moved aside: the stream of a run ends with it, as the
+    // kubelet's does) or `limitBytes` were sent.
     use std::os::unix::fs::MetadataExt as _;
     let ino = file.metadata().await.map(|m| m.ino()).ok();
-    let stream = futures::stream::unfold(
-        (Some(head), file, pod_dir, offset),
-        move |(first, mut file, pod_dir, mut offset)| {
-            let path = path.clone();
-            async move {
-                if let Some(first) = first {
-                    return Some((
-                        Ok::<_, std::io::Error>(first),
-                        (None, file, pod_dir, offset),
-                    ));
-                }
-                loop {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    if file.seek(SeekFrom::Start(offset)).await.is_err() {
-                        return None;
-                    }
-                    match file.read(&mut buf).await {
-                        Ok(0) => {
-                            let same = std::fs::metadata(&path).map(|m| m.ino()).ok() == ino;
-                            if !pod_dir.exists() || !same {
-                                return None;
-                            }
-                            tokio::time::sleep(FOLLOW_POLL).await;
-                        }
-                        Ok(n) => {
-                            offset += n as u64;
-                            buf.truncate(n);
-                            return Some((Ok(Bytes::from(buf)), (None, file, pod_dir, offset)));
-                        }
-                        Err(e) => return Some((Err(e), (None, file, pod_dir, offset))),
-                    }
-                }
-            }
-        },
-    );
+    let follow = Follow {
+        file,
+        pod_dir,
+        path,
+        ino,
+        offset,
+        pending: Vec::new(),
+        render,
+        budget,
+    };
+    use futures::StreamExt as _;
+    let stream =
+        futures::stream::iter([Ok::<_, std::io::Error>(head)])
+            .chain(futures::stream::unfold(follow, |mut f| async move {
+                f.next().await.map(|chunk| (chunk, f))
+            }));
     Ok(resp
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+/// The first `budget` bytes of `out` (all of it without a limit), counted off the budget.
+fn take(out: &mut Vec<u8>, budget: &mut u64) -> Bytes {
+    let n = usize::try_from(*budget)
+        .unwrap_or(usize::MAX)
+        .min(out.len());
+    out.truncate(n);
+    *budget -= n as u64;
+    Bytes::from(std::mem::take(out))
+}
+
+/// A followed log: the entries appended after `offset`.
+struct Follow {
+    file: tokio::fs::File,
+    pod_dir: PathBuf,
+    path: PathBuf,
+    ino: Option<u64>,
+    offset: u64,
+    /// Bytes of an entry whose end was not written yet.
+    pending: Vec<u8>,
+    render: logfile::Render,
+    budget: u64,
+}
+
+impl Follow {
+    /// The next piece of output, or `None` when the stream ends.
+    async fn next(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if self.budget == 0 {
+                return None;
+            }
+            if self.file.seek(SeekFrom::Start(self.offset)).await.is_err() {
+                return None;
+            }
+            match self.file.read(&mut buf).await {
+                Ok(0) => {
+                    let same = std::fs::metadata(&self.path).map(|m| m.ino()).ok() == self.ino;
+                    if !self.pod_dir.exists() || !same {
+                        return None;
+                    }
+                    tokio::time::sleep(FOLLOW_POLL).await;
+                }
+                Ok(n) => {
+                    self.offset += n as u64;
+                    self.pending.extend_from_slice(&buf[..n]);
+                    let mut out = Vec::new();
+                    let used = self.render.lines(&self.pending, &mut out);
+                    self.pending.drain(..used);
+                    if !out.is_empty() {
+                        return Some(Ok(take(&mut out, &mut self.budget)));
+                    }
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -444,9 +541,7 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(
-            axum::serve(listener, router(dir.path().to_owned(), None, None)).into_future(),
-        );
+        tokio::spawn(axum::serve(listener, node_router(dir.path().to_owned())).into_future());
 
         let mut s = get(addr, "/healthz").await;
         assert!(read_until(&mut s, "ok").await.contains("200 OK"));

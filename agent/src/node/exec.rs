@@ -62,6 +62,9 @@ pub struct ExecSpec {
     pub argv: Vec<String>,
     pub stdin: bool,
     pub tty: bool,
+    /// The pty's size from the start (width, height): the client's first resize, so a
+    /// command that reads its terminal size at once sees the real one.
+    pub size: Option<(u16, u16)>,
 }
 
 /// The streams of a started process.
@@ -248,7 +251,13 @@ pub fn spawn_blocking_in(pid: i32, spec: &ExecSpec) -> Result<Exec, ExecError> {
     }
     let mut master = None;
     if spec.tty {
-        let pty = nix::pty::openpty(None, None).map_err(ExecError::Pty)?;
+        let size = spec.size.map(|(width, height)| libc::winsize {
+            ws_row: height,
+            ws_col: width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        });
+        let pty = nix::pty::openpty(size.as_ref(), None).map_err(ExecError::Pty)?;
         let dup = |fd: &OwnedFd| {
             fd.try_clone().map_err(|source| ExecError::Io {
                 what: "duplicating",
@@ -452,6 +461,7 @@ mod tests {
         fs::create_dir_all(&sb.cgroup).expect("cgroup");
         let dir = tempfile::tempdir().expect("tempdir");
         let container = super::super::process::spawn(&super::super::process::ProcessSpec {
+            logger: None,
             argv: vec!["sleep".into(), "60".into()],
             env: vec![
                 ("PATH".into(), "/usr/bin:/bin".into()),
@@ -470,6 +480,7 @@ mod tests {
         sb.pid = Some(pid);
 
         let spec = ExecSpec {
+            size: None,
             argv: vec![
                 "sh".into(),
                 "-c".into(),
@@ -509,6 +520,7 @@ mod tests {
         use tokio::io::AsyncReadExt as _;
         let me = std::process::id() as i32;
         let spec = ExecSpec {
+            size: None,
             argv: vec![
                 "sh".into(),
                 "-c".into(),

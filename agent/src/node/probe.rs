@@ -139,6 +139,7 @@ pub async fn run_once(action: &ProbeAction, target: &ProbeTarget, timeout: Durat
         }
         ProbeAction::Exec { argv } => {
             let spec = ProcessSpec {
+                logger: None,
                 argv: argv.clone(),
                 env: target.env.clone(),
                 cwd: target.cwd.clone(),

@@ -1,13 +1,13 @@
 //! The `process` runtime: a container is a host process started inside the Pod's network
-//! namespace and cgroup, in its own session, with its output appended to
-//! `<data_dir>/pods/<uid>/<container>.log`. Pids are recorded in `state.json` next to the logs
+//! namespace and cgroup, in its own session, with its output going through `keelson logger`
+//! into `<data_dir>/pods/<uid>/<container>.log` ([`super::logfile`]). Pids are recorded in `state.json` next to the logs
 //! so a restarted agent re-adopts running containers instead of starting them twice.
 
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
     io::Write as _,
-    os::fd::AsRawFd as _,
+    os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -48,6 +48,10 @@ pub struct ProcessSpec {
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
     pub log: PathBuf,
+    /// The `keelson` binary that runs as `keelson logger`, writing the output to `log` in the
+    /// CRI format with times and streams ([`super::logfile`]); `None`: the output goes into
+    /// `log` as it is (probes, tests).
+    pub logger: Option<PathBuf>,
     pub netns: PathBuf,
     pub cgroup: PathBuf,
     /// More cgroups to join (the container's v1 memory and cpu cgroups, [`super::cgroups`]).
@@ -81,12 +85,18 @@ pub fn spawn(spec: &ProcessSpec) -> Result<tokio::process::Child, ProcessError> 
     if let Some(dir) = spec.log.parent() {
         fs::create_dir_all(dir).map_err(io("creating", dir))?;
     }
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log)
-        .map_err(io("opening", &spec.log))?;
-    let log_err = log.try_clone().map_err(io("duplicating", &spec.log))?;
+    let (log, log_err) = match &spec.logger {
+        Some(bin) => start_logger(bin, &spec.log)?,
+        None => {
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&spec.log)
+                .map_err(io("opening", &spec.log))?;
+            let log_err = log.try_clone().map_err(io("duplicating", &spec.log))?;
+            (log.into(), log_err.into())
+        }
+    };
     let netns = File::open(&spec.netns).map_err(io("opening", &spec.netns))?;
     let procs_path = spec.cgroup.join("cgroup.procs");
     let procs = OpenOptions::new()
@@ -179,6 +189,54 @@ pub fn spawn(spec: &ProcessSpec) -> Result<tokio::process::Child, ProcessError> 
         .map_err(io("starting", Path::new(&spec.argv[0])))?;
     drop((netns, procs, extra, joined));
     Ok(child)
+}
+
+/// Starts `keelson logger <log>` reading two new pipes, and returns their write ends (the
+/// container's stdout and stderr). The logger runs in its own session, so it outlives the
+/// agent as the container does; a task reaps it when it ends.
+fn start_logger(bin: &Path, log: &Path) -> Result<(OwnedFd, OwnedFd), ProcessError> {
+    let pipe = |what| {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ProcessError::Io {
+            what,
+            path: log.to_owned(),
+            source: e.into(),
+        })
+    };
+    let (out_r, out_w) = pipe("making the stdout pipe for")?;
+    let (err_r, err_w) = pipe("making the stderr pipe for")?;
+    let err_fd = err_r.as_raw_fd();
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg("logger")
+        .arg(log)
+        .stdin(Stdio::from(out_r))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(false);
+    // SAFETY: runs in the forked child before exec and makes only async-signal-safe calls
+    // (dup2, setsid) on a descriptor opened before the fork and kept open until `spawn`
+    // returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 clears close-on-exec on the copy: the logger finds the pipe at fd 3.
+            if libc::dup2(err_fd, super::logfile::STDERR_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| ProcessError::Io {
+        what: "starting the logger of",
+        path: log.to_owned(),
+        source,
+    })?;
+    drop(err_r);
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Ok((out_w, err_w))
 }
 
 /// The start time of a process in clock ticks since boot (field 22 of /proc/<pid>/stat): with
@@ -460,6 +518,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("c.log");
         let spec = ProcessSpec {
+            logger: None,
             argv: ["sh", "-c", "echo out-$GREETING; echo err >&2; cat /proc/self/cgroup; readlink /proc/self/ns/net; pwd; sleep 30"]
                 .iter()
                 .map(|s| (*s).to_owned())

@@ -15,8 +15,13 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-/// Annotation the server reads to proxy `pods/log` to this agent.
+/// Annotation the server reads to proxy `pods/log`, exec, attach and port-forward to this agent.
 pub const AGENT_API_ANNOTATION: &str = "keelson.io/agent-api";
+/// Annotation with the SHA-256 (hex) of the node API's serving certificate, which the server
+/// pins.
+pub const AGENT_CERT_ANNOTATION: &str = "keelson.io/agent-api-cert-sha256";
+/// Annotation with the address of the agent's metrics API (`/metrics`, `/flows`).
+pub const AGENT_METRICS_ANNOTATION: &str = "keelson.io/agent-metrics";
 /// Namespace of node Leases.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// Interval of Lease renewal and status heartbeat (the kubelet's default renew interval).
@@ -118,11 +123,21 @@ pub struct NodeFacts {
     pub name: String,
     pub ip: Ipv4Addr,
     pub api_listen: SocketAddr,
+    /// The digest of the node API's certificate, when it serves TLS.
+    pub api_cert_sha256: Option<String>,
+    pub metrics_listen: SocketAddr,
     pub machine: MachineInfo,
 }
 
-/// The Node's metadata as the agent owns it (labels and the agent-API annotation).
+/// The Node's metadata as the agent owns it (labels and the agent-API annotations).
 pub fn node_metadata(f: &NodeFacts) -> Value {
+    let mut annotations = json!({
+        AGENT_API_ANNOTATION: f.api_listen.to_string(),
+        AGENT_METRICS_ANNOTATION: f.metrics_listen.to_string(),
+    });
+    if let Some(digest) = &f.api_cert_sha256 {
+        annotations[AGENT_CERT_ANNOTATION] = digest.as_str().into();
+    }
     json!({
         "name": f.name,
         "labels": {
@@ -130,8 +145,18 @@ pub fn node_metadata(f: &NodeFacts) -> Value {
             "kubernetes.io/os": "linux",
             "kubernetes.io/arch": f.machine.architecture,
         },
-        "annotations": { AGENT_API_ANNOTATION: f.api_listen.to_string() },
+        "annotations": annotations,
     })
+}
+
+/// [`node_metadata`] as a merge patch: it also removes a certificate digest an earlier run
+/// with TLS left.
+fn metadata_patch(f: &NodeFacts) -> Value {
+    let mut m = node_metadata(f);
+    if f.api_cert_sha256.is_none() {
+        m["annotations"][AGENT_CERT_ANNOTATION] = Value::Null;
+    }
+    m
 }
 
 /// The Node status the agent reports, with `now` as heartbeat time.
@@ -226,7 +251,7 @@ pub async fn register(client: &Client, f: &NodeFacts) -> Result<Option<String>, 
         .patch(
             &f.name,
             &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": node_metadata(f) })),
+            &Patch::Merge(json!({ "metadata": metadata_patch(f) })),
         )
         .await
         .map_err(kube_err("updating the Node's labels"))?;
@@ -374,6 +399,8 @@ mod tests {
             name: "keelson-n1".into(),
             ip: Ipv4Addr::new(10, 250, 0, 11),
             api_listen: "127.0.0.1:10250".parse().expect("addr"),
+            api_cert_sha256: Some("ab".repeat(32)),
+            metrics_listen: "127.0.0.1:9962".parse().expect("addr"),
             machine: MachineInfo {
                 cpus: 2,
                 memory_kib: 4_000_000,

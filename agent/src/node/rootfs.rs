@@ -458,6 +458,7 @@ mod tests {
              echo x > {marker} && cat {marker}; pwd; ls /proc/self/ns/mnt >/dev/null && echo PROC"
         );
         let spec = crate::node::process::ProcessSpec {
+            logger: None,
             argv: vec!["sh".into(), "-c".into(), script],
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             cwd: "/srv/keelson-wd".into(),

@@ -9,10 +9,10 @@
 //! starts with the port (two bytes, little endian); a `255, 2i` close signal half-closes the
 //! connection to the Pod.
 //!
-//! The API server is the only intended client: with a token configured, every request must
-//! carry it as `Authorization: Bearer <token>`.
+//! The API server is the only client: the node API's TLS ([`super::tls`]) admits only its
+//! client certificate.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use axum::{
     Json,
@@ -20,7 +20,7 @@ use axum::{
         Path as UrlPath, RawQuery, State,
         ws::{Message, WebSocket, WebSocketUpgrade},
     },
-    http::{HeaderMap, StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
@@ -34,7 +34,7 @@ use tokio::{
 use super::{
     api::find_pod_dir,
     exec::{self, ExecIo, ExecSpec},
-    portforward,
+    logfile, portforward,
     process::{self, PodRecord},
 };
 
@@ -52,6 +52,10 @@ pub const V4: &str = "v4.channel.k8s.io";
 /// The port-forward subprotocol names the kubelet accepts.
 pub const PORT_FORWARD: &str = "portforward.k8s.io";
 
+/// How long a TTY exec waits for the client's first resize before it starts the command
+/// (kubectl sends it right after the upgrade).
+const FIRST_RESIZE_WAIT: Duration = Duration::from_secs(1);
+
 /// How often an attached container's log is checked for new output.
 const ATTACH_POLL: Duration = Duration::from_millis(100);
 
@@ -59,16 +63,11 @@ const ATTACH_POLL: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct StreamState {
     pub data_dir: PathBuf,
-    /// The bearer token the API server presents; `None` accepts any caller (tests, loopback
-    /// development setups).
-    pub token: Option<Arc<str>>,
 }
 
 /// Errors answered before the upgrade, as `Status` objects.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("Unauthorized")]
-    Unauthorized,
     #[error("pod {namespace}/{name} is not running on this node")]
     PodNotFound { namespace: String, name: String },
     #[error("container not found ({container:?})")]
@@ -82,7 +81,6 @@ pub enum StreamError {
 impl IntoResponse for StreamError {
     fn into_response(self) -> Response {
         let (code, reason) = match &self {
-            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             Self::PodNotFound { .. } | Self::ContainerNotFound { .. } => {
                 (StatusCode::NOT_FOUND, "NotFound")
             }
@@ -143,40 +141,6 @@ impl StreamOptions {
             }
         }
         Ok(o)
-    }
-}
-
-/// Middleware for the agent's other Pod endpoints (container logs): the same token check.
-pub async fn require_token(
-    State(st): State<StreamState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    match authorize(&st, req.headers()) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
-    }
-}
-
-fn authorize(st: &StreamState, headers: &HeaderMap) -> Result<(), StreamError> {
-    let Some(want) = &st.token else {
-        return Ok(());
-    };
-    let got = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let same = got.len() == want.len()
-        && got
-            .bytes()
-            .zip(want.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(StreamError::Unauthorized)
     }
 }
 
@@ -266,10 +230,8 @@ pub async fn exec(
     State(st): State<StreamState>,
     UrlPath((namespace, name, container)): UrlPath<(String, String, String)>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, StreamError> {
-    authorize(&st, &headers)?;
     let opts = StreamOptions::parse(query.as_deref().unwrap_or_default())?;
     if opts.command.is_empty() {
         return Err(StreamError::BadRequest(
@@ -293,10 +255,34 @@ async fn exec_session(socket: WebSocket, pid: i32, opts: StreamOptions) {
         }
         let _ = sink.send(normal_close()).await;
     });
+    // With a TTY, the first resize sizes the pty before the command starts; whatever else
+    // came first is replayed after.
+    let mut early = Vec::new();
+    let mut size = None;
+    if opts.tty {
+        let deadline = tokio::time::sleep(FIRST_RESIZE_WAIT);
+        tokio::pin!(deadline);
+        while size.is_none() {
+            tokio::select! {
+                m = incoming.next() => match m {
+                    Some(Ok(m)) => {
+                        match payload(m.clone()).as_deref().and_then(|d| d.split_first()) {
+                            Some((&RESIZE, rest)) => size = Some(terminal_size(rest)),
+                            _ => early.push(Ok(m)),
+                        }
+                    }
+                    _ => break,
+                },
+                () = &mut deadline => break,
+            }
+        }
+    }
+    let mut incoming = futures::stream::iter(early).chain(incoming);
     let spec = ExecSpec {
         argv: opts.command.clone(),
         stdin: opts.stdin,
         tty: opts.tty,
+        size,
     };
     let mut started = match exec::spawn_in_container(pid, spec).await {
         Ok(e) => e,
@@ -364,16 +350,9 @@ async fn exec_session(socket: WebSocket, pid: i32, opts: StreamOptions) {
                     }
                 }
                 RESIZE => {
-                    if let (Some(m), Ok(size)) =
-                        (&pty_master, serde_json::from_slice::<Value>(rest))
-                    {
-                        let dim = |k: &str| {
-                            size[k]
-                                .as_u64()
-                                .and_then(|v| u16::try_from(v).ok())
-                                .unwrap_or(0)
-                        };
-                        let _ = exec::resize(m, dim("Width"), dim("Height"));
+                    if let Some(m) = &pty_master {
+                        let (width, height) = terminal_size(rest);
+                        let _ = exec::resize(m, width, height);
                     }
                 }
                 CLOSE if rest.first() == Some(&STDIN) => {
@@ -406,6 +385,18 @@ async fn exec_session(socket: WebSocket, pid: i32, opts: StreamOptions) {
     let _ = writer.await;
 }
 
+/// The (width, height) of a resize message (`{"Width":..,"Height":..}`); 0 for what is missing.
+fn terminal_size(message: &[u8]) -> (u16, u16) {
+    let size = serde_json::from_slice::<Value>(message).unwrap_or_default();
+    let dim = |k: &str| {
+        size[k]
+            .as_u64()
+            .and_then(|v| u16::try_from(v).ok())
+            .unwrap_or(0)
+    };
+    (dim("Width"), dim("Height"))
+}
+
 /// Copies a process output to `channel` until EOF (a pty's master reads EIO at the end).
 async fn pump(mut r: impl AsyncRead + Unpin, channel: u8, tx: mpsc::Sender<Message>) {
     let mut buf = vec![0u8; 32 * 1024];
@@ -423,10 +414,8 @@ pub async fn attach(
     State(st): State<StreamState>,
     UrlPath((namespace, name, container)): UrlPath<(String, String, String)>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, StreamError> {
-    authorize(&st, &headers)?;
     let _opts = StreamOptions::parse(query.as_deref().unwrap_or_default())?;
     let (pid, ticks) = running_container(&st, &namespace, &name, &container)?;
     let dir =
@@ -456,14 +445,33 @@ async fn attach_session(socket: WebSocket, log: PathBuf, pid: i32, ticks: u64) {
     let _ = file.seek(std::io::SeekFrom::End(0)).await;
     let follow = async {
         let mut buf = vec![0u8; 32 * 1024];
+        // Bytes of an entry whose end was not written yet.
+        let mut pending = Vec::new();
+        let only = |stream| logfile::Render {
+            stream: Some(stream),
+            ..logfile::Render::default()
+        };
+        let (mut stdout, mut stderr) =
+            (only(logfile::Stream::Stdout), only(logfile::Stream::Stderr));
         loop {
             match file.read(&mut buf).await {
                 Ok(0) if !process::is_alive(pid, ticks) => break,
                 Ok(0) => tokio::time::sleep(ATTACH_POLL).await,
                 Ok(n) => {
-                    if sink.send(frame(STDOUT, &buf[..n])).await.is_err() {
-                        return None;
+                    pending.extend_from_slice(&buf[..n]);
+                    // Each stream to its own channel, as the container wrote it.
+                    for (render, channel) in [(&mut stdout, STDOUT), (&mut stderr, STDERR)] {
+                        let mut out = Vec::new();
+                        render.lines(&pending, &mut out);
+                        if !out.is_empty() && sink.send(frame(channel, &out)).await.is_err() {
+                            return None;
+                        }
                     }
+                    let used = pending
+                        .iter()
+                        .rposition(|b| *b == b'\n')
+                        .map_or(0, |i| i + 1);
+                    pending.drain(..used);
                 }
                 Err(_) => break,
             }
@@ -491,10 +499,8 @@ pub async fn port_forward(
     State(st): State<StreamState>,
     UrlPath((namespace, name)): UrlPath<(String, String)>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, StreamError> {
-    authorize(&st, &headers)?;
     let opts = StreamOptions::parse(query.as_deref().unwrap_or_default())?;
     if opts.ports.is_empty() {
         return Err(StreamError::BadRequest(
@@ -622,17 +628,14 @@ mod tests {
     }
 
     /// A raw WebSocket upgrade request and the status line of the answer.
-    async fn upgrade_status(addr: std::net::SocketAddr, path: &str, auth: Option<&str>) -> String {
+    async fn upgrade_status(addr: std::net::SocketAddr, path: &str) -> String {
         use tokio::io::AsyncWriteExt as _;
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let auth = auth
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
         s.write_all(
             format!(
                 "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
                  Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-                 Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n{auth}\r\n"
+                 Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n"
             )
             .as_bytes(),
         )
@@ -644,7 +647,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_the_token_holder_may_exec_and_bad_targets_are_statuses() {
+    async fn exec_upgrades_and_bad_targets_are_statuses() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pod_dir = dir.path().join("pods").join("uid-1");
         let mut rec = PodRecord {
@@ -670,27 +673,22 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let router = super::super::api::router(dir.path().to_owned(), None, Some("s3cret".into()));
+        let router = super::super::api::node_router(dir.path().to_owned());
         tokio::spawn(axum::serve(listener, router).into_future());
 
         let exec = "/exec/default/web/c?command=true&stdout=true";
-        let no = upgrade_status(addr, exec, None).await;
-        assert!(no.starts_with("HTTP/1.1 401"), "{no}");
-        let wrong = upgrade_status(addr, exec, Some("s3creT")).await;
-        assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
-        let ok = upgrade_status(addr, exec, Some("s3cret")).await;
+        let ok = upgrade_status(addr, exec).await;
         assert!(ok.starts_with("HTTP/1.1 101"), "{ok}");
         assert!(ok.contains("v5.channel.k8s.io"), "{ok}");
-        let missing =
-            upgrade_status(addr, "/exec/default/web/nope?command=true", Some("s3cret")).await;
+        let missing = upgrade_status(addr, "/exec/default/web/nope?command=true").await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
         assert!(missing.contains("container not found"), "{missing}");
-        let pod = upgrade_status(addr, "/exec/default/gone/c?command=true", Some("s3cret")).await;
+        let pod = upgrade_status(addr, "/exec/default/gone/c?command=true").await;
         assert!(
             pod.starts_with("HTTP/1.1 404") && pod.contains("\"kind\":\"Status\""),
             "{pod}"
         );
-        let pf = upgrade_status(addr, "/portForward/default/web", Some("s3cret")).await;
+        let pf = upgrade_status(addr, "/portForward/default/web").await;
         assert!(pf.starts_with("HTTP/1.1 400"), "{pf}");
     }
 }

@@ -1,6 +1,7 @@
 //! `pods/log`: proxies to the agent of the Pod's node (Node annotation `keelson.io/agent-api`),
-//! `GET http://<agent>/containerLogs/<ns>/<pod>/<container>?follow=..&tailLines=..`, streaming the
-//! body through as text/plain, like kube-apiserver does to the kubelet.
+//! `GET /containerLogs/<ns>/<pod>/<container>?follow=..&tailLines=..` over the connection of
+//! [`super::agent`], streaming the body through as text/plain, like kube-apiserver does to the
+//! kubelet.
 
 use axum::{
     body::{Body, Bytes},
@@ -8,10 +9,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http_body_util::Empty;
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use hyper_util::rt::TokioIo;
 
 use super::{
     ApiState,
+    agent::{self, AGENT_CERT_ANNOTATION, AgentAddr},
     error::ApiError,
     handlers::{Params, Target, load},
 };
@@ -27,6 +29,7 @@ const PASSED: &[&str] = &[
     "previous",
     "timestamps",
     "sinceSeconds",
+    "sinceTime",
     "limitBytes",
 ];
 
@@ -36,7 +39,7 @@ pub struct PodOnNode {
     pub pod: serde_json::Value,
     pub name: String,
     pub node: String,
-    pub agent: String,
+    pub agent: AgentAddr,
 }
 
 /// Loads the Pod of `t` and finds the agent API address of its node, with kube-apiserver's
@@ -67,7 +70,8 @@ pub async fn pod_on_node<S: Store>(state: &ApiState<S>, t: &Target) -> Result<Po
             });
         }
     };
-    let agent = node_obj["metadata"]["annotations"][AGENT_API_ANNOTATION]
+    let annotations = &node_obj["metadata"]["annotations"];
+    let addr = annotations[AGENT_API_ANNOTATION]
         .as_str()
         .filter(|a| !a.is_empty())
         .ok_or_else(|| {
@@ -76,6 +80,13 @@ pub async fn pod_on_node<S: Store>(state: &ApiState<S>, t: &Target) -> Result<Po
             ))
         })?
         .to_owned();
+    let agent = AgentAddr {
+        node: node.clone(),
+        addr,
+        cert_sha256: annotations[AGENT_CERT_ANNOTATION]
+            .as_str()
+            .map(str::to_owned),
+    };
     Ok(PodOnNode {
         pod,
         name,
@@ -140,27 +151,30 @@ pub async fn proxy<S: Store>(
         .iter()
         .filter_map(|k| params.get(*k).map(|v| format!("{k}={}", urlencode(v))))
         .collect();
-    let mut url = format!("http://{agent}/containerLogs/{ns}/{name}/{container}");
+    let mut path = format!("/containerLogs/{ns}/{name}/{container}");
     if !query.is_empty() {
-        url.push('?');
-        url.push_str(&query.join("&"));
+        path.push('?');
+        path.push_str(&query.join("&"));
     }
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| ApiError::Internal(format!("bad agent URL {url}: {e}")))?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let mut req = http::Request::get(uri);
-    // Agents serve container logs only to the API server, as the kubelet does with
-    // --authentication-token-webhook / client certificates.
-    if let Some(token) = &state.config.agent_token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let req = req
+    let unreachable = |e: String| {
+        ApiError::ServiceUnavailable(format!("error talking to the agent of node {node}: {e}"))
+    };
+    let io = agent::dial(&agent, state.config.agent_client.as_deref())
+        .await
+        .map_err(|e| unreachable(e.chain()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    // The connection lives as long as the (possibly followed) body is read.
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(header::HOST, agent.addr.as_str())
         .body(Empty::<Bytes>::new())
         .map_err(|e| ApiError::Internal(format!("building the agent request: {e}")))?;
-    let resp = client.request(req).await.map_err(|e| {
-        ApiError::ServiceUnavailable(format!("error talking to the agent of node {node}: {e}"))
-    })?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
     if !resp.status().is_success() {
         let status = resp.status();
         let body = http_body_util::BodyExt::collect(resp.into_body())

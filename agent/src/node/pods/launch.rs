@@ -97,6 +97,7 @@ impl Launch {
                 env: launch.env.clone(),
                 cwd: launch.cwd.clone(),
                 log,
+                logger: shared.cfg.logger_bin.clone(),
                 netns: shared.netns.clone(),
                 cgroup: shared.cgroup.clone(),
                 extra_cgroups: cgroups.dirs.clone(),

@@ -48,6 +48,9 @@ pub struct PodRuntimeConfig {
     pub cgroup_root: PathBuf,
     /// The `keelson` binary, run as `keelson cni`.
     pub cni_bin: PathBuf,
+    /// The `keelson` binary run as `keelson logger` for each container's output; `None`:
+    /// output goes into the log file as it is.
+    pub logger_bin: Option<PathBuf>,
     /// The agent's CNI socket, passed to the plugin in the network configuration.
     pub cni_socket: PathBuf,
     /// The cluster's DNS server and domain, for the Pods' resolv.conf and hosts.

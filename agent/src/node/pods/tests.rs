@@ -51,6 +51,7 @@ fn cni_config_names_the_agent_socket() {
         data_dir: "/var/lib/keelson".into(),
         cgroup_root: "/sys/fs/cgroup/unified/keelson/c/n1".into(),
         cni_bin: "/usr/bin/keelson".into(),
+        logger_bin: None,
         cni_socket: "/var/lib/keelson/cni.sock".into(),
         node_netns: None,
         cluster_dns: Default::default(),
@@ -96,6 +97,7 @@ fn test_pod(tag: &str, policy: RestartPolicy, containers: &[&str]) -> TestPod {
         data_dir: dir.path().to_owned(),
         cgroup_root: cgroup.clone(),
         cni_bin: "/nonexistent".into(),
+        logger_bin: None,
         cni_socket: dir.path().join("cni.sock"),
         cluster_dns: Default::default(),
     };
@@ -172,6 +174,7 @@ async fn supervisor_readopts_a_live_container_instead_of_starting_another() {
     let t = test_pod("adopt", RestartPolicy::Always, &["c"]);
     // What a previous agent left: a running container and its record.
     let spec = ProcessSpec {
+        logger: None,
         argv: vec!["sleep".into(), "30".into()],
         env: env(),
         cwd: "/".into(),

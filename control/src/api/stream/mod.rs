@@ -25,6 +25,7 @@ use hyper_util::rt::TokioIo;
 
 use super::{
     ApiState,
+    agent::{AgentAddr, AgentClient},
     error::ApiError,
     handlers::Target,
     logs::{PodOnNode, pick_container, pod_on_node},
@@ -145,7 +146,7 @@ async fn handle<S: Store>(
         sub: None,
     };
     let PodOnNode { pod, agent, .. } = pod_on_node(state, &target).await?;
-    let token = state.config.agent_token.clone();
+    let client = state.config.agent_client.clone();
     let upgrade = upgrade_of(&req);
     let protocols = requested_protocols(&req);
     let agent_path = match sub {
@@ -196,7 +197,7 @@ async fn handle<S: Store>(
                 )));
             };
             let agent_ws =
-                proxy::connect_agent(&agent, &agent_path, channel::V5, token.as_deref()).await?;
+                proxy::connect_agent(&agent, client.as_deref(), &agent_path, channel::V5).await?;
             let ws = websocket_upgrade(req, protocol).await?;
             Ok(ws.on_upgrade(move |client| proxy::relay(client, agent_ws)))
         }
@@ -211,9 +212,9 @@ async fn handle<S: Store>(
             }
             let dial = dialer(
                 agent.clone(),
+                client.clone(),
                 namespace.clone(),
                 name.clone(),
-                token.clone(),
             );
             if up == Upgrade::Spdy {
                 return spdy_upgrade(req, dial);
@@ -231,7 +232,7 @@ async fn handle<S: Store>(
                 }));
             }
             let agent_ws =
-                proxy::connect_agent(&agent, &agent_path, channel::V4, token.as_deref()).await?;
+                proxy::connect_agent(&agent, client.as_deref(), &agent_path, channel::V4).await?;
             let ws = websocket_upgrade(req, protocol).await?;
             Ok(ws.on_upgrade(move |client| proxy::relay(client, agent_ws)))
         }
@@ -255,17 +256,17 @@ async fn websocket_upgrade(req: Request, protocol: &str) -> Result<WebSocketUpgr
 
 /// One agent WebSocket per forwarded connection, for the SPDY sessions.
 fn dialer(
-    agent: String,
+    agent: AgentAddr,
+    client: Option<Arc<AgentClient>>,
     namespace: String,
     name: String,
-    token: Option<String>,
 ) -> portforward::Dial {
     Arc::new(move |port| {
-        let (agent, token) = (agent.clone(), token.clone());
+        let (agent, client) = (agent.clone(), client.clone());
         let path = format!("/portForward/{namespace}/{name}?port={port}");
-        Box::pin(
-            async move { proxy::connect_agent(&agent, &path, channel::V4, token.as_deref()).await },
-        )
+        Box::pin(async move {
+            proxy::connect_agent(&agent, client.as_deref(), &path, channel::V4).await
+        })
     })
 }
 

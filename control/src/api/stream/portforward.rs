@@ -312,11 +312,15 @@ mod tests {
 
     /// An agent's port-forward endpoint for one port: the port prefixes, then whatever
     /// arrives on the data channel comes back upper-cased, until the client half-closes.
-    async fn fake_agent() -> String {
+    async fn fake_agent() -> crate::api::agent::AgentAddr {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let addr = l.local_addr().expect("addr").to_string();
+        let addr = crate::api::agent::AgentAddr {
+            node: "n1".into(),
+            addr: l.local_addr().expect("addr").to_string(),
+            cert_sha256: None,
+        };
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
                 tokio::spawn(async move {
@@ -360,7 +364,7 @@ mod tests {
             let agent = agent.clone();
             Box::pin(async move {
                 let path = format!("/portForward/default/web?port={port}");
-                super::super::proxy::connect_agent(&agent, &path, channel::V4, None).await
+                super::super::proxy::connect_agent(&agent, None, &path, channel::V4).await
             })
         });
         let (mut client, server) = tokio::io::duplex(64 * 1024);

@@ -5,25 +5,28 @@
 
 use axum::extract::ws::{Message as ClientMessage, WebSocket};
 use futures::{SinkExt as _, StreamExt as _};
-use tokio::net::TcpStream;
 use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
+    WebSocketStream,
     tungstenite::{self, Message, client::IntoClientRequest as _, http::HeaderValue},
 };
 
-use super::super::error::ApiError;
+use super::super::{
+    agent::{self, AgentAddr, AgentClient, AgentIo},
+    error::ApiError,
+};
 
-pub type AgentSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type AgentSocket = WebSocketStream<Box<dyn AgentIo>>;
 
-/// Opens `ws://<agent><path>?<query>` with `protocol`, presenting `token` when there is one.
-/// An agent's `Status` answer becomes the same API error (404, 400, ...).
+/// Opens a WebSocket to `<path>?<query>` on `agent` with `protocol`, over TLS with the
+/// server's client certificate when there is one ([`agent::dial`]). An agent's `Status`
+/// answer becomes the same API error (404, 400, ...).
 pub async fn connect_agent(
-    agent: &str,
+    agent: &AgentAddr,
+    client: Option<&AgentClient>,
     path_and_query: &str,
     protocol: &str,
-    token: Option<&str>,
 ) -> Result<AgentSocket, ApiError> {
-    let url = format!("ws://{agent}{path_and_query}");
+    let url = format!("ws://{}{path_and_query}", agent.addr);
     let mut req = url
         .as_str()
         .into_client_request()
@@ -33,14 +36,10 @@ pub async fn connect_agent(
         "Sec-WebSocket-Protocol",
         HeaderValue::from_str(protocol).map_err(|e| ApiError::Internal(e.to_string()))?,
     );
-    if let Some(t) = token {
-        h.insert(
-            "Authorization",
-            HeaderValue::from_str(&format!("Bearer {t}"))
-                .map_err(|e| ApiError::Internal(e.to_string()))?,
-        );
-    }
-    match tokio_tungstenite::connect_async(req).await {
+    let io = agent::dial(agent, client).await.map_err(|e| {
+        ApiError::ServiceUnavailable(format!("error dialing backend: {}", e.chain()))
+    })?;
+    match tokio_tungstenite::client_async(req, io).await {
         Ok((socket, _)) => Ok(socket),
         Err(tungstenite::Error::Http(resp)) => {
             let status = resp.status();
