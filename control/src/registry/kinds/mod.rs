@@ -46,4 +46,12 @@ served_kinds! {
     events_event,
     /// coordination.k8s.io/v1 Lease
     lease,
+    /// rbac.authorization.k8s.io/v1 Role
+    role,
+    /// rbac.authorization.k8s.io/v1 ClusterRole
+    clusterrole,
+    /// rbac.authorization.k8s.io/v1 RoleBinding
+    rolebinding,
+    /// rbac.authorization.k8s.io/v1 ClusterRoleBinding
+    clusterrolebinding,
 }
