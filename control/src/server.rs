@@ -109,10 +109,24 @@ fn tls_config(creds: &pki::Credentials) -> Result<Arc<rustls::ServerConfig>, Ser
     let key = PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes())
         .map_err(|e| ServerError::Other(format!("serving key: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Client certificates of the cluster CA authenticate (api::authn); without one a client
+    // goes on to the bearer token, so the certificate is asked for but not required.
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(creds.ca_pem.as_bytes()) {
+        let ca = ca.map_err(|e| ServerError::Other(format!("cluster CA: {e}")))?;
+        roots.add(ca).map_err(ServerError::Tls)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| ServerError::Other(format!("client certificate verifier: {e}")))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(ServerError::Tls)?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .map_err(ServerError::Tls)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -132,6 +146,9 @@ pub async fn ensure_system_namespaces<S: Store>(
             Err(e) => return Err(ServerError::Other(format!("creating namespace {ns}: {e}"))),
         }
     }
+    api::authz::bootstrap::ensure(state)
+        .await
+        .map_err(|e| ServerError::Other(format!("creating the default RBAC roles: {e}")))?;
     let relabelled = api::namespaces::label_stored_namespaces(state)
         .await
         .map_err(|e| ServerError::Other(format!("labelling namespaces: {e}")))?;
@@ -249,7 +266,13 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     let state = ApiState::new(
         store.clone(),
         ApiConfig {
-            agent_token: Some(creds.agent_token.clone()),
+            agent_client: Some(Arc::new(
+                api::agent::AgentClient::from_pem(
+                    &creds.agent_client_cert_pem,
+                    &creds.agent_client_key_pem,
+                )
+                .map_err(|e| ServerError::Other(e.to_string()))?,
+            )),
             ..ApiConfig::with_admin_token(service_cidr, creds.token.clone())
         },
     );

@@ -136,6 +136,15 @@ pub enum ApiError {
     BadRequest(String),
     #[error("Unauthorized")]
     Unauthorized,
+    /// Authorization refused the request; `message` is kube-apiserver's sentence naming the
+    /// user and what was refused, `kind`/`group`/`name` the Status details.
+    #[error("{message}")]
+    Forbidden {
+        group: String,
+        kind: String,
+        name: String,
+        message: String,
+    },
     #[error("{0}")]
     Gone(String),
     /// A continue token whose revision is compacted (410 Expired). `resume` continues the list
@@ -202,6 +211,7 @@ impl ApiError {
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             ApiError::Gone(_) | ApiError::ContinueExpired { .. } => (StatusCode::GONE, "Expired"),
             ApiError::TooLargeResourceVersion { .. } => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
@@ -261,6 +271,9 @@ impl ApiError {
                     "field": c.field,
                 })).collect::<Vec<_>>(),
             })),
+            ApiError::Forbidden {
+                group, kind, name, ..
+            } => Some(json!({ "name": name, "group": group, "kind": kind })),
             ApiError::TooLargeResourceVersion { .. } => Some(json!({
                 "causes": [{
                     "reason": "ResourceVersionTooLarge",

@@ -1,7 +1,10 @@
 //! The Kubernetes REST API over the store: routing, authentication, and the request handlers
 //! (discovery, OpenAPI, CRUD, list/watch, patch, subresources, Table output, admission).
 
+pub mod agent;
 pub mod alloc;
+pub mod authn;
+pub mod authz;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
@@ -59,9 +62,9 @@ pub struct ApiConfig {
     pub node_port_range: (u16, u16),
     /// Bearer tokens accepted by authentication.
     pub tokens: Vec<TokenEntry>,
-    /// The token presented to agents' streaming endpoints (exec, attach, port-forward), which
-    /// serve only the API server when they are given one.
-    pub agent_token: Option<String>,
+    /// The client certificate presented to agents' node APIs (logs, exec, attach,
+    /// port-forward), over TLS; `None` (tests) dials agents in plain TCP.
+    pub agent_client: Option<Arc<agent::AgentClient>>,
 }
 
 impl ApiConfig {
@@ -70,7 +73,7 @@ impl ApiConfig {
         Self {
             service_cidr,
             node_port_range: (30000, 32767),
-            agent_token: None,
+            agent_client: None,
             tokens: vec![TokenEntry {
                 token,
                 user: UserInfo {
@@ -125,9 +128,11 @@ impl<S: Store> ApiState<S> {
     }
 }
 
-/// Authentication: a request must carry `Authorization: Bearer <token>` with a known token,
-/// except the health and version endpoints kube-apiserver also serves anonymously. The
-/// authenticated user travels on as a request extension.
+/// Authentication: a request carries `Authorization: Bearer <token>` with a known token or
+/// comes over a connection that presented a client certificate of the cluster CA
+/// ([`authn`]); one without credentials is `system:anonymous`, an unknown token is 401. The
+/// health and version endpoints are served to anyone. As kube-apiserver's union of authenticators, the first that knows the
+/// request decides. The authenticated user travels on as a request extension.
 async fn authenticate<S: Store>(
     State(state): State<Arc<ApiState<S>>>,
     mut req: Request,
@@ -154,13 +159,25 @@ async fn authenticate<S: Store>(
                 .iter()
                 .find(|e| constant_time_eq(e.token.as_bytes(), t.as_bytes()))
         })
-        .map(|e| e.user.clone());
-    match user {
-        Some(user) => {
+        .map(|e| e.user.clone())
+        .or_else(|| authn::user_of_connection(req.extensions()));
+    let user = match (user, presented) {
+        (Some(user), _) => user,
+        // Credentials that name no one: 401, as kube-apiserver answers a bad token.
+        (None, Some(_)) => return ApiError::Unauthorized.into_response(),
+        // None at all: the anonymous user (kube-apiserver's `--anonymous-auth`, on by default),
+        // whom authorization then refuses everything the default roles do not give it.
+        (None, None) => UserInfo {
+            name: authn::ANONYMOUS.into(),
+            groups: vec![authn::UNAUTHENTICATED.into()],
+        },
+    };
+    match authn::impersonated(state.store.as_ref(), user, req.headers()).await {
+        Ok(user) => {
             req.extensions_mut().insert(user);
             next.run(req).await
         }
-        None => ApiError::Unauthorized.into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -189,6 +206,18 @@ pub fn router<S: Store>(state: Arc<ApiState<S>>) -> Router {
         .route("/apis/", get(discovery::api_groups))
         .route("/apis/{group}", get(discovery::api_group))
         .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            axum::routing::post(authn::self_subject_review),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            axum::routing::post(authz::review::access::<S>),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+            axum::routing::post(authz::review::rules::<S>),
+        )
         .route("/openapi/v3", get(openapi::index))
         .route("/openapi/v3/{*path}", get(openapi::document))
         .route(
@@ -213,6 +242,10 @@ pub fn router<S: Store>(state: Arc<ApiState<S>>) -> Router {
         // extractors from buffering more if a body ever reaches them unchecked.
         .layer(axum::extract::DefaultBodyLimit::max(
             limits::MAX_REQUEST_BODY_BYTES,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            authz::authorize::<S>,
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),

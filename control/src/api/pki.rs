@@ -1,6 +1,8 @@
 //! The server's credentials in its data dir: a CA and a serving certificate (rcgen; the names
-//! of [`serving_names`]), the admin bearer token, and `admin.kubeconfig` pointing clients at all
-//! of it. Generated on first start, reused afterwards.
+//! of [`serving_names`]), the admin bearer token, `admin.kubeconfig` pointing clients at all
+//! of it, and the client certificate the server presents to node agents (kube-apiserver's
+//! `--kubelet-client-certificate`) with the CA agents check it against. Generated on first
+//! start, reused afterwards.
 
 use std::{
     io::Write as _,
@@ -34,14 +36,18 @@ pub struct Credentials {
     pub cert_pem: String,
     pub key_pem: String,
     pub token: String,
-    /// The token the server presents to agents' streaming endpoints (exec, attach,
-    /// port-forward); agents are given the file `agent-stream.token` it is kept in.
-    pub agent_token: String,
+    /// The client certificate and key the server presents to agents' node APIs (logs, exec,
+    /// attach, port-forward), signed by the CA in [`AGENT_CLIENT_CA_FILE`].
+    pub agent_client_cert_pem: String,
+    pub agent_client_key_pem: String,
     pub kubeconfig_path: PathBuf,
 }
 
-/// The file holding [`Credentials::agent_token`] in the server's data directory.
-pub const AGENT_TOKEN_FILE: &str = "agent-stream.token";
+/// The CA that signs only the server's agent client certificate; agents are given this file
+/// (`keelson agent --client-ca-file`), so the one client their node API accepts is the API
+/// server. A CA of its own, like kubeadm's front-proxy CA: no other certificate the cluster
+/// CA issues (nodes', users') can pass.
+pub const AGENT_CLIENT_CA_FILE: &str = "agent-client-ca.crt";
 
 /// A token kept in `path`: read if there is one, else 32 random bytes in hex, written first.
 fn ensure_token(path: &Path) -> Result<String, PkiError> {
@@ -91,10 +97,15 @@ fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
 /// The CA's certificate parameters. The CA is reloaded from its key with these, so a serving
 /// certificate re-issued later chains to the same `ca.crt` every client already trusts.
 fn ca_params() -> Result<CertificateParams, PkiError> {
+    ca_params_named("keelson-ca")
+}
+
+/// A CA's certificate parameters with `common_name`.
+fn ca_params_named(common_name: &str) -> Result<CertificateParams, PkiError> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(PkiError::Cert)?;
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "keelson-ca");
+        .push(DnType::CommonName, common_name);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -111,6 +122,55 @@ fn generate_ca() -> Result<(String, String), PkiError> {
     let ca_key = KeyPair::generate().map_err(PkiError::Cert)?;
     let ca_cert = ca_params()?.self_signed(&ca_key).map_err(PkiError::Cert)?;
     Ok((ca_cert.pem(), ca_key.serialize_pem()))
+}
+
+/// The common name of the agent client CA.
+const AGENT_CLIENT_CA_NAME: &str = "keelson-agent-client-ca";
+
+/// A new agent client CA and the server's client certificate it signs: (CA PEM, certificate
+/// PEM, key PEM). The CA's key is not kept: it never signs anything else. The certificate
+/// names the server as kube-apiserver's kubelet client is named by kubeadm
+/// (`kube-apiserver-kubelet-client`, group `system:masters`).
+/// A leaf certificate's parameters: `sans`, subject `common_name` (and `organization`), for
+/// `usage`, valid 2024–2125 (as the CA).
+fn leaf_params(
+    sans: Vec<String>,
+    common_name: &str,
+    organization: Option<&str>,
+    usage: ExtendedKeyUsagePurpose,
+) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(sans).map_err(PkiError::Cert)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    if let Some(o) = organization {
+        params.distinguished_name.push(DnType::OrganizationName, o);
+    }
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![usage];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2125, 1, 1);
+    Ok(params)
+}
+
+fn generate_agent_client() -> Result<(String, String, String), PkiError> {
+    let ca_key = KeyPair::generate().map_err(PkiError::Cert)?;
+    let ca_params = ca_params_named(AGENT_CLIENT_CA_NAME)?;
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(PkiError::Cert)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().map_err(PkiError::Cert)?;
+    let params = leaf_params(
+        Vec::new(),
+        "kube-apiserver-kubelet-client",
+        Some("system:masters"),
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )?;
+    let cert = params.signed_by(&key, &issuer).map_err(PkiError::Cert)?;
+    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
 }
 
 /// The names the serving certificate holds: kube-apiserver's (`kubernetes`,
@@ -140,17 +200,36 @@ fn generate_serving(ca_key_pem: &str, sans: &[String]) -> Result<(String, String
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(PkiError::Cert)?;
     let issuer = Issuer::new(ca_params()?, ca_key);
     let key = KeyPair::generate().map_err(PkiError::Cert)?;
-    let mut params = CertificateParams::new(sans.to_vec()).map_err(PkiError::Cert)?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2125, 1, 1);
+    let params = leaf_params(
+        sans.to_vec(),
+        "kube-apiserver",
+        None,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    let cert = params.signed_by(&key, &issuer).map_err(PkiError::Cert)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A client certificate for `user` in `group` (CN and O, as kube-apiserver's x509
+/// authenticator reads them; rcgen writes one value per attribute type, so one group),
+/// signed by the cluster CA kept in `data_dir`: (certificate PEM, key PEM). Valid for a year.
+pub fn issue_client(
+    data_dir: &Path,
+    user: &str,
+    group: Option<&str>,
+) -> Result<(String, String), PkiError> {
+    let ca_key_path = data_dir.join("ca.key");
+    let ca_key_pem = read(&ca_key_path)?.ok_or_else(|| PkiError::Io {
+        path: ca_key_path.clone(),
+        source: std::io::ErrorKind::NotFound.into(),
+    })?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(PkiError::Cert)?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let key = KeyPair::generate().map_err(PkiError::Cert)?;
+    let mut params = leaf_params(Vec::new(), user, group, ExtendedKeyUsagePurpose::ClientAuth)?;
+    let now = std::time::SystemTime::now();
+    params.not_before = (now - std::time::Duration::from_secs(300)).into();
+    params.not_after = (now + std::time::Duration::from_secs(365 * 24 * 3600)).into();
     let cert = params.signed_by(&key, &issuer).map_err(PkiError::Cert)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
@@ -206,7 +285,28 @@ pub fn ensure(
         }
     };
     let token = ensure_token(&token_path)?;
-    let agent_token = ensure_token(&path(AGENT_TOKEN_FILE))?;
+    let (client_ca_path, client_cert_path, client_key_path) = (
+        path(AGENT_CLIENT_CA_FILE),
+        path("apiserver-agent-client.crt"),
+        path("apiserver-agent-client.key"),
+    );
+    let (agent_client_cert_pem, agent_client_key_pem) = match (
+        read(&client_ca_path)?,
+        read(&client_cert_path)?,
+        read(&client_key_path)?,
+    ) {
+        (Some(_), Some(cert), Some(key)) => (cert, key),
+        _ => {
+            let (ca, cert, key) = generate_agent_client()?;
+            write_private(&client_key_path, &key)?;
+            write_private(&client_cert_path, &cert)?;
+            // Last: the CA file present means the pair it signed is too.
+            write_private(&client_ca_path, &ca)?;
+            (cert, key)
+        }
+    };
+    // The bearer token agents were given before the client certificate replaced it.
+    let _ = std::fs::remove_file(path("agent-stream.token"));
     let kubeconfig_path = data_dir.join("admin.kubeconfig");
     write_private(&kubeconfig_path, &kubeconfig(&ca_pem, listen, &token))?;
     Ok(Credentials {
@@ -214,7 +314,8 @@ pub fn ensure(
         cert_pem,
         key_pem,
         token,
-        agent_token,
+        agent_client_cert_pem,
+        agent_client_key_pem,
         kubeconfig_path,
     })
 }
@@ -264,6 +365,8 @@ mod tests {
         assert_ne!(first.cert_pem, third.cert_pem);
         assert!(serving_names(listen, &[extra]).contains(&"10.96.0.1".to_string()));
         assert_eq!(first.token, second.token);
+        assert_eq!(first.agent_client_cert_pem, third.agent_client_cert_pem);
+        assert!(dir.path().join(AGENT_CLIENT_CA_FILE).exists());
         let kc: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(&first.kubeconfig_path).expect("kubeconfig"),
         )

@@ -349,6 +349,18 @@ const MAGIC: &[u8] = b"k8s\x00";
 
 /// Decodes a protobuf request body into the object's JSON form.
 pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
+    // The kind's own file names its top-level message (its strategy's `protobuf`).
+    decode_with(body, |api_version, kind| {
+        crate::registry::lookup_type(api_version, kind).and_then(|info| info.strategy.protobuf())
+    })
+}
+
+/// [`decode`] with the top-level message of `(apiVersion, kind)` from `schema_of` (for
+/// requests that are not stored kinds, such as access reviews).
+pub fn decode_with(
+    body: &[u8],
+    schema_of: impl Fn(&str, &str) -> Option<&'static [Field]>,
+) -> Result<Value, ApiError> {
     let inner = body
         .strip_prefix(MAGIC)
         .ok_or_else(|| ApiError::BadRequest("protobuf body lacks the k8s envelope".into()))?;
@@ -369,9 +381,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    // The kind's own file names its top-level message (its strategy's `protobuf`).
-    let schema = crate::registry::lookup_type(&api_version, &kind)
-        .and_then(|info| info.strategy.protobuf())
+    let schema = schema_of(&api_version, &kind)
         .ok_or_else(|| unsupported(format!("{kind} in {api_version} is not supported")))?;
     let raw = base64::engine::general_purpose::STANDARD
         .decode(unknown["raw"].as_str().unwrap_or_default())

@@ -16,6 +16,8 @@ use tower::ServiceExt as _;
 use super::{ApiConfig, ApiState, router};
 use crate::store::{SqliteStore, Store};
 
+#[cfg(test)]
+mod authn;
 mod netpol;
 #[cfg(test)]
 mod operability;
@@ -267,12 +269,29 @@ async fn api_authentication_is_required() {
         .uri("/api/v1/namespaces")
         .body(Body::empty())
         .expect("request");
+    // No credentials: the anonymous user, refused by authorization.
+    let resp = h.app.clone().oneshot(req).await.expect("answers");
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let body: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes())
+            .expect("json");
+    assert_eq!(body["kind"], "Status");
+    assert_eq!(body["reason"], "Forbidden");
+    assert_eq!(
+        body["message"],
+        "namespaces is forbidden: User \"system:anonymous\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope"
+    );
+    // A token that names no one: 401.
+    let req = Request::builder()
+        .uri("/api/v1/namespaces")
+        .header("Authorization", "Bearer not-a-token")
+        .body(Body::empty())
+        .expect("request");
     let resp = h.app.clone().oneshot(req).await.expect("answers");
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let body: Value =
         serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes())
             .expect("json");
-    assert_eq!(body["kind"], "Status");
     assert_eq!(body["reason"], "Unauthorized");
     let req = Request::builder()
         .uri("/healthz")
@@ -1173,6 +1192,41 @@ spec:
     targetPort: 80
 "#;
 
+/// A TLS configuration for a stand-in agent: a self-signed certificate (and its SHA-256 in
+/// hex), client certificates required from the server's agent client CA in `server_dir`.
+fn fake_agent_tls(server_dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, String) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.der());
+    let hex = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let ca = std::fs::read(server_dir.join(super::pki::AGENT_CLIENT_CA_FILE)).expect("client CA");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("verifier");
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::try_from(key.serialize_der()).expect("key"),
+        )
+        .expect("config");
+    (Arc::new(cfg), hex)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_real_kubectl_against_real_server() {
     if !std::path::Path::new(KUBECTL).exists() {
@@ -1549,10 +1603,11 @@ async fn api_real_kubectl_against_real_server() {
         .expect("join");
     assert!(err.contains("NotFound"), "{err}");
 
-    // pods/log goes to the agent named by the node's annotation.
-    let agent = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("agent port");
+    // pods/log goes to the agent named by the node's annotation, over TLS: the agent admits
+    // the server's client certificate (of `agent-client-ca.crt`) and the server pins the
+    // agent's certificate by the digest the Node publishes.
+    let agent = std::net::TcpListener::bind("127.0.0.1:0").expect("agent port");
+    agent.set_nonblocking(true).expect("nonblocking");
     let agent_addr = agent.local_addr().expect("addr");
     let agent_app = Router::new().route(
         "/containerLogs/{ns}/{pod}/{container}",
@@ -1568,9 +1623,16 @@ async fn api_real_kubectl_against_real_server() {
             },
         ),
     );
-    let agent_task = tokio::spawn(async move { axum::serve(agent, agent_app).await });
+    let (agent_tls, agent_digest) = fake_agent_tls(dir.path());
+    let agent_server = axum_server::from_tcp_rustls(
+        agent,
+        axum_server::tls_rustls::RustlsConfig::from_config(agent_tls),
+    )
+    .expect("agent server");
+    let agent_task =
+        tokio::spawn(async move { agent_server.serve(agent_app.into_make_service()).await });
     let node: &'static str = Box::leak(
-        format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  annotations: {{keelson.io/agent-api: \"{agent_addr}\"}}\n")
+        format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  annotations: {{keelson.io/agent-api: \"{agent_addr}\", keelson.io/agent-api-cert-sha256: \"{agent_digest}\"}}\n")
             .into_boxed_str(),
     );
     let (ok, _, _) = run(vec!["apply", "-f", "-"], Some(node))

@@ -6,9 +6,12 @@
 //! [`runtime::Runner`]: one informer per watched kind shared by every controller, one work
 //! queue and worker per controller. The controllers: [`deployment`], [`replicaset`],
 //! [`daemonset`], [`endpointslice`], [`nodeipam`], [`nodelifecycle`], [`gc`] (garbage
-//! collection through ownerReferences), [`namespace`] (Namespace deletion) and [`lbipam`]
+//! collection through ownerReferences), [`namespace`] (Namespace deletion),
+//! [`serviceaccount`] (each Namespace's `default` ServiceAccount), [`clusterroleaggregation`]
+//! (ClusterRoles made of others) and [`lbipam`]
 //! (LoadBalancer addresses).
 
+pub mod clusterroleaggregation;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
@@ -23,6 +26,7 @@ pub mod objects;
 pub mod podtemplate;
 pub mod replicaset;
 pub mod runtime;
+pub mod serviceaccount;
 #[cfg(test)]
 pub(crate) mod testutil;
 
@@ -78,7 +82,9 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
         .add(nodeipam::NodeIpamController { pool })
         .add(nodelifecycle::NodeLifecycleController)
         .add(gc::GarbageCollector)
-        .add(namespace::NamespaceController);
+        .add(namespace::NamespaceController)
+        .add(serviceaccount::ServiceAccountsController)
+        .add(clusterroleaggregation::AggregationController);
     if let Some(pool) = lb_pool {
         tracing::info!(pool = ?pool.cidrs, addresses = pool.len(), "LoadBalancer IPAM started");
         runner.add(lbipam::LbIpamController { pool });

@@ -366,6 +366,10 @@ fn backend(e: impl Display) -> StoreError {
 /// Takes the lock file next to the database (`<file>.lock`) for the life of the writer: two
 /// writers on one file would each count revisions on their own. A separate file, because closing
 /// any descriptor of the database would drop SQLite's own POSIX locks on it.
+/// How often, and how far apart, taking the store's lock is tried again.
+const LOCK_RETRIES: u32 = 20;
+const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
 fn lock_store(path: &Path) -> Result<File, StoreError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
@@ -376,7 +380,21 @@ fn lock_store(path: &Path) -> Result<File, StoreError> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| StoreError::Backend(format!("opening {}: {e}", lock_path.display())))?;
-    match file.try_lock() {
+    // A child process between fork and exec shares every descriptor, the lock's included
+    // (flock(2) locks belong to the open file description), until its exec closes it: a
+    // store closed a moment ago may still look held. Such a hold lasts microseconds, so a
+    // few short retries tell it from a store that is really open elsewhere.
+    let mut tries = 0;
+    let held = loop {
+        match file.try_lock() {
+            Err(TryLockError::WouldBlock) if tries < LOCK_RETRIES => {
+                tries += 1;
+                std::thread::sleep(LOCK_RETRY_DELAY);
+            }
+            other => break other,
+        }
+    };
+    match held {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
             "store {} is already open in another store or process",
