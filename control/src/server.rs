@@ -146,6 +146,22 @@ pub async fn ensure_system_namespaces<S: Store>(
             Err(e) => return Err(ServerError::Other(format!("creating namespace {ns}: {e}"))),
         }
     }
+    // Their `default` ServiceAccounts too, so that the first Pods of a new server (keelson's
+    // own DNS) need not wait for the ServiceAccounts controller.
+    for ns in SYSTEM_NAMESPACES {
+        let sa = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "default", "namespace": ns}});
+        match api::handlers::create_internal(state, "", "v1", "serviceaccounts", Some(ns), &sa)
+            .await
+        {
+            Ok(_) | Err(api::error::ApiError::AlreadyExists { .. }) => {}
+            Err(e) => {
+                return Err(ServerError::Other(format!(
+                    "creating the default ServiceAccount of {ns}: {e}"
+                )));
+            }
+        }
+    }
     api::authz::bootstrap::ensure(state)
         .await
         .map_err(|e| ServerError::Other(format!("creating the default RBAC roles: {e}")))?;
@@ -273,6 +289,13 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
                 )
                 .map_err(|e| ServerError::Other(e.to_string()))?,
             )),
+            issuer: Arc::new(
+                api::tokens::Issuer::from_pem(
+                    api::tokens::DEFAULT_ISSUER,
+                    &creds.service_account_key_pem,
+                )
+                .map_err(|e| ServerError::Other(format!("the ServiceAccount issuer: {e}")))?,
+            ),
             ..ApiConfig::with_admin_token(service_cidr, creds.token.clone())
         },
     );
@@ -314,6 +337,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         cluster_cidr: cfg.cluster_cidr.clone(),
         node_cidr_mask: cfg.node_cidr_mask,
         lb_pool: cfg.lb_pool.clone(),
+        root_ca_pem: Some(creds.ca_pem.clone()),
     };
     tasks.spawn({
         let client = client.clone();

@@ -6,8 +6,9 @@
 //! hands the presented chain to every request of the connection as `TlsInfo`. Also
 //! impersonation (`kubectl --as`, `--as-group`; the `Impersonate-*` headers, allowed by the
 //! `impersonate` verb on users, groups and serviceaccounts as kube-apiserver's
-//! `WithImpersonation` filter checks it) and `SelfSubjectReview` (`kubectl auth whoami`): the
-//! requester's own user info.
+//! `WithImpersonation` filter checks it), `SelfSubjectReview` (`kubectl auth whoami`): the
+//! requester's own user info, and ServiceAccount tokens checked against the objects they name
+//! (pkg/serviceaccount/claims.go `Validate`), with the issuer's discovery document and keys.
 
 use std::sync::Arc;
 
@@ -134,6 +135,73 @@ pub async fn impersonated<S: crate::store::Store>(
         name: target,
         groups: all_groups,
     })
+}
+
+/// The ServiceAccount user of `token` when the issuer signed it, it is current, and its
+/// ServiceAccount (and the Pod, Secret or Node it is bound to) still exists with the UID it
+/// names: kube-apiserver's bound token validator. `None` refuses the token (401).
+pub async fn service_account_user<S: crate::store::Store>(
+    store: &S,
+    issuer: &super::tokens::Issuer,
+    token: &str,
+) -> Option<UserInfo> {
+    let claims = match issuer.verify(token) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "refused a ServiceAccount token");
+            return None;
+        }
+    };
+    let k = &claims.kubernetes;
+    let ns = k.namespace.as_str();
+    let alive = |plural: &'static str, namespaced: bool, r: &super::tokens::Ref| {
+        let key = crate::registry::lookup("", "v1", plural)
+            .map(|info| info.key(namespaced.then_some(ns), &r.name));
+        let uid = r.uid.clone();
+        async move {
+            let kv = store.get(&key?).await.ok()??;
+            let obj = super::handlers::load(&kv).ok()?;
+            // Deleted (or being deleted) objects take their tokens with them.
+            (obj["metadata"]["uid"] == uid.as_str()
+                && obj["metadata"]["deletionTimestamp"].is_null())
+            .then_some(())
+        }
+    };
+    alive("serviceaccounts", true, &k.serviceaccount).await?;
+    if let Some(pod) = &k.pod {
+        alive("pods", true, pod).await?;
+    }
+    if let Some(secret) = &k.secret {
+        alive("secrets", true, secret).await?;
+    }
+    // A Pod-bound token names its Node for information; only a Node-bound one depends on it.
+    if let (Some(node), None) = (&k.node, &k.pod) {
+        alive("nodes", false, node).await?;
+    }
+    let mut groups = super::tokens::groups(ns);
+    groups.push(AUTHENTICATED.to_owned());
+    Some(UserInfo {
+        name: super::tokens::username(ns, &k.serviceaccount.name),
+        groups,
+    })
+}
+
+/// `GET /.well-known/openid-configuration`: the ServiceAccount issuer's discovery document.
+pub async fn openid_configuration<S: crate::store::Store>(
+    axum::extract::State(state): axum::extract::State<Arc<super::ApiState<S>>>,
+) -> Response {
+    Json(state.config.issuer.discovery()).into_response()
+}
+
+/// `GET /openid/v1/jwks`: the keys that verify the issuer's tokens.
+pub async fn jwks<S: crate::store::Store>(
+    axum::extract::State(state): axum::extract::State<Arc<super::ApiState<S>>>,
+) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "application/jwk-set+json")],
+        Json(state.config.issuer.jwks()),
+    )
+        .into_response()
 }
 
 /// `POST /apis/authentication.k8s.io/v1/selfsubjectreviews`: the requester as authentication

@@ -123,6 +123,13 @@ fn subresources(
                 vec!["get", "patch", "update"],
             ),
             "binding" => ("binding", "Binding", "", "v1", vec!["create"]),
+            "token" => (
+                "token",
+                "TokenRequest",
+                "authentication.k8s.io",
+                "v1",
+                vec!["create"],
+            ),
             "log" => ("log", "Pod", "", "v1", vec!["get"]),
             "exec" => ("exec", "PodExecOptions", "", "v1", vec!["create", "get"]),
             "attach" => (

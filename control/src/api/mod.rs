@@ -1,6 +1,7 @@
 //! The Kubernetes REST API over the store: routing, authentication, and the request handlers
 //! (discovery, OpenAPI, CRUD, list/watch, patch, subresources, Table output, admission).
 
+pub mod admission;
 pub mod agent;
 pub mod alloc;
 pub mod authn;
@@ -23,6 +24,7 @@ pub mod stream;
 pub mod table;
 #[cfg(test)]
 mod tests;
+pub mod tokens;
 pub mod watch;
 
 use std::{net::Ipv4Addr, sync::Arc};
@@ -65,6 +67,8 @@ pub struct ApiConfig {
     /// The client certificate presented to agents' node APIs (logs, exec, attach,
     /// port-forward), over TLS; `None` (tests) dials agents in plain TCP.
     pub agent_client: Option<Arc<agent::AgentClient>>,
+    /// Signs and checks ServiceAccount tokens.
+    pub issuer: Arc<tokens::Issuer>,
 }
 
 impl ApiConfig {
@@ -74,6 +78,10 @@ impl ApiConfig {
             service_cidr,
             node_port_range: (30000, 32767),
             agent_client: None,
+            issuer: Arc::new(
+                tokens::Issuer::generate(tokens::DEFAULT_ISSUER)
+                    .expect("generating a P-256 key with ring"),
+            ),
             tokens: vec![TokenEntry {
                 token,
                 user: UserInfo {
@@ -131,8 +139,9 @@ impl<S: Store> ApiState<S> {
 /// Authentication: a request carries `Authorization: Bearer <token>` with a known token or
 /// comes over a connection that presented a client certificate of the cluster CA
 /// ([`authn`]); one without credentials is `system:anonymous`, an unknown token is 401. The
-/// health and version endpoints are served to anyone. As kube-apiserver's union of authenticators, the first that knows the
-/// request decides. The authenticated user travels on as a request extension.
+/// health and version endpoints are served to anyone. A bearer token is a static one or a
+/// ServiceAccount token ([`tokens`]). As kube-apiserver's union of authenticators, the first
+/// that knows the request decides. The authenticated user travels on as a request extension.
 async fn authenticate<S: Store>(
     State(state): State<Arc<ApiState<S>>>,
     mut req: Request,
@@ -149,8 +158,7 @@ async fn authenticate<S: Store>(
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     let user = presented
         .and_then(|t| {
             state
@@ -159,8 +167,14 @@ async fn authenticate<S: Store>(
                 .iter()
                 .find(|e| constant_time_eq(e.token.as_bytes(), t.as_bytes()))
         })
-        .map(|e| e.user.clone())
-        .or_else(|| authn::user_of_connection(req.extensions()));
+        .map(|e| e.user.clone());
+    let user = match (user, presented) {
+        (None, Some(t)) if tokens::looks_like_jwt(t) => {
+            authn::service_account_user(state.store.as_ref(), &state.config.issuer, t).await
+        }
+        (user, _) => user,
+    }
+    .or_else(|| authn::user_of_connection(req.extensions()));
     let user = match (user, presented) {
         (Some(user), _) => user,
         // Credentials that name no one: 401, as kube-apiserver answers a bad token.
@@ -179,6 +193,15 @@ async fn authenticate<S: Store>(
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
+/// (RFC 9110 §11.1; the Python client sends `bearer`), as kube-apiserver's bearer token
+/// authenticator reads it.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Compares secrets without an early exit on the first differing byte.
@@ -218,6 +241,11 @@ pub fn router<S: Store>(state: Arc<ApiState<S>>) -> Router {
             "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
             axum::routing::post(authz::review::rules::<S>),
         )
+        .route(
+            "/.well-known/openid-configuration",
+            get(authn::openid_configuration::<S>),
+        )
+        .route("/openid/v1/jwks", get(authn::jwks::<S>))
         .route("/openapi/v3", get(openapi::index))
         .route("/openapi/v3/{*path}", get(openapi::document))
         .route(

@@ -1,8 +1,8 @@
 //! The server's credentials in its data dir: a CA and a serving certificate (rcgen; the names
 //! of [`serving_names`]), the admin bearer token, `admin.kubeconfig` pointing clients at all
 //! of it, and the client certificate the server presents to node agents (kube-apiserver's
-//! `--kubelet-client-certificate`) with the CA agents check it against. Generated on first
-//! start, reused afterwards.
+//! `--kubelet-client-certificate`) with the CA agents check it against, and the key that signs
+//! ServiceAccount tokens. Generated on first start, reused afterwards.
 
 use std::{
     io::Write as _,
@@ -40,6 +40,8 @@ pub struct Credentials {
     /// attach, port-forward), signed by the CA in [`AGENT_CLIENT_CA_FILE`].
     pub agent_client_cert_pem: String,
     pub agent_client_key_pem: String,
+    /// The ServiceAccount token issuer's key (PKCS#8 P-256; kubeadm's `sa.key`).
+    pub service_account_key_pem: String,
     pub kubeconfig_path: PathBuf,
 }
 
@@ -305,6 +307,15 @@ pub fn ensure(
             (cert, key)
         }
     };
+    let sa_key_path = path("service-account.key");
+    let service_account_key_pem = match read(&sa_key_path)? {
+        Some(key) => key,
+        None => {
+            let key = KeyPair::generate().map_err(PkiError::Cert)?.serialize_pem();
+            write_private(&sa_key_path, &key)?;
+            key
+        }
+    };
     // The bearer token agents were given before the client certificate replaced it.
     let _ = std::fs::remove_file(path("agent-stream.token"));
     let kubeconfig_path = data_dir.join("admin.kubeconfig");
@@ -316,6 +327,7 @@ pub fn ensure(
         token,
         agent_client_cert_pem,
         agent_client_key_pem,
+        service_account_key_pem,
         kubeconfig_path,
     })
 }

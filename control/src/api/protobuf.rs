@@ -350,8 +350,13 @@ const MAGIC: &[u8] = b"k8s\x00";
 /// Decodes a protobuf request body into the object's JSON form.
 pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
     // The kind's own file names its top-level message (its strategy's `protobuf`).
-    decode_with(body, |api_version, kind| {
-        crate::registry::lookup_type(api_version, kind).and_then(|info| info.strategy.protobuf())
+    decode_with(body, |api_version, kind| match (api_version, kind) {
+        // Bodies of subresources that are not stored kinds.
+        ("authentication.k8s.io/v1", "TokenRequest") => {
+            Some(crate::registry::kinds::serviceaccount::TOKEN_REQUEST)
+        }
+        _ => crate::registry::lookup_type(api_version, kind)
+            .and_then(|info| info.strategy.protobuf()),
     })
 }
 

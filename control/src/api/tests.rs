@@ -22,6 +22,8 @@ mod netpol;
 #[cfg(test)]
 mod operability;
 #[cfg(test)]
+mod serviceaccounts;
+#[cfg(test)]
 mod writes;
 
 const TOKEN: &str = "test-token";
@@ -942,6 +944,12 @@ async fn api_namespace_deletion_empties_then_removes_it() {
     assert_eq!(r.body["spec"]["finalizers"], json!(["kubernetes"]));
     h.post("/api/v1/namespaces/gone/configmaps", configmap("c"))
         .await;
+    // What the ServiceAccounts controller makes (admission wants it for the Pod).
+    h.post(
+        "/api/v1/namespaces/gone/serviceaccounts",
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+    )
+    .await;
     h.post(
         "/api/v1/namespaces/gone/pods",
         pod("bound", json!({}), Some("n1")),
@@ -2467,4 +2475,14 @@ async fn api_service_traffic_policy_validation_and_defaults() {
             format!("Service \"bad\" is invalid: {field}: {message}")
         );
     }
+}
+
+#[test]
+fn api_bearer_scheme_is_case_insensitive() {
+    assert_eq!(super::bearer_token("Bearer abc"), Some("abc"));
+    assert_eq!(super::bearer_token("bearer abc "), Some("abc"));
+    assert_eq!(super::bearer_token("BEARER  abc"), Some("abc"));
+    assert_eq!(super::bearer_token("Basic abc"), None);
+    assert_eq!(super::bearer_token("Bearer "), None);
+    assert_eq!(super::bearer_token("Bearerabc"), None);
 }

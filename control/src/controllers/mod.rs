@@ -7,9 +7,9 @@
 //! queue and worker per controller. The controllers: [`deployment`], [`replicaset`],
 //! [`daemonset`], [`endpointslice`], [`nodeipam`], [`nodelifecycle`], [`gc`] (garbage
 //! collection through ownerReferences), [`namespace`] (Namespace deletion),
-//! [`serviceaccount`] (each Namespace's `default` ServiceAccount), [`clusterroleaggregation`]
-//! (ClusterRoles made of others) and [`lbipam`]
-//! (LoadBalancer addresses).
+//! [`serviceaccount`] (each Namespace's `default` ServiceAccount), [`rootcacert`] (each
+//! Namespace's `kube-root-ca.crt`), [`clusterroleaggregation`] (ClusterRoles made of others)
+//! and [`lbipam`] (LoadBalancer addresses).
 
 pub mod clusterroleaggregation;
 pub mod daemonset;
@@ -25,6 +25,7 @@ pub mod nodelifecycle;
 pub mod objects;
 pub mod podtemplate;
 pub mod replicaset;
+pub mod rootcacert;
 pub mod runtime;
 pub mod serviceaccount;
 #[cfg(test)]
@@ -40,6 +41,9 @@ pub struct ControllersConfig {
     /// LoadBalancer addresses are allocated from these CIDRs ("172.30.0.0/24,..."); `None`
     /// leaves LoadBalancer Services without an address, as a cluster without LB-IPAM does.
     pub lb_pool: Option<String>,
+    /// The cluster CA, published in every Namespace as `kube-root-ca.crt`; `None` publishes
+    /// nothing.
+    pub root_ca_pem: Option<String>,
 }
 
 /// Errors of the controller loops.
@@ -85,6 +89,9 @@ pub async fn run_all(client: kube::Client, cfg: ControllersConfig) -> Result<(),
         .add(namespace::NamespaceController)
         .add(serviceaccount::ServiceAccountsController)
         .add(clusterroleaggregation::AggregationController);
+    if let Some(ca) = cfg.root_ca_pem {
+        runner.add(rootcacert::RootCaController { ca });
+    }
     if let Some(pool) = lb_pool {
         tracing::info!(pool = ?pool.cidrs, addresses = pool.len(), "LoadBalancer IPAM started");
         runner.add(lbipam::LbIpamController { pool });

@@ -317,6 +317,17 @@ pub fn cluster_roles() -> Vec<Value> {
                 {"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], "verbs": ["create"]},
             ]),
         ),
+        // The ServiceAccount issuer's discovery, for workloads that verify each other's tokens
+        // (KEP-1393; kube-apiserver binds it to every ServiceAccount).
+        cluster_role(
+            "system:service-account-issuer-discovery",
+            json!([{"nonResourceURLs": [
+                "/.well-known/openid-configuration",
+                "/.well-known/openid-configuration/",
+                "/openid/v1/jwks",
+                "/openid/v1/jwks/",
+            ], "verbs": ["get"]}]),
+        ),
         aggregated("admin", &[]),
         aggregated("edit", &[aggregate_to("admin")]),
         aggregated("view", &[aggregate_to("edit")]),
@@ -336,6 +347,10 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &["system:authenticated", "system:unauthenticated"],
         ),
         binding("system:basic-user", &["system:authenticated"]),
+        binding(
+            "system:service-account-issuer-discovery",
+            &["system:serviceaccounts"],
+        ),
     ]
 }
 

@@ -32,7 +32,7 @@ const SUFFIX_LEN: usize = 5;
 const MAX_GENERATED_NAME_LENGTH: usize = 63 - SUFFIX_LEN;
 
 /// `prefix` plus a random suffix, as names.SimpleNameGenerator makes it.
-pub(super) fn generate_name(prefix: &str) -> String {
+pub fn generate_name(prefix: &str) -> String {
     let mut cut = prefix.len().min(MAX_GENERATED_NAME_LENGTH);
     while !prefix.is_char_boundary(cut) {
         cut -= 1;
@@ -109,6 +109,7 @@ impl<S: Store> Req<'_, S> {
         registry::defaults::apply(info, &mut obj);
         self.namespace_exists().await?;
         let _guard = self.admission_guard().await;
+        crate::api::admission::mutate(self.state, info, &mut obj, None).await?;
         self.admit(&mut obj, None).await?;
         let name = obj["metadata"]["name"]
             .as_str()

@@ -7,7 +7,7 @@
 //!
 //! One module per verb: [`options`] (the typed query and body options), [`body`] (the request
 //! body decoder), [`create`], [`update`] (update and patch), [`delete`], [`list`] and
-//! [`subresources`] (scale, binding).
+//! [`subresources`] (scale, binding), [`token`] (ServiceAccount tokens).
 
 mod body;
 mod create;
@@ -15,6 +15,7 @@ mod delete;
 mod list;
 pub mod options;
 mod subresources;
+mod token;
 mod update;
 
 use std::{collections::HashMap, sync::Arc};
@@ -29,6 +30,7 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
 pub use body::decode_body;
+pub use create::generate_name;
 pub use list::{list_objects, scale_of};
 
 use super::{
@@ -277,6 +279,7 @@ async fn route<S: Store>(req: Req<'_, S>, method: Method) -> Result<Response, Ap
         (Method::GET, true, Some("scale")) => req.get_scale().await,
         (Method::PUT | Method::PATCH, true, Some("scale")) => req.update_scale().await,
         (Method::POST, true, Some("binding")) => req.bind().await,
+        (Method::POST, true, Some("token")) => req.token_request().await,
         (Method::GET, true, Some("log")) => {
             super::logs::proxy(req.state.as_ref(), &req.t, &req.params).await
         }
