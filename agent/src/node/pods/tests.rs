@@ -128,6 +128,7 @@ fn test_pod(tag: &str, policy: RestartPolicy, containers: &[&str]) -> TestPod {
         }),
         changed: Notify::new(),
         hooks: Mutex::default(),
+        tokens: Default::default(),
         stop: CancellationToken::new(),
     });
     TestPod {

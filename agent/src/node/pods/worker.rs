@@ -174,6 +174,7 @@ pub(super) async fn pod_worker(
         record: Mutex::new(rec),
         changed: Notify::new(),
         hooks: Mutex::default(),
+        tokens: Default::default(),
         stop: CancellationToken::new(),
     });
     let runner = tokio::spawn(prepare_and_run(
@@ -258,7 +259,7 @@ async fn prepare(
     client: &Client,
     pod: &Pod,
 ) -> Result<PodContext, String> {
-    let sources = PodSources::fetch(client, pod, true)
+    let sources = PodSources::fetch(client, pod, true, &shared.tokens)
         .await
         .map_err(|e| crate::cni::server::error_chain(&e))?;
     let host_network = pod
@@ -392,7 +393,8 @@ async fn prepare_and_run(shared: Arc<PodShared>, client: Client, pod: Pod) {
                     () = tokio::time::sleep(VOLUME_REFRESH) => {}
                     () = shared.stop.cancelled() => return,
                 }
-                let Ok(sources) = PodSources::fetch(&client, &pod, false).await else {
+                let Ok(sources) = PodSources::fetch(&client, &pod, false, &shared.tokens).await
+                else {
                     continue;
                 };
                 let (p, s, d) = (pod.clone(), Arc::clone(&shared), downward(&shared));

@@ -1,5 +1,5 @@
-//! The files of `configMap`, `secret`, `downwardAPI` and `projected` volumes, computed from the
-//! Pod and its sources without I/O, as the kubelet's volume plugins make their payloads
+//! The files of `configMap`, `secret`, `downwardAPI` and `projected` volumes (with their
+//! ServiceAccount tokens), computed from the Pod and its sources without I/O, as the kubelet's volume plugins make their payloads
 //! (pkg/volume/{configmap,secret,downwardapi,projected}: `MakePayload`, `CollectData`).
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use k8s_openapi::api::core::v1::{DownwardAPIVolumeFile, KeyToPath, Pod};
 
 use super::VolumeError;
-use crate::node::{env, sources::PodSources};
+use crate::node::{env, sources::PodSources, tokens::TokenKey};
 
 /// The mode files get when neither the item nor the volume sets one (0644, the API's
 /// `defaultMode` default for configMap, secret, downwardAPI and projected volumes).
@@ -230,12 +230,32 @@ pub fn payload(
                     mode,
                     d,
                 )
+            } else if let Some(t) = &src.service_account_token {
+                check_path(name, &t.path)?;
+                let key = TokenKey::of(t.audience.as_deref(), t.expiration_seconds);
+                let token = sources
+                    .tokens
+                    .get(&key)
+                    .ok_or_else(|| VolumeError::Missing {
+                        volume: name.to_owned(),
+                        kind: "serviceaccount token",
+                        name: key.audience.clone(),
+                    })?;
+                out.insert(
+                    t.path.clone(),
+                    FileData {
+                        data: token.clone().into_bytes(),
+                        mode,
+                    },
+                );
+                Ok(())
             } else {
-                // serviceAccountToken needs the API to issue tokens (TokenRequest), which it
-                // does not yet; clusterTrustBundle and podCertificate likewise.
+                // clusterTrustBundle and podCertificate are beta and alpha sources.
                 Err(VolumeError::Unsupported {
                     volume: name.to_owned(),
-                    what: "projected source other than configMap, secret and downwardAPI".into(),
+                    what: "projected source other than configMap, secret, downwardAPI and \
+                           serviceAccountToken"
+                        .into(),
                 })
             }
         })
@@ -277,6 +297,7 @@ mod tests {
                 [("password".to_owned(), b"s3cr3t".to_vec())].into(),
             )]
             .into(),
+            tokens: [(TokenKey::of(None, Some(3607)), "eyJ.token".to_owned())].into(),
             ..Default::default()
         }
     }
@@ -370,6 +391,22 @@ mod tests {
                 mode: 0o440
             }
         );
+        // The ServiceAccount volume admission adds.
+        let p = run(
+            json!({"name": "kube-api-access-x", "projected": {"defaultMode": 0o644, "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"configMap": {"name": "cfg", "items": [{"key": "a.conf", "path": "ca.crt"}]}},
+            ]}}),
+        )
+        .expect("payload");
+        assert_eq!(p["token"].data, b"eyJ.token");
+        assert_eq!(p["token"].mode, 0o644);
+        // A token the agent could not get leaves the volume waiting.
+        let e = run(json!({"name": "v", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "t", "audience": "vault"}},
+        ]}}))
+        .expect_err("no token");
+        assert!(matches!(e, VolumeError::Missing { .. }), "{e}");
         assert!(
             payload(
                 &pod(),
