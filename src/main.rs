@@ -50,6 +50,10 @@ enum Cmd {
         /// (e.g. /run/netns/kls-keelson-ul, the underlay of a local cluster).
         #[arg(long, requires = "advertise_address")]
         advertise_netns: Option<PathBuf>,
+        /// Static bearer tokens: CSV rows `token,user,uid[,"group1,group2"]`, as
+        /// kube-apiserver's flag of this name.
+        #[arg(long)]
+        token_auth_file: Option<PathBuf>,
     },
     /// Run the node agent: eBPF datapath, Service load balancing, CNI and (standalone) kubelet.
     Agent {
@@ -276,6 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             advertise_address,
             advertise_port,
             advertise_netns,
+            token_auth_file,
         } => {
             init_tracing();
             let cfg = keelson_control::server::ServerConfig {
@@ -290,6 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     port: advertise_port,
                     netns: advertise_netns,
                 }),
+                token_auth_file,
             };
             runtime()?.block_on(keelson_control::server::run(cfg))?;
         }

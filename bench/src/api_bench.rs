@@ -80,7 +80,7 @@ pub struct Options {
 }
 
 /// The `keelson` binary next to this one (both built by `cargo xtask bench`).
-fn keelson_bin() -> Result<PathBuf> {
+pub fn keelson_bin() -> Result<PathBuf> {
     let bin = std::env::current_exe()?.with_file_name("keelson");
     anyhow::ensure!(
         bin.exists(),

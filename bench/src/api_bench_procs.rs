@@ -107,12 +107,23 @@ pub struct Server {
     data_dir: PathBuf,
     log: PathBuf,
     port: u16,
+    /// Flags beyond the data dir and listen address.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Server {
     /// Starts a server on a fresh data directory under `scratch` and waits until it answers.
     pub async fn start(bin: &Path, scratch: &Path) -> Result<(Self, kube::Client)> {
+        Self::start_with(bin, scratch, &[]).await
+    }
+
+    /// [`Server::start`] with `extra` flags.
+    pub async fn start_with(
+        bin: &Path,
+        scratch: &Path,
+        extra: &[String],
+    ) -> Result<(Self, kube::Client)> {
         let data_dir = scratch.join("server");
         fs::create_dir_all(&data_dir)?;
         let mut server = Self {
@@ -120,6 +131,7 @@ impl Server {
             log: scratch.join("server.log"),
             data_dir,
             port: free_port()?,
+            extra: extra.to_vec(),
             child: None,
         };
         let client = server.restart().await?;
@@ -134,7 +146,8 @@ impl Server {
                 .arg("server")
                 .arg("--data-dir")
                 .arg(&self.data_dir)
-                .args(["--listen", &format!("127.0.0.1:{}", self.port)]),
+                .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+                .args(&self.extra),
             &self.log,
         )?;
         self.child = Some(child);

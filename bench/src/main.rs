@@ -8,13 +8,15 @@
 //! (`scheduler`); `cargo xtask bench api` measures the API server and its store against etcd
 //! (`api`); `cargo xtask bench dns` measures the cluster DNS against dnsmasq (`dns`);
 //! `cargo xtask bench pods` measures what a node costs per Pod: CNI ADD/DEL against the
-//! reference bridge plugin and a Deployment's time to Ready (`pods`).
+//! reference bridge plugin and a Deployment's time to Ready (`pods`); `cargo xtask bench authz`
+//! measures what RBAC costs a write (`authz`).
 
 mod api_bench;
 mod api_bench_load;
 mod api_bench_procs;
 mod api_bench_report;
 mod api_latency;
+mod authz_bench;
 mod cleanup;
 mod dns;
 mod dns_report;
@@ -174,6 +176,18 @@ enum Cmd {
         /// Leave out the etcd anchor.
         #[arg(long)]
         skip_etcd: bool,
+    },
+    /// What RBAC costs a write: ConfigMap creates/s at 64 clients from a user whose rights
+    /// come from a RoleBinding against the admin's (authorization skipped), in one run.
+    Authz {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Creates per round and user.
+        #[arg(long, default_value_t = 5000)]
+        creates: usize,
+        /// Other namespaces with a Role and a RoleBinding each.
+        #[arg(long, default_value_t = 200)]
+        other_bindings: usize,
     },
     /// Cluster DNS: dnsperf's queries/s and p99 latency against `keelson dns` serving 1,000
     /// Services of a real `keelson server`, and against dnsmasq serving the same records.
@@ -342,6 +356,21 @@ fn main() -> Result<()> {
         Cmd::Api { quick, skip_etcd } => {
             let _run = cleanup::Run::start()?;
             api_bench::run(&api_bench::Options { quick, skip_etcd })
+        }
+        Cmd::Authz {
+            rounds,
+            creates,
+            other_bindings,
+        } => {
+            let _run = cleanup::Run::start()?;
+            authz_bench::run(
+                &api_bench::keelson_bin()?,
+                &authz_bench::Options {
+                    rounds,
+                    creates,
+                    other_bindings,
+                },
+            )
         }
         Cmd::Dns {
             services,

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     /// Where Pods reach the server (kube-apiserver's `--advertise-address`); `None`: the
     /// listen address, unless that is a loopback or wildcard address no Pod can reach.
     pub advertise: Option<Advertise>,
+    /// Static bearer tokens (kube-apiserver's `--token-auth-file`, [`api::tokenfile`]).
+    pub token_auth_file: Option<PathBuf>,
 }
 
 /// The address the `kubernetes` Service's endpoint names, and where it is served.
@@ -279,26 +281,34 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     }
     let store =
         Arc::new(SqliteStore::open(&cfg.data_dir.join("state.db")).map_err(ServerError::Store)?);
-    let state = ApiState::new(
-        store.clone(),
-        ApiConfig {
-            agent_client: Some(Arc::new(
-                api::agent::AgentClient::from_pem(
-                    &creds.agent_client_cert_pem,
-                    &creds.agent_client_key_pem,
-                )
-                .map_err(|e| ServerError::Other(e.to_string()))?,
-            )),
-            issuer: Arc::new(
-                api::tokens::Issuer::from_pem(
-                    api::tokens::DEFAULT_ISSUER,
-                    &creds.service_account_key_pem,
-                )
-                .map_err(|e| ServerError::Other(format!("the ServiceAccount issuer: {e}")))?,
-            ),
-            ..ApiConfig::with_admin_token(service_cidr, creds.token.clone())
-        },
-    );
+    let mut config = ApiConfig {
+        agent_client: Some(Arc::new(
+            api::agent::AgentClient::from_pem(
+                &creds.agent_client_cert_pem,
+                &creds.agent_client_key_pem,
+            )
+            .map_err(|e| ServerError::Other(e.to_string()))?,
+        )),
+        issuer: Arc::new(
+            api::tokens::Issuer::from_pem(
+                api::tokens::DEFAULT_ISSUER,
+                &creds.service_account_key_pem,
+            )
+            .map_err(|e| ServerError::Other(format!("the ServiceAccount issuer: {e}")))?,
+        ),
+        ..ApiConfig::with_admin_token(service_cidr, creds.token.clone())
+    };
+    if let Some(path) = &cfg.token_auth_file {
+        let tokens = api::tokenfile::read(path).map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            ServerError::Other(format!("{e}{cause}"))
+        })?;
+        tracing::info!(path = %path.display(), tokens = tokens.len(), "static tokens");
+        config.tokens.extend(tokens);
+    }
+    let state = ApiState::new(store.clone(), config);
     ensure_system_namespaces(&state).await?;
     // Everything spawned here stops when `run` returns or is dropped (a cancelled `run` must
     // not leave tasks holding the store and the port).

@@ -56,7 +56,7 @@ pub fn user_of_connection(extensions: &http::Extensions) -> Option<UserInfo> {
 /// The user a request acts as: `user` itself, or the one its `Impersonate-User` (and
 /// `Impersonate-Group`) headers name when `user` may impersonate each of them.
 pub async fn impersonated<S: crate::store::Store>(
-    store: &S,
+    state: &super::ApiState<S>,
     user: UserInfo,
     headers: &http::HeaderMap,
 ) -> Result<UserInfo, super::error::ApiError> {
@@ -95,7 +95,7 @@ pub async fn impersonated<S: crate::store::Store>(
     let policy = if masters {
         None
     } else {
-        Some(authz::load_policy(store).await?)
+        Some(state.policy.get(&state.store).await?)
     };
     for (resource, namespace, name) in asks {
         let request = RequestInfo {

@@ -24,6 +24,7 @@ pub mod stream;
 pub mod table;
 #[cfg(test)]
 mod tests;
+pub mod tokenfile;
 pub mod tokens;
 pub mod watch;
 
@@ -117,6 +118,8 @@ pub struct ApiState<S> {
     pub lifecycle: health::Lifecycle,
     /// The checks of `/healthz`, `/livez` and `/readyz`.
     pub health: health::HealthChecks,
+    /// The RBAC policy requests are decided on.
+    pub policy: authz::cache::PolicyCache,
 }
 
 impl<S: Store> ApiState<S> {
@@ -132,6 +135,7 @@ impl<S: Store> ApiState<S> {
             metrics: Arc::default(),
             lifecycle,
             health,
+            policy: authz::cache::PolicyCache::default(),
         })
     }
 }
@@ -186,7 +190,7 @@ async fn authenticate<S: Store>(
             groups: vec![authn::UNAUTHENTICATED.into()],
         },
     };
-    match authn::impersonated(state.store.as_ref(), user, req.headers()).await {
+    match authn::impersonated(&state, user, req.headers()).await {
         Ok(user) => {
             req.extensions_mut().insert(user);
             next.run(req).await

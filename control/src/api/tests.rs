@@ -1748,6 +1748,7 @@ async fn start_server(
         node_cidr_mask: 24,
         lb_pool: None,
         advertise: None,
+        token_auth_file: None,
     };
     let server = tokio::spawn(crate::server::run(cfg));
     let kc = dir.join("admin.kubeconfig");

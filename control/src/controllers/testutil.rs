@@ -64,6 +64,7 @@ pub(crate) async fn start_server() -> TestServer {
         node_cidr_mask: 24,
         lb_pool: None,
         advertise: None,
+        token_auth_file: None,
     };
     let server = Abort(tokio::spawn(async move {
         if let Err(e) = run(cfg).await {

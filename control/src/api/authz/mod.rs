@@ -2,10 +2,12 @@
 //! `WithAuthorization` filter: the request's attributes ([`request_info`]) are decided by
 //! RBAC ([`rbac`]) over the roles and bindings in the store, with `system:masters` always
 //! allowed (kube-apiserver's privileged group, which no binding can take away). A refusal is a
-//! 403 Status worded as kube-apiserver words it. [`bootstrap`] makes the default roles;
-//! [`review`] answers `kubectl auth can-i`.
+//! 403 Status worded as kube-apiserver words it. The policy is read once and kept until RBAC
+//! changes ([`cache`]). [`bootstrap`] makes the default roles; [`review`] answers
+//! `kubectl auth can-i`.
 
 pub mod bootstrap;
+pub mod cache;
 pub mod rbac;
 pub mod request_info;
 pub mod review;
@@ -65,16 +67,32 @@ pub async fn load_policy<S: Store>(store: &S) -> Result<Policy, ApiError> {
     Ok(policy)
 }
 
-/// Whether `user` may do `request`.
+/// Whether `user` may do `request`, decided on the cached policy.
 pub async fn allowed<S: Store>(
-    store: &S,
+    state: &ApiState<S>,
     user: &UserInfo,
     request: &RequestInfo,
 ) -> Result<bool, ApiError> {
     if user.groups.iter().any(|g| g == MASTERS) {
         return Ok(true);
     }
-    Ok(load_policy(store).await?.allows(user, request).is_some())
+    Ok(state
+        .policy
+        .get(&state.store)
+        .await?
+        .allows(user, request)
+        .is_some())
+}
+
+/// Whether a request writes RBAC objects (after which the cached policy is stale).
+fn writes_rbac(req: &Request) -> bool {
+    !matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) && req
+        .uri()
+        .path()
+        .starts_with("/apis/rbac.authorization.k8s.io/")
 }
 
 /// kube-apiserver's refusal (`responsewriters.ForbiddenStatusError`):
@@ -133,17 +151,23 @@ pub async fn authorize<S: Store>(
     let Some(user) = req.extensions().get::<UserInfo>() else {
         return next.run(req).await;
     };
+    let rbac_write = writes_rbac(&req);
     // The privileged group needs no attributes (and costs no parsing).
-    if user.groups.iter().any(|g| g == MASTERS) {
-        return next.run(req).await;
+    let response = if user.groups.iter().any(|g| g == MASTERS) {
+        next.run(req).await
+    } else {
+        let user = user.clone();
+        let info = request_info::parse(req.method(), req.uri().path(), req.uri().query());
+        match allowed(&state, &user, &info).await {
+            Ok(true) => next.run(req).await,
+            Ok(false) => return forbidden(&user, &info).into_response(),
+            Err(e) => return e.into_response(),
+        }
+    };
+    if rbac_write {
+        state.policy.invalidate();
     }
-    let user = user.clone();
-    let info = request_info::parse(req.method(), req.uri().path(), req.uri().query());
-    match allowed(state.store.as_ref(), &user, &info).await {
-        Ok(true) => next.run(req).await,
-        Ok(false) => forbidden(&user, &info).into_response(),
-        Err(e) => e.into_response(),
-    }
+    response
 }
 
 #[cfg(test)]

@@ -20,7 +20,6 @@ use super::{
         error::ApiError,
         protobuf::{Bool, Field, Msg, OBJECT_META, Str, f, r},
     },
-    load_policy,
     request_info::RequestInfo,
 };
 use crate::store::Store;
@@ -159,7 +158,9 @@ pub async fn access<S: Store>(
     let mut status = json!({"allowed": false});
     if user.groups.iter().any(|g| g == super::MASTERS) {
         status["allowed"] = json!(true);
-    } else if let Some(a) = load_policy(state.store.as_ref())
+    } else if let Some(a) = state
+        .policy
+        .get(&state.store)
         .await?
         .allows(&user, &request)
     {
@@ -187,7 +188,9 @@ pub async fn rules<S: Store>(
 ) -> Result<Response, ApiError> {
     let review = body_of(&headers, &body, RULES_REVIEW)?;
     let namespace = review["spec"]["namespace"].as_str().unwrap_or_default();
-    let rules = load_policy(state.store.as_ref())
+    let rules = state
+        .policy
+        .get(&state.store)
         .await?
         .rules_for(&user, namespace);
     let (mut resource, mut non_resource) = (Vec::new(), Vec::new());
