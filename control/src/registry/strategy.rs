@@ -37,6 +37,14 @@ pub enum NameRule {
 pub trait AdmissionContext: Send + Sync {
     fn config(&self) -> &ApiConfig;
 
+    /// Who writes (`None`: the server itself).
+    fn user(&self) -> Option<&crate::api::UserInfo>;
+
+    /// The RBAC policy requests are decided on (for escalation checks).
+    fn policy(
+        &self,
+    ) -> BoxFuture<'_, Result<std::sync::Arc<crate::api::authz::rbac::Policy>, ApiError>>;
+
     /// What the Services stored under `prefix`, other than `skip` (namespace, name), hold: their
     /// ClusterIPs and node ports.
     fn allocations<'a>(

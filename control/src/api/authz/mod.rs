@@ -8,6 +8,7 @@
 
 pub mod bootstrap;
 pub mod cache;
+pub mod escalation;
 pub mod rbac;
 pub mod request_info;
 pub mod review;
@@ -27,6 +28,8 @@ use request_info::RequestInfo;
 
 /// The group whose members may do anything.
 pub const MASTERS: &str = "system:masters";
+/// The API group of the RBAC kinds.
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// Reads every role and binding from the store. Blocking only on the store's reads.
 pub async fn load_policy<S: Store>(store: &S) -> Result<Policy, ApiError> {

@@ -131,6 +131,7 @@ impl<S: Store> Req<'_, S> {
                 state: self.state,
                 t,
                 params: self.params.clone(),
+                user: self.user.clone(),
                 headers: HeaderMap::new(),
                 body: self.body.clone(),
             };

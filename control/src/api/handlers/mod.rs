@@ -21,6 +21,7 @@ mod update;
 use std::{collections::HashMap, sync::Arc};
 
 use axum::{
+    Extension,
     body::Bytes,
     extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
@@ -34,8 +35,9 @@ pub use create::generate_name;
 pub use list::{list_objects, scale_of};
 
 use super::{
-    ApiConfig, ApiState,
+    ApiConfig, ApiState, UserInfo,
     alloc::InUse,
+    authz::rbac::Policy,
     error::{ApiError, Cause},
     table,
 };
@@ -138,10 +140,12 @@ pub async fn core_entry<S: Store>(
     Path(rest): Path<String>,
     method: Method,
     Query(params): Query<Params>,
+    user: Option<Extension<UserInfo>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    dispatch(&state, "", "v1", &rest, method, params, headers, body)
+    let user = user.map(|Extension(u)| u);
+    dispatch(&state, "", "v1", &rest, method, params, user, headers, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -152,11 +156,13 @@ pub async fn group_entry<S: Store>(
     Path((group, version, rest)): Path<(String, String, String)>,
     method: Method,
     Query(params): Query<Params>,
+    user: Option<Extension<UserInfo>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let user = user.map(|Extension(u)| u);
     dispatch(
-        &state, &group, &version, &rest, method, params, headers, body,
+        &state, &group, &version, &rest, method, params, user, headers, body,
     )
     .await
     .unwrap_or_else(IntoResponse::into_response)
@@ -170,6 +176,7 @@ async fn dispatch<S: Store>(
     rest: &str,
     method: Method,
     params: Params,
+    user: Option<UserInfo>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -202,6 +209,7 @@ async fn dispatch<S: Store>(
         state,
         t,
         params,
+        user,
         headers,
         body,
     };
@@ -303,6 +311,8 @@ struct Req<'a, S> {
     state: &'a Arc<ApiState<S>>,
     t: Target,
     params: Params,
+    /// Who asked (`None`: the server itself).
+    user: Option<UserInfo>,
     headers: HeaderMap,
     body: Bytes,
 }
@@ -376,14 +386,24 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
     resp
 }
 
-/// What admission reads through the state: the config and the Service allocation index.
+/// What admission reads through the state: the config, the Service allocation index, the
+/// requester and the RBAC policy.
 struct StateAdmission<'a, S> {
-    state: &'a ApiState<S>,
+    state: &'a Arc<ApiState<S>>,
+    user: Option<&'a UserInfo>,
 }
 
 impl<S: Store> AdmissionContext for StateAdmission<'_, S> {
     fn config(&self) -> &ApiConfig {
         &self.state.config
+    }
+
+    fn user(&self) -> Option<&UserInfo> {
+        self.user
+    }
+
+    fn policy(&self) -> BoxFuture<'_, Result<Arc<Policy>, ApiError>> {
+        Box::pin(self.state.policy.get(&self.state.store))
     }
 
     fn allocations<'a>(
@@ -455,7 +475,8 @@ impl<S: Store> Req<'_, S> {
         let mut causes = registry::validation::validate(self.t.info, obj, old);
         if causes.is_empty() {
             let ctx = StateAdmission {
-                state: self.state.as_ref(),
+                state: self.state,
+                user: self.user.as_ref(),
             };
             causes = self.t.info.strategy.admit(&ctx, obj, old).await?;
         }
@@ -500,6 +521,7 @@ pub async fn create_internal<S: Store>(
         state,
         t,
         params: Params::new(),
+        user: None,
         headers: HeaderMap::new(),
         body: Bytes::from(body),
     };
@@ -529,6 +551,7 @@ pub async fn delete_internal<S: Store>(
         state,
         t,
         params: Params::new(),
+        user: None,
         headers: HeaderMap::new(),
         body: Bytes::new(),
     };

@@ -243,6 +243,7 @@ impl<S: Store> Req<'_, S> {
             state: self.state,
             t: self.t.clone(),
             params: self.params.clone(),
+            user: self.user.clone(),
             headers: self.headers.clone(),
             body: axum::body::Bytes::from(applied.to_string()),
         };

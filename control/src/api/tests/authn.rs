@@ -256,3 +256,158 @@ async fn whoami_names_token_and_certificate_users() {
     assert!(ok && out.contains("system:masters"), "{out}");
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_writes_cannot_grant_more_than_the_writer_holds() {
+    if !std::path::Path::new(KUBECTL).exists() {
+        println!("skipping: kubectl not found at {KUBECTL}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, admin) = start_server(dir.path()).await;
+    let kc = |kc: &std::path::Path, args: &[&str]| {
+        let (kc, args) = (
+            kc.to_path_buf(),
+            args.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            kubectl(&kc, &args, None)
+        })
+    };
+    for args in [
+        vec!["create", "namespace", "team"],
+        vec![
+            "create",
+            "rolebinding",
+            "jane-admin",
+            "-n",
+            "team",
+            "--clusterrole=admin",
+            "--user=jane",
+        ],
+    ] {
+        let (ok, _, err) = kc(&admin, &args).await.expect("join");
+        assert!(ok, "{args:?}: {err}");
+    }
+    let (cert, key) = pki::issue_client(dir.path(), "jane", Some("dev")).expect("issue");
+    let jane = cert_kubeconfig(&admin, "jane", &cert, &key);
+    // What jane holds in her namespace she may hand on, as a binding or as a Role.
+    for args in [
+        vec![
+            "create",
+            "rolebinding",
+            "bob-admin",
+            "-n",
+            "team",
+            "--clusterrole=admin",
+            "--user=bob",
+        ],
+        vec![
+            "create",
+            "role",
+            "secret-reader",
+            "-n",
+            "team",
+            "--verb=get",
+            "--resource=secrets",
+        ],
+    ] {
+        let (ok, _, err) = kc(&jane, &args).await.expect("join");
+        assert!(ok, "{args:?}: {err}");
+    }
+    // More than she holds: refused, with what she lacks, and nothing stored.
+    let (ok, _, err) = kc(
+        &jane,
+        &[
+            "create",
+            "rolebinding",
+            "bob-root",
+            "-n",
+            "team",
+            "--clusterrole=cluster-admin",
+            "--user=bob",
+        ],
+    )
+    .await
+    .expect("join");
+    assert!(!ok, "bound cluster-admin");
+    assert!(
+        err.contains("rolebindings.rbac.authorization.k8s.io \"bob-root\" is forbidden: user \"jane\" (groups=[\"dev\" \"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:"),
+        "{err}"
+    );
+    let (ok, _, err) = kc(
+        &jane,
+        &[
+            "create",
+            "role",
+            "node-reader",
+            "-n",
+            "team",
+            "--verb=get",
+            "--resource=nodes",
+        ],
+    )
+    .await
+    .expect("join");
+    assert!(
+        !ok && err.contains("{APIGroups:[\"\"], Resources:[\"nodes\"], Verbs:[\"get\"]}"),
+        "{err}"
+    );
+    for (kind, name) in [("rolebinding", "bob-root"), ("role", "node-reader")] {
+        let (ok, _, err) = kc(&admin, &["get", kind, name, "-n", "team"])
+            .await
+            .expect("join");
+        assert!(
+            !ok && err.contains("NotFound"),
+            "{kind} {name} was stored: {err}"
+        );
+    }
+    // The `bind` verb on a role lets her bind it without holding it.
+    for args in [
+        vec![
+            "create",
+            "clusterrole",
+            "binder",
+            "--verb=bind",
+            "--resource=clusterroles",
+            "--resource-name=cluster-admin",
+        ],
+        vec![
+            "create",
+            "rolebinding",
+            "jane-binder",
+            "-n",
+            "team",
+            "--clusterrole=binder",
+            "--user=jane",
+        ],
+    ] {
+        let (ok, _, err) = kc(&admin, &args).await.expect("join");
+        assert!(ok, "{args:?}: {err}");
+    }
+    let mut bound = false;
+    for _ in 0..50 {
+        let (ok, _, _) = kc(
+            &jane,
+            &[
+                "create",
+                "rolebinding",
+                "bob-root",
+                "-n",
+                "team",
+                "--clusterrole=cluster-admin",
+                "--user=bob",
+            ],
+        )
+        .await
+        .expect("join");
+        if ok {
+            bound = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(bound, "the bind verb did not let jane bind cluster-admin");
+    server.abort();
+}

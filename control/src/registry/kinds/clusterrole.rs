@@ -40,6 +40,19 @@ const MESSAGE: &[Field] = &[
 ];
 
 impl Strategy for ClusterRoles {
+    /// Escalation prevention ([`crate::api::authz::escalation`]).
+    fn admit<'a>(
+        &'a self,
+        ctx: &'a dyn crate::registry::strategy::AdmissionContext,
+        obj: &'a mut serde_json::Value,
+        old: Option<&'a serde_json::Value>,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<crate::api::error::Cause>, crate::api::error::ApiError>> {
+        Box::pin(async move {
+            crate::api::authz::escalation::admit_role(ctx, obj, old, "clusterroles").await?;
+            Ok(Vec::new())
+        })
+    }
+
     fn schema(&self, generator: &mut SchemaGenerator) -> String {
         schema_of::<k8s_openapi::api::rbac::v1::ClusterRole>(generator)
     }

@@ -155,6 +155,19 @@ pub fn binding_cells(o: &Value) -> Vec<Value> {
 }
 
 impl Strategy for RoleBindings {
+    /// Escalation prevention ([`crate::api::authz::escalation`]).
+    fn admit<'a>(
+        &'a self,
+        ctx: &'a dyn crate::registry::strategy::AdmissionContext,
+        obj: &'a mut serde_json::Value,
+        old: Option<&'a serde_json::Value>,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<crate::api::error::Cause>, crate::api::error::ApiError>> {
+        Box::pin(async move {
+            crate::api::authz::escalation::admit_binding(ctx, obj, old, "rolebindings").await?;
+            Ok(Vec::new())
+        })
+    }
+
     fn schema(&self, generator: &mut SchemaGenerator) -> String {
         schema_of::<k8s_openapi::api::rbac::v1::RoleBinding>(generator)
     }
