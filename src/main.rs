@@ -115,6 +115,26 @@ enum Cmd {
     /// format; the agent starts one per container.
     #[command(hide = true)]
     Logger { file: PathBuf },
+    /// Write a kubeconfig for a user with a client certificate of a server's CA, as
+    /// `kubeadm kubeconfig user` does: `--user system:node:n1 --group system:nodes` is a node
+    /// agent's credential.
+    Kubeconfig {
+        /// The server's data dir (its `ca.key` signs the certificate).
+        #[arg(long, default_value = "/var/lib/keelson/server")]
+        data_dir: PathBuf,
+        /// The certificate's common name: the user.
+        #[arg(long)]
+        user: String,
+        /// Its organization: a group.
+        #[arg(long)]
+        group: Option<String>,
+        /// The server's URL, e.g. https://127.0.0.1:6443.
+        #[arg(long)]
+        server: String,
+        /// Where to write it (mode 0600); stdout without.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Cluster DNS: answers the Kubernetes DNS records of Services, endpoints and Pods (what
     /// CoreDNS's kubernetes plugin serves) and forwards other names upstream.
     Dns {
@@ -342,6 +362,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cluster_domain,
             };
             runtime()?.block_on(keelson_agent::run(cfg))?;
+        }
+        Cmd::Kubeconfig {
+            data_dir,
+            user,
+            group,
+            server,
+            out,
+        } => {
+            let kc = keelson_control::api::pki::client_kubeconfig(
+                &data_dir,
+                &user,
+                group.as_deref(),
+                &server,
+            )?;
+            match out {
+                Some(path) => {
+                    use std::io::Write as _;
+                    use std::os::unix::fs::OpenOptionsExt as _;
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .and_then(|mut f| f.write_all(kc.as_bytes()))
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                None => println!("{kc}"),
+            }
         }
         Cmd::Logger { file } => {
             keelson_agent::node::logfile::run_logger(&file)?;

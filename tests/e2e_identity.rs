@@ -2,7 +2,9 @@
 //! Python `kubernetes` client: a Pod's projected ServiceAccount volume (token, ca.crt,
 //! namespace) at /var/run/secrets/kubernetes.io/serviceaccount, used by the client's
 //! in-cluster config to read its namespace's ConfigMaps through the `kubernetes` Service, and
-//! refused on Secrets, which its Role does not grant.
+//! refused on Secrets, which its Role does not grant; and each node agent's own credential
+//! (`system:node:<name>`), which reads what its Pods use and writes only its own Node and
+//! Pods: another node, a Pod bound elsewhere, an unrelated ConfigMap are 403.
 
 mod support;
 
@@ -101,4 +103,98 @@ spec:
     ] {
         assert!(logs.contains(want), "missing {want:?} in:\n{logs}");
     }
+
+    // The agents' credentials: no admin token, one certificate per node.
+    let client_node = c.kubectl_ok(&["get", "pod", "client", "-o", "jsonpath={.spec.nodeName}"]);
+    let other_node = [c.node(1), c.node(2)]
+        .into_iter()
+        .find(|n| *n != client_node)
+        .expect("another node");
+    let as_node = |node: &str, args: &[&str]| {
+        let kc = c
+            .data_dir
+            .path()
+            .join("nodes")
+            .join(node)
+            .join("kubeconfig");
+        let out = std::process::Command::new(support::kubectl())
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(args)
+            .output()
+            .expect("kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = as_node(
+        &client_node,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert!(
+        ok && out == format!("system:node:{client_node}"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = as_node(&other_node, &["label", "node", &client_node, "evil=1"]);
+    assert!(
+        !ok && err.contains(&format!(
+            "node \"{other_node}\" is not allowed to modify node \"{client_node}\""
+        )),
+        "{err}"
+    );
+    let (ok, _, err) = as_node(
+        &client_node,
+        &["label", "node", &client_node, "e2e-identity=1"],
+    );
+    assert!(ok, "a node may label itself: {err}");
+    let (ok, _, err) = as_node(&other_node, &["delete", "pod", "client"]);
+    assert!(
+        !ok && err.contains("can only delete pods with spec.nodeName set to itself"),
+        "{err}"
+    );
+    assert_eq!(
+        c.kubectl_ok(&["get", "pod", "client", "-o", "jsonpath={.metadata.name}"]),
+        "client"
+    );
+    // What the client Pod uses is readable by its node, not by the other one.
+    let (ok, _, err) = as_node(&client_node, &["get", "configmap", "kube-root-ca.crt"]);
+    assert!(ok, "{err}");
+    for (node, args) in [
+        (&other_node, vec!["get", "configmap", "kube-root-ca.crt"]),
+        (&client_node, vec!["get", "configmap", "settings"]),
+        (&client_node, vec!["get", "secrets"]),
+    ] {
+        let (ok, _, err) = as_node(node, &args);
+        assert!(
+            !ok && err.contains("Forbidden") || err.contains("forbidden"),
+            "{node} {args:?}: {err}"
+        );
+    }
+    // Tokens: only for its own Pods' ServiceAccounts, and bound to such a Pod.
+    let bound = [
+        "create",
+        "token",
+        "reader",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=client",
+    ];
+    let (ok, _, err) = as_node(&client_node, &bound);
+    assert!(
+        ok,
+        "a node may ask for its Pods' ServiceAccount tokens: {err}"
+    );
+    let (ok, _, err) = as_node(&client_node, &["create", "token", "reader"]);
+    assert!(
+        !ok && err.contains("node requested token not bound to a pod"),
+        "{err}"
+    );
+    let (ok, _, err) = as_node(&other_node, &bound);
+    assert!(!ok && err.contains("no relationship found"), "{err}");
 }

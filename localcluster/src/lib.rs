@@ -176,12 +176,14 @@ async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
         let node_dir = data_dir.join("nodes").join(node);
         fs::create_dir_all(&node_dir).map_err(io(&node_dir))?;
         let netns = Path::new(names::NETNS_DIR).join(names::node_netns(node));
+        let node_kubeconfig =
+            node_credential(&opts.keelson_bin, &server_dir, &kubeconfig, node, &node_dir)?;
         spawn_detached(
             Command::new(&opts.keelson_bin)
                 .arg("agent")
                 .args(["--node-name", node])
                 .arg("--kubeconfig")
-                .arg(&kubeconfig)
+                .arg(&node_kubeconfig)
                 .arg("--node-netns")
                 .arg(&netns)
                 .args(["--node-ip", &names::node_ip(i)])
@@ -232,6 +234,44 @@ async fn start(opts: &UpOptions) -> Result<Cluster, Error> {
         kubeconfig,
         nodes,
     })
+}
+
+/// Writes the agent's own credential into `node_dir`: a kubeconfig with a client certificate
+/// for `system:node:<node>` in `system:nodes` (what the Node authorizer knows), for the server
+/// of the admin kubeconfig. No agent holds the admin token.
+fn node_credential(
+    keelson: &Path,
+    server_dir: &Path,
+    admin: &Path,
+    node: &str,
+    node_dir: &Path,
+) -> Result<PathBuf, Error> {
+    let kc =
+        kube::config::Kubeconfig::read_from(admin).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    let server = kc
+        .clusters
+        .iter()
+        .find_map(|c| c.cluster.as_ref()?.server.clone())
+        .ok_or_else(|| Error::Kubeconfig("the admin kubeconfig names no server".into()))?;
+    let out = node_dir.join("kubeconfig");
+    let status = Command::new(keelson)
+        .arg("kubeconfig")
+        .arg("--data-dir")
+        .arg(server_dir)
+        .args(["--user", &format!("system:node:{node}")])
+        .args(["--group", "system:nodes"])
+        .args(["--server", &server])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .map_err(io(keelson))?;
+    if !status.status.success() {
+        return Err(Error::Kubeconfig(format!(
+            "keelson kubeconfig for {node}: {}",
+            String::from_utf8_lossy(&status.stderr)
+        )));
+    }
+    Ok(out)
 }
 
 /// Routes every Node's podCIDR via its InternalIP in the underlay namespace (Nodes are Ready,

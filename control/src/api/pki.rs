@@ -358,6 +358,34 @@ pub fn kubeconfig(ca_pem: &str, listen: SocketAddr, token: &str) -> String {
     .to_string()
 }
 
+/// A kubeconfig for `user` in `group` with a client certificate of the CA in `data_dir`, for
+/// the server at `server` (a URL): what `kubeadm kubeconfig user` writes, and what each
+/// node's agent gets (`system:node:<name>` in `system:nodes`).
+pub fn client_kubeconfig(
+    data_dir: &Path,
+    user: &str,
+    group: Option<&str>,
+    server: &str,
+) -> Result<String, PkiError> {
+    let ca_path = data_dir.join("ca.crt");
+    let ca_pem = read(&ca_path)?.ok_or_else(|| PkiError::Io {
+        path: ca_path,
+        source: std::io::ErrorKind::NotFound.into(),
+    })?;
+    let (cert, key) = issue_client(data_dir, user, group)?;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    Ok(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "keelson", "cluster": {"server": server, "certificate-authority-data": b64(&ca_pem)}}],
+        "users": [{"name": user, "user": {"client-certificate-data": b64(&cert), "client-key-data": b64(&key)}}],
+        "contexts": [{"name": "keelson", "context": {"cluster": "keelson", "user": user}}],
+        "current-context": "keelson",
+        "preferences": {},
+    })
+    .to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -328,6 +328,18 @@ pub fn cluster_roles() -> Vec<Value> {
                 "/openid/v1/jwks/",
             ], "verbs": ["get"]}]),
         ),
+        // What a keelson node agent reads besides its Node authorizer's share: the Service
+        // load balancer's, the policy enforcer's and the DNS's inputs (kube-proxy's
+        // `system:node-proxier` and a CNI's own role, in one).
+        cluster_role(
+            "system:keelson-node",
+            json!([
+                {"apiGroups": [""], "resources": ["services", "endpoints", "namespaces"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+            ]),
+        ),
         aggregated("admin", &[]),
         aggregated("edit", &[aggregate_to("admin")]),
         aggregated("view", &[aggregate_to("edit")]),
@@ -347,6 +359,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &["system:authenticated", "system:unauthenticated"],
         ),
         binding("system:basic-user", &["system:authenticated"]),
+        binding("system:keelson-node", &["system:nodes"]),
         binding(
             "system:service-account-issuer-discovery",
             &["system:serviceaccounts"],

@@ -1,6 +1,7 @@
 //! Authorization, after authentication and before any handler, as kube-apiserver's
 //! `WithAuthorization` filter: the request's attributes ([`request_info`]) are decided by
-//! RBAC ([`rbac`]) over the roles and bindings in the store, with `system:masters` always
+//! the Node authorizer for node agents ([`node`]), then RBAC ([`rbac`]) over the roles and
+//! bindings in the store, with `system:masters` always
 //! allowed (kube-apiserver's privileged group, which no binding can take away). A refusal is a
 //! 403 Status worded as kube-apiserver words it. The policy is read once and kept until RBAC
 //! changes ([`cache`]). [`bootstrap`] makes the default roles; [`review`] answers
@@ -9,6 +10,7 @@
 pub mod bootstrap;
 pub mod cache;
 pub mod escalation;
+pub mod node;
 pub mod rbac;
 pub mod request_info;
 pub mod review;
@@ -87,6 +89,24 @@ pub async fn allowed<S: Store>(
         .is_some())
 }
 
+/// `refusal` with the authorizer's reason appended, as kube-apiserver appends it.
+fn with_reason(refusal: ApiError, why: &str) -> ApiError {
+    match refusal {
+        ApiError::Forbidden {
+            group,
+            kind,
+            name,
+            message,
+        } => ApiError::Forbidden {
+            group,
+            kind,
+            name,
+            message: format!("{message}: {why}"),
+        },
+        other => other,
+    }
+}
+
 /// Whether a request writes RBAC objects (after which the cached policy is stale).
 fn writes_rbac(req: &Request) -> bool {
     !matches!(
@@ -161,6 +181,17 @@ pub async fn authorize<S: Store>(
     } else {
         let user = user.clone();
         let info = request_info::parse(req.method(), req.uri().path(), req.uri().query());
+        // Nodes first (kube-apiserver's `--authorization-mode=Node,RBAC`).
+        if let Some(node) = node::node_of(&user) {
+            match node::decide(&state, node, &info).await {
+                Ok(node::Decision::Allow) => return next.run(req).await,
+                Ok(node::Decision::Deny(why)) => {
+                    return with_reason(forbidden(&user, &info), &why).into_response();
+                }
+                Ok(node::Decision::NoOpinion) => {}
+                Err(e) => return e.into_response(),
+            }
+        }
         match allowed(&state, &user, &info).await {
             Ok(true) => next.run(req).await,
             Ok(false) => return forbidden(&user, &info).into_response(),

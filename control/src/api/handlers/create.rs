@@ -109,7 +109,7 @@ impl<S: Store> Req<'_, S> {
         registry::defaults::apply(info, &mut obj);
         self.namespace_exists().await?;
         let _guard = self.admission_guard().await;
-        crate::api::admission::mutate(self.state, info, &mut obj, None).await?;
+        crate::api::admission::mutate(self.state, self.user.as_ref(), info, &mut obj, None).await?;
         self.admit(&mut obj, None).await?;
         let name = obj["metadata"]["name"]
             .as_str()

@@ -112,8 +112,31 @@ impl<S: Store> Req<'_, S> {
             secret: None,
             node: None,
         };
-        if let Some(bound) = &spec.bound_object_ref {
-            self.bind_token(&mut grant, bound).await?;
+        let pod_node = match &spec.bound_object_ref {
+            Some(bound) => self.bind_token(&mut grant, bound).await?,
+            None => None,
+        };
+        // NodeRestriction: a node asks only for tokens bound to a Pod it runs.
+        if let Some(node) = self
+            .user
+            .as_ref()
+            .and_then(crate::api::authz::node::node_of)
+        {
+            let why = match (&grant.pod, pod_node.as_deref()) {
+                (None, _) => Some("node requested token not bound to a pod"),
+                (Some(_), Some(n)) if n == node => None,
+                (Some(_), _) => {
+                    Some("node requested token bound to a pod scheduled on a different node")
+                }
+            };
+            if let Some(why) = why {
+                return Err(ApiError::Forbidden {
+                    group: String::new(),
+                    kind: "serviceaccounts".into(),
+                    name: account.clone(),
+                    message: format!("serviceaccounts \"{account}\" is forbidden: {why}"),
+                });
+            }
         }
         let issuer = &self.state.config.issuer;
         let claims = issuer.claims(&grant, jiff::Timestamp::now().as_second());
@@ -144,8 +167,13 @@ impl<S: Store> Req<'_, S> {
         Ok(json_response(StatusCode::CREATED, &out))
     }
 
-    /// Checks the object a token is bound to and names it (and a Pod's Node) in the grant.
-    async fn bind_token(&self, grant: &mut Grant, bound: &BoundRef) -> Result<(), ApiError> {
+    /// Checks the object a token is bound to and names it (and a Pod's Node) in the grant;
+    /// returns the node a bound Pod runs on.
+    async fn bind_token(
+        &self,
+        grant: &mut Grant,
+        bound: &BoundRef,
+    ) -> Result<Option<String>, ApiError> {
         let account = grant.serviceaccount.name.clone();
         let plural = match (bound.kind.as_str(), bound.api_version.as_str()) {
             ("Pod", "v1" | "") => "pods",
@@ -176,6 +204,7 @@ impl<S: Store> Req<'_, S> {
             name: bound.name.clone(),
             uid,
         });
+        let mut pod_node = None;
         match plural {
             "pods" => {
                 let runs_as = obj["spec"]["serviceAccountName"]
@@ -188,7 +217,9 @@ impl<S: Store> Req<'_, S> {
                     )));
                 }
                 // The Node the Pod runs on is named too (KEP-4193), when it is known.
-                if let Some(node) = obj["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())
+                let node = obj["spec"]["nodeName"].as_str().filter(|n| !n.is_empty());
+                pod_node = node.map(str::to_owned);
+                if let Some(node) = node
                     && let Ok(n) = self.bound_object("nodes", "", node).await
                 {
                     grant.node = Some(Ref {
@@ -201,7 +232,7 @@ impl<S: Store> Req<'_, S> {
             "secrets" => grant.secret = this,
             _ => grant.node = this,
         }
-        Ok(())
+        Ok(pod_node)
     }
 
     /// The stored object `plural`/`name` (in `namespace` when namespaced), or its NotFound.
