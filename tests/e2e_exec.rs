@@ -349,7 +349,11 @@ fn exec_cp_port_forward_attach_and_logs_with_kubectl() {
         );
         assert!(text.starts_with("tick-"), "{line}");
     }
-    let all = c.kubectl_ok(&["logs", "ticker"]).lines().count();
+    // Enough history (5 s of ticks) that 2 s of it is a strict part.
+    let all = wait_for("5 s of ticker output", Duration::from_secs(30), || {
+        let n = c.kubectl_ok(&["logs", "ticker"]).lines().count();
+        (n >= 25).then_some(n)
+    });
     let recent = c
         .kubectl_ok(&["logs", "ticker", "--since=2s"])
         .lines()
